@@ -1,0 +1,134 @@
+"""The jobs API of the seed: createTask, recordInfo, and our cancel and list."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import orjson
+from fastapi import APIRouter, Header, Request, Response
+
+from bananastand.api.deps import CurrentKey, ServicesDep
+from bananastand.api.envelope import envelope
+from bananastand.contract import (
+    CREATE_TASK_EXAMPLE,
+    CreateTaskAnswer,
+    CreateTaskRequest,
+    RecordInfoAnswer,
+    TaskIdData,
+    TaskPageAnswer,
+    TaskState,
+)
+from bananastand.errors import ValidationError
+
+router = APIRouter(prefix="/api/v1/jobs", tags=["jobs"])
+
+
+async def read_json_body(request: Request, limit: int) -> Any:
+    """The body as JSON whatever its Content-Type says, refusing more than ``limit`` bytes
+    before reading them all (a JSON body sent as text/plain is common in the wild)."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise ValidationError(f"body: larger than {limit} bytes")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise ValidationError(f"body: larger than {limit} bytes")
+        chunks.append(chunk)
+    raw = b"".join(chunks)
+    if not raw.strip():
+        raise ValidationError("body: must be a JSON object")
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise ValidationError("body: not valid JSON") from None
+
+
+@router.post(
+    "/createTask",
+    summary="Generate content using nano-banana-pro",
+    operation_id="createTask",
+    response_model=CreateTaskAnswer,
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {
+                    "schema": CreateTaskRequest.model_json_schema(by_alias=True),
+                    "example": CREATE_TASK_EXAMPLE,
+                }
+            },
+        }
+    },
+)
+async def create_task(
+    request: Request,
+    services: ServicesDep,
+    key: CurrentKey,
+    idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
+) -> Response:
+    """Accept a task. The row is durable before this answers, so polling at once finds it.
+
+    With an ``Idempotency-Key`` header, repeating the same request within 24 h returns the
+    same taskId and never creates a second task.
+    """
+    body = await read_json_body(request, services.settings.max_body_bytes)
+    task_id = await services.tasks.create(key, body, idempotency_key=idempotency_key)
+    return envelope({"taskId": task_id})
+
+
+@router.get(
+    "/recordInfo",
+    summary="Get Task Details",
+    operation_id="recordInfo",
+    response_model=RecordInfoAnswer,
+)
+async def record_info(
+    services: ServicesDep, key: CurrentKey, taskId: str | None = None
+) -> Response:
+    if not taskId:
+        raise ValidationError("taskId: required")
+    task = await services.tasks.get(key, taskId)
+    return envelope(task.to_record())
+
+
+@router.post(
+    "/cancel",
+    summary="Cancel a task that is not generating yet",
+    operation_id="cancelTask",
+    response_model=RecordInfoAnswer,
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": TaskIdData.model_json_schema()}},
+        }
+    },
+)
+async def cancel_task(request: Request, services: ServicesDep, key: CurrentKey) -> Response:
+    """Ends a waiting or queuing task as ``fail`` with failMsg ``canceled``; later: 422."""
+    body = await read_json_body(request, services.settings.max_body_bytes)
+    task_id = body.get("taskId") if isinstance(body, dict) else None
+    if not isinstance(task_id, str) or not task_id:
+        raise ValidationError("taskId: required")
+    task = await services.tasks.cancel(key, task_id)
+    return envelope(task.to_record())
+
+
+@router.get(
+    "/list",
+    summary="List the account's tasks, newest first",
+    operation_id="listTasks",
+    response_model=TaskPageAnswer,
+)
+async def list_tasks(
+    services: ServicesDep,
+    key: CurrentKey,
+    state: TaskState | None = None,
+    limit: int = 20,
+    cursor: str | None = None,
+) -> Response:
+    page = await services.tasks.list(key, state=state, limit=limit, cursor=cursor)
+    return envelope(
+        {"items": [task.to_record() for task in page.tasks], "nextCursor": page.next_cursor}
+    )

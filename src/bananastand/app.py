@@ -1,0 +1,116 @@
+"""Builds the FastAPI app and the services behind it, from one Settings object."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+
+from bananastand import __version__
+from bananastand.accounts import Accounts
+from bananastand.api import files, health, jobs
+from bananastand.api.deps import Services
+from bananastand.api.envelope import RequestContextMiddleware, install_error_handlers
+from bananastand.fetch import FetchPolicy, SafeFetcher
+from bananastand.providers.registry import ProviderRegistry
+from bananastand.settings import Settings
+from bananastand.storage.local import LocalStorage
+from bananastand.store import migrate
+from bananastand.store.database import Database
+from bananastand.tasks import Tasks
+from bananastand.worker import Worker
+
+log = logging.getLogger(__name__)
+
+DESCRIPTION = """\
+Self-hosted, wire-compatible server for the hosted "Nano Banana Pro" jobs API.
+
+Every JSON answer is an envelope `{"code", "msg", "message", "data"}` sent with HTTP 200;
+`code` carries the outcome (200, 401, 402, 404, 422, 429, 455, 500, 501, 505).
+Authenticate with `Authorization: Bearer <key>`.
+"""
+
+
+@dataclass(slots=True)
+class Runtime:
+    """Everything one process runs; closed in reverse order of opening."""
+
+    services: Services
+    fetcher: SafeFetcher
+    worker: Worker | None
+
+
+async def open_runtime(settings: Settings, *, run_worker: bool) -> Runtime:
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    db = Database(settings.effective_database_url, sqlite_synchronous=settings.sqlite_synchronous)
+    await asyncio.to_thread(migrate.upgrade, db)
+    providers = ProviderRegistry.from_settings(settings)
+    storage = LocalStorage(settings.files_dir)
+    fetcher = SafeFetcher(
+        FetchPolicy(
+            allow=tuple(settings.fetch_allow),
+            max_bytes=settings.max_input_image_bytes,
+            timeout_s=settings.fetch_timeout_seconds,
+        )
+    )
+    worker = Worker(db, settings, providers, storage, fetcher) if run_worker else None
+    tasks = Tasks(db, settings, providers, on_created=worker.wake if worker else lambda: None)
+    services = Services(
+        settings=settings,
+        db=db,
+        accounts=Accounts(db, key_cache_seconds=settings.key_cache_seconds),
+        tasks=tasks,
+        storage=storage,
+        providers=providers,
+    )
+    return Runtime(services=services, fetcher=fetcher, worker=worker)
+
+
+async def close_runtime(runtime: Runtime) -> None:
+    await runtime.fetcher.aclose()
+    await runtime.services.providers.aclose()
+    await runtime.services.db.close()
+
+
+def create_app(settings: Settings, *, run_worker: bool = True) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        runtime = await open_runtime(settings, run_worker=run_worker)
+        app.state.services = runtime.services
+        worker_task = None
+        if runtime.worker is not None:
+            worker_task = asyncio.create_task(runtime.worker.run(), name="worker")
+        try:
+            yield
+        finally:
+            if runtime.worker is not None and worker_task is not None:
+                runtime.worker.stop()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await worker_task
+            await close_runtime(runtime)
+
+    app = FastAPI(
+        title="bananastand",
+        version=__version__,
+        description=DESCRIPTION,
+        lifespan=lifespan,
+    )
+    install_error_handlers(app)
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST"],
+            allow_headers=["Authorization", "Content-Type", "Idempotency-Key"],
+        )
+    app.add_middleware(RequestContextMiddleware)
+    app.include_router(jobs.router)
+    app.include_router(files.router)
+    app.include_router(health.router)
+    return app

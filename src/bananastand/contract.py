@@ -1,0 +1,267 @@
+"""Wire vocabulary of the hosted jobs API: the values clients send and read.
+
+Only plain enums and constants live here, so the SDK, the server and the providers can
+share them without importing each other.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Annotated, Any
+from urllib.parse import urlsplit
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+)
+from pydantic import ValidationError as PydanticValidationError
+from pydantic_core import PydanticUseDefault
+
+
+class TaskState(StrEnum):
+    WAITING = "waiting"  # accepted, not claimed by a worker
+    QUEUING = "queuing"  # claimed: fetching inputs or waiting for an upstream slot
+    GENERATING = "generating"  # the upstream call is in flight
+    SUCCESS = "success"
+    FAIL = "fail"
+
+    @property
+    def is_final(self) -> bool:
+        return self in (TaskState.SUCCESS, TaskState.FAIL)
+
+
+class AspectRatio(StrEnum):
+    R1_1 = "1:1"
+    R2_3 = "2:3"
+    R3_2 = "3:2"
+    R3_4 = "3:4"
+    R4_3 = "4:3"
+    R4_5 = "4:5"
+    R5_4 = "5:4"
+    R9_16 = "9:16"
+    R16_9 = "16:9"
+    R21_9 = "21:9"
+    AUTO = "auto"
+
+
+class Resolution(StrEnum):
+    R1K = "1K"
+    R2K = "2K"
+    R4K = "4K"
+
+    @property
+    def scale(self) -> int:
+        """Google doubles both sides at 2K and quadruples them at 4K."""
+        return {"1K": 1, "2K": 2, "4K": 4}[self.value]
+
+
+class OutputFormat(StrEnum):
+    PNG = "png"
+    JPG = "jpg"
+    WEBP = "webp"
+
+    @property
+    def mime_type(self) -> str:
+        return {"png": "image/png", "jpg": "image/jpeg", "webp": "image/webp"}[self.value]
+
+
+#: Output pixel sizes at 1K, from Google's table for Nano Banana Pro.
+SIZES_1K: dict[AspectRatio, tuple[int, int]] = {
+    AspectRatio.R1_1: (1024, 1024),
+    AspectRatio.R2_3: (848, 1264),
+    AspectRatio.R3_2: (1264, 848),
+    AspectRatio.R3_4: (896, 1200),
+    AspectRatio.R4_3: (1200, 896),
+    AspectRatio.R4_5: (928, 1152),
+    AspectRatio.R5_4: (1152, 928),
+    AspectRatio.R9_16: (768, 1376),
+    AspectRatio.R16_9: (1376, 768),
+    AspectRatio.R21_9: (1584, 672),
+}
+
+
+def output_size(aspect_ratio: AspectRatio, resolution: Resolution) -> tuple[int, int]:
+    """Pixel size Nano Banana Pro returns; ``auto`` must be resolved by the caller first."""
+    width, height = SIZES_1K[aspect_ratio]
+    return width * resolution.scale, height * resolution.scale
+
+
+# Envelope codes (HTTP status is always 200; ``code`` carries the outcome).
+CODE_OK = 200
+CODE_GENERATION_FAILED = 501
+CODE_SERVER_ERROR = 500
+CODE_NOT_FOUND = 404
+CODE_VALIDATION = 422
+
+# failCode strings of a failed task.
+FAIL_INPUT = "400"
+FAIL_SAFETY = "403"
+FAIL_INTERNAL = "500"
+FAIL_TIMEOUT = "504"
+CANCELED_MSG = "canceled"
+
+
+# -- Requests -------------------------------------------------------------------------------
+# Validation is strict where the seed is (types, ranges, enums) and lenient where real
+# clients are known to stray: ``jpeg`` for ``jpg``, upper/lower case, ``null`` or ``""``
+# for an optional field, unknown extra fields (ignored).
+
+MAX_PROMPT_CHARS = 10_000
+MAX_IMAGE_INPUTS = 8
+MAX_URL_CHARS = 2048
+
+
+def _drop_empty(value: Any) -> Any:
+    """``null`` for an optional field means "use the default"."""
+    if value is None:
+        raise PydanticUseDefault
+    return value
+
+
+def _blank_is_none(value: Any) -> Any:
+    """Many clients send ``"callBackUrl": ""`` when they want no callback."""
+    return None if value == "" else value
+
+
+def check_http_url(value: str) -> str:
+    """An absolute http(s) URI with a host, as the seed's ``format: uri`` requires."""
+    if len(value) > MAX_URL_CHARS:
+        raise ValueError(f"must be at most {MAX_URL_CHARS} characters")
+    if any(ch.isspace() for ch in value):
+        raise ValueError("must be a URI without spaces")
+    try:
+        parts = urlsplit(value)
+        port_ok = parts.port is None or parts.port > 0
+    except ValueError as exc:
+        raise ValueError(f"must be a valid URI ({exc})") from None
+    if parts.scheme.lower() not in ("http", "https"):
+        raise ValueError("must be an http:// or https:// URI")
+    if not parts.hostname or not port_ok:
+        raise ValueError("must be an absolute URI with a host")
+    return value
+
+
+HttpUri = Annotated[str, AfterValidator(check_http_url)]
+
+
+class TaskInput(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    prompt: Annotated[str, Field(min_length=1, max_length=MAX_PROMPT_CHARS)]
+    image_input: Annotated[
+        list[HttpUri], BeforeValidator(_drop_empty), Field(max_length=MAX_IMAGE_INPUTS)
+    ] = []
+    aspect_ratio: AspectRatio = AspectRatio.R1_1
+    resolution: Resolution = Resolution.R1K
+    output_format: OutputFormat = OutputFormat.PNG
+
+    @field_validator("prompt")
+    @classmethod
+    def _not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("must not be blank")
+        return value
+
+    @field_validator("aspect_ratio", "resolution", "output_format", mode="before")
+    @classmethod
+    def _normalise_enum(cls, value: Any, info: ValidationInfo) -> Any:
+        if value is None:
+            raise PydanticUseDefault
+        if not isinstance(value, str):
+            return value  # let the enum reject it with the usual message
+        if info.field_name == "resolution":
+            return value.strip().upper()
+        value = value.strip().lower()
+        return "jpg" if info.field_name == "output_format" and value == "jpeg" else value
+
+
+class CreateTaskRequest(BaseModel):
+    """The createTask body. ``model`` is checked against the registry by the server."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True, populate_by_name=True)
+
+    model: Annotated[str, Field(min_length=1, max_length=64)]
+    callback_url: Annotated[HttpUri | None, BeforeValidator(_blank_is_none)] = Field(
+        default=None, alias="callBackUrl"
+    )
+    input: TaskInput
+
+
+def describe_validation_error(error: PydanticValidationError) -> str:
+    """``input.prompt: String should have at most 10000 characters`` - field, then rule."""
+    first = error.errors(include_url=False)[0]
+    location = ".".join(str(part) for part in first["loc"]) or "body"
+    message = first["msg"].removeprefix("Value error, ")
+    return f"{location}: {message}"
+
+
+# -- Answers (for the OpenAPI docs and for clients that want typed records) -----------------
+
+
+class TaskIdData(BaseModel):
+    taskId: str
+
+
+class TaskRecord(BaseModel):
+    """``data`` of recordInfo and of callbacks. ``param``/``resultJson`` are JSON *strings*."""
+
+    taskId: str
+    model: str
+    state: TaskState
+    param: str
+    resultJson: str = ""
+    failCode: str = ""
+    failMsg: str = ""
+    costTime: int | None = None
+    createTime: int
+    updateTime: int
+    completeTime: int | None = None
+    creditsConsumed: float = 0
+
+
+class TaskPage(BaseModel):
+    items: list[TaskRecord]
+    nextCursor: str | None = None
+
+
+class Envelope(BaseModel):
+    """Every JSON answer, errors included, comes with HTTP 200; ``code`` carries the outcome.
+
+    ``message`` repeats ``msg`` for clients written against older docs.
+    """
+
+    code: int
+    msg: str
+    message: str
+    data: Any = None
+
+
+class CreateTaskAnswer(Envelope):
+    data: TaskIdData | None = None
+
+
+class RecordInfoAnswer(Envelope):
+    data: TaskRecord | None = None
+
+
+class TaskPageAnswer(Envelope):
+    data: TaskPage | None = None
+
+
+#: The seed's example request, shown in the API docs.
+CREATE_TASK_EXAMPLE: dict[str, Any] = {
+    "model": "nano-banana-pro",
+    "callBackUrl": "https://your-domain.com/api/callback",
+    "input": {
+        "prompt": "Comic poster: cool banana hero in shades leaps from sci-fi pad.",
+        "image_input": [],
+        "aspect_ratio": "1:1",
+        "resolution": "1K",
+        "output_format": "png",
+    },
+}

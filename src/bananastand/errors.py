@@ -1,0 +1,105 @@
+"""The one exception tree of bananastand.
+
+Domain code raises the most specific class; the API maps each class to an envelope
+code in one handler (``api/envelope.py``), the worker maps task failures to failCodes.
+
+    BananastandError
+    ├── ApiError                      -> an envelope answer with ``code``
+    │   ├── AuthenticationError       401
+    │   ├── InsufficientCreditsError  402
+    │   ├── NotFoundError             404
+    │   ├── ValidationError           422
+    │   ├── RateLimitedError          429
+    │   ├── MaintenanceError          455
+    │   └── FeatureDisabledError      505
+    ├── TaskFailure                   a task ends in ``fail`` with ``fail_code``
+    │   ├── InputError                "400"
+    │   ├── SafetyBlocked             "403"
+    │   ├── UpstreamError             "500"
+    │   └── UpstreamTimeout           "504"
+    ├── LeaseLost                     a worker's lease was taken over; its write is void
+    └── ConfigurationError            settings that cannot work
+"""
+
+from __future__ import annotations
+
+
+class BananastandError(Exception):
+    """Root of every error bananastand raises on purpose."""
+
+
+class ApiError(BananastandError):
+    """An error that becomes an envelope answer (HTTP 200, ``code`` carries the outcome)."""
+
+    code: int = 500
+
+    def __init__(self, msg: str, *, retry_after: float | None = None) -> None:
+        super().__init__(msg)
+        self.msg = msg
+        self.retry_after = retry_after
+
+
+class AuthenticationError(ApiError):
+    code = 401
+
+
+class InsufficientCreditsError(ApiError):
+    code = 402
+
+
+class NotFoundError(ApiError):
+    code = 404
+
+
+class ValidationError(ApiError):
+    code = 422
+
+
+class RateLimitedError(ApiError):
+    code = 429
+
+
+class MaintenanceError(ApiError):
+    code = 455
+
+
+class FeatureDisabledError(ApiError):
+    code = 505
+
+
+class TaskFailure(BananastandError):
+    """A task cannot succeed; ``fail_code`` is the contract's failCode string."""
+
+    fail_code: str = "500"
+    #: Whether trying again later might succeed (upstream hiccups do, bad input never does).
+    retryable: bool = False
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class InputError(TaskFailure):
+    fail_code = "400"
+
+
+class SafetyBlocked(TaskFailure):
+    fail_code = "403"
+
+
+class UpstreamError(TaskFailure):
+    fail_code = "500"
+    retryable = True
+
+
+class UpstreamTimeout(TaskFailure):
+    fail_code = "504"
+    retryable = True
+
+
+class LeaseLost(BananastandError):
+    """The task's lease now belongs to someone else; this worker must drop its result."""
+
+
+class ConfigurationError(BananastandError):
+    """Settings that cannot work together."""

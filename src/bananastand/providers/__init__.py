@@ -1,0 +1,1 @@
+"""Image-generation providers, each behind the small interface of ``providers.base``."""

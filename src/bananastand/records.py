@@ -1,0 +1,136 @@
+"""Frozen value objects that database rows become; the domain and the API pass these."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from bananastand.contract import TaskState
+
+
+@dataclass(frozen=True, slots=True)
+class Task:
+    seq: int
+    id: str
+    account_id: str
+    key_id: str
+    provider: str
+    model: str
+    state: TaskState
+    param: str
+    input: str
+    callback_url: str | None
+    result_json: str
+    fail_code: str
+    fail_msg: str
+    credits_consumed: int
+    usage: str
+    created_at: int
+    updated_at: int
+    started_at: int | None
+    completed_at: int | None
+    attempts: int
+
+    @classmethod
+    def from_row(cls, row: Mapping[Any, Any]) -> Task:
+        return cls(
+            seq=row["seq"],
+            id=row["id"],
+            account_id=row["account_id"],
+            key_id=row["key_id"],
+            provider=row["provider"],
+            model=row["model"],
+            state=TaskState(row["state"]),
+            param=row["param"],
+            input=row["input"],
+            callback_url=row["callback_url"],
+            result_json=row["result_json"],
+            fail_code=row["fail_code"],
+            fail_msg=row["fail_msg"],
+            credits_consumed=row["credits_consumed"],
+            usage=row["usage"],
+            created_at=row["created_at"],
+            updated_at=row["updated_at"],
+            started_at=row["started_at"],
+            completed_at=row["completed_at"],
+            attempts=row["attempts"],
+        )
+
+    def to_record(self) -> dict[str, Any]:
+        """The ``data`` of recordInfo and of the callback, field for field."""
+        return {
+            "taskId": self.id,
+            "model": self.model,
+            "state": self.state.value,
+            "param": self.param,
+            "resultJson": self.result_json,
+            "failCode": self.fail_code,
+            "failMsg": self.fail_msg,
+            "costTime": self.cost_time_ms,
+            "createTime": self.created_at,
+            "updateTime": self.updated_at,
+            "completeTime": self.completed_at,
+            "creditsConsumed": self.credits_consumed,
+        }
+
+    @property
+    def cost_time_ms(self) -> int | None:
+        """Processing time: from the first claim by a worker to the end (``None`` until then).
+
+        A task canceled before any worker touched it cost nothing: 0.
+        """
+        if self.completed_at is None:
+            return None
+        if self.started_at is None:
+            return 0
+        return max(0, self.completed_at - self.started_at)
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """A task a worker holds; every write about it is fenced by ``lease_token``."""
+
+    task: Task
+    lease_token: str
+
+
+@dataclass(frozen=True, slots=True)
+class ApiKey:
+    id: str
+    account_id: str
+    name: str
+    display_prefix: str
+    is_test: bool
+    created_at: int
+    revoked_at: int | None
+    expires_at: int | None
+
+    @classmethod
+    def from_row(cls, row: Mapping[Any, Any]) -> ApiKey:
+        return cls(
+            id=row["id"],
+            account_id=row["account_id"],
+            name=row["name"],
+            display_prefix=row["display_prefix"],
+            is_test=row["is_test"],
+            created_at=row["created_at"],
+            revoked_at=row["revoked_at"],
+            expires_at=row["expires_at"],
+        )
+
+    def usable_at(self, now_ms: int) -> bool:
+        if self.revoked_at is not None and self.revoked_at <= now_ms:
+            return False
+        return self.expires_at is None or self.expires_at > now_ms
+
+
+@dataclass(frozen=True, slots=True)
+class Account:
+    id: str
+    name: str
+    created_at: int
+
+    @classmethod
+    def from_row(cls, row: Mapping[Any, Any]) -> Account:
+        return cls(id=row["id"], name=row["name"], created_at=row["created_at"])

@@ -1,0 +1,138 @@
+"""Every knob of bananastand, read from the environment once, at the entry point.
+
+Scalar settings come from ``BANANASTAND_*`` variables. Structured tables (the model
+registry, the price table) have built-in defaults and can be replaced by an optional TOML
+file named by ``BANANASTAND_CONFIG``; environment variables win over the file.
+"""
+
+from __future__ import annotations
+
+import os
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import BaseModel, Field, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from bananastand.contract import Resolution
+
+
+class LiveProvider(StrEnum):
+    """Which provider runs the tasks of live keys (test keys always use the sandbox)."""
+
+    AUTO = "auto"  # Google when its credentials are present, else none (createTask: 505)
+    SANDBOX = "sandbox"  # live keys run on the sandbox too: demos, tests of charged tasks
+    GEMINI = "gemini"
+    VERTEX = "vertex"
+
+
+class ModelSpec(BaseModel):
+    """One model name clients send, and what it means upstream."""
+
+    upstream_id: str
+    #: Whether clients may pick the resolution (Nano Banana has a fixed ~1K output).
+    resolutions: list[Resolution] = Field(default_factory=lambda: list(Resolution))
+    max_images: int = 8
+
+
+def _default_models() -> dict[str, ModelSpec]:
+    return {"nano-banana-pro": ModelSpec(upstream_id="gemini-3-pro-image")}
+
+
+def _default_prices() -> dict[str, dict[Resolution, int]]:
+    return {
+        "nano-banana-pro": {Resolution.R1K: 18, Resolution.R2K: 18, Resolution.R4K: 24},
+    }
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="BANANASTAND_", extra="ignore")
+
+    # Where and how to serve.
+    host: str = "127.0.0.1"
+    port: int = 8000
+    public_url: str = ""  # empty: http://HOST:PORT of `serve`
+    cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    access_log: bool = True
+    log_level: str = "INFO"
+    log_format: str = "json"  # json | text
+
+    # Storage of tasks and files.
+    data_dir: Path = Path("var")
+    database_url: str = ""  # empty: sqlite under data_dir
+    sqlite_synchronous: str = "FULL"  # FULL survives power loss; NORMAL survives kill -9
+
+    # Requests.
+    max_body_bytes: int = 256 * 1024
+    idempotency_ttl_seconds: int = 24 * 3600
+    key_cache_seconds: float = 5.0
+
+    # Workers.
+    worker_concurrency: int = 16
+    lease_seconds: float = 60.0
+    max_attempts: int = 3
+    poll_interval_seconds: float = 1.0
+    shutdown_grace_seconds: float = 30.0
+    task_timeout_seconds: float = 900.0
+
+    # Providers.
+    live_provider: LiveProvider = LiveProvider.AUTO
+    sandbox_delay_ms: int = 0
+
+    # Outbound fetches (image_input): networks or host names allowed although private.
+    fetch_allow: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    max_input_image_bytes: int = 30 * 1024 * 1024
+    fetch_timeout_seconds: float = 60.0
+
+    # Structured tables; override in the BANANASTAND_CONFIG TOML file.
+    models: dict[str, ModelSpec] = Field(default_factory=_default_models)
+    prices: dict[str, dict[Resolution, int]] = Field(default_factory=_default_prices)
+
+    @field_validator("cors_origins", "fetch_allow", mode="before")
+    @classmethod
+    def _split_commas(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [item.strip() for item in value.split(",") if item.strip()]
+        return value
+
+    @field_validator("sqlite_synchronous")
+    @classmethod
+    def _known_synchronous(cls, value: str) -> str:
+        value = value.upper()
+        if value not in {"OFF", "NORMAL", "FULL", "EXTRA"}:
+            raise ValueError("must be OFF, NORMAL, FULL or EXTRA")
+        return value
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        config_file = os.environ.get("BANANASTAND_CONFIG")
+        if config_file:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=Path(config_file)))
+        return tuple(sources)
+
+    @property
+    def effective_public_url(self) -> str:
+        return (self.public_url or f"http://{self.host}:{self.port}").rstrip("/")
+
+    @property
+    def effective_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.data_dir / 'bananastand.db'}"
+
+    @property
+    def files_dir(self) -> Path:
+        return self.data_dir / "files"

@@ -1,0 +1,1 @@
+"""Where result and upload files live, behind the small interface of ``storage.base``."""

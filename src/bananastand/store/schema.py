@@ -1,0 +1,91 @@
+"""The tables. Times are epoch milliseconds (BIGINT): the wire format, and portable."""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+)
+
+metadata = MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+accounts = Table(
+    "accounts",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("name", String(200), nullable=False, server_default=""),
+    Column("created_at", BigInteger, nullable=False),
+)
+
+api_keys = Table(
+    "api_keys",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("account_id", String(40), ForeignKey("accounts.id"), nullable=False, index=True),
+    Column("name", String(200), nullable=False, server_default=""),
+    # What the owner sees in listings (``bs_live_AbCd``); the secret itself is never stored.
+    Column("display_prefix", String(24), nullable=False),
+    Column("secret_hash", String(64), nullable=False, unique=True),
+    Column("is_test", Boolean, nullable=False),
+    Column("created_at", BigInteger, nullable=False),
+    Column("revoked_at", BigInteger, nullable=True),
+    Column("expires_at", BigInteger, nullable=True),
+)
+
+tasks = Table(
+    "tasks",
+    metadata,
+    # ``seq`` orders tasks for the queue and for pagination; ``id`` is the public, opaque one.
+    Column("seq", Integer, primary_key=True, autoincrement=True),
+    Column("id", String(64), nullable=False, unique=True),
+    Column("account_id", String(40), nullable=False),
+    Column("key_id", String(40), nullable=False),
+    Column("provider", String(32), nullable=False),
+    Column("model", String(64), nullable=False),
+    Column("state", String(16), nullable=False),
+    Column("param", Text, nullable=False),  # the original request body, as JSON text
+    Column("input", Text, nullable=False),  # the validated input, as JSON text
+    Column("callback_url", Text, nullable=True),
+    Column("result_json", Text, nullable=False, server_default=""),
+    Column("fail_code", String(8), nullable=False, server_default=""),
+    Column("fail_msg", Text, nullable=False, server_default=""),
+    Column("credits_consumed", Integer, nullable=False, server_default="0"),
+    Column("usage", Text, nullable=False, server_default="{}"),
+    Column("created_at", BigInteger, nullable=False),
+    Column("updated_at", BigInteger, nullable=False),
+    Column("started_at", BigInteger, nullable=True),
+    Column("completed_at", BigInteger, nullable=True),
+    # The lease: a claim on the task by one worker, fenced by a token no other claim shares.
+    Column("attempts", Integer, nullable=False, server_default="0"),
+    Column("lease_token", String(32), nullable=True),
+    Column("lease_expires_at", BigInteger, nullable=True),
+    Column("worker_id", String(64), nullable=True),
+    Index("ix_tasks_state_seq", "state", "seq"),
+    Index("ix_tasks_account_id_seq", "account_id", "seq"),
+    Index("ix_tasks_lease_expires_at", "lease_expires_at"),
+)
+
+idempotency_keys = Table(
+    "idempotency_keys",
+    metadata,
+    Column("account_id", String(40), primary_key=True),
+    Column("key", String(255), primary_key=True),
+    Column("request_hash", String(64), nullable=False),
+    Column("task_id", String(64), nullable=False),
+    Column("created_at", BigInteger, nullable=False),
+)

@@ -1,0 +1,332 @@
+"""Every query about tasks: the task table is also the queue.
+
+Each function takes a Connection and returns plain values or records; ``Database`` runs it
+in the right place and transaction. Writes about a claimed task are fenced by its lease
+token: a worker that lost its lease changes nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Connection, and_, delete, func, insert, select, update
+
+from bananastand.contract import CANCELED_MSG, FAIL_INPUT, FAIL_INTERNAL, TaskState
+from bananastand.records import Claim, Task
+from bananastand.store.schema import idempotency_keys, tasks
+
+_ACTIVE = (TaskState.QUEUING.value, TaskState.GENERATING.value)
+
+
+def get_task(connection: Connection, task_id: str, account_id: str | None = None) -> Task | None:
+    query = select(tasks).where(tasks.c.id == task_id)
+    if account_id is not None:
+        query = query.where(tasks.c.account_id == account_id)
+    row = connection.execute(query).mappings().first()
+    return Task.from_row(row) if row else None
+
+
+def list_tasks(
+    connection: Connection,
+    account_id: str,
+    *,
+    state: TaskState | None,
+    limit: int,
+    before_seq: int | None,
+) -> list[Task]:
+    """Newest first; ``before_seq`` continues a page (keyset pagination stays stable)."""
+    query = select(tasks).where(tasks.c.account_id == account_id)
+    if state is not None:
+        query = query.where(tasks.c.state == state.value)
+    if before_seq is not None:
+        query = query.where(tasks.c.seq < before_seq)
+    query = query.order_by(tasks.c.seq.desc()).limit(limit)
+    return [Task.from_row(row) for row in connection.execute(query).mappings()]
+
+
+@dataclass(frozen=True, slots=True)
+class NewTask:
+    id: str
+    account_id: str
+    key_id: str
+    provider: str
+    model: str
+    param: str
+    input: str
+    callback_url: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class IdempotencyClaim:
+    key: str
+    request_hash: str
+    ttl_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class Created:
+    task_id: str
+    #: False when an earlier request with the same Idempotency-Key made the task.
+    created: bool
+
+
+class IdempotencyConflict(Exception):
+    """The Idempotency-Key was used, within its lifetime, for a different request."""
+
+
+def create_task(
+    connection: Connection, new: NewTask, now_ms: int, idempotency: IdempotencyClaim | None
+) -> Created:
+    """Insert the task, or return the one an earlier request with the same key made."""
+    if idempotency is not None:
+        earlier = (
+            connection.execute(
+                select(idempotency_keys).where(
+                    idempotency_keys.c.account_id == new.account_id,
+                    idempotency_keys.c.key == idempotency.key,
+                )
+            )
+            .mappings()
+            .first()
+        )
+        if earlier is not None and earlier["created_at"] > now_ms - idempotency.ttl_ms:
+            if earlier["request_hash"] != idempotency.request_hash:
+                raise IdempotencyConflict(idempotency.key)
+            return Created(task_id=earlier["task_id"], created=False)
+        if earlier is not None:
+            connection.execute(
+                delete(idempotency_keys).where(
+                    idempotency_keys.c.account_id == new.account_id,
+                    idempotency_keys.c.key == idempotency.key,
+                )
+            )
+        connection.execute(
+            insert(idempotency_keys).values(
+                account_id=new.account_id,
+                key=idempotency.key,
+                request_hash=idempotency.request_hash,
+                task_id=new.id,
+                created_at=now_ms,
+            )
+        )
+    connection.execute(
+        insert(tasks).values(
+            id=new.id,
+            account_id=new.account_id,
+            key_id=new.key_id,
+            provider=new.provider,
+            model=new.model,
+            state=TaskState.WAITING.value,
+            param=new.param,
+            input=new.input,
+            callback_url=new.callback_url,
+            created_at=now_ms,
+            updated_at=now_ms,
+        )
+    )
+    return Created(task_id=new.id, created=True)
+
+
+def purge_idempotency_keys(connection: Connection, older_than_ms: int) -> int:
+    result = connection.execute(
+        delete(idempotency_keys).where(idempotency_keys.c.created_at < older_than_ms)
+    )
+    return result.rowcount
+
+
+def cancel_task(connection: Connection, task_id: str, account_id: str, now_ms: int) -> Task | None:
+    """End a task that is not generating yet; returns it as it is now (``None``: unknown).
+
+    Clearing the lease fences out a worker that is still fetching the task's inputs.
+    """
+    connection.execute(
+        update(tasks)
+        .where(
+            tasks.c.id == task_id,
+            tasks.c.account_id == account_id,
+            tasks.c.state.in_((TaskState.WAITING.value, TaskState.QUEUING.value)),
+        )
+        .values(
+            state=TaskState.FAIL.value,
+            fail_code=FAIL_INPUT,
+            fail_msg=CANCELED_MSG,
+            completed_at=now_ms,
+            updated_at=now_ms,
+            lease_token=None,
+            lease_expires_at=None,
+        )
+    )
+    return get_task(connection, task_id, account_id)
+
+
+def claim_tasks(
+    connection: Connection,
+    *,
+    worker_id: str,
+    lease_token: str,
+    limit: int,
+    now_ms: int,
+    lease_ms: int,
+) -> list[Claim]:
+    """Take up to ``limit`` waiting tasks, oldest first.
+
+    The one dialect-specific query: PostgreSQL skips rows other workers are claiming;
+    SQLite needs nothing, its writer is serialised.
+    """
+    oldest = (
+        select(tasks.c.seq)
+        .where(tasks.c.state == TaskState.WAITING.value)
+        .order_by(tasks.c.seq)
+        .limit(limit)
+    )
+    if connection.dialect.name == "postgresql":
+        oldest = oldest.with_for_update(skip_locked=True)
+    rows = (
+        connection.execute(
+            update(tasks)
+            .where(tasks.c.seq.in_(oldest.scalar_subquery()))
+            .values(
+                state=TaskState.QUEUING.value,
+                attempts=tasks.c.attempts + 1,
+                lease_token=lease_token,
+                lease_expires_at=now_ms + lease_ms,
+                worker_id=worker_id,
+                started_at=func.coalesce(tasks.c.started_at, now_ms),
+                updated_at=now_ms,
+            )
+            .returning(*tasks.c)
+        )
+        .mappings()
+        .all()
+    )
+    claims = [Claim(task=Task.from_row(row), lease_token=lease_token) for row in rows]
+    return sorted(claims, key=lambda claim: claim.task.seq)
+
+
+def _fenced(task_id: str, lease_token: str) -> Any:
+    return and_(
+        tasks.c.id == task_id,
+        tasks.c.lease_token == lease_token,
+        tasks.c.state.in_(_ACTIVE),
+    )
+
+
+def renew_leases(
+    connection: Connection, held: Iterable[tuple[str, str]], now_ms: int, lease_ms: int
+) -> set[str]:
+    """Extend the leases still held; returns the task ids whose lease is gone."""
+    lost: set[str] = set()
+    for task_id, lease_token in held:
+        result = connection.execute(
+            update(tasks)
+            .where(_fenced(task_id, lease_token))
+            .values(lease_expires_at=now_ms + lease_ms)
+        )
+        if result.rowcount == 0:
+            lost.add(task_id)
+    return lost
+
+
+def mark_generating(connection: Connection, task_id: str, lease_token: str, now_ms: int) -> bool:
+    result = connection.execute(
+        update(tasks)
+        .where(_fenced(task_id, lease_token))
+        .values(state=TaskState.GENERATING.value, updated_at=now_ms)
+    )
+    return result.rowcount == 1
+
+
+def finish_task(
+    connection: Connection,
+    task_id: str,
+    lease_token: str,
+    now_ms: int,
+    *,
+    state: TaskState,
+    result_json: str = "",
+    fail_code: str = "",
+    fail_msg: str = "",
+    usage: str = "{}",
+) -> bool:
+    """Write the outcome once; False when the lease was lost (someone else owns the task)."""
+    result = connection.execute(
+        update(tasks)
+        .where(_fenced(task_id, lease_token))
+        .values(
+            state=state.value,
+            result_json=result_json,
+            fail_code=fail_code,
+            fail_msg=fail_msg,
+            usage=usage,
+            completed_at=now_ms,
+            updated_at=now_ms,
+            lease_token=None,
+            lease_expires_at=None,
+        )
+    )
+    return result.rowcount == 1
+
+
+def release_task(connection: Connection, task_id: str, lease_token: str, now_ms: int) -> bool:
+    """Hand a task back untouched (graceful shutdown): it does not count as an attempt."""
+    result = connection.execute(
+        update(tasks)
+        .where(_fenced(task_id, lease_token))
+        .values(
+            state=TaskState.WAITING.value,
+            attempts=tasks.c.attempts - 1,
+            lease_token=None,
+            lease_expires_at=None,
+            worker_id=None,
+            updated_at=now_ms,
+        )
+    )
+    return result.rowcount == 1
+
+
+@dataclass(frozen=True, slots=True)
+class Rescue:
+    requeued: list[str]
+    failed: list[str]
+
+
+def rescue_expired(connection: Connection, now_ms: int, max_attempts: int) -> Rescue:
+    """Tasks whose worker stopped renewing: back to ``waiting``, or ``fail`` when out of tries."""
+    expired = and_(tasks.c.state.in_(_ACTIVE), tasks.c.lease_expires_at < now_ms)
+    failed = (
+        connection.execute(
+            update(tasks)
+            .where(expired, tasks.c.attempts >= max_attempts)
+            .values(
+                state=TaskState.FAIL.value,
+                fail_code=FAIL_INTERNAL,
+                fail_msg=(f"the worker running this task stopped {max_attempts} times; giving up"),
+                completed_at=now_ms,
+                updated_at=now_ms,
+                lease_token=None,
+                lease_expires_at=None,
+            )
+            .returning(tasks.c.id)
+        )
+        .scalars()
+        .all()
+    )
+    requeued = (
+        connection.execute(
+            update(tasks)
+            .where(expired)
+            .values(
+                state=TaskState.WAITING.value,
+                lease_token=None,
+                lease_expires_at=None,
+                worker_id=None,
+                updated_at=now_ms,
+            )
+            .returning(tasks.c.id)
+        )
+        .scalars()
+        .all()
+    )
+    return Rescue(requeued=list(requeued), failed=list(failed))

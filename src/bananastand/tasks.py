@@ -1,0 +1,168 @@
+"""The task lifecycle as clients see it: accept, look up, list, cancel.
+
+Running a task is the worker's part (``worker.py``); both meet only in the task table.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+import orjson
+from pydantic import ValidationError as PydanticValidationError
+
+from bananastand.contract import CreateTaskRequest, TaskState, describe_validation_error
+from bananastand.errors import NotFoundError, ValidationError
+from bananastand.ids import new_task_id, now_ms
+from bananastand.providers.registry import ProviderRegistry
+from bananastand.records import ApiKey, Task
+from bananastand.settings import Settings
+from bananastand.store import tasks as queries
+from bananastand.store.database import Database
+
+MAX_IDEMPOTENCY_KEY = 255
+MAX_PAGE = 100
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    tasks: list[Task]
+    next_cursor: str | None
+
+
+class Tasks:
+    def __init__(
+        self,
+        db: Database,
+        settings: Settings,
+        providers: ProviderRegistry,
+        *,
+        on_created: Callable[[], None] = lambda: None,
+    ) -> None:
+        self._db = db
+        self._settings = settings
+        self._providers = providers
+        # Lets a worker in this process start at once instead of at its next poll.
+        self._on_created = on_created
+
+    def validate(self, body: Any) -> CreateTaskRequest:
+        if not isinstance(body, dict):
+            raise ValidationError("body: must be a JSON object")
+        try:
+            request = CreateTaskRequest.model_validate(body)
+        except PydanticValidationError as exc:
+            raise ValidationError(describe_validation_error(exc)) from None
+        spec = self._settings.models.get(request.model)
+        if spec is None:
+            known = ", ".join(sorted(self._settings.models))
+            raise ValidationError(f"model: unknown model {request.model!r}; expected {known}")
+        if request.input.resolution not in spec.resolutions:
+            allowed = ", ".join(r.value for r in spec.resolutions)
+            raise ValidationError(f"input.resolution: {request.model} supports {allowed}")
+        if len(request.input.image_input) > spec.max_images:
+            raise ValidationError(
+                f"input.image_input: {request.model} takes at most {spec.max_images} images"
+            )
+        return request
+
+    async def create(
+        self, key: ApiKey, body: Mapping[str, Any], *, idempotency_key: str | None = None
+    ) -> str:
+        """Accept a task; returns its id once the row is durably committed."""
+        request = self.validate(body)
+        provider = self._providers.provider_name_for(request.model, is_test=key.is_test)
+        param = orjson.dumps(body).decode()
+        idempotency = None
+        if idempotency_key is not None:
+            if not 0 < len(idempotency_key) <= MAX_IDEMPOTENCY_KEY:
+                raise ValidationError(
+                    f"Idempotency-Key: must be 1 to {MAX_IDEMPOTENCY_KEY} characters"
+                )
+            request_hash = hashlib.sha256(orjson.dumps(body, option=orjson.OPT_SORT_KEYS))
+            idempotency = queries.IdempotencyClaim(
+                key=idempotency_key,
+                request_hash=request_hash.hexdigest(),
+                ttl_ms=self._settings.idempotency_ttl_seconds * 1000,
+            )
+        new = queries.NewTask(
+            id=new_task_id(),
+            account_id=key.account_id,
+            key_id=key.id,
+            provider=provider,
+            model=request.model,
+            param=param,
+            input=request.input.model_dump_json(),
+            callback_url=request.callback_url,
+        )
+        try:
+            created = await self._db.write(
+                partial(queries.create_task, new=new, now_ms=now_ms(), idempotency=idempotency)
+            )
+        except queries.IdempotencyConflict:
+            raise ValidationError(
+                "Idempotency-Key: already used for a different request body"
+            ) from None
+        if created.created:
+            self._on_created()
+        return created.task_id
+
+    async def get(self, key: ApiKey, task_id: str) -> Task:
+        """A task of the key's account; another account's task is as unknown as a missing one."""
+        task = await self._db.read(
+            partial(queries.get_task, task_id=task_id, account_id=key.account_id)
+        )
+        if task is None:
+            raise NotFoundError(f"task {task_id} not found")
+        return task
+
+    async def cancel(self, key: ApiKey, task_id: str) -> Task:
+        task = await self._db.write(
+            partial(
+                queries.cancel_task, task_id=task_id, account_id=key.account_id, now_ms=now_ms()
+            )
+        )
+        if task is None:
+            raise NotFoundError(f"task {task_id} not found")
+        if task.fail_msg != "canceled" or task.state is not TaskState.FAIL:
+            raise ValidationError(
+                f"taskId: the task is {task.state.value} and can no longer be canceled"
+            )
+        return task
+
+    async def list(
+        self, key: ApiKey, *, state: TaskState | None, limit: int, cursor: str | None
+    ) -> Page:
+        if not 1 <= limit <= MAX_PAGE:
+            raise ValidationError(f"limit: must be between 1 and {MAX_PAGE}")
+        before = decode_cursor(cursor) if cursor else None
+        found = await self._db.read(
+            partial(
+                queries.list_tasks,
+                account_id=key.account_id,
+                state=state,
+                limit=limit + 1,
+                before_seq=before,
+            )
+        )
+        more = len(found) > limit
+        page = found[:limit]
+        return Page(tasks=page, next_cursor=encode_cursor(page[-1].seq) if more else None)
+
+
+def encode_cursor(seq: int) -> str:
+    return base64.urlsafe_b64encode(f"s{seq}".encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> int:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        if not raw.startswith("s"):
+            raise ValueError(raw)
+        return int(raw[1:])
+    except (ValueError, binascii.Error, UnicodeDecodeError):
+        raise ValidationError("cursor: not a cursor this server handed out") from None

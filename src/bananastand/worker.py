@@ -1,0 +1,269 @@
+"""Runs tasks: claims waiting ones with a lease, runs each through its provider, and
+writes the outcome fenced by the lease.
+
+One worker runs many tasks at once on one event loop (``worker_concurrency``). While it
+holds tasks it renews their leases; a worker that dies stops renewing, and any worker's
+rescue pass puts its tasks back to ``waiting`` (or fails them after ``max_attempts``).
+On shutdown it stops claiming, lets running tasks finish within the grace period, and
+hands the rest back untouched.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+from functools import partial
+
+import orjson
+
+from bananastand import imaging
+from bananastand.contract import TaskInput, TaskState
+from bananastand.errors import LeaseLost, TaskFailure, UpstreamTimeout
+from bananastand.fetch import SafeFetcher
+from bananastand.ids import now_ms, random_token
+from bananastand.logs import bind_task
+from bananastand.providers.base import GenerationRequest, InputImage
+from bananastand.providers.registry import ProviderRegistry
+from bananastand.records import Claim
+from bananastand.settings import Settings
+from bananastand.storage.base import Storage
+from bananastand.store import tasks as queries
+from bananastand.store.database import Database
+
+log = logging.getLogger(__name__)
+
+
+class Worker:
+    def __init__(
+        self,
+        db: Database,
+        settings: Settings,
+        providers: ProviderRegistry,
+        storage: Storage,
+        fetcher: SafeFetcher,
+    ) -> None:
+        self._db = db
+        self._settings = settings
+        self._providers = providers
+        self._storage = storage
+        self._fetcher = fetcher
+        self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{random_token(6)}"
+        self._lease_ms = int(settings.lease_seconds * 1000)
+        self._running: dict[str, tuple[asyncio.Task[None], Claim]] = {}
+        self._wakeup = asyncio.Event()
+        self._stopping = asyncio.Event()
+
+    def wake(self) -> None:
+        """A task was created: look for work now rather than at the next poll."""
+        self._wakeup.set()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self._wakeup.set()
+
+    @property
+    def running(self) -> int:
+        return len(self._running)
+
+    async def run(self) -> None:
+        """Work until ``stop()``; then drain and return."""
+        log.info(
+            "worker started",
+            extra={"worker_id": self.worker_id, "concurrency": self._settings.worker_concurrency},
+        )
+        upkeep = asyncio.create_task(self._upkeep(), name="worker-upkeep")
+        try:
+            await self._rescue()
+            while not self._stopping.is_set():
+                claimed = await self._claim()
+                if claimed:
+                    continue  # there may be more waiting
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(
+                        self._wakeup.wait(), self._settings.poll_interval_seconds
+                    )
+                self._wakeup.clear()
+            await self._drain()
+        finally:
+            upkeep.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await upkeep
+            log.info("worker stopped", extra={"worker_id": self.worker_id})
+
+    async def _claim(self) -> int:
+        free = self._settings.worker_concurrency - len(self._running)
+        if free <= 0:
+            return 0
+        claims = await self._db.write(
+            partial(
+                queries.claim_tasks,
+                worker_id=self.worker_id,
+                lease_token=random_token(24),
+                limit=free,
+                now_ms=now_ms(),
+                lease_ms=self._lease_ms,
+            )
+        )
+        for claim in claims:
+            runner = asyncio.create_task(self._run(claim), name=f"task-{claim.task.id}")
+            self._running[claim.task.id] = (runner, claim)
+            runner.add_done_callback(partial(self._finished, claim.task.id))
+        return len(claims)
+
+    def _finished(self, task_id: str, _runner: asyncio.Task[None]) -> None:
+        self._running.pop(task_id, None)
+        self._wakeup.set()
+
+    async def _drain(self) -> None:
+        if self._running:
+            log.info("draining %d running tasks", len(self._running))
+            runners = [runner for runner, _ in self._running.values()]
+            await asyncio.wait(runners, timeout=self._settings.shutdown_grace_seconds)
+        leftover = list(self._running.values())
+        for runner, _ in leftover:
+            runner.cancel()
+        for runner, claim in leftover:
+            with contextlib.suppress(asyncio.CancelledError):
+                await runner
+            released = await self._db.write(
+                partial(
+                    queries.release_task,
+                    task_id=claim.task.id,
+                    lease_token=claim.lease_token,
+                    now_ms=now_ms(),
+                )
+            )
+            with bind_task(claim.task.id):
+                log.info("handed back unfinished task" if released else "task lease was gone")
+
+    async def _upkeep(self) -> None:
+        """Renew our leases often; rescue tasks of dead workers now and then."""
+        interval = max(0.05, self._settings.lease_seconds / 3)
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self._renew()
+                await self._rescue()
+            except Exception:
+                log.exception("lease upkeep failed; retrying")
+
+    async def _renew(self) -> None:
+        held = [(task_id, claim.lease_token) for task_id, (_, claim) in self._running.items()]
+        if not held:
+            return
+        lost = await self._db.write(
+            partial(queries.renew_leases, held=held, now_ms=now_ms(), lease_ms=self._lease_ms)
+        )
+        for task_id in lost:
+            entry = self._running.get(task_id)
+            if entry is not None:
+                with bind_task(task_id):
+                    log.warning("lease lost; abandoning the task here")
+                entry[0].cancel()
+
+    async def _rescue(self) -> None:
+        rescued = await self._db.write(
+            partial(
+                queries.rescue_expired, now_ms=now_ms(), max_attempts=self._settings.max_attempts
+            )
+        )
+        for task_id in rescued.requeued:
+            with bind_task(task_id):
+                log.warning("rescued a task whose worker stopped; back to waiting")
+        for task_id in rescued.failed:
+            with bind_task(task_id):
+                log.error("task failed: its worker stopped too many times")
+        if rescued.requeued:
+            self._wakeup.set()
+
+    async def _run(self, claim: Claim) -> None:
+        task = claim.task
+        with bind_task(task.id):
+            log.info("task claimed", extra={"attempt": task.attempts, "provider": task.provider})
+            try:
+                async with asyncio.timeout(self._settings.task_timeout_seconds):
+                    outcome = await self._generate(claim)
+            except TimeoutError:
+                failure: TaskFailure = UpstreamTimeout(
+                    f"timed out after {self._settings.task_timeout_seconds:g} s"
+                )
+                await self._finish(claim, TaskState.FAIL, fail=failure)
+            except TaskFailure as failure:
+                await self._finish(claim, TaskState.FAIL, fail=failure)
+            except LeaseLost:
+                log.warning("lease lost before the task could start generating")
+            except Exception:
+                log.exception("task crashed")
+                await self._finish(
+                    claim,
+                    TaskState.FAIL,
+                    fail=TaskFailure(f"internal error while running the task (ref {task.id})"),
+                )
+            else:
+                await self._finish(claim, TaskState.SUCCESS, outcome=outcome)
+
+    async def _generate(self, claim: Claim) -> tuple[str, str]:
+        """Fetch inputs, call the provider, store the image: (resultJson, usage JSON)."""
+        task = claim.task
+        spec = TaskInput.model_validate_json(task.input)
+        fetched = await asyncio.gather(*(self._fetcher.fetch_image(u) for u in spec.image_input))
+        marked = await self._db.write(
+            partial(
+                queries.mark_generating,
+                task_id=task.id,
+                lease_token=claim.lease_token,
+                now_ms=now_ms(),
+            )
+        )
+        if not marked:
+            raise LeaseLost(task.id)
+        provider = self._providers.get(task.provider)
+        started = now_ms()
+        image = await provider.generate(
+            GenerationRequest(
+                model=task.model,
+                prompt=spec.prompt,
+                images=[InputImage(data=f.data, mime_type=f.mime_type) for f in fetched],
+                aspect_ratio=spec.aspect_ratio,
+                resolution=spec.resolution,
+                output_format=spec.output_format,
+            )
+        )
+        usage = {**image.usage, "provider_ms": now_ms() - started}
+        data = await asyncio.to_thread(imaging.to_output_format, image.data, spec.output_format)
+        key = f"results/{task.id}/{random_token(24)}.{spec.output_format.value}"
+        await self._storage.put(key, data, spec.output_format.mime_type)
+        url = f"{self._settings.effective_public_url}/files/{key}"
+        return orjson.dumps({"resultUrls": [url]}).decode(), orjson.dumps(usage).decode()
+
+    async def _finish(
+        self,
+        claim: Claim,
+        state: TaskState,
+        *,
+        outcome: tuple[str, str] | None = None,
+        fail: TaskFailure | None = None,
+    ) -> None:
+        result_json, usage = outcome or ("", "{}")
+        written = await self._db.write(
+            partial(
+                queries.finish_task,
+                task_id=claim.task.id,
+                lease_token=claim.lease_token,
+                now_ms=now_ms(),
+                state=state,
+                result_json=result_json,
+                fail_code=fail.fail_code if fail else "",
+                fail_msg=fail.message if fail else "",
+                usage=usage,
+            )
+        )
+        if not written:
+            log.warning("outcome dropped: the lease was lost (canceled or rescued meanwhile)")
+        elif fail is not None:
+            log.info("task failed", extra={"fail_code": fail.fail_code, "fail_msg": fail.message})
+        else:
+            log.info("task succeeded")
