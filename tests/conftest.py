@@ -1,0 +1,217 @@
+"""Shared fixtures: a real bananastand server over real HTTP on loopback, real SQLite.
+
+``server`` runs the app in-process (uvicorn in a thread, its own event loop), which is
+quick to start; ``spawn_server`` starts ``bananastand serve`` as a real child process for
+tests that kill, signal or restart it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import uvicorn
+
+from bananastand.accounts import Accounts
+from bananastand.app import create_app
+from bananastand.settings import Settings
+from bananastand.store import migrate
+from bananastand.store.database import Database
+
+BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def make_key(data_dir: Path, *, test: bool = True, account_id: str | None = None) -> str:
+    """A fresh key in ``data_dir``'s database, made by the real domain code."""
+
+    async def create() -> str:
+        db = Database(Settings(data_dir=data_dir).effective_database_url)
+        try:
+            await asyncio.to_thread(migrate.upgrade, db)
+            made = await Accounts(db).create_key(account_id=account_id, is_test=test)
+            return made.secret
+        finally:
+            await db.close()
+
+    return asyncio.run(create())
+
+
+@dataclass
+class Server:
+    """A running server and an HTTP client pointed at it."""
+
+    base_url: str
+    data_dir: Path
+    settings: Settings
+    client: httpx.Client = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.client = httpx.Client(base_url=self.base_url, timeout=30)
+
+    def key(self, *, test: bool = True, account_id: str | None = None) -> str:
+        return make_key(self.data_dir, test=test, account_id=account_id)
+
+    def create(self, key: str, body: Any, **headers: str) -> dict[str, Any]:
+        response = self.client.post(
+            "/api/v1/jobs/createTask",
+            json=body,
+            headers={"Authorization": f"Bearer {key}", **headers},
+        )
+        assert response.status_code == 200
+        answer: dict[str, Any] = response.json()
+        return answer
+
+    def record(self, key: str, task_id: str) -> dict[str, Any]:
+        response = self.client.get(
+            "/api/v1/jobs/recordInfo",
+            params={"taskId": task_id},
+            headers={"Authorization": f"Bearer {key}"},
+        )
+        assert response.status_code == 200
+        answer: dict[str, Any] = response.json()
+        return answer
+
+    def wait(self, key: str, task_id: str, timeout: float = 30.0) -> dict[str, Any]:
+        """Poll until the task is final; returns its record (``data``)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            data: dict[str, Any] = self.record(key, task_id)["data"]
+            if data["state"] in ("success", "fail"):
+                return data
+            if time.monotonic() > deadline:
+                raise AssertionError(f"task {task_id} still {data['state']} after {timeout}s")
+            time.sleep(0.05)
+
+
+def prompt_body(prompt: str = "a banana", **input_fields: Any) -> dict[str, Any]:
+    return {"model": "nano-banana-pro", "input": {"prompt": prompt, **input_fields}}
+
+
+@pytest.fixture
+def start_server(tmp_path: Path) -> Iterator[Callable[..., Server]]:
+    """Start in-process servers with settings overrides; all are stopped at the end."""
+    running: list[tuple[uvicorn.Server, threading.Thread, Server]] = []
+
+    def start(*, run_worker: bool = True, **overrides: Any) -> Server:
+        port = free_port()
+        data_dir = tmp_path / f"data-{len(running)}"
+        settings = Settings(
+            host="127.0.0.1",
+            port=port,
+            data_dir=overrides.pop("data_dir", data_dir),
+            access_log=False,
+            poll_interval_seconds=0.2,
+            **overrides,
+        )
+        config = uvicorn.Config(
+            create_app(settings, run_worker=run_worker),
+            host="127.0.0.1",
+            port=port,
+            log_config=None,
+            access_log=False,
+        )
+        server = uvicorn.Server(config)
+        thread = threading.Thread(target=server.run, daemon=True)
+        thread.start()
+        deadline = time.monotonic() + 20
+        while not server.started:
+            if not thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("server did not start")
+            time.sleep(0.02)
+        handle = Server(f"http://127.0.0.1:{port}", settings.data_dir, settings)
+        running.append((server, thread, handle))
+        return handle
+
+    yield start
+    for server, thread, handle in running:
+        handle.client.close()
+        server.should_exit = True
+        thread.join(timeout=30)
+
+
+@pytest.fixture
+def server(start_server: Callable[..., Server]) -> Server:
+    return start_server()
+
+
+@dataclass
+class ServerProcess:
+    """``bananastand serve`` (or ``worker``) as a child process."""
+
+    process: subprocess.Popen[bytes]
+    base_url: str
+    log_path: Path
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def kill(self) -> None:
+        self.process.kill()
+        self.process.wait(timeout=30)
+
+    def terminate(self, timeout: float = 60) -> int:
+        self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(timeout=timeout)
+
+
+@pytest.fixture
+def spawn(tmp_path: Path) -> Iterator[Callable[..., ServerProcess]]:
+    """Start ``bananastand ARGS...`` with ``BANANASTAND_*`` env overrides; waits for
+    ``/healthz`` when the command serves HTTP. Every child is killed at the end."""
+    children: list[ServerProcess] = []
+
+    def start(*args: str, env: dict[str, str] | None = None, wait: bool = True) -> ServerProcess:
+        port = free_port()
+        full_env = {
+            **os.environ,
+            "BANANASTAND_DATA_DIR": str(tmp_path / "data"),
+            "BANANASTAND_PORT": str(port),
+            "BANANASTAND_LOG_FORMAT": "json",
+            "BANANASTAND_POLL_INTERVAL_SECONDS": "0.2",
+            **(env or {}),
+        }
+        log_path = tmp_path / f"child-{len(children)}.log"
+        with log_path.open("wb") as log_file:
+            process = subprocess.Popen(
+                [str(BIN / "bananastand"), *args],
+                env=full_env,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+            )
+        child = ServerProcess(process, f"http://127.0.0.1:{port}", log_path)
+        children.append(child)
+        if wait and args and args[0] == "serve":
+            deadline = time.monotonic() + 30
+            while True:
+                try:
+                    if httpx.get(f"{child.base_url}/healthz", timeout=1).json()["code"] == 200:
+                        break
+                except httpx.HTTPError:
+                    pass
+                if process.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"server did not start:\n{child.log()}")
+                time.sleep(0.1)
+        return child
+
+    yield start
+    for child in children:
+        if child.process.poll() is None:
+            child.kill()
