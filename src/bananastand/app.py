@@ -100,6 +100,8 @@ def create_app(settings: Settings, *, run_worker: bool = True) -> FastAPI:
         version=__version__,
         description=DESCRIPTION,
         lifespan=lifespan,
+        # A trailing slash answers a 404 envelope, not a bare 307 that raise_for_status trips on.
+        redirect_slashes=False,
     )
     install_error_handlers(app)
     if settings.cors_origins:

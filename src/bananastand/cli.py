@@ -7,9 +7,10 @@ Scripts and tests drive these commands, so their names and the shape of their ou
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Annotated, TypeVar
 
 import typer
@@ -19,6 +20,7 @@ from rich.console import Console
 from bananastand import logs
 from bananastand.accounts import Accounts, NewKey
 from bananastand.app import close_runtime, create_app, open_runtime
+from bananastand.errors import ApiError
 from bananastand.settings import Settings
 
 T = TypeVar("T")
@@ -27,7 +29,7 @@ app = typer.Typer(help="bananastand: self-hosted image-generation jobs.", no_arg
 keys_app = typer.Typer(help="Create, list and revoke API keys.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
 
-console = Console(highlight=False)
+console = Console(highlight=False, soft_wrap=True)
 
 
 def _settings(**overrides: object) -> Settings:
@@ -38,6 +40,8 @@ def _settings(**overrides: object) -> Settings:
 
 
 def _with_accounts(settings: Settings, action: Callable[[Accounts], Awaitable[T]]) -> T:
+    """Run one admin action; a refusal is one clear line on stderr and exit status 1."""
+
     async def run() -> T:
         runtime = await open_runtime(settings, run_worker=False)
         try:
@@ -45,7 +49,11 @@ def _with_accounts(settings: Settings, action: Callable[[Accounts], Awaitable[T]
         finally:
             await close_runtime(runtime)
 
-    return asyncio.run(run())
+    try:
+        return asyncio.run(run())
+    except ApiError as exc:
+        Console(stderr=True, highlight=False).print(f"error: {exc.msg}")
+        raise typer.Exit(1) from None
 
 
 def _banner(settings: Settings, first_key: NewKey | None, live: str | None) -> None:
@@ -92,7 +100,7 @@ def serve(
     first_key = _with_accounts(settings, first_start)
     live = "sandbox" if settings.live_provider.value == "sandbox" else None
     _banner(settings, first_key, live)
-    uvicorn.run(
+    config = uvicorn.Config(
         create_app(settings, run_worker=worker),
         host=settings.host,
         port=settings.port,
@@ -100,6 +108,22 @@ def serve(
         access_log=settings.access_log,
         timeout_graceful_shutdown=int(settings.shutdown_grace_seconds) + 5,
     )
+    _DrainingServer(config).run()
+
+
+class _DrainingServer(uvicorn.Server):
+    """Exits with status 0 after a graceful SIGTERM/SIGINT drain.
+
+    uvicorn re-raises the caught signal once it has shut down, so the process would look
+    killed to its supervisor although it stopped cleanly (``bananastand worker`` exits 0
+    too). Errors during shutdown still propagate.
+    """
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        with super().capture_signals():
+            yield
+            self._captured_signals.clear()
 
 
 @app.command("worker")

@@ -108,8 +108,8 @@ CANCELED_MSG = "canceled"
 
 # -- Requests -------------------------------------------------------------------------------
 # Validation is strict where the seed is (types, ranges, enums) and lenient where real
-# clients are known to stray: ``jpeg`` for ``jpg``, upper/lower case, ``null`` or ``""``
-# for an optional field, unknown extra fields (ignored).
+# clients are known to stray: ``jpeg`` for ``jpg``, upper/lower case, ``null`` for an
+# optional field, ``""`` for no callBackUrl, unknown extra fields (ignored).
 
 MAX_PROMPT_CHARS = 10_000
 MAX_IMAGE_INPUTS = 8

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field, field_validator
 from pydantic_settings import (
@@ -62,7 +62,7 @@ class Settings(BaseSettings):
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
     access_log: bool = True
     log_level: str = "INFO"
-    log_format: str = "json"  # json | text
+    log_format: Literal["auto", "json", "text"] = "auto"  # auto: text on a terminal
 
     # Storage of tasks and files.
     data_dir: Path = Path("var")

@@ -71,22 +71,29 @@ class Tasks:
         return request
 
     async def create(
-        self, key: ApiKey, body: Mapping[str, Any], *, idempotency_key: str | None = None
+        self,
+        key: ApiKey,
+        body: Mapping[str, Any],
+        raw_body: bytes,
+        *,
+        idempotency_key: str | None = None,
     ) -> str:
-        """Accept a task; returns its id once the row is durably committed."""
+        """Accept a task; returns its id once the row is durably committed.
+
+        ``param`` keeps the body exactly as sent (``raw_body``): re-encoding the parsed
+        body would round integers beyond 64 bits and fail on very deep ignored fields.
+        """
         request = self.validate(body)
         provider = self._providers.provider_name_for(request.model, is_test=key.is_test)
-        param = orjson.dumps(body).decode()
         idempotency = None
         if idempotency_key is not None:
             if not 0 < len(idempotency_key) <= MAX_IDEMPOTENCY_KEY:
                 raise ValidationError(
                     f"Idempotency-Key: must be 1 to {MAX_IDEMPOTENCY_KEY} characters"
                 )
-            request_hash = hashlib.sha256(orjson.dumps(body, option=orjson.OPT_SORT_KEYS))
             idempotency = queries.IdempotencyClaim(
                 key=idempotency_key,
-                request_hash=request_hash.hexdigest(),
+                request_hash=request_fingerprint(body, raw_body),
                 ttl_ms=self._settings.idempotency_ttl_seconds * 1000,
             )
         new = queries.NewTask(
@@ -95,7 +102,7 @@ class Tasks:
             key_id=key.id,
             provider=provider,
             model=request.model,
-            param=param,
+            param=raw_body.decode(),
             input=request.input.model_dump_json(),
             callback_url=request.callback_url,
         )
@@ -154,6 +161,16 @@ class Tasks:
         return Page(tasks=page, next_cursor=encode_cursor(page[-1].seq) if more else None)
 
 
+def request_fingerprint(body: Mapping[str, Any], raw_body: bytes) -> str:
+    """Equal for the same request sent again, whatever its key order or spacing; bodies
+    too deep to re-encode fall back to their exact bytes."""
+    try:
+        canonical = orjson.dumps(body, option=orjson.OPT_SORT_KEYS)
+    except TypeError:
+        canonical = raw_body
+    return hashlib.sha256(canonical).hexdigest()
+
+
 def encode_cursor(seq: int) -> str:
     return base64.urlsafe_b64encode(f"s{seq}".encode()).decode().rstrip("=")
 
@@ -161,8 +178,9 @@ def encode_cursor(seq: int) -> str:
 def decode_cursor(cursor: str) -> int:
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        if not raw.startswith("s"):
+        seq = int(raw[1:]) if raw.startswith("s") and raw[1:].isdigit() else -1
+        if not 0 < seq < 2**63:
             raise ValueError(raw)
-        return int(raw[1:])
+        return seq
     except (ValueError, binascii.Error, UnicodeDecodeError):
         raise ValidationError("cursor: not a cursor this server handed out") from None

@@ -15,6 +15,7 @@ import contextlib
 import logging
 import os
 import socket
+import time
 from functools import partial
 
 import orjson
@@ -34,6 +35,9 @@ from bananastand.store import tasks as queries
 from bananastand.store.database import Database
 
 log = logging.getLogger(__name__)
+
+#: How often a worker deletes idempotency keys past their lifetime.
+_PURGE_INTERVAL = 3600.0
 
 
 class Worker:
@@ -140,15 +144,23 @@ class Worker:
                 log.info("handed back unfinished task" if released else "task lease was gone")
 
     async def _upkeep(self) -> None:
-        """Renew our leases often; rescue tasks of dead workers now and then."""
+        """Renew our leases often; rescue tasks of dead workers and forget expired
+        idempotency keys now and then."""
         interval = max(0.05, self._settings.lease_seconds / 3)
+        next_purge = 0.0
         while True:
             await asyncio.sleep(interval)
             try:
                 await self._renew()
                 await self._rescue()
+                if time.monotonic() >= next_purge:
+                    next_purge = time.monotonic() + _PURGE_INTERVAL
+                    ttl_ms = self._settings.idempotency_ttl_seconds * 1000
+                    await self._db.write(
+                        partial(queries.purge_idempotency_keys, older_than_ms=now_ms() - ttl_ms)
+                    )
             except Exception:
-                log.exception("lease upkeep failed; retrying")
+                log.exception("worker upkeep failed; retrying")
 
     async def _renew(self) -> None:
         held = [(task_id, claim.lease_token) for task_id, (_, claim) in self._running.items()]

@@ -23,9 +23,8 @@ from bananastand.errors import ValidationError
 router = APIRouter(prefix="/api/v1/jobs", tags=["jobs"])
 
 
-async def read_json_body(request: Request, limit: int) -> Any:
-    """The body as JSON whatever its Content-Type says, refusing more than ``limit`` bytes
-    before reading them all (a JSON body sent as text/plain is common in the wild)."""
+async def read_body(request: Request, limit: int) -> bytes:
+    """The raw body, refusing more than ``limit`` bytes before reading them all."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise ValidationError(f"body: larger than {limit} bytes")
@@ -36,7 +35,11 @@ async def read_json_body(request: Request, limit: int) -> Any:
         if size > limit:
             raise ValidationError(f"body: larger than {limit} bytes")
         chunks.append(chunk)
-    raw = b"".join(chunks)
+    return b"".join(chunks)
+
+
+def parse_json(raw: bytes) -> Any:
+    """JSON whatever the Content-Type says: a JSON body sent as text/plain is common."""
     if not raw.strip():
         raise ValidationError("body: must be a JSON object")
     try:
@@ -73,8 +76,10 @@ async def create_task(
     With an ``Idempotency-Key`` header, repeating the same request within 24 h returns the
     same taskId and never creates a second task.
     """
-    body = await read_json_body(request, services.settings.max_body_bytes)
-    task_id = await services.tasks.create(key, body, idempotency_key=idempotency_key)
+    raw = await read_body(request, services.settings.max_body_bytes)
+    task_id = await services.tasks.create(
+        key, parse_json(raw), raw, idempotency_key=idempotency_key
+    )
     return envelope({"taskId": task_id})
 
 
@@ -107,7 +112,7 @@ async def record_info(
 )
 async def cancel_task(request: Request, services: ServicesDep, key: CurrentKey) -> Response:
     """Ends a waiting or queuing task as ``fail`` with failMsg ``canceled``; later: 422."""
-    body = await read_json_body(request, services.settings.max_body_bytes)
+    body = parse_json(await read_body(request, services.settings.max_body_bytes))
     task_id = body.get("taskId") if isinstance(body, dict) else None
     if not isinstance(task_id, str) or not task_id:
         raise ValidationError("taskId: required")

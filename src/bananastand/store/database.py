@@ -186,7 +186,11 @@ class Database:
                 log.warning("group commit of %d writes failed", len(group), exc_info=exc)
             outcomes = [(job, False, exc) for job in group]
         for job, ok, value in outcomes:
-            job.loop.call_soon_threadsafe(_settle, job.future, ok, value)
+            try:
+                job.loop.call_soon_threadsafe(_settle, job.future, ok, value)
+            except RuntimeError:
+                # The caller's event loop is gone; the write stands, nobody awaits it.
+                log.debug("write committed for a closed event loop")
 
     async def close(self) -> None:
         """Finish queued writes, then close every connection."""
