@@ -8,6 +8,7 @@ tests that kill, signal or restart it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import socket
@@ -105,46 +106,57 @@ def prompt_body(prompt: str = "a banana", **input_fields: Any) -> dict[str, Any]
     return {"model": "nano-banana-pro", "input": {"prompt": prompt, **input_fields}}
 
 
-@pytest.fixture
-def start_server(tmp_path: Path) -> Iterator[Callable[..., Server]]:
-    """Start in-process servers with settings overrides; all are stopped at the end."""
-    running: list[tuple[uvicorn.Server, threading.Thread, Server]] = []
-
-    def start(*, run_worker: bool = True, **overrides: Any) -> Server:
-        port = free_port()
-        data_dir = tmp_path / f"data-{len(running)}"
-        settings = Settings(
-            host="127.0.0.1",
-            port=port,
-            data_dir=overrides.pop("data_dir", data_dir),
-            access_log=False,
-            poll_interval_seconds=0.2,
-            **overrides,
-        )
-        config = uvicorn.Config(
-            create_app(settings, run_worker=run_worker),
-            host="127.0.0.1",
-            port=port,
-            log_config=None,
-            access_log=False,
-        )
-        server = uvicorn.Server(config)
-        thread = threading.Thread(target=server.run, daemon=True)
-        thread.start()
-        deadline = time.monotonic() + 20
-        while not server.started:
-            if not thread.is_alive() or time.monotonic() > deadline:
-                raise RuntimeError("server did not start")
-            time.sleep(0.02)
-        handle = Server(f"http://127.0.0.1:{port}", settings.data_dir, settings)
-        running.append((server, thread, handle))
-        return handle
-
-    yield start
-    for server, thread, handle in running:
+@contextlib.contextmanager
+def running_server(
+    data_dir: Path, *, run_worker: bool = True, **overrides: Any
+) -> Iterator[Server]:
+    """A real server in this process (uvicorn in a thread with its own event loop)."""
+    port = free_port()
+    settings = Settings(
+        host="127.0.0.1",
+        port=port,
+        data_dir=data_dir,
+        access_log=False,
+        poll_interval_seconds=0.2,
+        **overrides,
+    )
+    config = uvicorn.Config(
+        create_app(settings, run_worker=run_worker),
+        host="127.0.0.1",
+        port=port,
+        log_config=None,
+        access_log=False,
+    )
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError("server did not start")
+        time.sleep(0.02)
+    handle = Server(f"http://127.0.0.1:{port}", data_dir, settings)
+    try:
+        yield handle
+    finally:
         handle.client.close()
         server.should_exit = True
         thread.join(timeout=30)
+
+
+@pytest.fixture
+def start_server(tmp_path: Path) -> Iterator[Callable[..., Server]]:
+    """Start in-process servers with settings overrides; all are stopped at the end."""
+    with contextlib.ExitStack() as stack:
+        started = 0
+
+        def start(*, run_worker: bool = True, **overrides: Any) -> Server:
+            nonlocal started
+            started += 1
+            data_dir = overrides.pop("data_dir", tmp_path / f"data-{started}")
+            return stack.enter_context(running_server(data_dir, run_worker=run_worker, **overrides))
+
+        yield start
 
 
 @pytest.fixture

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import io
 import json
 import os
@@ -20,19 +19,15 @@ import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 from PIL import Image
 
 from bananastand.accounts import Accounts, NewKey
-from bananastand.app import create_app
-from bananastand.settings import Settings
 from bananastand.store.database import Database
-from conftest import BIN, Server, free_port, prompt_body
+from conftest import BIN, Server, prompt_body, running_server
 
 JOBS = "/api/v1/jobs"
 CREATE = f"{JOBS}/createTask"
@@ -231,42 +226,6 @@ def new_key(server: Server, *, test: bool = True, account_id: str | None = None)
         server, lambda accounts: accounts.create_key(account_id=account_id, is_test=test)
     )
     return made
-
-
-@contextlib.contextmanager
-def running_server(data_dir: Path, *, run_worker: bool, **overrides: Any) -> Iterator[Server]:
-    """Like conftest's ``start_server``, for a server shared by a whole module."""
-    port = free_port()
-    settings = Settings(
-        host="127.0.0.1",
-        port=port,
-        data_dir=data_dir,
-        access_log=False,
-        poll_interval_seconds=0.2,
-        **overrides,
-    )
-    config = uvicorn.Config(
-        create_app(settings, run_worker=run_worker),
-        host="127.0.0.1",
-        port=port,
-        log_config=None,
-        access_log=False,
-    )
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            raise RuntimeError("server did not start")
-        time.sleep(0.02)
-    handle = Server(f"http://127.0.0.1:{port}", data_dir, settings)
-    try:
-        yield handle
-    finally:
-        handle.client.close()
-        server.should_exit = True
-        thread.join(timeout=30)
 
 
 @pytest.fixture(scope="module")

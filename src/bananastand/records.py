@@ -34,28 +34,9 @@ class Task:
 
     @classmethod
     def from_row(cls, row: Mapping[Any, Any]) -> Task:
-        return cls(
-            seq=row["seq"],
-            id=row["id"],
-            account_id=row["account_id"],
-            key_id=row["key_id"],
-            provider=row["provider"],
-            model=row["model"],
-            state=TaskState(row["state"]),
-            param=row["param"],
-            input=row["input"],
-            callback_url=row["callback_url"],
-            result_json=row["result_json"],
-            fail_code=row["fail_code"],
-            fail_msg=row["fail_msg"],
-            credits_consumed=row["credits_consumed"],
-            usage=row["usage"],
-            created_at=row["created_at"],
-            updated_at=row["updated_at"],
-            started_at=row["started_at"],
-            completed_at=row["completed_at"],
-            attempts=row["attempts"],
-        )
+        values = {name: row[name] for name in cls.__slots__}
+        values["state"] = TaskState(values["state"])
+        return cls(**values)
 
     def to_record(self) -> dict[str, Any]:
         """The ``data`` of recordInfo and of the callback, field for field."""
