@@ -110,7 +110,7 @@ def byte_range(header: str | None, size: int) -> tuple[int, int] | None:
         return None
     start = int(first)
     end = int(last) if last else size - 1
-    if end < start:
+    if last and end < start:
         return None
     if start >= size:
         raise _Unsatisfiable
