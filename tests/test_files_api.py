@@ -594,3 +594,14 @@ def test_a_30_mb_upload_and_download_stream_through_bounded_memory(server: Serve
     # Far below one copy of the file: the server holds chunks, never the file (the test's
     # own source buffer was allocated before tracing started).
     assert peak < size // 3, peak
+
+
+def test_workers_sweep_expired_uploads_on_their_own(start_server: Callable[..., Server]) -> None:
+    server = start_server(lease_seconds=0.6, sweep_interval_seconds=0.2, upload_retention_seconds=1)
+    data = uploaded(stream_upload(server, server.key(), png()))
+    [path] = (server.data_dir / "files").rglob("photo.png")
+    deadline = time.monotonic() + 20
+    while path.exists():
+        assert time.monotonic() < deadline, "the worker never swept the expired upload"
+        time.sleep(0.1)
+    assert _not_found(httpx.get(data["downloadUrl"]))
