@@ -227,3 +227,50 @@ def spawn(tmp_path: Path) -> Iterator[Callable[..., ServerProcess]]:
     for child in children:
         if child.process.poll() is None:
             child.kill()
+
+
+# -- S3: a real S3-compatible server (moto in server mode) on loopback ---------------------
+
+
+@dataclass
+class S3Server:
+    endpoint_url: str
+
+    def settings(self, bucket: str) -> dict[str, str]:
+        """The settings overrides that point bananastand at ``bucket`` on this server."""
+        return {
+            "storage_backend": "s3",
+            "s3_endpoint_url": self.endpoint_url,
+            "s3_bucket": bucket,
+            "s3_region": "us-east-1",
+            "s3_access_key_id": "testing",
+            "s3_secret_access_key": "testing",
+        }
+
+    def new_bucket(self) -> str:
+        import boto3
+
+        name = "bucket-" + os.urandom(6).hex()
+        client = boto3.session.Session().client(
+            "s3",
+            endpoint_url=self.endpoint_url,
+            region_name="us-east-1",
+            aws_access_key_id="testing",
+            aws_secret_access_key="testing",
+        )
+        client.create_bucket(Bucket=name)
+        client.close()
+        return name
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[S3Server]:
+    """moto's S3 server in a thread on loopback, speaking the real S3 wire protocol."""
+    moto_server = pytest.importorskip("moto.server", reason="moto[server] is not installed")
+    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    try:
+        yield S3Server(f"http://{host}:{port}")
+    finally:
+        server.stop()

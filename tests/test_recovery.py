@@ -141,7 +141,7 @@ def test_kill_9_mid_task_runs_it_again_exactly_once(spawn: Spawn, data_dir: Path
     files = result_files(data_dir, task_id)
     assert len(files) == 1, files
     [url] = json.loads(done["resultJson"])["resultUrls"]
-    assert url.endswith(f"/files/results/{task_id}/{files[0].name}")
+    assert url.endswith(f"/results/{task_id}/{files[0].name}")  # a signed link to it
     image = httpx.get(url, timeout=10)
     assert image.status_code == 200
     assert image.content == files[0].read_bytes()

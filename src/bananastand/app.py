@@ -14,13 +14,15 @@ from fastapi.middleware.cors import CORSMiddleware
 
 from bananastand import __version__
 from bananastand.accounts import Accounts
-from bananastand.api import files, health, jobs
+from bananastand.api import files, health, jobs, uploads
 from bananastand.api.deps import Services
 from bananastand.api.envelope import RequestContextMiddleware, install_error_handlers
 from bananastand.fetch import FetchPolicy, SafeFetcher
+from bananastand.files import Files
 from bananastand.providers.registry import ProviderRegistry
 from bananastand.settings import Settings
-from bananastand.storage.local import LocalStorage
+from bananastand.storage import open_storage
+from bananastand.storage.links import LinkSigner, load_secret
 from bananastand.store import migrate
 from bananastand.store.database import Database
 from bananastand.tasks import Tasks
@@ -51,7 +53,9 @@ async def open_runtime(settings: Settings, *, run_worker: bool) -> Runtime:
     db = Database(settings.effective_database_url, sqlite_synchronous=settings.sqlite_synchronous)
     await asyncio.to_thread(migrate.upgrade, db)
     providers = ProviderRegistry.from_settings(settings)
-    storage = LocalStorage(settings.files_dir)
+    storage = open_storage(settings)
+    secret = await asyncio.to_thread(load_secret, settings.signing_secret, settings.data_dir)
+    links = LinkSigner(secret, settings.effective_public_url)
     fetcher = SafeFetcher(
         FetchPolicy(
             allow=tuple(settings.fetch_allow),
@@ -59,7 +63,7 @@ async def open_runtime(settings: Settings, *, run_worker: bool) -> Runtime:
             timeout_s=settings.fetch_timeout_seconds,
         )
     )
-    worker = Worker(db, settings, providers, storage, fetcher) if run_worker else None
+    worker = Worker(db, settings, providers, storage, fetcher, links=links) if run_worker else None
     tasks = Tasks(db, settings, providers, on_created=worker.wake if worker else lambda: None)
     services = Services(
         settings=settings,
@@ -68,6 +72,7 @@ async def open_runtime(settings: Settings, *, run_worker: bool) -> Runtime:
         tasks=tasks,
         storage=storage,
         providers=providers,
+        files=Files(db, settings, storage, links, fetcher),
     )
     return Runtime(services=services, fetcher=fetcher, worker=worker)
 
@@ -75,6 +80,7 @@ async def open_runtime(settings: Settings, *, run_worker: bool) -> Runtime:
 async def close_runtime(runtime: Runtime) -> None:
     await runtime.fetcher.aclose()
     await runtime.services.providers.aclose()
+    await runtime.services.storage.aclose()
     await runtime.services.db.close()
 
 
@@ -114,5 +120,6 @@ def create_app(settings: Settings, *, run_worker: bool = True) -> FastAPI:
     app.add_middleware(RequestContextMiddleware)
     app.include_router(jobs.router)
     app.include_router(files.router)
+    app.include_router(uploads.router)
     app.include_router(health.router)
     return app

@@ -21,6 +21,9 @@ from bananastand import logs
 from bananastand.accounts import Accounts, NewKey
 from bananastand.app import close_runtime, create_app, open_runtime
 from bananastand.errors import ApiError
+from bananastand.ids import now_ms
+from bananastand.retention import retention_rules
+from bananastand.retention import sweep as sweep_files
 from bananastand.settings import Settings
 
 T = TypeVar("T")
@@ -28,6 +31,8 @@ T = TypeVar("T")
 app = typer.Typer(help="bananastand: self-hosted image-generation jobs.", no_args_is_help=True)
 keys_app = typer.Typer(help="Create, list and revoke API keys.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
+files_app = typer.Typer(help="Manage stored files.", no_args_is_help=True)
+app.add_typer(files_app, name="files")
 
 console = Console(highlight=False, soft_wrap=True)
 
@@ -183,6 +188,23 @@ def revoke_key(key_id: str) -> None:
     settings = _settings()
     _with_accounts(settings, lambda accounts: accounts.revoke_key(key_id))
     print(f"revoked {key_id}")
+
+
+@files_app.command("sweep")
+def sweep() -> None:
+    """Delete uploads and results past their retention (safe beside running workers)."""
+    settings = _settings()
+
+    async def run() -> int:
+        runtime = await open_runtime(settings, run_worker=False)
+        try:
+            return await sweep_files(
+                runtime.services.storage, retention_rules(settings), now_ms=now_ms()
+            )
+        finally:
+            await close_runtime(runtime)
+
+    print(f"deleted {asyncio.run(run())} expired files")
 
 
 def main() -> None:

@@ -91,6 +91,24 @@ class Settings(BaseSettings):
     max_input_image_bytes: int = 30 * 1024 * 1024
     fetch_timeout_seconds: float = 60.0
 
+    # Files: uploads, result links, retention, and where files are kept.
+    storage_backend: Literal["local", "s3"] = "local"
+    s3_endpoint_url: str = ""  # empty: AWS; else e.g. http://minio:9000
+    s3_bucket: str = ""
+    s3_region: str = ""
+    s3_access_key_id: str = ""  # empty: boto3's usual credential chain
+    s3_secret_access_key: str = ""
+    s3_prefix: str = ""  # keys go under this folder of the bucket
+    s3_presigned_redirect: bool = False  # opt-in; breaks clients that send their key along
+    signing_secret: str = ""  # empty: made once, kept in DATA_DIR/signing-secret
+    result_link_seconds: int = 24 * 3600
+    result_retention_seconds: int = 7 * 24 * 3600
+    upload_retention_seconds: int = 3 * 24 * 3600
+    download_link_seconds: int = 20 * 60
+    max_upload_bytes: int = 30 * 1024 * 1024
+    max_base64_upload_bytes: int = 10 * 1024 * 1024
+    sweep_interval_seconds: float = 3600.0  # 0: workers never sweep (run `files sweep`)
+
     # Structured tables; override in the BANANASTAND_CONFIG TOML file.
     models: dict[str, ModelSpec] = Field(default_factory=_default_models)
     prices: dict[str, dict[Resolution, int]] = Field(default_factory=_default_prices)

@@ -22,15 +22,17 @@ import orjson
 
 from bananastand import imaging
 from bananastand.contract import TaskInput, TaskState
-from bananastand.errors import LeaseLost, TaskFailure, UpstreamTimeout
-from bananastand.fetch import SafeFetcher
+from bananastand.errors import InputError, LeaseLost, TaskFailure, UpstreamTimeout
+from bananastand.fetch import FetchedImage, SafeFetcher, sniff_image_type
 from bananastand.ids import now_ms, random_token
 from bananastand.logs import bind_task
 from bananastand.providers.base import GenerationRequest, InputImage
 from bananastand.providers.registry import ProviderRegistry
 from bananastand.records import Claim
+from bananastand.retention import retention_rules, sweep
 from bananastand.settings import Settings
 from bananastand.storage.base import Storage
+from bananastand.storage.links import LinkSigner
 from bananastand.store import tasks as queries
 from bananastand.store.database import Database
 
@@ -48,12 +50,15 @@ class Worker:
         providers: ProviderRegistry,
         storage: Storage,
         fetcher: SafeFetcher,
+        *,
+        links: LinkSigner,
     ) -> None:
         self._db = db
         self._settings = settings
         self._providers = providers
         self._storage = storage
         self._fetcher = fetcher
+        self._links = links
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{random_token(6)}"
         self._lease_ms = int(settings.lease_seconds * 1000)
         self._running: dict[str, tuple[asyncio.Task[None], Claim]] = {}
@@ -148,6 +153,7 @@ class Worker:
         idempotency keys now and then."""
         interval = max(0.05, self._settings.lease_seconds / 3)
         next_purge = 0.0
+        next_sweep = 0.0
         while True:
             await asyncio.sleep(interval)
             try:
@@ -159,6 +165,10 @@ class Worker:
                     await self._db.write(
                         partial(queries.purge_idempotency_keys, older_than_ms=now_ms() - ttl_ms)
                     )
+                sweep_every = self._settings.sweep_interval_seconds
+                if sweep_every > 0 and time.monotonic() >= next_sweep:
+                    next_sweep = time.monotonic() + sweep_every
+                    await sweep(self._storage, retention_rules(self._settings), now_ms=now_ms())
             except Exception:
                 log.exception("worker upkeep failed; retrying")
 
@@ -221,7 +231,7 @@ class Worker:
         """Fetch inputs, call the provider, store the image: (resultJson, usage JSON)."""
         task = claim.task
         spec = TaskInput.model_validate_json(task.input)
-        fetched = await asyncio.gather(*(self._fetcher.fetch_image(u) for u in spec.image_input))
+        fetched = await asyncio.gather(*(self._input_image(u) for u in spec.image_input))
         marked = await self._db.write(
             partial(
                 queries.mark_generating,
@@ -248,8 +258,20 @@ class Worker:
         data = await asyncio.to_thread(imaging.to_output_format, image.data, spec.output_format)
         key = f"results/{task.id}/{random_token(24)}.{spec.output_format.value}"
         await self._storage.put(key, data, spec.output_format.mime_type)
-        url = f"{self._settings.effective_public_url}/files/{key}"
+        url = self._links.url_for(key, self._settings.result_link_seconds)
         return orjson.dumps({"resultUrls": [url]}).decode(), orjson.dumps(usage).decode()
+
+    async def _input_image(self, url: str) -> FetchedImage:
+        """Our own links (uploads, earlier results) are read from storage: the public URL
+        may not be reachable from here, and the fetcher refuses private addresses."""
+        key = self._links.parse(url)
+        if key is None:
+            return await self._fetcher.fetch_image(url)
+        stored = await self._storage.get(key)
+        mime_type = sniff_image_type(stored.data[:12]) if stored else None
+        if stored is None or mime_type is None:
+            raise InputError("image_input: the linked file no longer exists or is not an image")
+        return FetchedImage(data=stored.data, mime_type=mime_type, url=url)
 
     async def _finish(
         self,

@@ -8,6 +8,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from bananastand.accounts import Accounts
+from bananastand.files import Files
 from bananastand.providers.registry import ProviderRegistry
 from bananastand.records import ApiKey
 from bananastand.settings import Settings
@@ -24,6 +25,7 @@ class Services:
     tasks: Tasks
     storage: Storage
     providers: ProviderRegistry
+    files: Files
 
 
 def get_services(request: Request) -> Services:

@@ -35,8 +35,12 @@ def envelope(
     code: int = CODE_OK,
     msg: str = "success",
     headers: Mapping[str, str] | None = None,
+    success: bool | None = None,
 ) -> Response:
-    body = orjson.dumps({"code": code, "msg": msg, "message": msg, "data": data})
+    """``success`` is sent (first) only where the contract has it: the upload answers."""
+    answer: dict[str, Any] = {} if success is None else {"success": success}
+    answer.update(code=code, msg=msg, message=msg, data=data)
+    body = orjson.dumps(answer)
     return Response(content=body, media_type=_JSON, headers=headers)
 
 
