@@ -21,6 +21,7 @@ from bananastand import logs
 from bananastand.accounts import Accounts, NewKey
 from bananastand.app import close_runtime, create_app, open_runtime
 from bananastand.errors import ApiError
+from bananastand.providers.registry import describe_live
 from bananastand.settings import Settings
 
 T = TypeVar("T")
@@ -98,8 +99,7 @@ def serve(
         return await accounts.create_key(name="first test key", is_test=True)
 
     first_key = _with_accounts(settings, first_start)
-    live = "sandbox" if settings.live_provider.value == "sandbox" else None
-    _banner(settings, first_key, live)
+    _banner(settings, first_key, describe_live(settings))
     config = uvicorn.Config(
         create_app(settings, run_worker=worker),
         host=settings.host,

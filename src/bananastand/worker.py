@@ -25,8 +25,9 @@ from bananastand.contract import TaskInput, TaskState
 from bananastand.errors import LeaseLost, TaskFailure, UpstreamTimeout
 from bananastand.fetch import SafeFetcher
 from bananastand.ids import now_ms, random_token
+from bananastand.inputs import InputLoader
 from bananastand.logs import bind_task
-from bananastand.providers.base import GenerationRequest, InputImage
+from bananastand.providers.base import GenerationRequest
 from bananastand.providers.registry import ProviderRegistry
 from bananastand.records import Claim
 from bananastand.settings import Settings
@@ -53,7 +54,14 @@ class Worker:
         self._settings = settings
         self._providers = providers
         self._storage = storage
-        self._fetcher = fetcher
+        self._inputs = InputLoader(
+            fetcher,
+            storage,
+            public_url=settings.effective_public_url,
+            concurrency=settings.fetch_concurrency,
+            max_bytes=settings.max_input_image_bytes,
+            max_pixels=settings.max_input_image_pixels,
+        )
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{random_token(6)}"
         self._lease_ms = int(settings.lease_seconds * 1000)
         self._running: dict[str, tuple[asyncio.Task[None], Claim]] = {}
@@ -221,29 +229,31 @@ class Worker:
         """Fetch inputs, call the provider, store the image: (resultJson, usage JSON)."""
         task = claim.task
         spec = TaskInput.model_validate_json(task.input)
-        fetched = await asyncio.gather(*(self._fetcher.fetch_image(u) for u in spec.image_input))
-        marked = await self._db.write(
-            partial(
-                queries.mark_generating,
-                task_id=task.id,
-                lease_token=claim.lease_token,
-                now_ms=now_ms(),
-            )
-        )
-        if not marked:
-            raise LeaseLost(task.id)
+        images = await self._inputs.load(spec.image_input)
         provider = self._providers.get(task.provider)
-        started = now_ms()
-        image = await provider.generate(
-            GenerationRequest(
-                model=task.model,
-                prompt=spec.prompt,
-                images=[InputImage(data=f.data, mime_type=f.mime_type) for f in fetched],
-                aspect_ratio=spec.aspect_ratio,
-                resolution=spec.resolution,
-                output_format=spec.output_format,
+        # Waiting for an upstream slot is still ``queuing``; ``generating`` starts with it.
+        async with provider.limiter.slot():
+            marked = await self._db.write(
+                partial(
+                    queries.mark_generating,
+                    task_id=task.id,
+                    lease_token=claim.lease_token,
+                    now_ms=now_ms(),
+                )
             )
-        )
+            if not marked:
+                raise LeaseLost(task.id)
+            started = now_ms()
+            image = await provider.generate(
+                GenerationRequest(
+                    model=task.model,
+                    prompt=spec.prompt,
+                    images=images,
+                    aspect_ratio=spec.aspect_ratio,
+                    resolution=spec.resolution,
+                    output_format=spec.output_format,
+                )
+            )
         usage = {**image.usage, "provider_ms": now_ms() - started}
         data = await asyncio.to_thread(imaging.to_output_format, image.data, spec.output_format)
         key = f"results/{task.id}/{random_token(24)}.{spec.output_format.value}"
