@@ -145,6 +145,24 @@ def run_worker() -> None:
     asyncio.run(main())
 
 
+@app.command("fake-gemini")
+def fake_gemini(
+    port: Annotated[int, typer.Option(help="Port to listen on (loopback).")] = 8089,
+    api_key: Annotated[str, typer.Option(help="The key clients must send.")] = "fake-key",
+    delay_ms: Annotated[int, typer.Option(help="Latency of each success.")] = 0,
+) -> None:
+    """Serve a fake Gemini API on loopback, for demos and tests without Google."""
+    from bananastand.fake_gemini import FakeGemini
+
+    fake = FakeGemini(api_key=api_key, port=port, delay_s=delay_ms / 1000).start()
+    console.print(f"fake Gemini API on {fake.base_url}; start bananastand with:")
+    print(f"  GEMINI_API_KEY={api_key} GOOGLE_GEMINI_BASE_URL={fake.base_url} bananastand serve")
+    sys.stdout.flush()
+    with contextlib.suppress(KeyboardInterrupt):
+        signal.sigwait({signal.SIGINT, signal.SIGTERM})
+    fake.stop()
+
+
 @keys_app.command("create")
 def create_key(
     name: Annotated[str, typer.Option(help="A label to recognise the key by.")] = "",
