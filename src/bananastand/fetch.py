@@ -49,6 +49,7 @@ from collections.abc import (
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Final
+from urllib.parse import urlsplit
 
 import httpcore
 import httpx
@@ -273,8 +274,8 @@ def parse_ip_literal(host: str) -> IPAddress | None:
 def literal_host(url: str) -> IPAddress | None:
     """The IP address a URL names literally, or None for a host name (or no URL)."""
     try:
-        host = httpx.URL(url).host
-    except (httpx.InvalidURL, TypeError):
+        host = urlsplit(url).hostname
+    except ValueError:
         return None
     return parse_ip_literal(host) if host else None
 
