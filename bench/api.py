@@ -60,6 +60,8 @@ RECORD_PATH = "/api/v1/jobs/recordInfo"
 #: py-spy samples without pausing the server (pausing it cut recordInfo's rate by 8x here);
 #: the price is an occasional torn stack.
 PY_SPY_OPTIONS = ("--threads", "--nonblocking")
+#: Share of the servers' CPU taken by other processes above which a run is called disturbed.
+BUSY = 0.1
 #: The aims of the issue: requests/s of each endpoint over requests/s of the bare one.
 AIMS = {"createTask": 0.4, "recordInfo": 0.5}
 
@@ -82,6 +84,7 @@ class Result:
     bad: int
     socket_errors: int
     server_cpu: float  # cores the server process used, on average
+    server_cpu_s: float  # CPU seconds the server process used during the run
     client_cpu: float  # cores wrk used, on average
     others_cpu: float | None  # share of the servers' CPU that other processes took
     others_client_cpu: float | None  # share of wrk's CPU that other processes took
@@ -90,6 +93,12 @@ class Result:
     @property
     def rps(self) -> float:
         return self.requests / self.duration_s if self.duration_s else 0.0
+
+    @property
+    def cpu_us(self) -> float:
+        """Server CPU per answered request, in microseconds: unlike req/s, it hardly moves
+        when other processes take turns on the server's CPU."""
+        return self.server_cpu_s / self.requests * 1e6 if self.requests else float("nan")
 
 
 # -- processes ---------------------------------------------------------------------------
@@ -383,6 +392,7 @@ def run_wrk(
         bad=report["bad"],
         socket_errors=errors["connect"] + errors["read"] + errors["write"] + errors["timeout"],
         server_cpu=server_cpu / wall,
+        server_cpu_s=server_cpu,
         client_cpu=client_cpu / wall,
         others_cpu=others,
         others_client_cpu=others_client,
@@ -452,42 +462,49 @@ def _percent(value: float | None) -> str:
 def print_round(results: Sequence[Result]) -> None:
     bare = results[0]
     header = (
-        f"{'endpoint':<12} {'req/s':>8} {'p50 ms':>7} {'p99 ms':>7} {'max ms':>7} "
-        f"{'x bare':>6} {'good':>7} {'bad':>4} {'srv CPU':>7} {'wrk CPU':>7} {'others@srv':>10} "
-        f"{'others@wrk':>10}"
+        f"{'endpoint':<12} {'req/s':>7} {'p50 ms':>7} {'p99 ms':>7} {'max ms':>7} "
+        f"{'x bare':>6} {'CPU us/req':>10} {'x bare':>6} {'good':>7} {'bad':>4} "
+        f"{'srv CPU':>7} {'wrk CPU':>7} {'others@srv':>10} {'others@wrk':>10}"
     )
     print(header)
     print("-" * len(header))
     for r in results:
         ratio = r.rps / bare.rps if bare.rps else float("nan")
+        cpu_ratio = bare.cpu_us / r.cpu_us if r.cpu_us else float("nan")
         print(
-            f"{r.name:<12} {r.rps:>8.0f} {r.p50_ms:>7.2f} {r.p99_ms:>7.2f} {r.max_ms:>7.1f} "
-            f"{ratio:>6.2f} {r.good:>7} {r.bad + r.socket_errors:>4} "
-            f"{_percent(r.server_cpu):>7} {_percent(r.client_cpu):>7} "
-            f"{_percent(r.others_cpu):>10} {_percent(r.others_client_cpu):>10}"
+            f"{r.name:<12} {r.rps:>7.0f} {r.p50_ms:>7.2f} {r.p99_ms:>7.2f} {r.max_ms:>7.1f} "
+            f"{ratio:>6.2f} {r.cpu_us:>10.0f} {cpu_ratio:>6.2f} {r.good:>7} "
+            f"{r.bad + r.socket_errors:>4} {_percent(r.server_cpu):>7} "
+            f"{_percent(r.client_cpu):>7} {_percent(r.others_cpu):>10} "
+            f"{_percent(r.others_client_cpu):>10}"
         )
 
 
 def print_medians(rounds: Sequence[Sequence[Result]]) -> dict[str, float]:
-    """The median of each figure over the rounds; returns the median req/s by endpoint."""
+    """The median of each figure over the rounds. A ratio pairs an endpoint with the bare
+    run of its own round (the two ran seconds apart); returns the median ratio by name."""
     names = [r.name for r in rounds[0]]
-    rps = {name: statistics.median(rnd[i].rps for rnd in rounds) for i, name in enumerate(names)}
-    bare = rps[names[0]]
     header = (
-        f"{'endpoint':<12} {'req/s':>8} {'p50 ms':>7} {'p99 ms':>7} {'x bare':>6} {'range':>11}"
+        f"{'endpoint':<12} {'req/s':>7} {'p50 ms':>7} {'p99 ms':>7} {'x bare':>6} {'range':>11} "
+        f"{'CPU us/req':>10} {'x bare':>6}"
     )
     print(header)
     print("-" * len(header))
+    medians: dict[str, float] = {}
     for i, name in enumerate(names):
+        rps = statistics.median(rnd[i].rps for rnd in rounds)
         p50 = statistics.median(rnd[i].p50_ms for rnd in rounds)
         p99 = statistics.median(rnd[i].p99_ms for rnd in rounds)
-        ratios = [rnd[i].rps / rnd[0].rps for rnd in rounds if rnd[0].rps]
-        spread = f"{min(ratios):.2f}-{max(ratios):.2f}" if ratios else "n/a"
+        ratios = [rnd[i].rps / rnd[0].rps if rnd[0].rps else float("nan") for rnd in rounds]
+        medians[name] = statistics.median(ratios)
+        spread = f"{min(ratios):.2f}-{max(ratios):.2f}"
+        cpu = statistics.median(rnd[i].cpu_us for rnd in rounds)
+        cpu_ratio = statistics.median(rnd[0].cpu_us / rnd[i].cpu_us for rnd in rounds)
         print(
-            f"{name:<12} {rps[name]:>8.0f} {p50:>7.2f} {p99:>7.2f} "
-            f"{rps[name] / bare if bare else float('nan'):>6.2f} {spread:>11}"
+            f"{name:<12} {rps:>7.0f} {p50:>7.2f} {p99:>7.2f} {medians[name]:>6.2f} {spread:>11} "
+            f"{cpu:>10.0f} {cpu_ratio:>6.2f}"
         )
-    return rps
+    return medians
 
 
 def count_tasks(db_path: Path) -> int:
@@ -639,25 +656,39 @@ def run(args: argparse.Namespace, workdir: Path, servers: list[Server]) -> int:
         print_round(measured)
     print()
     print(
+        "x bare: req/s over the bare endpoint's. CPU us/req: the server's CPU time per answer;"
+        " its x bare\n(bare's CPU per answer over ours) estimates the req/s ratio on a quiet "
+        "machine.\n"
         "srv CPU, wrk CPU: share of one CPU the server process and wrk used during the run.\n"
         "others@srv, others@wrk: share of the servers' CPU and of wrk's CPU that other "
         "processes took\nmeanwhile; when these are high the machine was busy and the numbers "
         "are disturbed."
     )
     if args.rounds > 1:
-        print(f"\nmedian of {args.rounds} rounds (range: the ratio's lowest-highest round):")
-        rps = print_medians(rounds)
+        print(
+            f"\nmedian of {args.rounds} rounds (x bare: median of each round's ratio; "
+            "range: lowest-highest round):"
+        )
+        ratios = print_medians(rounds)
     else:
-        rps = {r.name: r.rps for r in rounds[0]}
+        bare_rps = rounds[0][0].rps
+        ratios = {r.name: r.rps / bare_rps if bare_rps else float("nan") for r in rounds[0]}
+    busy = [r for rnd in rounds for r in rnd if (r.others_cpu or 0) > BUSY]
+    if busy:
+        worst = max(r.others_cpu or 0 for r in busy)
+        print(
+            f"\n! other processes took up to {worst:.0%} of the servers' CPU in {len(busy)} "
+            "measured run(s): req/s and their ratios\n  are disturbed; trust CPU us/req more, "
+            "or rerun on a quiet machine (--rounds helps)."
+        )
     ok = True
     for r in all_runs:
         if r.bad or r.socket_errors:
             ok = False
             print(f"! {r.name}: {r.bad} bad answers, {r.socket_errors} socket errors {r.first_bad}")
     print()
-    bare_rps = rps["bare GET"]
     for name, aim in AIMS.items():
-        ratio = rps[name] / bare_rps if bare_rps else float("nan")
+        ratio = ratios[name]
         verdict = "met" if ratio >= aim else "NOT met"
         print(f"aim {name} >= {aim:.1f} x bare req/s: {ratio:.2f} -> {verdict}")
     durable = acknowledged <= on_disk <= sent

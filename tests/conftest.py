@@ -110,7 +110,10 @@ def prompt_body(prompt: str = "a banana", **input_fields: Any) -> dict[str, Any]
 def running_server(
     data_dir: Path, *, run_worker: bool = True, **overrides: Any
 ) -> Iterator[Server]:
-    """A real server in this process (uvicorn in a thread with its own event loop)."""
+    """A real server in this process (uvicorn in a thread with its own event loop).
+
+    ``resolver=`` (an async ``(host, port) -> [ip, ...]``) replaces DNS for its fetches."""
+    resolver = overrides.pop("resolver", None)
     port = free_port()
     settings = Settings(
         host="127.0.0.1",
@@ -121,7 +124,7 @@ def running_server(
         **overrides,
     )
     config = uvicorn.Config(
-        create_app(settings, run_worker=run_worker),
+        create_app(settings, run_worker=run_worker, resolver=resolver),
         host="127.0.0.1",
         port=port,
         log_config=None,

@@ -174,7 +174,7 @@ def image_host() -> Iterator[str]:
 def test_url_upload_fetches_through_the_safe_fetcher(
     start_server: Callable[..., Server], image_host: str
 ) -> None:
-    allowed = start_server(fetch_allow=["127.0.0.1"])
+    allowed = start_server(allow_private_networks=["127.0.0.1"])
     key = allowed.key()
     response = allowed.client.post(
         URL_UPLOAD,

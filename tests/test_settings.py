@@ -36,14 +36,14 @@ def test_environment_variables(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("BANANASTAND_PORT", "9001")
     monkeypatch.setenv("BANANASTAND_PUBLIC_URL", "https://img.example.com/")
     monkeypatch.setenv("BANANASTAND_CORS_ORIGINS", "https://a.example, https://b.example")
-    monkeypatch.setenv("BANANASTAND_FETCH_ALLOW", "10.0.0.0/8,files.internal")
+    monkeypatch.setenv("BANANASTAND_ALLOW_PRIVATE_NETWORKS", "10.0.0.0/8,files.internal")
     monkeypatch.setenv("BANANASTAND_LIVE_PROVIDER", "sandbox")
     monkeypatch.setenv("BANANASTAND_LEASE_SECONDS", "2.5")
     settings = Settings()
     assert settings.port == 9001
     assert settings.effective_public_url == "https://img.example.com"
     assert settings.cors_origins == ["https://a.example", "https://b.example"]
-    assert settings.fetch_allow == ["10.0.0.0/8", "files.internal"]
+    assert settings.allow_private_networks == ["10.0.0.0/8", "files.internal"]
     assert settings.live_provider is LiveProvider.SANDBOX
     assert settings.lease_seconds == 2.5
 

@@ -17,7 +17,7 @@ from bananastand.accounts import Accounts
 from bananastand.api import files, health, jobs, uploads
 from bananastand.api.deps import Services
 from bananastand.api.envelope import RequestContextMiddleware, install_error_handlers
-from bananastand.fetch import FetchPolicy, SafeFetcher
+from bananastand.fetch import FetchPolicy, Resolver, SafeFetcher
 from bananastand.files import Files
 from bananastand.providers.registry import ProviderRegistry
 from bananastand.settings import Settings
@@ -48,7 +48,10 @@ class Runtime:
     worker: Worker | None
 
 
-async def open_runtime(settings: Settings, *, run_worker: bool) -> Runtime:
+async def open_runtime(
+    settings: Settings, *, run_worker: bool, resolver: Resolver | None = None
+) -> Runtime:
+    """``resolver`` replaces the system's name resolution for outbound fetches (tests)."""
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     db = Database(settings.effective_database_url, sqlite_synchronous=settings.sqlite_synchronous)
     await asyncio.to_thread(migrate.upgrade, db)
@@ -58,10 +61,11 @@ async def open_runtime(settings: Settings, *, run_worker: bool) -> Runtime:
     links = LinkSigner(secret, settings.effective_public_url)
     fetcher = SafeFetcher(
         FetchPolicy(
-            allow=tuple(settings.fetch_allow),
+            allow=tuple(settings.allow_private_networks),
             max_bytes=settings.max_input_image_bytes,
             timeout_s=settings.fetch_timeout_seconds,
-        )
+        ),
+        resolver=resolver,
     )
     worker = Worker(db, settings, providers, storage, fetcher, links=links) if run_worker else None
     tasks = Tasks(db, settings, providers, on_created=worker.wake if worker else lambda: None)
@@ -84,10 +88,12 @@ async def close_runtime(runtime: Runtime) -> None:
     await runtime.services.db.close()
 
 
-def create_app(settings: Settings, *, run_worker: bool = True) -> FastAPI:
+def create_app(
+    settings: Settings, *, run_worker: bool = True, resolver: Resolver | None = None
+) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        runtime = await open_runtime(settings, run_worker=run_worker)
+        runtime = await open_runtime(settings, run_worker=run_worker, resolver=resolver)
         app.state.services = runtime.services
         worker_task = None
         if runtime.worker is not None:

@@ -22,6 +22,7 @@ from bananastand.accounts import Accounts, NewKey
 from bananastand.app import close_runtime, create_app, open_runtime
 from bananastand.errors import ApiError
 from bananastand.ids import now_ms
+from bananastand.providers.registry import describe_live
 from bananastand.retention import retention_rules
 from bananastand.retention import sweep as sweep_files
 from bananastand.settings import Settings
@@ -103,8 +104,7 @@ def serve(
         return await accounts.create_key(name="first test key", is_test=True)
 
     first_key = _with_accounts(settings, first_start)
-    live = "sandbox" if settings.live_provider.value == "sandbox" else None
-    _banner(settings, first_key, live)
+    _banner(settings, first_key, describe_live(settings))
     config = uvicorn.Config(
         create_app(settings, run_worker=worker),
         host=settings.host,
@@ -148,6 +148,24 @@ def run_worker() -> None:
             await close_runtime(runtime)
 
     asyncio.run(main())
+
+
+@app.command("fake-gemini")
+def fake_gemini(
+    port: Annotated[int, typer.Option(help="Port to listen on (loopback).")] = 8089,
+    api_key: Annotated[str, typer.Option(help="The key clients must send.")] = "fake-key",
+    delay_ms: Annotated[int, typer.Option(help="Latency of each success.")] = 0,
+) -> None:
+    """Serve a fake Gemini API on loopback, for demos and tests without Google."""
+    from bananastand.fake_gemini import FakeGemini
+
+    fake = FakeGemini(api_key=api_key, port=port, delay_s=delay_ms / 1000).start()
+    console.print(f"fake Gemini API on {fake.base_url}; start bananastand with:")
+    print(f"  GEMINI_API_KEY={api_key} GOOGLE_GEMINI_BASE_URL={fake.base_url} bananastand serve")
+    sys.stdout.flush()
+    with contextlib.suppress(KeyboardInterrupt):
+        signal.sigwait({signal.SIGINT, signal.SIGTERM})
+    fake.stop()
 
 
 @keys_app.command("create")

@@ -111,8 +111,9 @@ CANCELED_MSG = "canceled"
 # clients are known to stray: ``jpeg`` for ``jpg``, upper/lower case, ``null`` for an
 # optional field, ``""`` for no callBackUrl, unknown extra fields (ignored).
 
-MAX_PROMPT_CHARS = 10_000
-MAX_IMAGE_INPUTS = 8
+# The widest any model allows; each model's own limits are in its registry entry.
+MAX_PROMPT_CHARS = 20_000
+MAX_IMAGE_INPUTS = 14
 MAX_URL_CHARS = 2048
 
 

@@ -36,10 +36,20 @@ import re
 import socket
 import ssl
 import time
-from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator, Mapping
+from collections.abc import (
+    AsyncIterable,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Iterable,
+    Iterator,
+    Mapping,
+    Sequence,
+)
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Final
+from urllib.parse import urlsplit
 
 import httpcore
 import httpx
@@ -52,21 +62,28 @@ from httpcore._backends.auto import AutoBackend
 from bananastand.errors import ConfigurationError, InputError
 
 __all__ = [
+    "AllowList",
     "BlockedAddressError",
     "FetchError",
     "FetchPolicy",
     "FetchTimeoutError",
     "FetchedImage",
+    "Resolver",
     "SafeFetcher",
     "TooLargeError",
     "UnsupportedMediaError",
     "is_public_address",
+    "literal_host",
     "sniff_image_type",
 ]
 
 logger = logging.getLogger(__name__)
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+#: Resolves a host name to IP address strings; the default asks the system resolver.
+#: Injectable so tests can make any name resolve anywhere without real DNS.
+Resolver = Callable[[str, int], Awaitable[Sequence[str]]]
 
 #: Most bytes of a webhook's answer that `SafeFetcher.post` keeps (the rest is dropped).
 POST_RESPONSE_MAX_BYTES: Final = 64 * 1024
@@ -232,8 +249,39 @@ def _normalize_host(host: str) -> str:
     return host.strip().lower().rstrip(".")
 
 
+_LEGACY_V4_RE: Final = re.compile(r"^(0x[0-9a-f]+|[0-9]+)(\.(0x[0-9a-f]+|[0-9]+)){0,3}$")
+
+
+def parse_ip_literal(host: str) -> IPAddress | None:
+    """``host`` as an IP address when it is one in any spelling a resolver accepts:
+    ``[::1]``, ``127.0.0.1``, and the legacy IPv4 forms ``127.1``, ``0x7f000001``,
+    ``2130706433``, ``0177.0.0.1`` (which ``inet_aton`` and so ``getaddrinfo`` take)."""
+    name = host.strip().lower().rstrip(".")
+    if name.startswith("[") and name.endswith("]"):
+        name = name[1:-1]
+    try:
+        return ipaddress.ip_address(name)
+    except ValueError:
+        pass
+    if _LEGACY_V4_RE.match(name):
+        try:
+            return ipaddress.IPv4Address(socket.inet_aton(name))
+        except OSError:
+            return None
+    return None
+
+
+def literal_host(url: str) -> IPAddress | None:
+    """The IP address a URL names literally, or None for a host name (or no URL)."""
+    try:
+        host = urlsplit(url).hostname
+    except ValueError:
+        return None
+    return parse_ip_literal(host) if host else None
+
+
 @dataclass(frozen=True, slots=True)
-class _AllowList:
+class AllowList:
     """The parsed `FetchPolicy.allow`: networks, exact names, and ``*.`` name suffixes."""
 
     networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
@@ -241,7 +289,7 @@ class _AllowList:
     suffixes: tuple[str, ...]  # ".corp.example" for "*.corp.example"
 
     @classmethod
-    def parse(cls, entries: Iterable[str]) -> _AllowList:
+    def parse(cls, entries: Iterable[str]) -> AllowList:
         networks: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
         names: set[str] = set()
         suffixes: list[str] = []
@@ -295,23 +343,25 @@ class _GuardedBackend(httpcore.AsyncNetworkBackend):
     so there is no second lookup.
     """
 
-    def __init__(self, allow: _AllowList) -> None:
+    def __init__(self, allow: AllowList, resolver: Resolver | None = None) -> None:
         self._allow = allow
+        self._resolver = resolver or system_resolve
         self._inner: httpcore.AsyncNetworkBackend = AutoBackend()
 
     async def _resolve(self, host: str, port: int) -> list[IPAddress]:
-        loop = asyncio.get_running_loop()
+        literal = parse_ip_literal(host)
+        if literal is not None:
+            return [literal]
         try:
-            infos = await loop.getaddrinfo(
-                host, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP
-            )
-        except (socket.gaierror, UnicodeError) as exc:
+            found = await self._resolver(host, port)
+        except (OSError, UnicodeError) as exc:
             raise httpcore.ConnectError(f"could not resolve host {host!r}") from exc
         addresses: list[IPAddress] = []
-        for family, _type, _proto, _canon, sockaddr in infos:
-            if family not in (socket.AF_INET, socket.AF_INET6):
+        for text in found:
+            try:
+                addr = ipaddress.ip_address(text)
+            except ValueError:
                 continue
-            addr = ipaddress.ip_address(str(sockaddr[0]))
             if addr not in addresses:
                 addresses.append(addr)
         if not addresses:
@@ -325,7 +375,7 @@ class _GuardedBackend(httpcore.AsyncNetworkBackend):
             if is_public_address(addr) or self._allow.allows_address(addr):
                 continue
             logger.warning("fetch refused: host %r resolved to non-public %s", host, addr)
-            if _is_ip_literal(host):
+            if parse_ip_literal(host) is not None:
                 raise BlockedAddressError(
                     f"refused to fetch from {host}: not a publicly routable address"
                 )
@@ -381,12 +431,15 @@ class _GuardedBackend(httpcore.AsyncNetworkBackend):
         await self._inner.sleep(seconds)
 
 
-def _is_ip_literal(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True
+async def system_resolve(host: str, port: int) -> list[str]:
+    """The system resolver's IPv4 and IPv6 addresses for ``host``."""
+    loop = asyncio.get_running_loop()
+    infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP)
+    return [
+        str(sockaddr[0])
+        for family, _type, _proto, _canon, sockaddr in infos
+        if family in (socket.AF_INET, socket.AF_INET6)
+    ]
 
 
 # --------------------------------------------------------------------------- transport
@@ -448,7 +501,12 @@ class _GuardedTransport(httpx.AsyncBaseTransport):
     ``SSL_CERT_DIR`` are honoured so a self-hosted deployment can trust its own CA).
     """
 
-    def __init__(self, allow: _AllowList, ssl_context: ssl.SSLContext | None = None) -> None:
+    def __init__(
+        self,
+        allow: AllowList,
+        ssl_context: ssl.SSLContext | None = None,
+        resolver: Resolver | None = None,
+    ) -> None:
         self._pool = httpcore.AsyncConnectionPool(
             ssl_context=ssl_context or httpx.create_ssl_context(),
             # httpx's default limits.
@@ -457,7 +515,7 @@ class _GuardedTransport(httpx.AsyncBaseTransport):
             keepalive_expiry=5.0,
             http1=True,
             http2=False,
-            network_backend=_GuardedBackend(allow),
+            network_backend=_GuardedBackend(allow, resolver),
         )
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
@@ -544,7 +602,7 @@ class SafeFetcher:
     origin reuse connections. Close it with `aclose` (or ``async with``).
     """
 
-    def __init__(self, policy: FetchPolicy) -> None:
+    def __init__(self, policy: FetchPolicy, *, resolver: Resolver | None = None) -> None:
         if policy.max_bytes <= 0:
             raise ConfigurationError("fetch max_bytes must be positive")
         if policy.timeout_s <= 0 or policy.connect_timeout_s <= 0:
@@ -552,7 +610,7 @@ class SafeFetcher:
         if policy.max_redirects < 0:
             raise ConfigurationError("fetch max_redirects must not be negative")
         self._policy = policy
-        self._transport = _GuardedTransport(_AllowList.parse(policy.allow))
+        self._transport = _GuardedTransport(AllowList.parse(policy.allow), resolver=resolver)
 
     async def __aenter__(self) -> SafeFetcher:
         return self

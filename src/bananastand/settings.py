@@ -12,7 +12,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import AliasChoices, BaseModel, Field, field_validator
 from pydantic_settings import (
     BaseSettings,
     NoDecode,
@@ -21,7 +21,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-from bananastand.contract import Resolution
+from bananastand.contract import AspectRatio, OutputFormat, Resolution
 
 
 class LiveProvider(StrEnum):
@@ -34,16 +34,53 @@ class LiveProvider(StrEnum):
 
 
 class ModelSpec(BaseModel):
-    """One model name clients send, and what it means upstream."""
+    """One model name clients send, what it means upstream, and its own input rules.
+
+    Adding a model is an entry here (or in the config file's ``[models]`` table): the
+    rules below are checked at createTask, and the provider reads ``upstream_id`` and
+    ``sends_image_size``.
+    """
 
     upstream_id: str
     #: Whether clients may pick the resolution (Nano Banana has a fixed ~1K output).
     resolutions: list[Resolution] = Field(default_factory=lambda: list(Resolution))
+    #: Whether ``imageConfig.imageSize`` goes upstream (models without a choice reject it).
+    sends_image_size: bool = True
+    aspect_ratios: list[AspectRatio] = Field(default_factory=lambda: list(AspectRatio))
+    output_formats: list[OutputFormat] = Field(default_factory=lambda: list(OutputFormat))
     max_images: int = 8
+    max_prompt_chars: int = 10_000
+    #: Defaults for input fields the client leaves out (the hosted API's differ per model).
+    defaults: dict[str, str] = Field(default_factory=dict)
+    #: The model's own input field names, mapped to ours (``image_size`` -> ``aspect_ratio``).
+    input_aliases: dict[str, str] = Field(default_factory=dict)
 
 
 def _default_models() -> dict[str, ModelSpec]:
-    return {"nano-banana-pro": ModelSpec(upstream_id="gemini-3-pro-image")}
+    return {
+        "nano-banana-pro": ModelSpec(upstream_id="gemini-3-pro-image"),
+        # Hosted API: prompt up to 20000 chars, image_input up to 14, aspect_ratio
+        # default "auto", resolution 1K/2K/4K, output_format jpg (default) or png.
+        "nano-banana-2": ModelSpec(
+            upstream_id="gemini-3.1-flash-image-preview",
+            max_images=14,
+            max_prompt_chars=20_000,
+            output_formats=[OutputFormat.JPG, OutputFormat.PNG],
+            defaults={"aspect_ratio": "auto", "output_format": "jpg"},
+        ),
+        # Hosted API: text-to-image only (edits are a separate model), prompt up to 5000
+        # chars, the aspect ratio is called ``image_size`` (default 1:1), output_format
+        # png (default) or jpeg; no resolution choice (Gemini 2.5 Flash Image is ~1K).
+        "google/nano-banana": ModelSpec(
+            upstream_id="gemini-2.5-flash-image",
+            resolutions=[Resolution.R1K],
+            sends_image_size=False,
+            max_images=0,
+            max_prompt_chars=5_000,
+            output_formats=[OutputFormat.PNG, OutputFormat.JPG],
+            input_aliases={"image_size": "aspect_ratio"},
+        ),
+    }
 
 
 def _default_prices() -> dict[str, dict[Resolution, int]]:
@@ -86,10 +123,28 @@ class Settings(BaseSettings):
     live_provider: LiveProvider = LiveProvider.AUTO
     sandbox_delay_ms: int = 0
 
+    # Google, read from the variables the google-genai SDK itself reads (no prefix).
+    google_api_key: str = Field(
+        default="", validation_alias=AliasChoices("GOOGLE_API_KEY", "GEMINI_API_KEY")
+    )
+    google_gemini_base_url: str = Field(default="", validation_alias="GOOGLE_GEMINI_BASE_URL")
+    google_use_vertexai: bool = Field(default=False, validation_alias="GOOGLE_GENAI_USE_VERTEXAI")
+    google_cloud_project: str = Field(default="", validation_alias="GOOGLE_CLOUD_PROJECT")
+    google_cloud_location: str = Field(default="global", validation_alias="GOOGLE_CLOUD_LOCATION")
+    # How bananastand talks to Google.
+    upstream_timeout_seconds: float = 300.0  # one call; 4K runs can take minutes
+    upstream_retry_budget_seconds: float = 120.0  # time spent waiting between retries
+    upstream_max_attempts: int = 5
+    upstream_backoff_seconds: float = 2.0  # first retry delay, doubled each time, jittered
+    upstream_concurrency: int = 8  # calls in flight per provider; more tasks queue
+    upstream_requests_per_minute: float = 60.0  # per provider; 0: no cap
+
     # Outbound fetches (image_input): networks or host names allowed although private.
-    fetch_allow: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    allow_private_networks: Annotated[list[str], NoDecode] = Field(default_factory=list)
     max_input_image_bytes: int = 30 * 1024 * 1024
+    max_input_image_pixels: int = 64_000_000  # decompression-bomb guard
     fetch_timeout_seconds: float = 60.0
+    fetch_concurrency: int = 4  # image_input fetches in parallel per task
 
     # Files: uploads, result links, retention, and where files are kept.
     storage_backend: Literal["local", "s3"] = "local"
@@ -113,7 +168,7 @@ class Settings(BaseSettings):
     models: dict[str, ModelSpec] = Field(default_factory=_default_models)
     prices: dict[str, dict[Resolution, int]] = Field(default_factory=_default_prices)
 
-    @field_validator("cors_origins", "fetch_allow", mode="before")
+    @field_validator("cors_origins", "allow_private_networks", mode="before")
     @classmethod
     def _split_commas(cls, value: Any) -> Any:
         if isinstance(value, str):

@@ -18,7 +18,9 @@ from pydantic import ValidationError as PydanticValidationError
 
 from bananastand.contract import CreateTaskRequest, TaskState, describe_validation_error
 from bananastand.errors import NotFoundError, ValidationError
+from bananastand.fetch import AllowList, is_public_address, literal_host
 from bananastand.ids import new_task_id, now_ms
+from bananastand.models import check_model_rules, spec_input
 from bananastand.providers.registry import ProviderRegistry
 from bananastand.records import ApiKey, Task
 from bananastand.settings import Settings
@@ -47,28 +49,38 @@ class Tasks:
         self._db = db
         self._settings = settings
         self._providers = providers
+        self._allow = AllowList.parse(settings.allow_private_networks)
         # Lets a worker in this process start at once instead of at its next poll.
         self._on_created = on_created
 
     def validate(self, body: Any) -> CreateTaskRequest:
         if not isinstance(body, dict):
             raise ValidationError("body: must be a JSON object")
+        model = body.get("model")
+        spec = self._settings.models.get(model) if isinstance(model, str) else None
+        if spec is not None and isinstance(body.get("input"), dict):
+            body = {**body, "input": spec_input(spec, body["input"])}
         try:
             request = CreateTaskRequest.model_validate(body)
         except PydanticValidationError as exc:
             raise ValidationError(describe_validation_error(exc)) from None
-        spec = self._settings.models.get(request.model)
         if spec is None:
             known = ", ".join(sorted(self._settings.models))
             raise ValidationError(f"model: unknown model {request.model!r}; expected {known}")
-        if request.input.resolution not in spec.resolutions:
-            allowed = ", ".join(r.value for r in spec.resolutions)
-            raise ValidationError(f"input.resolution: {request.model} supports {allowed}")
-        if len(request.input.image_input) > spec.max_images:
-            raise ValidationError(
-                f"input.image_input: {request.model} takes at most {spec.max_images} images"
-            )
+        check_model_rules(request, spec)
+        for index, url in enumerate(request.input.image_input):
+            self._check_literal_address(f"input.image_input[{index}]", url)
         return request
+
+    def _check_literal_address(self, field: str, url: str) -> None:
+        """Refuse a private or loopback IP literal at once rather than as a failed task;
+        host names are checked when fetched (they may resolve anywhere)."""
+        if url.startswith(self._settings.effective_public_url + "/files/"):
+            return
+        host = literal_host(url)
+        if host is None or is_public_address(host) or self._allow.allows_address(host):
+            return
+        raise ValidationError(f"{field}: {host} is not a publicly routable address")
 
     async def create(
         self,

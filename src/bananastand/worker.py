@@ -22,11 +22,12 @@ import orjson
 
 from bananastand import imaging
 from bananastand.contract import TaskInput, TaskState
-from bananastand.errors import InputError, LeaseLost, TaskFailure, UpstreamTimeout
-from bananastand.fetch import FetchedImage, SafeFetcher, sniff_image_type
+from bananastand.errors import LeaseLost, TaskFailure, UpstreamTimeout
+from bananastand.fetch import SafeFetcher
 from bananastand.ids import now_ms, random_token
+from bananastand.inputs import InputLoader
 from bananastand.logs import bind_task
-from bananastand.providers.base import GenerationRequest, InputImage
+from bananastand.providers.base import GenerationRequest
 from bananastand.providers.registry import ProviderRegistry
 from bananastand.records import Claim
 from bananastand.retention import retention_rules, sweep
@@ -57,7 +58,14 @@ class Worker:
         self._settings = settings
         self._providers = providers
         self._storage = storage
-        self._fetcher = fetcher
+        self._inputs = InputLoader(
+            fetcher,
+            storage,
+            links=links,
+            concurrency=settings.fetch_concurrency,
+            max_bytes=settings.max_input_image_bytes,
+            max_pixels=settings.max_input_image_pixels,
+        )
         self._links = links
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{random_token(6)}"
         self._lease_ms = int(settings.lease_seconds * 1000)
@@ -231,47 +239,37 @@ class Worker:
         """Fetch inputs, call the provider, store the image: (resultJson, usage JSON)."""
         task = claim.task
         spec = TaskInput.model_validate_json(task.input)
-        fetched = await asyncio.gather(*(self._input_image(u) for u in spec.image_input))
-        marked = await self._db.write(
-            partial(
-                queries.mark_generating,
-                task_id=task.id,
-                lease_token=claim.lease_token,
-                now_ms=now_ms(),
-            )
-        )
-        if not marked:
-            raise LeaseLost(task.id)
+        images = await self._inputs.load(spec.image_input)
         provider = self._providers.get(task.provider)
-        started = now_ms()
-        image = await provider.generate(
-            GenerationRequest(
-                model=task.model,
-                prompt=spec.prompt,
-                images=[InputImage(data=f.data, mime_type=f.mime_type) for f in fetched],
-                aspect_ratio=spec.aspect_ratio,
-                resolution=spec.resolution,
-                output_format=spec.output_format,
+        # Waiting for an upstream slot is still ``queuing``; ``generating`` starts with it.
+        async with provider.limiter.slot():
+            marked = await self._db.write(
+                partial(
+                    queries.mark_generating,
+                    task_id=task.id,
+                    lease_token=claim.lease_token,
+                    now_ms=now_ms(),
+                )
             )
-        )
+            if not marked:
+                raise LeaseLost(task.id)
+            started = now_ms()
+            image = await provider.generate(
+                GenerationRequest(
+                    model=task.model,
+                    prompt=spec.prompt,
+                    images=images,
+                    aspect_ratio=spec.aspect_ratio,
+                    resolution=spec.resolution,
+                    output_format=spec.output_format,
+                )
+            )
         usage = {**image.usage, "provider_ms": now_ms() - started}
         data = await asyncio.to_thread(imaging.to_output_format, image.data, spec.output_format)
         key = f"results/{task.id}/{random_token(24)}.{spec.output_format.value}"
         await self._storage.put(key, data, spec.output_format.mime_type)
         url = self._links.url_for(key, self._settings.result_link_seconds)
         return orjson.dumps({"resultUrls": [url]}).decode(), orjson.dumps(usage).decode()
-
-    async def _input_image(self, url: str) -> FetchedImage:
-        """Our own links (uploads, earlier results) are read from storage: the public URL
-        may not be reachable from here, and the fetcher refuses private addresses."""
-        key = self._links.parse(url)
-        if key is None:
-            return await self._fetcher.fetch_image(url)
-        stored = await self._storage.get(key)
-        mime_type = sniff_image_type(stored.data[:12]) if stored else None
-        if stored is None or mime_type is None:
-            raise InputError("image_input: the linked file no longer exists or is not an image")
-        return FetchedImage(data=stored.data, mime_type=mime_type, url=url)
 
     async def _finish(
         self,

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from bananastand.contract import AspectRatio, OutputFormat, Resolution
+from bananastand.providers.limits import UpstreamLimiter
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +47,8 @@ class Provider(Protocol):
     """What the worker calls; one instance serves many concurrent tasks."""
 
     name: str
+    #: Held by the worker around ``generate``: while a task waits here it is ``queuing``.
+    limiter: UpstreamLimiter
 
     async def generate(self, request: GenerationRequest) -> GeneratedImage:
         """Make one image, or raise a ``TaskFailure`` subclass naming the failCode."""

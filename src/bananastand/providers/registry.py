@@ -6,6 +6,8 @@ import logging
 
 from bananastand.errors import FeatureDisabledError
 from bananastand.providers.base import Provider
+from bananastand.providers.google import GoogleProvider, RetryPolicy
+from bananastand.providers.limits import UpstreamLimiter
 from bananastand.providers.sandbox import SandboxProvider
 from bananastand.settings import LiveProvider, Settings
 
@@ -25,15 +27,16 @@ class ProviderRegistry:
     def from_settings(cls, settings: Settings) -> ProviderRegistry:
         sandbox = SandboxProvider(delay_ms=settings.sandbox_delay_ms)
         providers: dict[str, Provider] = {sandbox.name: sandbox}
-        live: str | None = None
-        if settings.live_provider is LiveProvider.SANDBOX:
-            live = sandbox.name
-        elif settings.live_provider is not LiveProvider.AUTO:
-            log.warning(
-                "live provider %s is not available in this build; live keys are disabled",
+        live = choose_live(settings)
+        if live in (LiveProvider.GEMINI, LiveProvider.VERTEX):
+            google = _google_provider(settings, live)
+            providers[google.name] = google
+        elif live is None and settings.live_provider is not LiveProvider.AUTO:
+            log.error(
+                "live provider %s lacks its settings; live keys are disabled",
                 settings.live_provider.value,
             )
-        return cls(providers, live)
+        return cls(providers, live.value if live else None)
 
     def provider_name_for(self, model: str, *, is_test: bool) -> str:
         """The provider a new task will run on, or 505 when live keys have none."""
@@ -49,3 +52,62 @@ class ProviderRegistry:
     async def aclose(self) -> None:
         for provider in self._providers.values():
             await provider.aclose()
+
+
+def choose_live(settings: Settings) -> LiveProvider | None:
+    """Which provider live keys use: ``auto`` prefers Vertex AI when it is switched on
+    (``GOOGLE_GENAI_USE_VERTEXAI``), else the Gemini API when an API key is set, else none.
+    An explicit choice without what it needs (a key, a project) is none too."""
+    chosen = settings.live_provider
+    vertex_ready = bool(settings.google_cloud_project)
+    if chosen is LiveProvider.AUTO:
+        if settings.google_use_vertexai and vertex_ready:
+            return LiveProvider.VERTEX
+        return LiveProvider.GEMINI if settings.google_api_key else None
+    if chosen is LiveProvider.GEMINI and not settings.google_api_key:
+        return None
+    if chosen is LiveProvider.VERTEX and not vertex_ready:
+        return None
+    return chosen
+
+
+def describe_live(settings: Settings) -> str | None:
+    """One line for the start banner: what live keys will run on, or None."""
+    live = choose_live(settings)
+    if live is LiveProvider.VERTEX:
+        return (
+            f"vertex (Vertex AI, project {settings.google_cloud_project or '(unset)'}, "
+            f"location {settings.google_cloud_location})"
+        )
+    if live is LiveProvider.GEMINI:
+        where = settings.google_gemini_base_url or "the Gemini API"
+        return f"gemini ({where}, API key from GEMINI_API_KEY/GOOGLE_API_KEY)"
+    return live.value if live else None
+
+
+def _google_provider(settings: Settings, live: LiveProvider) -> GoogleProvider:
+    retry = RetryPolicy(
+        timeout_s=settings.upstream_timeout_seconds,
+        max_attempts=settings.upstream_max_attempts,
+        budget_s=settings.upstream_retry_budget_seconds,
+        backoff_s=settings.upstream_backoff_seconds,
+    )
+    limiter = UpstreamLimiter(
+        concurrency=settings.upstream_concurrency,
+        per_minute=settings.upstream_requests_per_minute,
+    )
+    if live is LiveProvider.VERTEX:
+        return GoogleProvider.vertex(
+            settings.google_cloud_project,
+            settings.google_cloud_location,
+            settings.models,
+            retry=retry,
+            limiter=limiter,
+        )
+    return GoogleProvider.gemini(
+        settings.google_api_key,
+        settings.models,
+        base_url=settings.google_gemini_base_url,
+        retry=retry,
+        limiter=limiter,
+    )

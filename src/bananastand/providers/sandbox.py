@@ -59,6 +59,7 @@ from bananastand.errors import (
     UpstreamTimeout,
 )
 from bananastand.providers.base import GeneratedImage, GenerationRequest, InputImage
+from bananastand.providers.limits import UpstreamLimiter
 
 __all__ = ["MAX_MAGIC_DELAY_MS", "SandboxProvider"]
 
@@ -119,6 +120,8 @@ class SandboxProvider:
             raise ConfigurationError("sandbox cache_size must be >= 0")
         self.delay_ms = delay_ms
         self.cache_size = cache_size
+        #: No upstream to protect: never waits.
+        self.limiter = UpstreamLimiter()
         #: How many renders actually ran (cache misses); lets tests and metrics see reuse.
         self.renders = 0
         self._cache: OrderedDict[bytes, _Render] = OrderedDict()

@@ -53,6 +53,10 @@ class LinkSigner:
         left = expires_at - int(self._clock())
         return left if left > 0 else None
 
+    def is_ours(self, url: str) -> bool:
+        """Whether ``url`` points under our file links, authentic or not."""
+        return url.startswith(self._base)
+
     def parse(self, url: str, *, allow_expired: bool = False) -> str | None:
         """The storage key of one of our own, authentic links, else None.
 

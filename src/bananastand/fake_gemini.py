@@ -1,0 +1,277 @@
+"""A fake Gemini API on loopback, speaking the real REST wire format.
+
+Tests, demos and the pipeline benchmark point the real ``google-genai`` SDK at it
+(``HttpOptions(base_url=...)`` or ``GOOGLE_GEMINI_BASE_URL``), so nothing in the provider
+is mocked: ``POST /v1beta/models/{model}:generateContent`` with ``x-goog-api-key``,
+camelCase JSON, URL-safe base64 in, standard base64 out, thought parts before the final
+image, safety answers as HTTP 200, errors as ``{"error": {"code", "status", "message"}}``.
+
+Images are real and have the pixel size Google returns for the requested aspect ratio and
+``imageSize`` (1K when none is sent; ``auto`` follows the first input image). Tests script
+outcomes with `FakeGemini.script`; a script is used up one reply per request, after which
+the fake answers with success. Every request is kept in `FakeGemini.requests`.
+
+Run it alone with ``bananastand fake-gemini --port 8089`` and start bananastand with
+``GEMINI_API_KEY=fake GOOGLE_GEMINI_BASE_URL=http://127.0.0.1:8089``.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import contextlib
+import functools
+import io
+import json
+import math
+import re
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from PIL import Image
+
+from bananastand.contract import SIZES_1K, AspectRatio, Resolution, output_size
+
+__all__ = ["FakeGemini", "Reply", "SeenRequest"]
+
+_PATH_RE = re.compile(r"^/v1beta/models/([^/:]+):generateContent$")
+_STATUS_NAMES = {
+    400: "INVALID_ARGUMENT",
+    401: "UNAUTHENTICATED",
+    403: "PERMISSION_DENIED",
+    404: "NOT_FOUND",
+    429: "RESOURCE_EXHAUSTED",
+    500: "INTERNAL",
+    503: "UNAVAILABLE",
+    504: "DEADLINE_EXCEEDED",
+}
+
+
+@dataclass(frozen=True)
+class Reply:
+    """One scripted answer. ``status`` other than 200 answers an error body; otherwise
+    ``block_reason`` (promptFeedback) or ``finish_reason`` shape a 200 answer, and an
+    image is included unless the finish reason says there is none."""
+
+    status: int = 200
+    message: str = ""
+    block_reason: str | None = None
+    finish_reason: str = "STOP"
+    delay_s: float = 0.0
+    with_image: bool = True
+
+
+@dataclass(frozen=True)
+class SeenRequest:
+    model: str
+    api_key: str
+    body: dict[str, Any]
+
+    @property
+    def parts(self) -> list[dict[str, Any]]:
+        parts: list[dict[str, Any]] = self.body["contents"][0]["parts"]
+        return parts
+
+    @property
+    def image_config(self) -> dict[str, Any]:
+        config: dict[str, Any] = self.body.get("generationConfig", {}).get("imageConfig", {})
+        return config
+
+    @property
+    def images(self) -> list[bytes]:
+        return [_b64decode(p["inlineData"]["data"]) for p in self.parts if "inlineData" in p]
+
+
+@dataclass
+class FakeGemini:
+    """The fake server; start with `start` (or use as a context manager)."""
+
+    api_key: str = "fake-key"
+    host: str = "127.0.0.1"
+    port: int = 0
+    #: Default extra latency of a success, for demos.
+    delay_s: float = 0.0
+    requests: list[SeenRequest] = field(default_factory=list)
+    _script: deque[Reply] = field(default_factory=deque)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+    _httpd: ThreadingHTTPServer | None = None
+    _thread: threading.Thread | None = None
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def script(self, *replies: Reply) -> None:
+        with self._lock:
+            self._script.extend(replies)
+
+    def start(self) -> FakeGemini:
+        handler = functools.partial(_Handler, self)
+        self._httpd = ThreadingHTTPServer((self.host, self.port), handler)
+        self._httpd.daemon_threads = True
+        self.port = self._httpd.server_address[1]
+        self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        if self._httpd is not None:
+            self._httpd.shutdown()
+            self._httpd.server_close()
+
+    def __enter__(self) -> FakeGemini:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    def _next_reply(self) -> Reply:
+        with self._lock:
+            return self._script.popleft() if self._script else Reply(delay_s=self.delay_s)
+
+    def _record(self, seen: SeenRequest) -> None:
+        with self._lock:
+            self.requests.append(seen)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def __init__(self, fake: FakeGemini, *args: Any) -> None:
+        self.fake = fake
+        super().__init__(*args)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+    def do_POST(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        raw = self.rfile.read(length)
+        match = _PATH_RE.match(self.path.split("?", 1)[0])
+        if match is None:
+            self._error(404, f"no route for {self.path}")
+            return
+        try:
+            body = json.loads(raw)
+        except ValueError:
+            self._error(400, "Invalid JSON payload received.")
+            return
+        key = self.headers.get("x-goog-api-key", "")
+        seen = SeenRequest(model=match.group(1), api_key=key, body=body)
+        self.fake._record(seen)
+        if key != self.fake.api_key:
+            self._error(400, "API key not valid. Please pass a valid API key.")
+            return
+        reply = self.fake._next_reply()
+        if reply.delay_s:
+            time.sleep(reply.delay_s)
+        if reply.status != 200:
+            self._error(reply.status, reply.message or f"scripted {reply.status}")
+            return
+        try:
+            answer = _answer(seen, reply)
+        except ValueError as exc:
+            self._error(400, str(exc))
+            return
+        self._send(200, answer)
+
+    def _error(self, code: int, message: str) -> None:
+        status = _STATUS_NAMES.get(code, "UNKNOWN")
+        self._send(code, {"error": {"code": code, "message": message, "status": status}})
+
+    def _send(self, code: int, payload: dict[str, Any]) -> None:
+        data = json.dumps(payload).encode()
+        # A client that gave up (its timeout) is not an error: there is nobody to answer.
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            self.send_response(code)
+            self.send_header("Content-Type", "application/json; charset=UTF-8")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+
+def _answer(seen: SeenRequest, reply: Reply) -> dict[str, Any]:
+    usage = {"promptTokenCount": 12, "totalTokenCount": 12}
+    if reply.block_reason:
+        return {"promptFeedback": {"blockReason": reply.block_reason}, "usageMetadata": usage}
+    parts: list[dict[str, Any]] = []
+    if reply.with_image and reply.finish_reason == "STOP":
+        width, height = _requested_size(seen)
+        parts = [
+            {"text": "Planning the composition.", "thought": True},
+            {"inlineData": _inline(_png(64, 64, (90, 90, 90))), "thought": True},
+            {"text": "Here is your image."},
+            {"inlineData": _inline(_png(width, height, (250, 200, 20)))},
+        ]
+    else:
+        parts = [{"text": "I can't make that image."}]
+    return {
+        "candidates": [
+            {
+                "content": {"role": "model", "parts": parts},
+                "finishReason": reply.finish_reason,
+                "index": 0,
+            }
+        ],
+        "usageMetadata": {
+            "promptTokenCount": 12 + 258 * len(seen.images),
+            "candidatesTokenCount": 1120,
+            "thoughtsTokenCount": 200,
+            "totalTokenCount": 1332 + 258 * len(seen.images),
+        },
+        "modelVersion": seen.model,
+    }
+
+
+def _requested_size(seen: SeenRequest) -> tuple[int, int]:
+    config = seen.image_config
+    size = config.get("imageSize", "1K")
+    if size not in ("1K", "2K", "4K"):
+        raise ValueError(f"imageSize must be 1K, 2K or 4K, got {size!r}")
+    ratio = config.get("aspectRatio")
+    if ratio is None:
+        ratio = _follow_first_input(seen.images)
+    try:
+        aspect = AspectRatio(ratio)
+    except ValueError:
+        raise ValueError(f"unsupported aspectRatio {ratio!r}") from None
+    if aspect is AspectRatio.AUTO:
+        raise ValueError("aspectRatio 'auto' is not a value Google accepts")
+    return output_size(aspect, Resolution(size))
+
+
+def _follow_first_input(images: list[bytes]) -> str:
+    if not images:
+        return "1:1"
+    with Image.open(io.BytesIO(images[0])) as first:
+        width, height = first.size
+    target = math.log(width / height)
+
+    def distance(ratio: AspectRatio) -> float:
+        w, h = SIZES_1K[ratio]
+        return abs(math.log(w / h) - target)
+
+    return min(SIZES_1K, key=distance).value
+
+
+def _inline(data: bytes) -> dict[str, str]:
+    return {"mimeType": "image/png", "data": base64.b64encode(data).decode()}
+
+
+@functools.lru_cache(maxsize=32)
+def _png(width: int, height: int, color: tuple[int, int, int]) -> bytes:
+    """A real PNG of the size asked; flat, so even 4K encodes in milliseconds."""
+    out = io.BytesIO()
+    Image.new("RGB", (width, height), color).save(out, format="PNG", compress_level=1)
+    return out.getvalue()
+
+
+def _b64decode(text: str) -> bytes:
+    try:
+        return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    except binascii.Error:
+        return base64.b64decode(text)

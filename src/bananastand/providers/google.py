@@ -1,0 +1,307 @@
+"""Nano Banana on Google, through the field's own client (the ``google-genai`` SDK).
+
+One provider class serves both of Google's front doors: the Gemini API (an API key) and
+Vertex AI (a project, a location and Google credentials). They take the same request and
+differ in their limits on inline images, which is all this module needs to know of them.
+
+Every upstream outcome becomes one clear task outcome:
+
+==============================================  ==================  ========
+upstream                                        raises              failCode
+==============================================  ==================  ========
+429, 500, 503, 504, timeouts, dropped links     retried, then       500/504
+                                                ``UpstreamError``
+                                                or ``UpstreamTimeout``
+400 (INVALID_ARGUMENT, ...)                     ``InputError``      400
+``promptFeedback.blockReason``, a safety
+``finishReason`` (IMAGE_SAFETY, NO_IMAGE, ...)  ``SafetyBlocked``   403
+other 4xx/5xx (bad key, unknown model, ...)     ``UpstreamError``   500
+==============================================  ==================  ========
+
+The SDK retries nothing by default and is left that way: retries happen here, with
+jittered exponential backoff bounded by attempts and by a time budget, each attempt
+paced by the provider's `UpstreamLimiter`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+from google import genai
+from google.genai import errors as genai_errors
+from google.genai import types
+
+from bananastand import imaging
+from bananastand.contract import AspectRatio
+from bananastand.errors import (
+    ConfigurationError,
+    InputError,
+    SafetyBlocked,
+    TaskFailure,
+    UpstreamError,
+    UpstreamTimeout,
+)
+from bananastand.providers.base import GeneratedImage, GenerationRequest
+from bananastand.providers.limits import UpstreamLimiter
+from bananastand.settings import ModelSpec
+
+__all__ = ["GEMINI_LIMITS", "VERTEX_LIMITS", "GoogleProvider", "InlineLimits", "RetryPolicy"]
+
+log = logging.getLogger(__name__)
+
+_MB = 1024 * 1024
+
+#: Statuses worth trying again: overload and transient server trouble.
+_TRANSIENT = frozenset({429, 500, 503, 504})
+
+#: finishReason values that mean "no image, on purpose" (the request is 200 OK).
+_BLOCKING_FINISH = frozenset(
+    {
+        "SAFETY",
+        "RECITATION",
+        "BLOCKLIST",
+        "PROHIBITED_CONTENT",
+        "SPII",
+        "IMAGE_SAFETY",
+        "IMAGE_PROHIBITED_CONTENT",
+        "IMAGE_RECITATION",
+        "IMAGE_OTHER",
+        "NO_IMAGE",
+    }
+)
+
+
+@dataclass(frozen=True, slots=True)
+class InlineLimits:
+    """What one request may carry as inline images, in raw (not base64) bytes."""
+
+    per_image: int | None
+    per_request: int | None
+
+
+#: The Gemini API takes about 20 MB of request, base64 included: 3/4 of it is image bytes,
+#: less room for the prompt.
+GEMINI_LIMITS = InlineLimits(per_image=None, per_request=14 * _MB)
+#: Vertex AI takes 7 MB per inline image.
+VERTEX_LIMITS = InlineLimits(per_image=7 * _MB, per_request=None)
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    timeout_s: float = 300.0  # one attempt
+    max_attempts: int = 5
+    budget_s: float = 120.0  # most time spent sleeping between attempts
+    backoff_s: float = 2.0  # first delay; doubled each retry, full jitter
+
+    def delay(self, retry: int) -> float:
+        return random.uniform(0, self.backoff_s * 2 ** (retry - 1))  # noqa: S311 (jitter)
+
+
+class GoogleProvider:
+    """Generates with Gemini image models; ``name`` is ``gemini`` or ``vertex``."""
+
+    def __init__(
+        self,
+        name: str,
+        client: genai.Client,
+        models: Mapping[str, ModelSpec],
+        *,
+        limits: InlineLimits,
+        retry: RetryPolicy,
+        limiter: UpstreamLimiter,
+    ) -> None:
+        self.name = name
+        self.limiter = limiter
+        self._client = client
+        self._models = dict(models)
+        self._limits = limits
+        self._retry = retry
+
+    @classmethod
+    def gemini(
+        cls,
+        api_key: str,
+        models: Mapping[str, ModelSpec],
+        *,
+        base_url: str = "",
+        retry: RetryPolicy,
+        limiter: UpstreamLimiter,
+    ) -> GoogleProvider:
+        if not api_key:
+            raise ConfigurationError("the Gemini API needs GEMINI_API_KEY or GOOGLE_API_KEY")
+        client = genai.Client(api_key=api_key, http_options=_http_options(base_url, retry))
+        return cls("gemini", client, models, limits=GEMINI_LIMITS, retry=retry, limiter=limiter)
+
+    @classmethod
+    def vertex(
+        cls,
+        project: str,
+        location: str,
+        models: Mapping[str, ModelSpec],
+        *,
+        retry: RetryPolicy,
+        limiter: UpstreamLimiter,
+    ) -> GoogleProvider:
+        if not project:
+            raise ConfigurationError("Vertex AI needs GOOGLE_CLOUD_PROJECT")
+        try:
+            client = genai.Client(
+                vertexai=True,
+                project=project,
+                location=location or "global",
+                http_options=_http_options("", retry),
+            )
+        except Exception as exc:  # the SDK raises plain errors for missing credentials
+            raise ConfigurationError(f"Vertex AI client could not start: {exc}") from exc
+        return cls("vertex", client, models, limits=VERTEX_LIMITS, retry=retry, limiter=limiter)
+
+    async def aclose(self) -> None:
+        await self._client.aio.aclose()
+
+    async def generate(self, request: GenerationRequest) -> GeneratedImage:
+        spec = self._models.get(request.model)
+        if spec is None:
+            raise InputError(f"model {request.model!r} is not configured on this server")
+        images = await asyncio.to_thread(
+            imaging.fit_inputs,
+            [(image.data, image.mime_type) for image in request.images],
+            per_image=self._limits.per_image,
+            per_request=self._limits.per_request,
+        )
+        contents: list[Any] = [request.prompt]
+        contents += [types.Part.from_bytes(data=data, mime_type=mime) for data, mime in images]
+        image_config = types.ImageConfig(
+            aspect_ratio=None
+            if request.aspect_ratio is AspectRatio.AUTO
+            else request.aspect_ratio.value,
+            image_size=request.resolution.value.upper() if spec.sends_image_size else None,
+        )
+        config = types.GenerateContentConfig(
+            response_modalities=["TEXT", "IMAGE"], image_config=image_config
+        )
+        started = time.monotonic()
+        response, attempts = await self._call(spec.upstream_id, contents, config)
+        latency_ms = round((time.monotonic() - started) * 1000)
+        data, mime_type = _pick_image(response)
+        usage: dict[str, int | float | str] = {
+            "provider": self.name,
+            "upstream_model": spec.upstream_id,
+            "upstream_ms": latency_ms,
+            "attempts": attempts,
+        }
+        meta = response.usage_metadata
+        if meta is not None:
+            for key, value in (
+                ("prompt_tokens", meta.prompt_token_count),
+                ("output_tokens", meta.candidates_token_count),
+                ("thought_tokens", meta.thoughts_token_count),
+                ("total_tokens", meta.total_token_count),
+            ):
+                if value is not None:
+                    usage[key] = value
+        return GeneratedImage(data=data, mime_type=mime_type, usage=usage)
+
+    async def _call(
+        self, model: str, contents: list[Any], config: types.GenerateContentConfig
+    ) -> tuple[types.GenerateContentResponse, int]:
+        """One response, retried on transient trouble; raises a ``TaskFailure``."""
+        retry = self._retry
+        slept = 0.0
+        attempt = 0
+        while True:
+            attempt += 1
+            if attempt > 1:
+                await self.limiter.pace()
+            try:
+                async with asyncio.timeout(retry.timeout_s):
+                    response = await self._client.aio.models.generate_content(
+                        model=model, contents=contents, config=config
+                    )
+                return response, attempt
+            except genai_errors.APIError as exc:
+                failure = _api_failure(exc)
+                transient = exc.code in _TRANSIENT
+            except (TimeoutError, httpx.TimeoutException):
+                failure = UpstreamTimeout(f"Google did not answer within {retry.timeout_s:g} s")
+                transient = True
+            except httpx.TransportError as exc:
+                failure = UpstreamError(f"the connection to Google failed ({type(exc).__name__})")
+                transient = True
+            delay = retry.delay(attempt)
+            if not transient or attempt >= retry.max_attempts or slept + delay > retry.budget_s:
+                if transient:
+                    failure = type(failure)(
+                        f"{failure.message}; gave up after {attempt} attempt(s)"
+                    )
+                raise failure
+            log.warning(
+                "upstream attempt failed; retrying",
+                extra={"attempt": attempt, "delay_s": round(delay, 2), "reason": failure.message},
+            )
+            slept += delay
+            await asyncio.sleep(delay)
+
+
+def _http_options(base_url: str, retry: RetryPolicy) -> types.HttpOptions:
+    # The SDK's timeout is in milliseconds; ours also wraps each call (asyncio.timeout).
+    return types.HttpOptions(base_url=base_url or None, timeout=int(retry.timeout_s * 1000))
+
+
+def _api_failure(exc: genai_errors.APIError) -> TaskFailure:
+    what = f"{exc.code} {exc.status or ''}".strip()
+    message = exc.message or "no message"
+    if exc.code == 400:
+        return InputError(f"Google rejected the request ({what}): {message}")
+    if exc.code == 429:
+        return UpstreamError(f"Google is rate limiting us ({what}): {message}")
+    if exc.code in (401, 403):
+        return UpstreamError(f"Google refused this server's credentials ({what}): {message}")
+    return UpstreamError(f"Google answered {what}: {message}")
+
+
+def _pick_image(response: types.GenerateContentResponse) -> tuple[bytes, str]:
+    """The last image part that is not a thought (drafts come first), or the reason why
+    there is none."""
+    feedback = response.prompt_feedback
+    if feedback is not None and feedback.block_reason is not None:
+        reason = _enum_name(feedback.block_reason)
+        detail = f": {feedback.block_reason_message}" if feedback.block_reason_message else ""
+        raise SafetyBlocked(f"the prompt was blocked by Google's filters ({reason}){detail}")
+    candidates = response.candidates or []
+    if not candidates:
+        raise UpstreamError("Google answered with no candidates and no reason")
+    candidate = candidates[0]
+    finish = _enum_name(candidate.finish_reason) if candidate.finish_reason else ""
+    parts = candidate.content.parts if candidate.content and candidate.content.parts else []
+    image: tuple[bytes, str] | None = None
+    texts: list[str] = []
+    for part in parts:
+        if part.thought:
+            continue
+        if part.inline_data is not None and part.inline_data.data:
+            image = (part.inline_data.data, part.inline_data.mime_type or "image/png")
+        elif part.text:
+            texts.append(part.text.strip())
+    said = " ".join(texts)[:300]
+    if finish in _BLOCKING_FINISH:
+        detail = candidate.finish_message or said
+        raise SafetyBlocked(
+            f"Google returned no image (finishReason {finish})" + (f": {detail}" if detail else "")
+        )
+    if image is None:
+        raise UpstreamError(
+            f"Google returned no image (finishReason {finish or 'unknown'})"
+            + (f"; the model said: {said}" if said else "")
+        )
+    return image
+
+
+def _enum_name(value: object) -> str:
+    return str(getattr(value, "value", value))
