@@ -110,7 +110,12 @@ def prompt_body(prompt: str = "a banana", **input_fields: Any) -> dict[str, Any]
 def running_server(
     data_dir: Path, *, run_worker: bool = True, **overrides: Any
 ) -> Iterator[Server]:
-    """A real server in this process (uvicorn in a thread with its own event loop)."""
+    """A real server in this process (uvicorn in a thread with its own event loop).
+
+    Rate limits are off unless a test sets them: most tests fire calls faster than 20/s.
+    """
+    overrides.setdefault("create_rate", "unlimited")
+    overrides.setdefault("read_rate", "unlimited")
     port = free_port()
     settings = Settings(
         host="127.0.0.1",

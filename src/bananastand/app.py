@@ -14,11 +14,15 @@ from fastapi.middleware.cors import CORSMiddleware
 
 from bananastand import __version__
 from bananastand.accounts import Accounts
-from bananastand.api import files, health, jobs
+from bananastand.api import account, admin, files, health, jobs
 from bananastand.api.deps import Services
 from bananastand.api.envelope import RequestContextMiddleware, install_error_handlers
+from bananastand.api.limits import RateLimitHeadersMiddleware
+from bananastand.billing import Billing
 from bananastand.fetch import FetchPolicy, SafeFetcher
+from bananastand.ops import Switches
 from bananastand.providers.registry import ProviderRegistry
+from bananastand.ratelimit import RateLimiter
 from bananastand.settings import Settings
 from bananastand.storage.local import LocalStorage
 from bananastand.store import migrate
@@ -60,14 +64,32 @@ async def open_runtime(settings: Settings, *, run_worker: bool) -> Runtime:
         )
     )
     worker = Worker(db, settings, providers, storage, fetcher) if run_worker else None
-    tasks = Tasks(db, settings, providers, on_created=worker.wake if worker else lambda: None)
+    accounts = Accounts(
+        db,
+        key_cache_seconds=settings.key_cache_seconds,
+        starting_credits=settings.starting_credits,
+    )
+    billing = Billing(db, settings)
+    switches = Switches(db, poll_seconds=settings.switch_poll_seconds)
+    tasks = Tasks(
+        db,
+        settings,
+        providers,
+        accounts=accounts,
+        billing=billing,
+        switches=switches,
+        on_created=worker.wake if worker else lambda: None,
+    )
     services = Services(
         settings=settings,
         db=db,
-        accounts=Accounts(db, key_cache_seconds=settings.key_cache_seconds),
+        accounts=accounts,
         tasks=tasks,
         storage=storage,
         providers=providers,
+        billing=billing,
+        switches=switches,
+        limiter=RateLimiter(settings.redis_url),
     )
     return Runtime(services=services, fetcher=fetcher, worker=worker)
 
@@ -112,7 +134,11 @@ def create_app(settings: Settings, *, run_worker: bool = True) -> FastAPI:
             allow_headers=["Authorization", "Content-Type", "Idempotency-Key"],
         )
     app.add_middleware(RequestContextMiddleware)
+    # Outermost, so that even a 500 answer carries the caller's quota.
+    app.add_middleware(RateLimitHeadersMiddleware)
     app.include_router(jobs.router)
+    app.include_router(account.router)
+    app.include_router(admin.router)
     app.include_router(files.router)
     app.include_router(health.router)
     return app

@@ -12,7 +12,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field, SecretStr, field_validator
 from pydantic_settings import (
     BaseSettings,
     NoDecode,
@@ -22,6 +22,7 @@ from pydantic_settings import (
 )
 
 from bananastand.contract import Resolution
+from bananastand.ratelimit import parse_rate
 
 
 class LiveProvider(StrEnum):
@@ -91,6 +92,16 @@ class Settings(BaseSettings):
     max_input_image_bytes: int = 30 * 1024 * 1024
     fetch_timeout_seconds: float = 60.0
 
+    # Credits, limits and operations.
+    billing: bool = True  # off: no credits at all (one team on its own server)
+    starting_credits: int = 0  # granted to each new account
+    admin_token: SecretStr = SecretStr("")  # empty: the /admin/ API is disabled
+    create_rate: str = "20/second"  # per key, for createTask; "unlimited" allowed
+    read_rate: str = "20/second"  # per key, for every other API call
+    max_waiting_tasks: int = 1000  # per account; 0: no cap
+    redis_url: str = ""  # empty: rate limits counted in each process's memory
+    switch_poll_seconds: float = 1.0  # how stale maintenance/model switches may be
+
     # Structured tables; override in the BANANASTAND_CONFIG TOML file.
     models: dict[str, ModelSpec] = Field(default_factory=_default_models)
     prices: dict[str, dict[Resolution, int]] = Field(default_factory=_default_prices)
@@ -100,6 +111,12 @@ class Settings(BaseSettings):
     def _split_commas(cls, value: Any) -> Any:
         if isinstance(value, str):
             return [item.strip() for item in value.split(",") if item.strip()]
+        return value
+
+    @field_validator("create_rate", "read_rate")
+    @classmethod
+    def _valid_rate(cls, value: str) -> str:
+        parse_rate(value)
         return value
 
     @field_validator("sqlite_synchronous")
