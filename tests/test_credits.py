@@ -49,9 +49,7 @@ def test_new_accounts_start_with_the_starting_credits(start_server: Callable[...
     server = start_server(admin_token=ADMIN_TOKEN, starting_credits=25)
     account_id, key = new_account(server)
     assert balance(server, key) == 25
-    assert [(row["amount"], row["reason"]) for row in ledger(server, account_id)] == [
-        (25, "grant")
-    ]
+    assert [(row["amount"], row["reason"]) for row in ledger(server, account_id)] == [(25, "grant")]
 
 
 def test_create_charges_and_reports_credits_consumed(billed: Server) -> None:
