@@ -132,6 +132,11 @@ def server_env(data_dir: Path, synchronous: str) -> dict[str, str]:
         BANANASTAND_ACCESS_LOG="false",
         BANANASTAND_LOG_LEVEL="WARNING",
         BANANASTAND_SQLITE_SYNCHRONOUS=synchronous,
+        # Rate limits stay on (their cost is part of the hot path) but never refuse here;
+        # the load would otherwise overrun the waiting-task cap too.
+        BANANASTAND_CREATE_RATE="1000000/second",
+        BANANASTAND_READ_RATE="1000000/second",
+        BANANASTAND_MAX_WAITING_TASKS="0",
     )
     return env
 

@@ -112,8 +112,12 @@ def running_server(
 ) -> Iterator[Server]:
     """A real server in this process (uvicorn in a thread with its own event loop).
 
-    ``resolver=`` (an async ``(host, port) -> [ip, ...]``) replaces DNS for its fetches."""
+    ``resolver=`` (an async ``(host, port) -> [ip, ...]``) replaces DNS for its fetches.
+    Rate limits are off unless a test sets them: most tests fire calls faster than 20/s.
+    """
     resolver = overrides.pop("resolver", None)
+    overrides.setdefault("create_rate", "unlimited")
+    overrides.setdefault("read_rate", "unlimited")
     port = free_port()
     settings = Settings(
         host="127.0.0.1",

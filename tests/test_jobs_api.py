@@ -1119,7 +1119,7 @@ def test_a_live_key_without_a_provider_is_505_and_creates_nothing(server: Server
 def test_a_live_key_runs_on_the_sandbox_when_configured(
     start_server: Callable[..., Server],
 ) -> None:
-    server = start_server(live_provider="sandbox")
+    server = start_server(live_provider="sandbox", billing=False)
     key = server.key(test=False)
     body = prompt_body("live banana")
     task_id = create_id(server, key, body)

@@ -118,6 +118,7 @@ def fake() -> Iterator[FakeGemini]:
 @pytest.fixture
 def live(start_server: Callable[..., Server], fake: FakeGemini) -> Server:
     return start_server(
+        billing=False,
         live_provider="gemini",
         GOOGLE_API_KEY=fake.api_key,
         GOOGLE_GEMINI_BASE_URL=fake.base_url,
@@ -223,6 +224,7 @@ def test_a_burst_queues_for_the_upstream_slot(
     start_server: Callable[..., Server], fake: FakeGemini
 ) -> None:
     server = start_server(
+        billing=False,
         live_provider="gemini",
         GOOGLE_API_KEY=fake.api_key,
         GOOGLE_GEMINI_BASE_URL=fake.base_url,
@@ -257,7 +259,7 @@ def test_the_provider_choice(tmp_path: Any) -> None:
 
 
 def test_no_provider_answers_505(start_server: Callable[..., Server]) -> None:
-    server = start_server(live_provider="gemini")
+    server = start_server(live_provider="gemini", billing=False)
     answer = server.create(server.key(test=False), prompt_body())
     assert answer["code"] == 505
     assert answer["msg"] == "no provider configured for nano-banana-pro"
@@ -283,6 +285,7 @@ def test_a_bad_input_fails_the_task_naming_it(live: Server, origin: Origin) -> N
 
 def test_an_endless_input_is_cut_off(start_server: Callable[..., Server], origin: Origin) -> None:
     server = start_server(
+        billing=False,
         live_provider="sandbox",
         allow_private_networks=["images.test"],
         max_input_image_bytes=31 * 1024 * 1024,
@@ -371,6 +374,7 @@ def test_hostile_image_urls_are_refused_and_nothing_is_fetched(
         "/to-name": f"http://evil.example:{origin.port}/secret.png",
     }
     server = start_server(
+        billing=False,
         live_provider="sandbox", allow_private_networks=["redirector.test"], resolver=resolver
     )
     key = server.key(test=False)

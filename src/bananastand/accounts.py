@@ -13,8 +13,9 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from functools import partial
 
-from bananastand.errors import AuthenticationError, NotFoundError
+from bananastand.errors import AuthenticationError, NotFoundError, ValidationError
 from bananastand.ids import new_account_id, new_key_id, now_ms, random_token
+from bananastand.ratelimit import parse_rate
 from bananastand.records import Account, ApiKey
 from bananastand.store import accounts as queries
 from bananastand.store.database import Database
@@ -42,25 +43,107 @@ class NewKey:
 class Accounts:
     """Domain operations on accounts and keys; shared by the CLI, the API and the admin."""
 
-    def __init__(self, db: Database, *, key_cache_seconds: float = 5.0) -> None:
+    def __init__(
+        self, db: Database, *, key_cache_seconds: float = 5.0, starting_credits: int = 0
+    ) -> None:
         self._db = db
         self._cache_ttl = key_cache_seconds
+        self._starting_credits = starting_credits
         # secret hash -> (key or None, monotonic expiry). Revocations reach every process
         # within ``key_cache_seconds``.
         self._cache: OrderedDict[str, tuple[ApiKey | None, float]] = OrderedDict()
+        # account id -> (account, monotonic expiry): its limits, read once per TTL, not
+        # once per request. Limit changes reach every process within the same time.
+        self._accounts: OrderedDict[str, tuple[Account, float]] = OrderedDict()
 
     async def create_account(self, name: str = "") -> Account:
         return await self._db.write(
-            partial(queries.create_account, account_id=new_account_id(), name=name, now_ms=now_ms())
+            partial(
+                queries.create_account,
+                account_id=new_account_id(),
+                name=name,
+                now_ms=now_ms(),
+                starting_credits=self._starting_credits,
+            )
         )
+
+    async def get_account(self, account_id: str) -> Account:
+        found = await self._db.read(partial(queries.get_account, account_id=account_id))
+        if found is None:
+            raise NotFoundError(f"account {account_id} not found")
+        return found
+
+    async def list_accounts(self) -> list[Account]:
+        return await self._db.read(queries.list_accounts)
+
+    async def cached_account(self, account_id: str) -> Account:
+        """The account as of at most ``key_cache_seconds`` ago (for its limits)."""
+        cached = self._accounts.get(account_id)
+        now = time.monotonic()
+        if cached is not None and cached[1] > now:
+            return cached[0]
+        account = await self.get_account(account_id)
+        self._accounts[account_id] = (account, now + self._cache_ttl)
+        self._accounts.move_to_end(account_id)
+        while len(self._accounts) > _CACHE_SIZE:
+            self._accounts.popitem(last=False)
+        return account
+
+    async def set_limits(self, account_id: str, changes: dict[str, str | int | None]) -> Account:
+        """Change some of the account's limits; ``None`` restores the server default.
+
+        Rates read like ``20/second`` or ``unlimited``; ``max_waiting`` 0 means no cap.
+        """
+        for name, value in changes.items():
+            if value is None:
+                continue
+            if name in ("create_rate", "read_rate"):
+                try:
+                    parse_rate(str(value))
+                except ValueError as exc:
+                    raise ValidationError(f"{name}: {exc}") from None
+            elif name in ("max_waiting", "monthly_cap"):
+                if not isinstance(value, int) or value < 0:
+                    raise ValidationError(f"{name}: must be a whole number >= 0")
+            else:
+                raise ValidationError(f"{name}: not a limit; expected {queries.LIMIT_COLUMNS}")
+        found = await self._db.write(
+            partial(queries.set_limits, account_id=account_id, values=changes)
+        )
+        if not found:
+            raise NotFoundError(f"account {account_id} not found")
+        self._accounts.pop(account_id, None)
+        return await self.get_account(account_id)
+
+    async def account_of_key(self, key: str) -> str:
+        """The account id of a key given by its id (``key_...``) or its secret."""
+        if _KEY_PATTERN.fullmatch(key):
+            found = await self._db.read(
+                partial(queries.find_key_by_hash, secret_hash=hash_secret(key))
+            )
+        else:
+            found = await self._db.read(partial(queries.get_key, key_id=key))
+        if found is None:
+            raise NotFoundError("no such key")
+        return found.account_id
 
     async def count_accounts(self) -> int:
         return await self._db.read(queries.count_accounts)
 
     async def create_key(
-        self, *, account_id: str | None = None, name: str = "", is_test: bool = False
+        self,
+        *,
+        account_id: str | None = None,
+        name: str = "",
+        is_test: bool = False,
+        expires_at: int | None = None,
     ) -> NewKey:
-        """Make a key; without ``account_id``, in a new account of its own."""
+        """Make a key; without ``account_id``, in a new account of its own.
+
+        ``expires_at`` (epoch ms): the key stops working then.
+        """
+        if expires_at is not None and expires_at <= now_ms():
+            raise ValidationError("expires: must be in the future")
         secret = (TEST_PREFIX if is_test else LIVE_PREFIX) + random_token(_SECRET_LENGTH)
         created = now_ms()
         account_for_key = account_id or new_account_id()
@@ -72,7 +155,7 @@ class Accounts:
             is_test=is_test,
             created_at=created,
             revoked_at=None,
-            expires_at=None,
+            expires_at=expires_at,
         )
 
         inserted = await self._db.write(
@@ -81,6 +164,7 @@ class Accounts:
                 key=key,
                 secret_hash=hash_secret(secret),
                 new_account_name=name if account_id is None else None,
+                starting_credits=self._starting_credits,
             )
         )
         if not inserted:

@@ -14,12 +14,16 @@ from fastapi.middleware.cors import CORSMiddleware
 
 from bananastand import __version__
 from bananastand.accounts import Accounts
-from bananastand.api import files, health, jobs, uploads
+from bananastand.api import account, admin, files, health, jobs, uploads
 from bananastand.api.deps import Services
 from bananastand.api.envelope import RequestContextMiddleware, install_error_handlers
+from bananastand.api.limits import RateLimitHeadersMiddleware
+from bananastand.billing import Billing
 from bananastand.fetch import FetchPolicy, Resolver, SafeFetcher
 from bananastand.files import Files
+from bananastand.ops import Switches
 from bananastand.providers.registry import ProviderRegistry
+from bananastand.ratelimit import RateLimiter
 from bananastand.settings import Settings
 from bananastand.storage import open_storage
 from bananastand.storage.links import LinkSigner, load_secret
@@ -68,15 +72,33 @@ async def open_runtime(
         resolver=resolver,
     )
     worker = Worker(db, settings, providers, storage, fetcher, links=links) if run_worker else None
-    tasks = Tasks(db, settings, providers, on_created=worker.wake if worker else lambda: None)
+    accounts = Accounts(
+        db,
+        key_cache_seconds=settings.key_cache_seconds,
+        starting_credits=settings.starting_credits,
+    )
+    billing = Billing(db, settings)
+    switches = Switches(db, poll_seconds=settings.switch_poll_seconds)
+    tasks = Tasks(
+        db,
+        settings,
+        providers,
+        accounts=accounts,
+        billing=billing,
+        switches=switches,
+        on_created=worker.wake if worker else lambda: None,
+    )
     services = Services(
         settings=settings,
         db=db,
-        accounts=Accounts(db, key_cache_seconds=settings.key_cache_seconds),
+        accounts=accounts,
         tasks=tasks,
         storage=storage,
         providers=providers,
         files=Files(db, settings, storage, links, fetcher),
+        billing=billing,
+        switches=switches,
+        limiter=RateLimiter(settings.redis_url),
     )
     return Runtime(services=services, fetcher=fetcher, worker=worker)
 
@@ -124,7 +146,11 @@ def create_app(
             allow_headers=["Authorization", "Content-Type", "Idempotency-Key"],
         )
     app.add_middleware(RequestContextMiddleware)
+    # Outermost, so that even a 500 answer carries the caller's quota.
+    app.add_middleware(RateLimitHeadersMiddleware)
     app.include_router(jobs.router)
+    app.include_router(account.router)
+    app.include_router(admin.router)
     app.include_router(files.router)
     app.include_router(uploads.router)
     app.include_router(health.router)

@@ -8,17 +8,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import signal
 import sys
 from collections.abc import Awaitable, Callable, Iterator
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, TypeVar
 
+import orjson
 import typer
 import uvicorn
 from rich.console import Console
 
 from bananastand import logs
 from bananastand.accounts import Accounts, NewKey
+from bananastand.api.admin import account_details
+from bananastand.api.deps import Services
 from bananastand.app import close_runtime, create_app, open_runtime
 from bananastand.errors import ApiError
 from bananastand.ids import now_ms
@@ -34,6 +39,18 @@ keys_app = typer.Typer(help="Create, list and revoke API keys.", no_args_is_help
 app.add_typer(keys_app, name="keys")
 files_app = typer.Typer(help="Manage stored files.", no_args_is_help=True)
 app.add_typer(files_app, name="files")
+accounts_app = typer.Typer(
+    help="Create, list, show accounts and set their limits.", no_args_is_help=True
+)
+app.add_typer(accounts_app, name="accounts")
+credits_app = typer.Typer(help="Grant credits and audit the ledger.", no_args_is_help=True)
+app.add_typer(credits_app, name="credits")
+maintenance_app = typer.Typer(
+    help="Maintenance mode: createTask answers 455, reads keep working.", no_args_is_help=True
+)
+app.add_typer(maintenance_app, name="maintenance")
+models_app = typer.Typer(help="Switch models off and on (505 while off).", no_args_is_help=True)
+app.add_typer(models_app, name="models")
 
 console = Console(highlight=False, soft_wrap=True)
 
@@ -46,12 +63,16 @@ def _settings(**overrides: object) -> Settings:
 
 
 def _with_accounts(settings: Settings, action: Callable[[Accounts], Awaitable[T]]) -> T:
+    return _with_services(settings, lambda services: action(services.accounts))
+
+
+def _with_services(settings: Settings, action: Callable[[Services], Awaitable[T]]) -> T:
     """Run one admin action; a refusal is one clear line on stderr and exit status 1."""
 
     async def run() -> T:
         runtime = await open_runtime(settings, run_worker=False)
         try:
-            return await action(runtime.services.accounts)
+            return await action(runtime.services)
         finally:
             await close_runtime(runtime)
 
@@ -71,6 +92,8 @@ def _banner(settings: Settings, first_key: NewKey | None, live: str | None) -> N
         if live
         else "live keys: no provider configured (createTask answers 505); test keys use the sandbox"
     )
+    if not settings.billing:
+        console.print("billing: off (BANANASTAND_BILLING=off): no credits are charged")
     if first_key is None:
         console.print("make a key with: bananastand keys create --test   (or without --test)")
         return
@@ -175,11 +198,19 @@ def create_key(
     account: Annotated[
         str | None, typer.Option(help="Add to this account (default: a new account).")
     ] = None,
+    expires: Annotated[
+        str | None,
+        typer.Option(help="When the key stops working: 2027-01-31, 2027-01-31T12:00Z, 30d, 12h."),
+    ] = None,
 ) -> None:
     """Make a key; the key itself is the last line of output, shown only this once."""
     settings = _settings()
+    expires_at = _parse_expiry(expires) if expires else None
     made = _with_accounts(
-        settings, lambda accounts: accounts.create_key(account_id=account, name=name, is_test=test)
+        settings,
+        lambda accounts: accounts.create_key(
+            account_id=account, name=name, is_test=test, expires_at=expires_at
+        ),
     )
     kind = "test" if made.key.is_test else "live"
     console.print(
@@ -195,9 +226,13 @@ def list_keys(
     settings = _settings()
     found = _with_accounts(settings, lambda accounts: accounts.list_keys(account))
     for key in found:
-        status = "revoked" if key.revoked_at else "active"
+        status = "active" if key.usable_at(now_ms()) else "revoked" if key.revoked_at else "expired"
         kind = "test" if key.is_test else "live"
-        print(f"{key.id}\t{key.account_id}\t{kind}\t{status}\t{key.display_prefix}…\t{key.name}")
+        expiry = _format_ms(key.expires_at) if key.expires_at else "-"
+        print(
+            f"{key.id}\t{key.account_id}\t{kind}\t{status}\t{key.display_prefix}…"
+            f"\t{expiry}\t{key.name}"
+        )
 
 
 @keys_app.command("revoke")
@@ -223,6 +258,188 @@ def sweep() -> None:
             await close_runtime(runtime)
 
     print(f"deleted {asyncio.run(run())} expired files")
+
+
+_RELATIVE = re.compile(r"(\d+)([dhm])")
+
+
+def _parse_expiry(text: str) -> int:
+    """Epoch ms from an ISO date/time (UTC when no zone is given) or ``30d``/``12h``/``15m``."""
+    relative = _RELATIVE.fullmatch(text.strip())
+    if relative:
+        unit = {"d": "days", "h": "hours", "m": "minutes"}[relative.group(2)]
+        at = datetime.now(UTC) + timedelta(**{unit: int(relative.group(1))})
+    else:
+        try:
+            at = datetime.fromisoformat(text.strip())
+        except ValueError:
+            raise typer.BadParameter(
+                "expected an ISO date/time (2027-01-31) or a duration (30d, 12h, 15m)",
+                param_hint="--expires",
+            ) from None
+        if at.tzinfo is None:
+            at = at.replace(tzinfo=UTC)
+    return int(at.timestamp() * 1000)
+
+
+def _format_ms(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, tz=UTC).isoformat(timespec="seconds")
+
+
+@accounts_app.command("create")
+def create_account(
+    name: Annotated[str, typer.Option(help="A label to recognise the account by.")] = "",
+) -> None:
+    """Make an account (with BANANASTAND_STARTING_CREDITS); its id is the last line."""
+    made = _with_accounts(_settings(), lambda accounts: accounts.create_account(name))
+    console.print(f"credits: {made.credits}  name: {made.name}")
+    print(made.id)
+
+
+@accounts_app.command("list")
+def list_accounts() -> None:
+    found = _with_accounts(_settings(), lambda accounts: accounts.list_accounts())
+    for account in found:
+        print(f"{account.id}\t{account.credits}\t{account.name}")
+
+
+@accounts_app.command("show")
+def show_account(account_id: str) -> None:
+    """The account, its limits, keys and newest ledger rows, as JSON."""
+    details = _with_services(_settings(), lambda services: account_details(services, account_id))
+    print(orjson.dumps(details, option=orjson.OPT_INDENT_2).decode())
+
+
+def _limit(value: str | None, *, whole: bool) -> tuple[bool, str | int | None]:
+    """(given, value): ``default`` restores the server default; numbers for whole limits."""
+    if value is None:
+        return False, None
+    if value == "default":
+        return True, None
+    if not whole:
+        return True, value
+    if not value.isdigit():
+        raise typer.BadParameter(f"{value!r}: expected a whole number or 'default'")
+    return True, int(value)
+
+
+@accounts_app.command("set-limits")
+def set_limits(
+    account_id: str,
+    create_rate: Annotated[
+        str | None, typer.Option(help="createTask calls per key: 20/second, unlimited, default.")
+    ] = None,
+    read_rate: Annotated[
+        str | None, typer.Option(help="Other calls per key: 20/second, unlimited, default.")
+    ] = None,
+    max_waiting: Annotated[
+        str | None, typer.Option(help="Waiting tasks at most (0: no cap; default).")
+    ] = None,
+    monthly_cap: Annotated[
+        str | None, typer.Option(help="Credits spent per calendar month at most (default: none).")
+    ] = None,
+) -> None:
+    """Change an account's limits; every server sees them within the key cache time."""
+    changes: dict[str, str | int | None] = {}
+    for name, value, whole in (
+        ("create_rate", create_rate, False),
+        ("read_rate", read_rate, False),
+        ("max_waiting", max_waiting, True),
+        ("monthly_cap", monthly_cap, True),
+    ):
+        given, parsed = _limit(value, whole=whole)
+        if given:
+            changes[name] = parsed
+    account = _with_accounts(_settings(), lambda accounts: accounts.set_limits(account_id, changes))
+    print(orjson.dumps(account.to_admin(), option=orjson.OPT_INDENT_2).decode())
+
+
+@credits_app.command("add")
+def add_credits(
+    amount: Annotated[int, typer.Argument(help="Credits to add (negative: take away).")],
+    account: Annotated[str | None, typer.Option(help="The account's id.")] = None,
+    key: Annotated[str | None, typer.Option(help="A key (its id or the key itself).")] = None,
+    note: Annotated[str, typer.Option(help="Why, for the ledger.")] = "",
+) -> None:
+    """Grant credits; a ledger row records it. Prints the new balance last."""
+    if (account is None) == (key is None):
+        raise typer.BadParameter("give exactly one of --account and --key")
+
+    async def grant(services: Services) -> tuple[str, int]:
+        account_id = account or await services.accounts.account_of_key(key or "")
+        return account_id, await services.billing.grant(account_id, amount, note)
+
+    account_id, balance = _with_services(_settings(), grant)
+    console.print(f"account: {account_id}")
+    print(balance)
+
+
+@credits_app.command("audit")
+def audit_credits() -> None:
+    """Prove every balance equals its ledger sum; exit status 1 when one does not."""
+
+    async def audit(services: Services) -> tuple[int, list[str]]:
+        found = await services.billing.audit()
+        lines = [f"{d.kind} {d.id}: recorded {d.recorded}, ledger says {d.ledger}" for d in found]
+        return await services.accounts.count_accounts(), lines
+
+    checked, problems = _with_services(_settings(), audit)
+    for line in problems:
+        print(line)
+    if problems:
+        Console(stderr=True, highlight=False).print(
+            f"error: {len(problems)} balances do not match the ledger"
+        )
+        raise typer.Exit(1)
+    print(f"ok: {checked} accounts, every balance equals its ledger sum")
+
+
+@maintenance_app.command("on")
+def maintenance_on(
+    message: Annotated[str, typer.Option(help="What createTask answers (code 455).")] = "",
+) -> None:
+    """New tasks are refused; reads work, tasks in flight finish. Every server sees it
+    within BANANASTAND_SWITCH_POLL_SECONDS."""
+    _with_services(_settings(), lambda services: services.switches.set_maintenance(True, message))
+    print("maintenance: on")
+
+
+@maintenance_app.command("off")
+def maintenance_off() -> None:
+    _with_services(_settings(), lambda services: services.switches.set_maintenance(False))
+    print("maintenance: off")
+
+
+@maintenance_app.command("status")
+def maintenance_status() -> None:
+    state = _with_services(_settings(), lambda services: services.switches.current())
+    print(orjson.dumps(state.to_admin(), option=orjson.OPT_INDENT_2).decode())
+
+
+def _switch_model(model: str, account: str | None, *, enabled: bool) -> None:
+    _with_services(
+        _settings(),
+        lambda services: services.switches.set_model(model, enabled=enabled, account_id=account),
+    )
+    scope = f"account {account}" if account else "everyone"
+    print(f"{model}: {'enabled' if enabled else 'disabled'} for {scope}")
+
+
+@models_app.command("disable")
+def disable_model(
+    model: str,
+    account: Annotated[str | None, typer.Option(help="Only for this account.")] = None,
+) -> None:
+    """createTask with this model answers 505 (for everyone, or one account)."""
+    _switch_model(model, account, enabled=False)
+
+
+@models_app.command("enable")
+def enable_model(
+    model: str,
+    account: Annotated[str | None, typer.Option(help="Only for this account.")] = None,
+) -> None:
+    _switch_model(model, account, enabled=True)
 
 
 def main() -> None:

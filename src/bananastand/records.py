@@ -100,6 +100,18 @@ class ApiKey:
             expires_at=row["expires_at"],
         )
 
+    def to_admin(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "accountId": self.account_id,
+            "name": self.name,
+            "prefix": self.display_prefix,
+            "kind": "test" if self.is_test else "live",
+            "createdAt": self.created_at,
+            "revokedAt": self.revoked_at,
+            "expiresAt": self.expires_at,
+        }
+
     def usable_at(self, now_ms: int) -> bool:
         if self.revoked_at is not None and self.revoked_at <= now_ms:
             return False
@@ -111,7 +123,41 @@ class Account:
     id: str
     name: str
     created_at: int
+    credits: int = 0
+    #: Per-account overrides of the server defaults; ``None``: the default applies.
+    create_rate: str | None = None
+    read_rate: str | None = None
+    max_waiting: int | None = None
+    monthly_cap: int | None = None
 
     @classmethod
     def from_row(cls, row: Mapping[Any, Any]) -> Account:
-        return cls(id=row["id"], name=row["name"], created_at=row["created_at"])
+        return cls(**{name: row[name] for name in cls.__slots__})
+
+    def to_admin(self) -> dict[str, Any]:
+        """How the admin API and the CLI show an account."""
+        return {
+            "id": self.id,
+            "name": self.name,
+            "createdAt": self.created_at,
+            "credits": self.credits,
+            "createRate": self.create_rate,
+            "readRate": self.read_rate,
+            "maxWaiting": self.max_waiting,
+            "monthlyCap": self.monthly_cap,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerEntry:
+    seq: int
+    account_id: str
+    amount: int
+    reason: str
+    task_id: str | None
+    note: str
+    created_at: int
+
+    @classmethod
+    def from_row(cls, row: Mapping[Any, Any]) -> LedgerEntry:
+        return cls(**{name: row[name] for name in cls.__slots__})

@@ -12,7 +12,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import AliasChoices, BaseModel, Field, field_validator
+from pydantic import AliasChoices, BaseModel, Field, SecretStr, field_validator
 from pydantic_settings import (
     BaseSettings,
     NoDecode,
@@ -22,6 +22,7 @@ from pydantic_settings import (
 )
 
 from bananastand.contract import AspectRatio, OutputFormat, Resolution
+from bananastand.ratelimit import parse_rate
 
 
 class LiveProvider(StrEnum):
@@ -84,8 +85,13 @@ def _default_models() -> dict[str, ModelSpec]:
 
 
 def _default_prices() -> dict[str, dict[Resolution, int]]:
+    """nano-banana-pro's prices are the hosted API's; the others are ours, in proportion
+    to Google's list prices for the lighter models. Every model needs a price per
+    resolution it accepts (checked at start) unless billing is off."""
     return {
         "nano-banana-pro": {Resolution.R1K: 18, Resolution.R2K: 18, Resolution.R4K: 24},
+        "nano-banana-2": {Resolution.R1K: 8, Resolution.R2K: 12, Resolution.R4K: 18},
+        "google/nano-banana": {Resolution.R1K: 4},
     }
 
 
@@ -164,6 +170,16 @@ class Settings(BaseSettings):
     max_base64_upload_bytes: int = 10 * 1024 * 1024
     sweep_interval_seconds: float = 3600.0  # 0: workers never sweep (run `files sweep`)
 
+    # Credits, limits and operations.
+    billing: bool = True  # off: no credits at all (one team on its own server)
+    starting_credits: int = 0  # granted to each new account
+    admin_token: SecretStr = SecretStr("")  # empty: the /admin/ API is disabled
+    create_rate: str = "20/second"  # per key, for createTask; "unlimited" allowed
+    read_rate: str = "20/second"  # per key, for every other API call
+    max_waiting_tasks: int = 1000  # per account; 0: no cap
+    redis_url: str = ""  # empty: rate limits counted in each process's memory
+    switch_poll_seconds: float = 1.0  # how stale maintenance/model switches may be
+
     # Structured tables; override in the BANANASTAND_CONFIG TOML file.
     models: dict[str, ModelSpec] = Field(default_factory=_default_models)
     prices: dict[str, dict[Resolution, int]] = Field(default_factory=_default_prices)
@@ -173,6 +189,12 @@ class Settings(BaseSettings):
     def _split_commas(cls, value: Any) -> Any:
         if isinstance(value, str):
             return [item.strip() for item in value.split(",") if item.strip()]
+        return value
+
+    @field_validator("create_rate", "read_rate")
+    @classmethod
+    def _valid_rate(cls, value: str) -> str:
+        parse_rate(value)
         return value
 
     @field_validator("sqlite_synchronous")

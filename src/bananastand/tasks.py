@@ -16,11 +16,14 @@ from typing import Any
 import orjson
 from pydantic import ValidationError as PydanticValidationError
 
+from bananastand.accounts import Accounts
+from bananastand.billing import Billing, month_start_ms
 from bananastand.contract import CreateTaskRequest, TaskState, describe_validation_error
 from bananastand.errors import NotFoundError, ValidationError
 from bananastand.fetch import AllowList, is_public_address, literal_host
 from bananastand.ids import new_task_id, now_ms
 from bananastand.models import check_model_rules, spec_input
+from bananastand.ops import Switches
 from bananastand.providers.registry import ProviderRegistry
 from bananastand.records import ApiKey, Task
 from bananastand.settings import Settings
@@ -44,12 +47,18 @@ class Tasks:
         settings: Settings,
         providers: ProviderRegistry,
         *,
+        accounts: Accounts,
+        billing: Billing,
+        switches: Switches,
         on_created: Callable[[], None] = lambda: None,
     ) -> None:
         self._db = db
         self._settings = settings
         self._providers = providers
         self._allow = AllowList.parse(settings.allow_private_networks)
+        self._accounts = accounts
+        self._billing = billing
+        self._switches = switches
         # Lets a worker in this process start at once instead of at its next poll.
         self._on_created = on_created
 
@@ -94,8 +103,23 @@ class Tasks:
 
         ``param`` keeps the body exactly as sent (``raw_body``): re-encoding the parsed
         body would round integers beyond 64 bits and fail on very deep ignored fields.
+        The price is charged in the same transaction (402 and no task when it cannot be).
         """
+        await self._switches.check_maintenance()
         request = self.validate(body)
+        await self._switches.check_model(request.model, key.account_id)
+        account = await self._accounts.cached_account(key.account_id)
+        max_waiting = (
+            account.max_waiting
+            if account.max_waiting is not None
+            else self._settings.max_waiting_tasks
+        )
+        created_ms = now_ms()
+        admission = queries.Admission(
+            max_waiting=max_waiting or None,
+            monthly_cap=account.monthly_cap,
+            month_start_ms=month_start_ms(created_ms),
+        )
         provider = self._providers.provider_name_for(request.model, is_test=key.is_test)
         idempotency = None
         if idempotency_key is not None:
@@ -117,10 +141,17 @@ class Tasks:
             param=raw_body.decode(),
             input=request.input.model_dump_json(),
             callback_url=request.callback_url,
+            credits=self._billing.price(key, request.model, request.input.resolution),
         )
         try:
             created = await self._db.write(
-                partial(queries.create_task, new=new, now_ms=now_ms(), idempotency=idempotency)
+                partial(
+                    queries.create_task,
+                    new=new,
+                    now_ms=created_ms,
+                    idempotency=idempotency,
+                    admission=admission,
+                )
             )
         except queries.IdempotencyConflict:
             raise ValidationError(

@@ -8,8 +8,11 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from bananastand.accounts import Accounts
+from bananastand.billing import Billing
 from bananastand.files import Files
+from bananastand.ops import Switches
 from bananastand.providers.registry import ProviderRegistry
+from bananastand.ratelimit import RateLimiter
 from bananastand.records import ApiKey
 from bananastand.settings import Settings
 from bananastand.storage.base import Storage
@@ -26,6 +29,9 @@ class Services:
     storage: Storage
     providers: ProviderRegistry
     files: Files
+    billing: Billing
+    switches: Switches
+    limiter: RateLimiter
 
 
 def get_services(request: Request) -> Services:
@@ -33,9 +39,39 @@ def get_services(request: Request) -> Services:
     return services
 
 
+#: Where the quota of the request's key waits for ``RateLimitHeadersMiddleware``.
+QUOTA_STATE = "bananastand_quota"
+
+
+async def _limited_key(request: Request, kind: str) -> ApiKey:
+    """The caller's key, after counting this call against its rate limit of ``kind``.
+
+    The account's limits come from a short in-memory cache: no database query per request.
+    """
+    services = get_services(request)
+    key = await services.accounts.authenticate(request.headers.get("authorization"))
+    account = await services.accounts.cached_account(key.account_id)
+    if kind == "create":
+        rate = account.create_rate or services.settings.create_rate
+    else:
+        rate = account.read_rate or services.settings.read_rate
+    quota = await services.limiter.hit(rate, kind, key.id)
+    if quota is not None:
+        request.scope.setdefault("state", {})[QUOTA_STATE] = quota
+        if not quota.allowed:
+            raise services.limiter.refusal(quota)
+    return key
+
+
 async def get_current_key(request: Request) -> ApiKey:
-    return await get_services(request).accounts.authenticate(request.headers.get("authorization"))
+    """The caller's key, counted as a read (every API call but createTask)."""
+    return await _limited_key(request, "read")
+
+
+async def get_creating_key(request: Request) -> ApiKey:
+    return await _limited_key(request, "create")
 
 
 ServicesDep = Annotated[Services, Depends(get_services)]
 CurrentKey = Annotated[ApiKey, Depends(get_current_key)]
+CreatingKey = Annotated[ApiKey, Depends(get_creating_key)]

@@ -7,7 +7,7 @@ from typing import Annotated, Any
 import orjson
 from fastapi import APIRouter, Header, Request, Response
 
-from bananastand.api.deps import CurrentKey, ServicesDep
+from bananastand.api.deps import CreatingKey, CurrentKey, ServicesDep
 from bananastand.api.envelope import envelope
 from bananastand.contract import (
     CREATE_TASK_EXAMPLE,
@@ -68,7 +68,7 @@ def parse_json(raw: bytes) -> Any:
 async def create_task(
     request: Request,
     services: ServicesDep,
-    key: CurrentKey,
+    key: CreatingKey,
     idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
 ) -> Response:
     """Accept a task. The row is durable before this answers, so polling at once finds it.

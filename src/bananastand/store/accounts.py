@@ -2,15 +2,44 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from sqlalchemy import Connection, func, insert, select, update
 
 from bananastand.records import Account, ApiKey
+from bananastand.store import ledger
 from bananastand.store.schema import accounts, api_keys
 
+#: Columns of ``accounts`` an operator may set; ``None`` restores the server default.
+LIMIT_COLUMNS = ("create_rate", "read_rate", "max_waiting", "monthly_cap")
 
-def create_account(connection: Connection, account_id: str, name: str, now_ms: int) -> Account:
+
+def create_account(
+    connection: Connection, account_id: str, name: str, now_ms: int, starting_credits: int = 0
+) -> Account:
+    """A new account; its starting credits are a ledger grant like any other."""
     connection.execute(insert(accounts).values(id=account_id, name=name, created_at=now_ms))
-    return Account(id=account_id, name=name, created_at=now_ms)
+    if starting_credits:
+        ledger.grant(connection, account_id, starting_credits, now_ms, "starting credits")
+    return Account(id=account_id, name=name, created_at=now_ms, credits=starting_credits)
+
+
+def list_accounts(connection: Connection) -> list[Account]:
+    query = select(accounts).order_by(accounts.c.created_at)
+    return [Account.from_row(row) for row in connection.execute(query).mappings()]
+
+
+def set_limits(connection: Connection, account_id: str, values: Mapping[str, object]) -> bool:
+    """Set some of LIMIT_COLUMNS; False when the account is unknown."""
+    unknown = set(values) - set(LIMIT_COLUMNS)
+    if unknown:
+        raise ValueError(f"not a limit: {sorted(unknown)}")
+    if not values:
+        return get_account(connection, account_id) is not None
+    result = connection.execute(
+        update(accounts).where(accounts.c.id == account_id).values(**values)
+    )
+    return result.rowcount == 1
 
 
 def get_account(connection: Connection, account_id: str) -> Account | None:
@@ -23,14 +52,20 @@ def count_accounts(connection: Connection) -> int:
 
 
 def insert_key(
-    connection: Connection, key: ApiKey, secret_hash: str, new_account_name: str | None
+    connection: Connection,
+    key: ApiKey,
+    secret_hash: str,
+    new_account_name: str | None,
+    starting_credits: int = 0,
 ) -> bool:
     """Store a key, in a new account when ``new_account_name`` is given.
 
     False (and nothing written) when the key's existing account is unknown.
     """
     if new_account_name is not None:
-        create_account(connection, key.account_id, new_account_name, key.created_at)
+        create_account(
+            connection, key.account_id, new_account_name, key.created_at, starting_credits
+        )
     elif get_account(connection, key.account_id) is None:
         return False
     connection.execute(
@@ -55,6 +90,11 @@ def find_key_by_hash(connection: Connection, secret_hash: str) -> ApiKey | None:
         .mappings()
         .first()
     )
+    return ApiKey.from_row(row) if row else None
+
+
+def get_key(connection: Connection, key_id: str) -> ApiKey | None:
+    row = connection.execute(select(api_keys).where(api_keys.c.id == key_id)).mappings().first()
     return ApiKey.from_row(row) if row else None
 
 

@@ -30,6 +30,14 @@ accounts = Table(
     Column("id", String(40), primary_key=True),
     Column("name", String(200), nullable=False, server_default=""),
     Column("created_at", BigInteger, nullable=False),
+    # The balance, kept equal to the sum of the account's ledger rows in the same
+    # transaction as each row (a cache for speed; ``credits audit`` proves it).
+    Column("credits", BigInteger, nullable=False, server_default="0"),
+    # Per-account overrides; NULL means the server-wide default setting.
+    Column("create_rate", String(64), nullable=True),
+    Column("read_rate", String(64), nullable=True),
+    Column("max_waiting", Integer, nullable=True),
+    Column("monthly_cap", BigInteger, nullable=True),
 )
 
 api_keys = Table(
@@ -78,6 +86,7 @@ tasks = Table(
     Index("ix_tasks_state_seq", "state", "seq"),
     Index("ix_tasks_account_id_seq", "account_id", "seq"),
     Index("ix_tasks_lease_expires_at", "lease_expires_at"),
+    Index("ix_tasks_account_id_state", "account_id", "state"),
 )
 
 idempotency_keys = Table(
@@ -88,4 +97,29 @@ idempotency_keys = Table(
     Column("request_hash", String(64), nullable=False),
     Column("task_id", String(64), nullable=False),
     Column("created_at", BigInteger, nullable=False),
+)
+
+credit_ledger = Table(
+    "credit_ledger",
+    metadata,
+    # Every charge (negative), refund and grant (positive) of credits, never updated.
+    Column("seq", Integer, primary_key=True, autoincrement=True),
+    Column("account_id", String(40), ForeignKey("accounts.id"), nullable=False),
+    Column("amount", BigInteger, nullable=False),
+    Column("reason", String(16), nullable=False),
+    Column("task_id", String(64), nullable=True),
+    Column("note", Text, nullable=False, server_default=""),
+    Column("created_at", BigInteger, nullable=False),
+    Index("ix_credit_ledger_account_id_created_at", "account_id", "created_at"),
+    # One charge and at most one refund per task, whatever retries happen.
+    Index("uq_credit_ledger_task_id_reason", "task_id", "reason", unique=True),
+)
+
+switches = Table(
+    "switches",
+    metadata,
+    # Operator switches every server process polls: maintenance, disabled models.
+    Column("name", String(200), primary_key=True),
+    Column("value", Text, nullable=False, server_default=""),
+    Column("updated_at", BigInteger, nullable=False),
 )

@@ -14,7 +14,9 @@ from typing import Any
 from sqlalchemy import Connection, and_, delete, func, insert, select, update
 
 from bananastand.contract import CANCELED_MSG, FAIL_INPUT, FAIL_INTERNAL, TaskState
+from bananastand.errors import RateLimitedError
 from bananastand.records import Claim, Task
+from bananastand.store import ledger
 from bananastand.store.schema import idempotency_keys, tasks
 
 _ACTIVE = (TaskState.QUEUING.value, TaskState.GENERATING.value)
@@ -56,6 +58,18 @@ class NewTask:
     param: str
     input: str
     callback_url: str | None
+    #: What the task costs, charged in the transaction that creates it (0: free).
+    credits: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Admission:
+    """The account's limits that creating a task must respect (``None``: no limit)."""
+
+    max_waiting: int | None = None
+    monthly_cap: int | None = None
+    #: Start of the current calendar month (UTC): the monthly cap counts from here.
+    month_start_ms: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,9 +91,19 @@ class IdempotencyConflict(Exception):
 
 
 def create_task(
-    connection: Connection, new: NewTask, now_ms: int, idempotency: IdempotencyClaim | None
+    connection: Connection,
+    new: NewTask,
+    now_ms: int,
+    idempotency: IdempotencyClaim | None,
+    admission: Admission | None = None,
 ) -> Created:
-    """Insert the task, or return the one an earlier request with the same key made."""
+    """Insert the task, or return the one an earlier request with the same key made.
+
+    The charge is part of the same transaction: no task without its charge, no charge
+    without its task, and a replayed request is never charged again. Raises
+    InsufficientCreditsError (402) or RateLimitedError (429, too many waiting tasks) with
+    nothing written.
+    """
     if idempotency is not None:
         earlier = (
             connection.execute(
@@ -111,6 +135,29 @@ def create_task(
                 created_at=now_ms,
             )
         )
+    admission = admission or Admission()
+    if admission.max_waiting is not None:
+        waiting = connection.execute(
+            select(func.count())
+            .select_from(tasks)
+            .where(tasks.c.account_id == new.account_id, tasks.c.state == TaskState.WAITING.value)
+        ).scalar_one()
+        if waiting >= admission.max_waiting:
+            raise RateLimitedError(
+                f"too many waiting tasks: this account has {waiting} tasks waiting "
+                f"(at most {admission.max_waiting}); try again when some have started",
+                retry_after=1,
+            )
+    if new.credits > 0:
+        ledger.charge(
+            connection,
+            new.account_id,
+            new.id,
+            new.credits,
+            now_ms,
+            monthly_cap=admission.monthly_cap,
+            month_start_ms=admission.month_start_ms,
+        )
     connection.execute(
         insert(tasks).values(
             id=new.id,
@@ -122,6 +169,7 @@ def create_task(
             param=new.param,
             input=new.input,
             callback_url=new.callback_url,
+            credits_consumed=new.credits,
             created_at=now_ms,
             updated_at=now_ms,
         )
@@ -139,9 +187,10 @@ def purge_idempotency_keys(connection: Connection, older_than_ms: int) -> int:
 def cancel_task(connection: Connection, task_id: str, account_id: str, now_ms: int) -> Task | None:
     """End a task that is not generating yet; returns it as it is now (``None``: unknown).
 
-    Clearing the lease fences out a worker that is still fetching the task's inputs.
+    Clearing the lease fences out a worker that is still fetching the task's inputs. A
+    canceled task is refunded in full, in the same transaction.
     """
-    connection.execute(
+    result = connection.execute(
         update(tasks)
         .where(
             tasks.c.id == task_id,
@@ -158,6 +207,8 @@ def cancel_task(connection: Connection, task_id: str, account_id: str, now_ms: i
             lease_expires_at=None,
         )
     )
+    if result.rowcount == 1:
+        ledger.refund_task(connection, task_id, now_ms)
     return get_task(connection, task_id, account_id)
 
 
@@ -250,7 +301,10 @@ def finish_task(
     fail_msg: str = "",
     usage: str = "{}",
 ) -> bool:
-    """Write the outcome once; False when the lease was lost (someone else owns the task)."""
+    """Write the outcome once; False when the lease was lost (someone else owns the task).
+
+    A ``fail`` outcome refunds the task's credits in the same transaction.
+    """
     result = connection.execute(
         update(tasks)
         .where(_fenced(task_id, lease_token))
@@ -266,7 +320,11 @@ def finish_task(
             lease_expires_at=None,
         )
     )
-    return result.rowcount == 1
+    if result.rowcount != 1:
+        return False
+    if state is TaskState.FAIL:
+        ledger.refund_task(connection, task_id, now_ms)
+    return True
 
 
 def release_task(connection: Connection, task_id: str, lease_token: str, now_ms: int) -> bool:
@@ -313,6 +371,8 @@ def rescue_expired(connection: Connection, now_ms: int, max_attempts: int) -> Re
         .scalars()
         .all()
     )
+    for task_id in failed:
+        ledger.refund_task(connection, task_id, now_ms)
     requeued = (
         connection.execute(
             update(tasks)

@@ -1,0 +1,81 @@
+"""Credits: what a task costs, grants by the operator, balances and the ledger audit.
+
+Charging and refunding happen inside the task transactions (``store/tasks.py`` calls
+``store/ledger.py``); this module decides the price and serves the operator's side.
+With ``BANANASTAND_BILLING=off`` nothing is ever charged.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from functools import partial
+
+from bananastand.contract import Resolution
+from bananastand.errors import ConfigurationError, NotFoundError, ValidationError
+from bananastand.ids import now_ms
+from bananastand.records import ApiKey, LedgerEntry
+from bananastand.settings import Settings
+from bananastand.store import ledger as queries
+from bananastand.store.database import Database
+
+
+class Billing:
+    def __init__(self, db: Database, settings: Settings) -> None:
+        self._db = db
+        self.enabled = settings.billing
+        self._prices = settings.prices
+        if self.enabled:
+            missing = [
+                f"{model} {resolution.value}"
+                for model, spec in settings.models.items()
+                for resolution in spec.resolutions
+                if resolution not in settings.prices.get(model, {})
+            ]
+            if missing:
+                raise ConfigurationError(
+                    "prices: no price for " + ", ".join(missing) + " (or set BILLING=off)"
+                )
+
+    def price(self, key: ApiKey, model: str, resolution: Resolution) -> int:
+        """What a task costs this key: test keys and billing off cost nothing."""
+        if not self.enabled or key.is_test:
+            return 0
+        return self._prices[model][resolution]
+
+    async def balance(self, account_id: str) -> int:
+        found = await self._db.read(partial(queries.balance, account_id=account_id))
+        if found is None:
+            raise NotFoundError(f"account {account_id} not found")
+        return found
+
+    async def grant(self, account_id: str, amount: int, note: str = "") -> int:
+        """Add credits (negative: take them away); returns the new balance."""
+        if amount == 0:
+            raise ValidationError("amount: must not be 0")
+        try:
+            return await self._db.write(
+                partial(
+                    queries.grant,
+                    account_id=account_id,
+                    amount=amount,
+                    now_ms=now_ms(),
+                    note=note,
+                )
+            )
+        except LookupError:
+            raise NotFoundError(f"account {account_id} not found") from None
+
+    async def history(self, account_id: str, limit: int = 50) -> list[LedgerEntry]:
+        return await self._db.read(partial(queries.entries, account_id=account_id, limit=limit))
+
+    async def audit(self) -> list[queries.Discrepancy]:
+        """Empty when every balance is its ledger sum and every task's creditsConsumed is
+        what its charge and refund rows say."""
+        return await self._db.read(queries.audit)
+
+
+def month_start_ms(at_ms: int) -> int:
+    """Start of the calendar month (UTC) containing ``at_ms``: where monthly caps count from."""
+    at = datetime.fromtimestamp(at_ms / 1000, tz=UTC)
+    start = at.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+    return int(start.timestamp() * 1000)

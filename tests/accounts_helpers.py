@@ -1,0 +1,68 @@
+"""Helpers for the accounts tests: the admin API, the CLI, and the credit endpoint."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from conftest import BIN, Server
+
+ADMIN_TOKEN = "admin-secret-for-tests-0123456789"
+
+
+def admin(server: Server, method: str, path: str, body: Any = None) -> dict[str, Any]:
+    response = server.client.request(
+        method, path, json=body, headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    )
+    assert response.status_code == 200
+    answer: dict[str, Any] = response.json()
+    return answer
+
+
+def admin_ok(server: Server, method: str, path: str, body: Any = None) -> Any:
+    answer = admin(server, method, path, body)
+    assert answer["code"] == 200, answer
+    return answer["data"]
+
+
+def new_account(server: Server, credits: int = 0, *, test: bool = False) -> tuple[str, str]:
+    """(account id, live key secret) made over the admin API, with ``credits`` granted."""
+    account_id = admin_ok(server, "POST", "/admin/accounts", {"name": "team"})["id"]
+    if credits:
+        admin_ok(server, "POST", f"/admin/accounts/{account_id}/credits", {"amount": credits})
+    key = admin_ok(server, "POST", f"/admin/accounts/{account_id}/keys", {"test": test})
+    return account_id, key["secret"]
+
+
+def call(server: Server, method: str, path: str, key: str, **kwargs: Any) -> httpx.Response:
+    response = server.client.request(
+        method, path, headers={"Authorization": f"Bearer {key}"}, **kwargs
+    )
+    assert response.status_code == 200
+    return response
+
+
+def balance(server: Server, key: str) -> Any:
+    answer = call(server, "GET", "/api/v1/chat/credit", key).json()
+    assert answer["code"] == 200, answer
+    return answer["data"]
+
+
+def cli(data_dir: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(BIN / "bananastand"), *args],
+        env={
+            **os.environ,
+            "BANANASTAND_DATA_DIR": str(data_dir),
+            "BANANASTAND_LOG_FORMAT": "json",
+            **env,
+        },
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
