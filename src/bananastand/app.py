@@ -14,7 +14,7 @@ from fastapi.middleware.cors import CORSMiddleware
 
 from bananastand import __version__
 from bananastand.accounts import Accounts
-from bananastand.api import files, health, jobs
+from bananastand.api import files, health, jobs, webhooks
 from bananastand.api.deps import Services
 from bananastand.api.envelope import RequestContextMiddleware, install_error_handlers
 from bananastand.fetch import FetchPolicy, SafeFetcher
@@ -24,6 +24,7 @@ from bananastand.storage.local import LocalStorage
 from bananastand.store import migrate
 from bananastand.store.database import Database
 from bananastand.tasks import Tasks
+from bananastand.webhooks import Webhooks, WebhookSender
 from bananastand.worker import Worker
 
 log = logging.getLogger(__name__)
@@ -44,6 +45,8 @@ class Runtime:
     services: Services
     fetcher: SafeFetcher
     worker: Worker | None
+    #: Runs wherever a worker runs (the worker's process ends the tasks).
+    sender: WebhookSender | None = None
 
 
 async def open_runtime(settings: Settings, *, run_worker: bool) -> Runtime:
@@ -59,7 +62,22 @@ async def open_runtime(settings: Settings, *, run_worker: bool) -> Runtime:
             timeout_s=settings.fetch_timeout_seconds,
         )
     )
-    worker = Worker(db, settings, providers, storage, fetcher) if run_worker else None
+    sender = None
+    if run_worker:
+        sender = WebhookSender(
+            db,
+            settings,
+            SafeFetcher(
+                FetchPolicy(
+                    allow=settings.private_allow, timeout_s=settings.webhook_timeout_seconds
+                )
+            ),
+        )
+    worker = (
+        Worker(db, settings, providers, storage, fetcher, on_task_ended=sender.wake)
+        if sender is not None
+        else None
+    )
     tasks = Tasks(db, settings, providers, on_created=worker.wake if worker else lambda: None)
     services = Services(
         settings=settings,
@@ -68,12 +86,15 @@ async def open_runtime(settings: Settings, *, run_worker: bool) -> Runtime:
         tasks=tasks,
         storage=storage,
         providers=providers,
+        webhooks=Webhooks(db, settings, on_resend=sender.wake if sender else lambda: None),
     )
-    return Runtime(services=services, fetcher=fetcher, worker=worker)
+    return Runtime(services=services, fetcher=fetcher, worker=worker, sender=sender)
 
 
 async def close_runtime(runtime: Runtime) -> None:
     await runtime.fetcher.aclose()
+    if runtime.sender is not None:
+        await runtime.sender.aclose()
     await runtime.services.providers.aclose()
     await runtime.services.db.close()
 
@@ -86,6 +107,9 @@ def create_app(settings: Settings, *, run_worker: bool = True) -> FastAPI:
         worker_task = None
         if runtime.worker is not None:
             worker_task = asyncio.create_task(runtime.worker.run(), name="worker")
+        sender_task = None
+        if runtime.sender is not None:
+            sender_task = asyncio.create_task(runtime.sender.run(), name="webhook-sender")
         try:
             yield
         finally:
@@ -93,6 +117,11 @@ def create_app(settings: Settings, *, run_worker: bool = True) -> FastAPI:
                 runtime.worker.stop()
                 with contextlib.suppress(asyncio.CancelledError):
                     await worker_task
+            # Stopped after the worker: callbacks of tasks ending during its drain still go out.
+            if runtime.sender is not None and sender_task is not None:
+                runtime.sender.stop()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await sender_task
             await close_runtime(runtime)
 
     app = FastAPI(
@@ -115,4 +144,5 @@ def create_app(settings: Settings, *, run_worker: bool = True) -> FastAPI:
     app.include_router(jobs.router)
     app.include_router(files.router)
     app.include_router(health.router)
+    app.include_router(webhooks.router)
     return app

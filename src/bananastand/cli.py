@@ -19,7 +19,7 @@ from rich.console import Console
 
 from bananastand import logs
 from bananastand.accounts import Accounts, NewKey
-from bananastand.app import close_runtime, create_app, open_runtime
+from bananastand.app import Runtime, close_runtime, create_app, open_runtime
 from bananastand.errors import ApiError
 from bananastand.settings import Settings
 
@@ -28,6 +28,8 @@ T = TypeVar("T")
 app = typer.Typer(help="bananastand: self-hosted image-generation jobs.", no_args_is_help=True)
 keys_app = typer.Typer(help="Create, list and revoke API keys.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
+webhooks_app = typer.Typer(help="Callback (webhook) signing secrets.", no_args_is_help=True)
+app.add_typer(webhooks_app, name="webhooks")
 
 console = Console(highlight=False, soft_wrap=True)
 
@@ -40,12 +42,16 @@ def _settings(**overrides: object) -> Settings:
 
 
 def _with_accounts(settings: Settings, action: Callable[[Accounts], Awaitable[T]]) -> T:
+    return _with_runtime(settings, lambda runtime: action(runtime.services.accounts))
+
+
+def _with_runtime(settings: Settings, action: Callable[[Runtime], Awaitable[T]]) -> T:
     """Run one admin action; a refusal is one clear line on stderr and exit status 1."""
 
     async def run() -> T:
         runtime = await open_runtime(settings, run_worker=False)
         try:
-            return await action(runtime.services.accounts)
+            return await action(runtime)
         finally:
             await close_runtime(runtime)
 
@@ -134,12 +140,16 @@ def run_worker() -> None:
     async def main() -> None:
         runtime = await open_runtime(settings, run_worker=True)
         assert runtime.worker is not None
+        assert runtime.sender is not None
+        sender = asyncio.create_task(runtime.sender.run(), name="webhook-sender")
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, runtime.worker.stop)
         try:
             await runtime.worker.run()
         finally:
+            runtime.sender.stop()
+            await sender
             await close_runtime(runtime)
 
     asyncio.run(main())
@@ -183,6 +193,23 @@ def revoke_key(key_id: str) -> None:
     settings = _settings()
     _with_accounts(settings, lambda accounts: accounts.revoke_key(key_id))
     print(f"revoked {key_id}")
+
+
+@webhooks_app.command("secret")
+def webhook_secret(
+    account: Annotated[str, typer.Option(help="The account whose secret to show.")],
+    rotate: Annotated[
+        bool, typer.Option("--rotate", help="Make a new secret; the old one signs too for a while.")
+    ] = False,
+) -> None:
+    """Show (or rotate) the secret callbacks of an account are signed with."""
+    settings = _settings()
+
+    async def action(runtime: Runtime) -> str:
+        found = await runtime.services.webhooks.secret(account, rotate=rotate)
+        return found.secret
+
+    print(_with_runtime(settings, action))
 
 
 def main() -> None:

@@ -40,6 +40,7 @@ from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator, Ma
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Final
+from urllib.parse import urlsplit
 
 import httpcore
 import httpx
@@ -61,6 +62,7 @@ __all__ = [
     "TooLargeError",
     "UnsupportedMediaError",
     "is_public_address",
+    "literal_address_refusal",
     "sniff_image_type",
 ]
 
@@ -274,6 +276,31 @@ class _AllowList:
         if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
             candidates.append(addr.ipv4_mapped)
         return any(cand in net for cand in candidates for net in self.networks)
+
+
+def literal_address_refusal(url: str, allow: Iterable[str]) -> str | None:
+    """Why ``url`` is sure to be refused, decided without a lookup (at request time).
+
+    Only a host that is an IP literal (in any form the resolver takes: ``127.1`` and
+    ``2130706433`` are 127.0.0.1) that is neither public nor allowed is refused here;
+    a name is checked at each connection, where it is resolved. ``None``: not refused.
+    """
+    host = urlsplit(url).hostname
+    if not host:
+        return None
+    allow_list = _AllowList.parse(allow)
+    if allow_list.allows_name(host):
+        return None
+    try:
+        addr: IPAddress = ipaddress.ip_address(host)
+    except ValueError:
+        try:
+            addr = ipaddress.IPv4Address(socket.inet_aton(host))
+        except OSError:
+            return None
+    if is_public_address(addr) or allow_list.allows_address(addr):
+        return None
+    return f"{host} is not a publicly routable address"
 
 
 # --------------------------------------------------------------------------- network

@@ -52,6 +52,11 @@ def _default_prices() -> dict[str, dict[Resolution, int]]:
     }
 
 
+def _default_webhook_schedule() -> list[float]:
+    """Standard Webhooks': now, 5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 14 h, 20 h, 24 h."""
+    return [0.0, 5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0, 50400.0, 72000.0, 86400.0]
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="BANANASTAND_", extra="ignore")
 
@@ -91,6 +96,16 @@ class Settings(BaseSettings):
     max_input_image_bytes: int = 30 * 1024 * 1024
     fetch_timeout_seconds: float = 60.0
 
+    # Callbacks (webhooks): delivery, retries, fairness, secret rotation.
+    webhook_timeout_seconds: float = 15.0
+    # Delay before each attempt (the first is usually 0: at once); Standard Webhooks'.
+    webhook_retry_schedule_seconds: Annotated[list[float], NoDecode] = Field(
+        default_factory=_default_webhook_schedule
+    )
+    webhook_concurrency: int = Field(default=64, ge=1, le=100)  # the sender's pool holds 100
+    webhook_per_host_concurrency: int = Field(default=4, ge=1)
+    webhook_secret_rotation_seconds: float = 24 * 3600.0
+
     # Structured tables; override in the BANANASTAND_CONFIG TOML file.
     models: dict[str, ModelSpec] = Field(default_factory=_default_models)
     prices: dict[str, dict[Resolution, int]] = Field(default_factory=_default_prices)
@@ -100,6 +115,23 @@ class Settings(BaseSettings):
     def _split_commas(cls, value: Any) -> Any:
         if isinstance(value, str):
             return [item.strip() for item in value.split(",") if item.strip()]
+        return value
+
+    @field_validator("webhook_retry_schedule_seconds", mode="before")
+    @classmethod
+    def _split_schedule(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [item.strip() for item in value.split(",") if item.strip()]
+        return value
+
+    @field_validator("webhook_retry_schedule_seconds")
+    @classmethod
+    def _sane_schedule(cls, value: list[float]) -> list[float]:
+        if not value or value[0] != 0 or any(delay < 0 for delay in value):
+            raise ValueError(
+                "must list delays in seconds, none negative, starting with 0 (the first "
+                "attempt is made as the task ends)"
+            )
         return value
 
     @field_validator("sqlite_synchronous")
@@ -132,6 +164,12 @@ class Settings(BaseSettings):
     @property
     def effective_database_url(self) -> str:
         return self.database_url or f"sqlite:///{self.data_dir / 'bananastand.db'}"
+
+    @property
+    def private_allow(self) -> tuple[str, ...]:
+        """Networks and host names outbound requests may reach although private; every
+        user of the allow-list reads it here."""
+        return tuple(self.fetch_allow)
 
     @property
     def files_dir(self) -> Path:

@@ -18,6 +18,7 @@ from pydantic import ValidationError as PydanticValidationError
 
 from bananastand.contract import CreateTaskRequest, TaskState, describe_validation_error
 from bananastand.errors import NotFoundError, ValidationError
+from bananastand.fetch import literal_address_refusal
 from bananastand.ids import new_task_id, now_ms
 from bananastand.providers.registry import ProviderRegistry
 from bananastand.records import ApiKey, Task
@@ -68,6 +69,10 @@ class Tasks:
             raise ValidationError(
                 f"input.image_input: {request.model} takes at most {spec.max_images} images"
             )
+        if request.callback_url is not None:
+            refusal = literal_address_refusal(request.callback_url, self._settings.private_allow)
+            if refusal is not None:
+                raise ValidationError(f"callBackUrl: {refusal}")
         return request
 
     async def create(

@@ -14,6 +14,7 @@ from bananastand.settings import Settings
 from bananastand.storage.base import Storage
 from bananastand.store.database import Database
 from bananastand.tasks import Tasks
+from bananastand.webhooks import Webhooks
 
 
 @dataclass(slots=True)
@@ -24,6 +25,7 @@ class Services:
     tasks: Tasks
     storage: Storage
     providers: ProviderRegistry
+    webhooks: Webhooks
 
 
 def get_services(request: Request) -> Services:

@@ -15,6 +15,7 @@ from sqlalchemy import Connection, and_, delete, func, insert, select, update
 
 from bananastand.contract import CANCELED_MSG, FAIL_INPUT, FAIL_INTERNAL, TaskState
 from bananastand.records import Claim, Task
+from bananastand.store import callbacks
 from bananastand.store.schema import idempotency_keys, tasks
 
 _ACTIVE = (TaskState.QUEUING.value, TaskState.GENERATING.value)
@@ -141,7 +142,7 @@ def cancel_task(connection: Connection, task_id: str, account_id: str, now_ms: i
 
     Clearing the lease fences out a worker that is still fetching the task's inputs.
     """
-    connection.execute(
+    ended = connection.execute(
         update(tasks)
         .where(
             tasks.c.id == task_id,
@@ -157,7 +158,9 @@ def cancel_task(connection: Connection, task_id: str, account_id: str, now_ms: i
             lease_token=None,
             lease_expires_at=None,
         )
-    )
+        .returning(tasks.c.id, tasks.c.account_id, tasks.c.callback_url)
+    ).all()
+    _enqueue_callbacks(connection, ended, now_ms)
     return get_task(connection, task_id, account_id)
 
 
@@ -265,8 +268,20 @@ def finish_task(
             lease_token=None,
             lease_expires_at=None,
         )
-    )
-    return result.rowcount == 1
+        .returning(tasks.c.id, tasks.c.account_id, tasks.c.callback_url)
+    ).all()
+    _enqueue_callbacks(connection, result, now_ms)
+    return len(result) == 1
+
+
+def _enqueue_callbacks(connection: Connection, ended: Iterable[Any], now_ms: int) -> None:
+    """Every way a task ends goes through here: its callback is written in the same
+    transaction as its outcome, so neither exists without the other."""
+    for task_id, account_id, callback_url in ended:
+        if callback_url:
+            callbacks.enqueue(
+                connection, task_id=task_id, account_id=account_id, url=callback_url, now_ms=now_ms
+            )
 
 
 def release_task(connection: Connection, task_id: str, lease_token: str, now_ms: int) -> bool:
@@ -295,24 +310,21 @@ class Rescue:
 def rescue_expired(connection: Connection, now_ms: int, max_attempts: int) -> Rescue:
     """Tasks whose worker stopped renewing: back to ``waiting``, or ``fail`` when out of tries."""
     expired = and_(tasks.c.state.in_(_ACTIVE), tasks.c.lease_expires_at < now_ms)
-    failed = (
-        connection.execute(
-            update(tasks)
-            .where(expired, tasks.c.attempts >= max_attempts)
-            .values(
-                state=TaskState.FAIL.value,
-                fail_code=FAIL_INTERNAL,
-                fail_msg=(f"the worker running this task stopped {max_attempts} times; giving up"),
-                completed_at=now_ms,
-                updated_at=now_ms,
-                lease_token=None,
-                lease_expires_at=None,
-            )
-            .returning(tasks.c.id)
+    failed = connection.execute(
+        update(tasks)
+        .where(expired, tasks.c.attempts >= max_attempts)
+        .values(
+            state=TaskState.FAIL.value,
+            fail_code=FAIL_INTERNAL,
+            fail_msg=(f"the worker running this task stopped {max_attempts} times; giving up"),
+            completed_at=now_ms,
+            updated_at=now_ms,
+            lease_token=None,
+            lease_expires_at=None,
         )
-        .scalars()
-        .all()
-    )
+        .returning(tasks.c.id, tasks.c.account_id, tasks.c.callback_url)
+    ).all()
+    _enqueue_callbacks(connection, failed, now_ms)
     requeued = (
         connection.execute(
             update(tasks)
@@ -329,4 +341,4 @@ def rescue_expired(connection: Connection, now_ms: int, max_attempts: int) -> Re
         .scalars()
         .all()
     )
-    return Rescue(requeued=list(requeued), failed=list(failed))
+    return Rescue(requeued=list(requeued), failed=[row.id for row in failed])
