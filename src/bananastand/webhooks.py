@@ -157,6 +157,7 @@ class WebhookSender:
         self._window_ms = int(settings.webhook_secret_rotation_seconds * 1000)
         self._running: dict[str, tuple[asyncio.Task[None], queries.ClaimedCallback]] = {}
         self._per_host: dict[str, int] = {}
+        self._holding_host: set[str] = set()  # claims whose POST has not ended yet
         self._wakeup = asyncio.Event()
         self._stopping = asyncio.Event()
         self._timers: set[asyncio.TimerHandle] = set()
@@ -209,6 +210,7 @@ class WebhookSender:
         )
         for claim in claims:
             self._per_host[claim.host_key] = self._per_host.get(claim.host_key, 0) + 1
+            self._holding_host.add(claim.id)
             runner = asyncio.create_task(self._deliver(claim), name=f"callback-{claim.id}")
             self._running[claim.id] = (runner, claim)
             runner.add_done_callback(partial(self._finished, claim))
@@ -216,12 +218,21 @@ class WebhookSender:
 
     def _finished(self, claim: queries.ClaimedCallback, _runner: asyncio.Task[None]) -> None:
         self._running.pop(claim.id, None)
+        self._host_done(claim)
+        self._wakeup.set()  # a slot is free
+
+    def _host_done(self, claim: queries.ClaimedCallback) -> None:
+        """Free the receiver's slot as soon as it has answered: recording the attempt is
+        our work, not the receiver's, and must not throttle the next delivery to it."""
+        if claim.id not in self._holding_host:
+            return
+        self._holding_host.discard(claim.id)
         left = self._per_host.get(claim.host_key, 1) - 1
         if left > 0:
             self._per_host[claim.host_key] = left
         else:
             self._per_host.pop(claim.host_key, None)
-        self._wakeup.set()  # a slot is free
+        self._wakeup.set()
 
     async def _halt(self) -> None:
         for timer in self._timers:
@@ -272,6 +283,7 @@ class WebhookSender:
             status = response.status_code
             verdict = judge(status, response.headers)
         duration_ms = int((time.monotonic() - started) * 1000)
+        self._host_done(claim)
         delay = None
         if not verdict.success and not verdict.final:
             delay = next_delay_s(
