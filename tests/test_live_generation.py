@@ -375,7 +375,9 @@ def test_hostile_image_urls_are_refused_and_nothing_is_fetched(
     }
     server = start_server(
         billing=False,
-        live_provider="sandbox", allow_private_networks=["redirector.test"], resolver=resolver
+        live_provider="sandbox",
+        allow_private_networks=["redirector.test"],
+        resolver=resolver,
     )
     key = server.key(test=False)
     literal = _literal_urls(origin.port)

@@ -14,7 +14,7 @@ from fastapi.middleware.cors import CORSMiddleware
 
 from bananastand import __version__
 from bananastand.accounts import Accounts
-from bananastand.api import account, admin, files, health, jobs, uploads
+from bananastand.api import account, admin, files, health, jobs, uploads, webhooks
 from bananastand.api.deps import Services
 from bananastand.api.envelope import RequestContextMiddleware, install_error_handlers
 from bananastand.api.limits import RateLimitHeadersMiddleware
@@ -30,6 +30,7 @@ from bananastand.storage.links import LinkSigner, load_secret
 from bananastand.store import migrate
 from bananastand.store.database import Database
 from bananastand.tasks import Tasks
+from bananastand.webhooks import Webhooks, WebhookSender
 from bananastand.worker import Worker
 
 log = logging.getLogger(__name__)
@@ -50,6 +51,8 @@ class Runtime:
     services: Services
     fetcher: SafeFetcher
     worker: Worker | None
+    #: Runs wherever a worker runs (the worker's process ends the tasks).
+    sender: WebhookSender | None = None
 
 
 async def open_runtime(
@@ -71,7 +74,18 @@ async def open_runtime(
         ),
         resolver=resolver,
     )
-    worker = Worker(db, settings, providers, storage, fetcher, links=links) if run_worker else None
+    sender = None
+    worker = None
+    if run_worker:
+        # Its own fetcher: slow receivers never hold connections that image inputs need.
+        webhook_policy = FetchPolicy(
+            allow=tuple(settings.allow_private_networks),
+            timeout_s=settings.webhook_timeout_seconds,
+        )
+        sender = WebhookSender(db, settings, SafeFetcher(webhook_policy, resolver=resolver))
+        worker = Worker(
+            db, settings, providers, storage, fetcher, links=links, on_task_ended=sender.wake
+        )
     accounts = Accounts(
         db,
         key_cache_seconds=settings.key_cache_seconds,
@@ -99,12 +113,15 @@ async def open_runtime(
         billing=billing,
         switches=switches,
         limiter=RateLimiter(settings.redis_url),
+        webhooks=Webhooks(db, settings, on_resend=sender.wake if sender else lambda: None),
     )
-    return Runtime(services=services, fetcher=fetcher, worker=worker)
+    return Runtime(services=services, fetcher=fetcher, worker=worker, sender=sender)
 
 
 async def close_runtime(runtime: Runtime) -> None:
     await runtime.fetcher.aclose()
+    if runtime.sender is not None:
+        await runtime.sender.aclose()
     await runtime.services.providers.aclose()
     await runtime.services.storage.aclose()
     await runtime.services.db.close()
@@ -120,6 +137,9 @@ def create_app(
         worker_task = None
         if runtime.worker is not None:
             worker_task = asyncio.create_task(runtime.worker.run(), name="worker")
+        sender_task = None
+        if runtime.sender is not None:
+            sender_task = asyncio.create_task(runtime.sender.run(), name="webhook-sender")
         try:
             yield
         finally:
@@ -127,6 +147,11 @@ def create_app(
                 runtime.worker.stop()
                 with contextlib.suppress(asyncio.CancelledError):
                     await worker_task
+            # Stopped after the worker: callbacks of tasks ending during its drain still go out.
+            if runtime.sender is not None and sender_task is not None:
+                runtime.sender.stop()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await sender_task
             await close_runtime(runtime)
 
     app = FastAPI(
@@ -154,4 +179,5 @@ def create_app(
     app.include_router(files.router)
     app.include_router(uploads.router)
     app.include_router(health.router)
+    app.include_router(webhooks.router)
     return app

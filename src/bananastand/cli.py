@@ -51,6 +51,8 @@ maintenance_app = typer.Typer(
 app.add_typer(maintenance_app, name="maintenance")
 models_app = typer.Typer(help="Switch models off and on (505 while off).", no_args_is_help=True)
 app.add_typer(models_app, name="models")
+webhooks_app = typer.Typer(help="Callback (webhook) signing secrets.", no_args_is_help=True)
+app.add_typer(webhooks_app, name="webhooks")
 
 console = Console(highlight=False, soft_wrap=True)
 
@@ -162,12 +164,16 @@ def run_worker() -> None:
     async def main() -> None:
         runtime = await open_runtime(settings, run_worker=True)
         assert runtime.worker is not None
+        assert runtime.sender is not None
+        sender = asyncio.create_task(runtime.sender.run(), name="webhook-sender")
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, runtime.worker.stop)
         try:
             await runtime.worker.run()
         finally:
+            runtime.sender.stop()
+            await sender
             await close_runtime(runtime)
 
     asyncio.run(main())
@@ -440,6 +446,22 @@ def enable_model(
     account: Annotated[str | None, typer.Option(help="Only for this account.")] = None,
 ) -> None:
     _switch_model(model, account, enabled=True)
+
+
+@webhooks_app.command("secret")
+def webhook_secret(
+    account: Annotated[str, typer.Option(help="The account whose secret to show.")],
+    rotate: Annotated[
+        bool, typer.Option("--rotate", help="Make a new secret; the old one signs too for a while.")
+    ] = False,
+) -> None:
+    """Show (or rotate) the secret callbacks of an account are signed with."""
+
+    async def action(services: Services) -> str:
+        found = await services.webhooks.secret(account, rotate=rotate)
+        return found.secret
+
+    print(_with_services(_settings(), action))
 
 
 def main() -> None:

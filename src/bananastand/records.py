@@ -149,6 +149,28 @@ class Account:
 
 
 @dataclass(frozen=True, slots=True)
+class CallbackAttempt:
+    attempted_at: int
+    duration_ms: int
+    http_status: int | None  # None: no answer (refused, could not connect, timed out)
+    error: str
+    success: bool
+
+    @classmethod
+    def from_row(cls, row: Mapping[Any, Any]) -> CallbackAttempt:
+        return cls(**{name: row[name] for name in cls.__slots__})
+
+    def to_wire(self) -> dict[str, Any]:
+        return {
+            "time": self.attempted_at,
+            "durationMs": self.duration_ms,
+            "httpStatus": self.http_status,
+            "error": self.error,
+            "success": self.success,
+        }
+
+
+@dataclass(frozen=True, slots=True)
 class LedgerEntry:
     seq: int
     account_id: str
@@ -161,3 +183,51 @@ class LedgerEntry:
     @classmethod
     def from_row(cls, row: Mapping[Any, Any]) -> LedgerEntry:
         return cls(**{name: row[name] for name in cls.__slots__})
+
+
+@dataclass(frozen=True, slots=True)
+class Callback:
+    """A task's callback in the outbox, with every attempt made so far, oldest first."""
+
+    id: str | None  # the webhook-id; None until the task ends
+    task_id: str
+    url: str
+    state: str  # pending | delivered | failed
+    next_attempt_at: int | None
+    delivered_at: int | None
+    attempts: tuple[CallbackAttempt, ...]
+
+    def to_wire(self) -> dict[str, Any]:
+        return {
+            "taskId": self.task_id,
+            "webhookId": self.id,
+            "callBackUrl": self.url,
+            "deliveryState": self.state,
+            "nextAttemptTime": self.next_attempt_at if self.state == "pending" else None,
+            "deliveredTime": self.delivered_at,
+            "attempts": [attempt.to_wire() for attempt in self.attempts],
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class WebhookSecret:
+    account_id: str
+    secret: str
+    previous_secret: str | None
+    rotated_at: int | None
+    created_at: int
+
+    @classmethod
+    def from_row(cls, row: Mapping[Any, Any]) -> WebhookSecret:
+        return cls(**{name: row[name] for name in cls.__slots__})
+
+    def signing_secrets(self, now_ms: int, window_ms: int) -> tuple[str, ...]:
+        """The secrets a callback is signed with now: the current one first, then the
+        previous one while the rotation window is open."""
+        if (
+            self.previous_secret is not None
+            and self.rotated_at is not None
+            and now_ms < self.rotated_at + window_ms
+        ):
+            return (self.secret, self.previous_secret)
+        return (self.secret,)

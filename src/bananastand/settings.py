@@ -95,6 +95,11 @@ def _default_prices() -> dict[str, dict[Resolution, int]]:
     }
 
 
+def _default_webhook_schedule() -> list[float]:
+    """Standard Webhooks': now, 5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 14 h, 20 h, 24 h."""
+    return [0.0, 5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0, 50400.0, 72000.0, 86400.0]
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="BANANASTAND_", extra="ignore")
 
@@ -180,6 +185,16 @@ class Settings(BaseSettings):
     redis_url: str = ""  # empty: rate limits counted in each process's memory
     switch_poll_seconds: float = 1.0  # how stale maintenance/model switches may be
 
+    # Callbacks (webhooks): delivery, retries, fairness, secret rotation.
+    webhook_timeout_seconds: float = 15.0
+    # Delay before each attempt (the first is usually 0: at once); Standard Webhooks'.
+    webhook_retry_schedule_seconds: Annotated[list[float], NoDecode] = Field(
+        default_factory=_default_webhook_schedule
+    )
+    webhook_concurrency: int = Field(default=64, ge=1, le=100)  # the sender's pool holds 100
+    webhook_per_host_concurrency: int = Field(default=4, ge=1)
+    webhook_secret_rotation_seconds: float = 24 * 3600.0
+
     # Structured tables; override in the BANANASTAND_CONFIG TOML file.
     models: dict[str, ModelSpec] = Field(default_factory=_default_models)
     prices: dict[str, dict[Resolution, int]] = Field(default_factory=_default_prices)
@@ -195,6 +210,23 @@ class Settings(BaseSettings):
     @classmethod
     def _valid_rate(cls, value: str) -> str:
         parse_rate(value)
+        return value
+
+    @field_validator("webhook_retry_schedule_seconds", mode="before")
+    @classmethod
+    def _split_schedule(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [item.strip() for item in value.split(",") if item.strip()]
+        return value
+
+    @field_validator("webhook_retry_schedule_seconds")
+    @classmethod
+    def _sane_schedule(cls, value: list[float]) -> list[float]:
+        if not value or value[0] != 0 or any(delay < 0 for delay in value):
+            raise ValueError(
+                "must list delays in seconds, none negative, starting with 0 (the first "
+                "attempt is made as the task ends)"
+            )
         return value
 
     @field_validator("sqlite_synchronous")

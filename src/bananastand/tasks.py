@@ -79,6 +79,8 @@ class Tasks:
         check_model_rules(request, spec)
         for index, url in enumerate(request.input.image_input):
             self._check_literal_address(f"input.image_input[{index}]", url)
+        if request.callback_url is not None:
+            self._check_literal_address("callBackUrl", request.callback_url)
         return request
 
     def _check_literal_address(self, field: str, url: str) -> None:

@@ -16,6 +16,7 @@ import logging
 import os
 import socket
 import time
+from collections.abc import Callable
 from functools import partial
 
 import orjson
@@ -53,8 +54,11 @@ class Worker:
         fetcher: SafeFetcher,
         *,
         links: LinkSigner,
+        on_task_ended: Callable[[], None] = lambda: None,
     ) -> None:
         self._db = db
+        # Tells a callback sender in this process that a task with a callBackUrl ended.
+        self._on_task_ended = on_task_ended
         self._settings = settings
         self._providers = providers
         self._storage = storage
@@ -208,6 +212,8 @@ class Worker:
                 log.error("task failed: its worker stopped too many times")
         if rescued.requeued:
             self._wakeup.set()
+        if rescued.failed:
+            self._on_task_ended()
 
     async def _run(self, claim: Claim) -> None:
         task = claim.task
@@ -293,6 +299,8 @@ class Worker:
                 usage=usage,
             )
         )
+        if written and claim.task.callback_url:
+            self._on_task_ended()
         if not written:
             log.warning("outcome dropped: the lease was lost (canceled or rescued meanwhile)")
         elif fail is not None:

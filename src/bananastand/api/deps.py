@@ -18,6 +18,7 @@ from bananastand.settings import Settings
 from bananastand.storage.base import Storage
 from bananastand.store.database import Database
 from bananastand.tasks import Tasks
+from bananastand.webhooks import Webhooks
 
 
 @dataclass(slots=True)
@@ -32,6 +33,7 @@ class Services:
     billing: Billing
     switches: Switches
     limiter: RateLimiter
+    webhooks: Webhooks
 
 
 def get_services(request: Request) -> Services:

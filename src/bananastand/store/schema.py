@@ -123,3 +123,47 @@ switches = Table(
     Column("value", Text, nullable=False, server_default=""),
     Column("updated_at", BigInteger, nullable=False),
 )
+
+webhook_secrets = Table(
+    "webhook_secrets",
+    metadata,
+    Column("account_id", String(40), ForeignKey("accounts.id"), primary_key=True),
+    Column("secret", String(64), nullable=False),
+    # The secret before the last rotation; still signs until the rotation window closes.
+    Column("previous_secret", String(64), nullable=True),
+    Column("rotated_at", BigInteger, nullable=True),
+    Column("created_at", BigInteger, nullable=False),
+)
+
+# The callback outbox: one row per task with a callBackUrl, written in the transaction
+# that ends the task, claimed with a lease by a sender like tasks are by workers.
+callbacks = Table(
+    "callbacks",
+    metadata,
+    Column("id", String(40), primary_key=True),  # the webhook-id, stable across attempts
+    Column("task_id", String(64), nullable=False, unique=True),
+    Column("account_id", String(40), nullable=False),
+    Column("url", Text, nullable=False),
+    Column("host_key", String(300), nullable=False),  # host:port, for fairness per receiver
+    Column("state", String(16), nullable=False),  # pending | delivered | failed
+    Column("tries", Integer, nullable=False, server_default="0"),  # in the current series
+    Column("next_attempt_at", BigInteger, nullable=True),
+    Column("lease_token", String(32), nullable=True),
+    Column("lease_expires_at", BigInteger, nullable=True),
+    Column("created_at", BigInteger, nullable=False),
+    Column("updated_at", BigInteger, nullable=False),
+    Column("delivered_at", BigInteger, nullable=True),
+    Index("ix_callbacks_state_next_attempt_at", "state", "next_attempt_at"),
+)
+
+callback_attempts = Table(
+    "callback_attempts",
+    metadata,
+    Column("seq", Integer, primary_key=True, autoincrement=True),
+    Column("callback_id", String(40), ForeignKey("callbacks.id"), nullable=False, index=True),
+    Column("attempted_at", BigInteger, nullable=False),
+    Column("duration_ms", Integer, nullable=False),
+    Column("http_status", Integer, nullable=True),  # None: no answer (refused, timeout, ...)
+    Column("error", Text, nullable=False, server_default=""),
+    Column("success", Boolean, nullable=False),
+)

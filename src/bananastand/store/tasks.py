@@ -16,7 +16,7 @@ from sqlalchemy import Connection, and_, delete, func, insert, select, update
 from bananastand.contract import CANCELED_MSG, FAIL_INPUT, FAIL_INTERNAL, TaskState
 from bananastand.errors import RateLimitedError
 from bananastand.records import Claim, Task
-from bananastand.store import ledger
+from bananastand.store import callbacks, ledger
 from bananastand.store.schema import idempotency_keys, tasks
 
 _ACTIVE = (TaskState.QUEUING.value, TaskState.GENERATING.value)
@@ -190,7 +190,7 @@ def cancel_task(connection: Connection, task_id: str, account_id: str, now_ms: i
     Clearing the lease fences out a worker that is still fetching the task's inputs. A
     canceled task is refunded in full, in the same transaction.
     """
-    result = connection.execute(
+    ended = connection.execute(
         update(tasks)
         .where(
             tasks.c.id == task_id,
@@ -206,9 +206,9 @@ def cancel_task(connection: Connection, task_id: str, account_id: str, now_ms: i
             lease_token=None,
             lease_expires_at=None,
         )
-    )
-    if result.rowcount == 1:
-        ledger.refund_task(connection, task_id, now_ms)
+        .returning(tasks.c.id, tasks.c.account_id, tasks.c.callback_url)
+    ).all()
+    _ended(connection, ended, now_ms, refund=True)
     return get_task(connection, task_id, account_id)
 
 
@@ -319,12 +319,22 @@ def finish_task(
             lease_token=None,
             lease_expires_at=None,
         )
-    )
-    if result.rowcount != 1:
-        return False
-    if state is TaskState.FAIL:
-        ledger.refund_task(connection, task_id, now_ms)
-    return True
+        .returning(tasks.c.id, tasks.c.account_id, tasks.c.callback_url)
+    ).all()
+    _ended(connection, result, now_ms, refund=state is TaskState.FAIL)
+    return len(result) == 1
+
+
+def _ended(connection: Connection, ended: Iterable[Any], now_ms: int, *, refund: bool) -> None:
+    """Every way a task ends goes through here, in the transaction that writes its
+    outcome: a failed task's refund and a callback are written with it or not at all."""
+    for task_id, account_id, callback_url in ended:
+        if refund:
+            ledger.refund_task(connection, task_id, now_ms)
+        if callback_url:
+            callbacks.enqueue(
+                connection, task_id=task_id, account_id=account_id, url=callback_url, now_ms=now_ms
+            )
 
 
 def release_task(connection: Connection, task_id: str, lease_token: str, now_ms: int) -> bool:
@@ -353,26 +363,21 @@ class Rescue:
 def rescue_expired(connection: Connection, now_ms: int, max_attempts: int) -> Rescue:
     """Tasks whose worker stopped renewing: back to ``waiting``, or ``fail`` when out of tries."""
     expired = and_(tasks.c.state.in_(_ACTIVE), tasks.c.lease_expires_at < now_ms)
-    failed = (
-        connection.execute(
-            update(tasks)
-            .where(expired, tasks.c.attempts >= max_attempts)
-            .values(
-                state=TaskState.FAIL.value,
-                fail_code=FAIL_INTERNAL,
-                fail_msg=(f"the worker running this task stopped {max_attempts} times; giving up"),
-                completed_at=now_ms,
-                updated_at=now_ms,
-                lease_token=None,
-                lease_expires_at=None,
-            )
-            .returning(tasks.c.id)
+    failed = connection.execute(
+        update(tasks)
+        .where(expired, tasks.c.attempts >= max_attempts)
+        .values(
+            state=TaskState.FAIL.value,
+            fail_code=FAIL_INTERNAL,
+            fail_msg=(f"the worker running this task stopped {max_attempts} times; giving up"),
+            completed_at=now_ms,
+            updated_at=now_ms,
+            lease_token=None,
+            lease_expires_at=None,
         )
-        .scalars()
-        .all()
-    )
-    for task_id in failed:
-        ledger.refund_task(connection, task_id, now_ms)
+        .returning(tasks.c.id, tasks.c.account_id, tasks.c.callback_url)
+    ).all()
+    _ended(connection, failed, now_ms, refund=True)
     requeued = (
         connection.execute(
             update(tasks)
@@ -389,4 +394,4 @@ def rescue_expired(connection: Connection, now_ms: int, max_attempts: int) -> Re
         .scalars()
         .all()
     )
-    return Rescue(requeued=list(requeued), failed=list(failed))
+    return Rescue(requeued=list(requeued), failed=[row.id for row in failed])
