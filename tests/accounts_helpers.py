@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-from pathlib import Path
 from typing import Any
 
 import httpx
 
-from conftest import BIN, Server
+from conftest import Server
 
 ADMIN_TOKEN = "admin-secret-for-tests-0123456789"
 
@@ -50,19 +47,3 @@ def balance(server: Server, key: str) -> Any:
     answer = call(server, "GET", "/api/v1/chat/credit", key).json()
     assert answer["code"] == 200, answer
     return answer["data"]
-
-
-def cli(data_dir: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [str(BIN / "bananastand"), *args],
-        env={
-            **os.environ,
-            "BANANASTAND_DATA_DIR": str(data_dir),
-            "BANANASTAND_LOG_FORMAT": "json",
-            **env,
-        },
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )

@@ -281,3 +281,20 @@ def s3_server() -> Iterator[S3Server]:
         yield S3Server(f"http://{host}:{port}")
     finally:
         server.stop()
+
+
+def cli(data_dir: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    """Run the real ``bananastand`` command on ``data_dir``'s database."""
+    return subprocess.run(
+        [str(BIN / "bananastand"), *args],
+        env={
+            **os.environ,
+            "BANANASTAND_DATA_DIR": str(data_dir),
+            "BANANASTAND_LOG_FORMAT": "json",
+            **env,
+        },
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )

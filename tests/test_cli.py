@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 import shlex
 import shutil
@@ -15,7 +14,7 @@ from typing import Any
 import httpx
 import pytest
 
-from conftest import BIN, ServerProcess, prompt_body
+from conftest import ServerProcess, cli, prompt_body
 
 Spawn = Callable[..., ServerProcess]
 
@@ -28,21 +27,6 @@ KEY_LINE = re.compile(r"key id: (key_\w+)\s+account: (acct_\w+)\s+kind: (live|te
 @pytest.fixture
 def data_dir(tmp_path: Path) -> Path:
     return tmp_path / "data"  # the folder the ``spawn`` fixture gives every child
-
-
-def cli(data_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [str(BIN / "bananastand"), *args],
-        env={
-            **os.environ,
-            "BANANASTAND_DATA_DIR": str(data_dir),
-            "BANANASTAND_LOG_FORMAT": "json",
-        },
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
 
 
 def create_key(data_dir: Path, *args: str) -> tuple[str, str, str]:

@@ -12,8 +12,8 @@ from typing import Any
 import httpx
 import pytest
 
-from accounts_helpers import ADMIN_TOKEN, admin_ok, balance, call, cli, new_account
-from conftest import Server, prompt_body
+from accounts_helpers import ADMIN_TOKEN, admin_ok, balance, call, new_account
+from conftest import Server, cli, prompt_body
 
 PRICE = 18
 

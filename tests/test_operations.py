@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
-from accounts_helpers import ADMIN_TOKEN, admin, admin_ok, balance, cli, new_account
-from conftest import Server, prompt_body
+from accounts_helpers import ADMIN_TOKEN, admin, admin_ok, balance, new_account
+from conftest import Server, cli, prompt_body
 
 KEY = re.compile(r"bs_(live|test)_[A-Za-z0-9]{32}")
 

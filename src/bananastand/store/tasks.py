@@ -7,11 +7,11 @@ token: a worker that lost its lease changes nothing.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, and_, delete, func, insert, select, update
+from sqlalchemy import Connection, Row, and_, delete, func, insert, select, update
 
 from bananastand.contract import CANCELED_MSG, FAIL_INPUT, FAIL_INTERNAL, TaskState
 from bananastand.errors import RateLimitedError
@@ -190,25 +190,18 @@ def cancel_task(connection: Connection, task_id: str, account_id: str, now_ms: i
     Clearing the lease fences out a worker that is still fetching the task's inputs. A
     canceled task is refunded in full, in the same transaction.
     """
-    ended = connection.execute(
-        update(tasks)
-        .where(
+    _end(
+        connection,
+        and_(
             tasks.c.id == task_id,
             tasks.c.account_id == account_id,
             tasks.c.state.in_((TaskState.WAITING.value, TaskState.QUEUING.value)),
-        )
-        .values(
-            state=TaskState.FAIL.value,
-            fail_code=FAIL_INPUT,
-            fail_msg=CANCELED_MSG,
-            completed_at=now_ms,
-            updated_at=now_ms,
-            lease_token=None,
-            lease_expires_at=None,
-        )
-        .returning(tasks.c.id, tasks.c.account_id, tasks.c.callback_url)
-    ).all()
-    _ended(connection, ended, now_ms, refund=True)
+        ),
+        now_ms,
+        TaskState.FAIL,
+        fail_code=FAIL_INPUT,
+        fail_msg=CANCELED_MSG,
+    )
     return get_task(connection, task_id, account_id)
 
 
@@ -305,15 +298,31 @@ def finish_task(
 
     A ``fail`` outcome refunds the task's credits in the same transaction.
     """
-    result = connection.execute(
+    ended = _end(
+        connection,
+        _fenced(task_id, lease_token),
+        now_ms,
+        state,
+        result_json=result_json,
+        fail_code=fail_code,
+        fail_msg=fail_msg,
+        usage=usage,
+    )
+    return len(ended) == 1
+
+
+def _end(
+    connection: Connection, which: Any, now_ms: int, state: TaskState, **outcome: str
+) -> Sequence[Row[Any]]:
+    """Every way a task ends goes through here: the outcome, the lease dropped, and, in
+    the same transaction, a failed task's refund and its callback, written together or
+    not at all. Returns the tasks that ended."""
+    ended = connection.execute(
         update(tasks)
-        .where(_fenced(task_id, lease_token))
+        .where(which)
         .values(
             state=state.value,
-            result_json=result_json,
-            fail_code=fail_code,
-            fail_msg=fail_msg,
-            usage=usage,
+            **outcome,
             completed_at=now_ms,
             updated_at=now_ms,
             lease_token=None,
@@ -321,20 +330,14 @@ def finish_task(
         )
         .returning(tasks.c.id, tasks.c.account_id, tasks.c.callback_url)
     ).all()
-    _ended(connection, result, now_ms, refund=state is TaskState.FAIL)
-    return len(result) == 1
-
-
-def _ended(connection: Connection, ended: Iterable[Any], now_ms: int, *, refund: bool) -> None:
-    """Every way a task ends goes through here, in the transaction that writes its
-    outcome: a failed task's refund and a callback are written with it or not at all."""
     for task_id, account_id, callback_url in ended:
-        if refund:
+        if state is TaskState.FAIL:
             ledger.refund_task(connection, task_id, now_ms)
         if callback_url:
             callbacks.enqueue(
                 connection, task_id=task_id, account_id=account_id, url=callback_url, now_ms=now_ms
             )
+    return ended
 
 
 def release_task(connection: Connection, task_id: str, lease_token: str, now_ms: int) -> bool:
@@ -363,21 +366,14 @@ class Rescue:
 def rescue_expired(connection: Connection, now_ms: int, max_attempts: int) -> Rescue:
     """Tasks whose worker stopped renewing: back to ``waiting``, or ``fail`` when out of tries."""
     expired = and_(tasks.c.state.in_(_ACTIVE), tasks.c.lease_expires_at < now_ms)
-    failed = connection.execute(
-        update(tasks)
-        .where(expired, tasks.c.attempts >= max_attempts)
-        .values(
-            state=TaskState.FAIL.value,
-            fail_code=FAIL_INTERNAL,
-            fail_msg=(f"the worker running this task stopped {max_attempts} times; giving up"),
-            completed_at=now_ms,
-            updated_at=now_ms,
-            lease_token=None,
-            lease_expires_at=None,
-        )
-        .returning(tasks.c.id, tasks.c.account_id, tasks.c.callback_url)
-    ).all()
-    _ended(connection, failed, now_ms, refund=True)
+    failed = _end(
+        connection,
+        and_(expired, tasks.c.attempts >= max_attempts),
+        now_ms,
+        TaskState.FAIL,
+        fail_code=FAIL_INTERNAL,
+        fail_msg=f"the worker running this task stopped {max_attempts} times; giving up",
+    )
     requeued = (
         connection.execute(
             update(tasks)
