@@ -62,6 +62,8 @@ RECORD_PATH = "/api/v1/jobs/recordInfo"
 PY_SPY_OPTIONS = ("--threads", "--nonblocking")
 #: Share of the servers' CPU taken by other processes above which a run is called disturbed.
 BUSY = 0.1
+#: A server below this share of its CPU was not the bottleneck of its run.
+SATURATED = 0.9
 #: The aims of the issue: requests/s of each endpoint over requests/s of the bare one.
 AIMS = {"createTask": 0.4, "recordInfo": 0.5}
 
@@ -108,6 +110,18 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((HOST, 0))
         return int(sock.getsockname()[1])
+
+
+def bananastand_python() -> list[str]:
+    """The interpreter the ``bananastand`` command runs on (its shebang), else ours."""
+    command = bananastand_command()[0]
+    try:
+        first = Path(command).read_text(errors="replace").splitlines()[0]
+    except (OSError, IndexError):
+        first = ""
+    if first.startswith("#!") and " " not in first[2:].strip():
+        return [first[2:].strip()]
+    return [sys.executable]
 
 
 def listen(port: int) -> list[str]:
@@ -432,6 +446,14 @@ def run_round(
 # -- report ------------------------------------------------------------------------------
 
 
+def disturbed(r: Result) -> bool:
+    """Other processes took a share of the server's CPU, or starved wrk while the server had
+    CPU to spare (then the client, not the server, set the pace)."""
+    if (r.others_cpu or 0) > BUSY:
+        return True
+    return r.server_cpu < SATURATED and (r.others_client_cpu or 0) > BUSY
+
+
 def cpu_model() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -452,6 +474,29 @@ def versions() -> str:
         except ImportError:
             parts.append(f"no {module}")
     return ", ".join(parts)
+
+
+def code_version() -> str:
+    """Which bananastand the servers run: its folder, and its git commit when in a checkout
+    (with "+ local changes" when files under it differ from that commit)."""
+    found = subprocess.run(
+        [*bananastand_python(), "-c", "import bananastand; print(bananastand.__file__)"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if found.returncode != 0 or not found.stdout.strip():
+        return "bananastand: not importable"
+    package = Path(found.stdout.strip()).parent
+    git = ["git", "-C", str(package)]
+    head = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    if head.returncode != 0:
+        return f"bananastand from {package}"
+    dirty = subprocess.run(
+        [*git, "status", "--porcelain", "--", "."], capture_output=True, text=True, check=False
+    )
+    changes = " + local changes" if dirty.stdout.strip() else ""
+    return f"bananastand from {package}, git {head.stdout.strip()}{changes}"
 
 
 def wrk_version() -> str:
@@ -597,6 +642,7 @@ def run(args: argparse.Namespace, workdir: Path, servers: list[Server]) -> int:
     print("bananastand API benchmark")
     print(f"  machine: {os.cpu_count()} CPUs, {cpu_model()}, Python {platform.python_version()}")
     print(f"  {versions()}; {wrk_version()}")
+    print(f"  {code_version()}")
     print(f"  {pin.note}")
     print(
         f"  wrk: {args.threads} thread(s), {args.connections} connections, "
@@ -678,13 +724,12 @@ def run(args: argparse.Namespace, workdir: Path, servers: list[Server]) -> int:
     else:
         bare_rps = rounds[0][0].rps
         ratios = {r.name: r.rps / bare_rps if bare_rps else float("nan") for r in rounds[0]}
-    busy = [r for rnd in rounds for r in rnd if (r.others_cpu or 0) > BUSY]
+    busy = [f"{r.name} (round {n})" for n, rnd in enumerate(rounds, 1) for r in rnd if disturbed(r)]
     if busy:
-        worst = max(r.others_cpu or 0 for r in busy)
         print(
-            f"\n! other processes took up to {worst:.0%} of the servers' CPU in {len(busy)} "
-            "measured run(s): req/s and their ratios\n  are disturbed; trust CPU us/req more, "
-            "or rerun on a quiet machine (--rounds helps)."
+            f"\n! disturbed by other processes: {', '.join(busy)}.\n  Their req/s (a starved "
+            "bare run most: it makes every ratio look better) are off;\n  CPU us/req hardly "
+            "moves. Rerun on a quiet machine for req/s figures (--rounds helps)."
         )
     ok = True
     for r in all_runs:

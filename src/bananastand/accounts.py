@@ -68,7 +68,7 @@ class Accounts:
         )
 
     async def get_account(self, account_id: str) -> Account:
-        found = await self._db.read(partial(queries.get_account, account_id=account_id))
+        found = await self._db.lookup(partial(queries.get_account, account_id=account_id))
         if found is None:
             raise NotFoundError(f"account {account_id} not found")
         return found
@@ -196,7 +196,7 @@ class Accounts:
         now = time.monotonic()
         if cached is not None and cached[1] > now:
             return cached[0]
-        key = await self._db.read(partial(queries.find_key_by_hash, secret_hash=secret_hash))
+        key = await self._db.lookup(partial(queries.find_key_by_hash, secret_hash=secret_hash))
         self._cache[secret_hash] = (key, now + (self._cache_ttl if key else _NEGATIVE_TTL))
         self._cache.move_to_end(secret_hash)
         while len(self._cache) > _CACHE_SIZE:

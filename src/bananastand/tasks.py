@@ -165,7 +165,7 @@ class Tasks:
 
     async def get(self, key: ApiKey, task_id: str) -> Task:
         """A task of the key's account; another account's task is as unknown as a missing one."""
-        task = await self._db.read(
+        task = await self._db.lookup(
             partial(queries.get_task, task_id=task_id, account_id=key.account_id)
         )
         if task is None:

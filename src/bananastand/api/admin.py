@@ -13,13 +13,13 @@ from fastapi import APIRouter, Depends, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
-from bananastand.api.deps import Services, ServicesDep, get_services
+from bananastand.api.deps import Services, ServicesDep, services_of
 from bananastand.api.envelope import envelope
 from bananastand.errors import AuthenticationError, NotFoundError
 
 
 async def require_admin(request: Request) -> None:
-    token = get_services(request).settings.admin_token.get_secret_value()
+    token = services_of(request).settings.admin_token.get_secret_value()
     if not token:
         raise NotFoundError("the admin API is disabled: set BANANASTAND_ADMIN_TOKEN to enable it")
     scheme, _, given = (request.headers.get("authorization") or "").strip().partition(" ")

@@ -36,7 +36,12 @@ class Services:
     webhooks: Webhooks
 
 
-def get_services(request: Request) -> Services:
+async def get_services(request: Request) -> Services:
+    """Async on purpose: FastAPI runs a plain ``def`` dependency in a worker thread."""
+    return services_of(request)
+
+
+def services_of(request: Request) -> Services:
     services: Services = request.app.state.services
     return services
 
@@ -50,7 +55,7 @@ async def _limited_key(request: Request, kind: str) -> ApiKey:
 
     The account's limits come from a short in-memory cache: no database query per request.
     """
-    services = get_services(request)
+    services = services_of(request)
     key = await services.accounts.authenticate(request.headers.get("authorization"))
     account = await services.accounts.cached_account(key.account_id)
     if kind == "create":

@@ -21,7 +21,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from bananastand import logs
 from bananastand.contract import CODE_NOT_FOUND, CODE_OK, CODE_SERVER_ERROR, CODE_VALIDATION
 from bananastand.errors import ApiError
-from bananastand.ids import random_token
+from bananastand.ids import new_request_id
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +89,7 @@ class RequestContextMiddleware:
             await self.app(scope, receive, send)
             return
         given = _header(scope, b"x-request-id")
-        request_id = given if given and _REQUEST_ID.fullmatch(given) else "req_" + random_token(16)
+        request_id = given if given and _REQUEST_ID.fullmatch(given) else new_request_id()
         token = logs.request_id.set(request_id)
         started = False
 

@@ -28,7 +28,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from sqlalchemy import Connection, Engine, create_engine, event, text
+from sqlalchemy import Connection, Engine, Select, create_engine, event, text
 from sqlalchemy.pool import NullPool
 
 log = logging.getLogger(__name__)
@@ -114,6 +114,19 @@ class Database:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._readers, self._run_read, work)
 
+    async def lookup(self, work: Work[T]) -> T:
+        """A read of a row or two by an index (recordInfo, key lookups).
+
+        On SQLite it runs right here on the event loop: in WAL mode readers never wait for
+        writers, the query takes tens of microseconds, and handing it to a thread and back
+        cost several times that. Other databases are across a network: a thread, as always.
+        """
+        if not self.is_sqlite:
+            return await self.read(work)
+        if self._closed:
+            raise RuntimeError("database is closed")
+        return self._run_read(work)
+
     def _run_read(self, work: Work[T]) -> T:
         connection: Connection | None = getattr(self._reader_local, "connection", None)
         if connection is None:
@@ -169,28 +182,33 @@ class Database:
             connection.close()
 
     def _commit_group(self, connection: Connection, group: list[_Job]) -> None:
-        outcomes: list[tuple[_Job, bool, Any]] = []
-        try:
-            with connection.begin():
-                if len(group) == 1:
-                    outcomes.append((group[0], True, group[0].work(connection)))
-                else:
-                    for job in group:
-                        try:
-                            with connection.begin_nested():
-                                outcomes.append((job, True, job.work(connection)))
-                        except Exception as exc:
-                            outcomes.append((job, False, exc))
-        except Exception as exc:
-            if len(group) > 1:
-                log.warning("group commit of %d writes failed", len(group), exc_info=exc)
-            outcomes = [(job, False, exc) for job in group]
+        """All writes of the group in one transaction; if any of them raises, the group is
+        rolled back and each write runs again in a transaction of its own, so a failure
+        stays with its caller and its neighbours still commit. (Failures are rare, and
+        per-write savepoints would cost every write two more statements.)"""
+        outcomes: list[tuple[_Job, bool, Any]] | None = None
+        if len(group) > 1:
+            try:
+                with connection.begin():
+                    outcomes = [(job, True, job.work(connection)) for job in group]
+            except Exception:  # rerun one by one below
+                outcomes = None
+        if outcomes is None:
+            outcomes = [self._commit_one(connection, job) for job in group]
         for job, ok, value in outcomes:
             try:
                 job.loop.call_soon_threadsafe(_settle, job.future, ok, value)
             except RuntimeError:
                 # The caller's event loop is gone; the write stands, nobody awaits it.
                 log.debug("write committed for a closed event loop")
+
+    @staticmethod
+    def _commit_one(connection: Connection, job: _Job) -> tuple[_Job, bool, Any]:
+        try:
+            with connection.begin():
+                return job, True, job.work(connection)
+        except Exception as exc:  # handed to its caller
+            return job, False, exc
 
     async def close(self) -> None:
         """Finish queued writes, then close every connection."""
@@ -215,3 +233,34 @@ def _settle(future: asyncio.Future[Any], ok: bool, value: Any) -> None:
         future.set_result(value)
     else:
         future.set_exception(value)
+
+
+class PreparedQuery:
+    """A Core SELECT compiled once per dialect and run straight on the driver's cursor.
+
+    For the few queries on the hottest paths (recordInfo polls): SQLAlchemy's work per
+    execution (cache key, parameter and result processing) costs several times the query
+    itself on SQLite. The statement is still written in Core, so it stays portable; only
+    columns without result processing (strings, integers) may be selected.
+    """
+
+    def __init__(self, statement: Select[Any]) -> None:
+        self._statement = statement
+        self._columns = [str(column.key) for column in statement.selected_columns]
+        self._compiled: dict[str, tuple[str, tuple[str, ...] | None]] = {}
+
+    def first(self, connection: Connection, **params: Any) -> dict[str, Any] | None:
+        dialect = connection.dialect
+        entry = self._compiled.get(dialect.name)
+        if entry is None:
+            compiled = self._statement.compile(dialect=dialect)
+            order = tuple(compiled.positiontup or ()) if dialect.positional else None
+            entry = self._compiled[dialect.name] = (str(compiled), order)
+        sql, order = entry
+        cursor = connection.connection.cursor()
+        try:
+            cursor.execute(sql, tuple(params[name] for name in order) if order else params)
+            row = cursor.fetchone()
+        finally:
+            cursor.close()
+        return dict(zip(self._columns, row, strict=True)) if row is not None else None

@@ -7,26 +7,33 @@ token: a worker that lost its lease changes nothing.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, Row, and_, delete, func, insert, select, update
+from sqlalchemy import Connection, Row, and_, bindparam, delete, func, insert, select, update
 
 from bananastand.contract import CANCELED_MSG, FAIL_INPUT, FAIL_INTERNAL, TaskState
 from bananastand.errors import RateLimitedError
 from bananastand.records import Claim, Task
 from bananastand.store import callbacks, ledger
+from bananastand.store.database import PreparedQuery
 from bananastand.store.schema import idempotency_keys, tasks
 
 _ACTIVE = (TaskState.QUEUING.value, TaskState.GENERATING.value)
 
 
+_TASK_BY_ID = select(tasks).where(tasks.c.id == bindparam("task_id"))
+# recordInfo's query: the one every polling client runs over and over.
+_TASK_OF_ACCOUNT = PreparedQuery(_TASK_BY_ID.where(tasks.c.account_id == bindparam("account_id")))
+
+
 def get_task(connection: Connection, task_id: str, account_id: str | None = None) -> Task | None:
-    query = select(tasks).where(tasks.c.id == task_id)
-    if account_id is not None:
-        query = query.where(tasks.c.account_id == account_id)
-    row = connection.execute(query).mappings().first()
+    row: Mapping[Any, Any] | None
+    if account_id is None:
+        row = connection.execute(_TASK_BY_ID, {"task_id": task_id}).mappings().first()
+    else:
+        row = _TASK_OF_ACCOUNT.first(connection, task_id=task_id, account_id=account_id)
     return Task.from_row(row) if row else None
 
 
@@ -90,6 +97,10 @@ class IdempotencyConflict(Exception):
     """The Idempotency-Key was used, within its lifetime, for a different request."""
 
 
+# Built once: building a statement costs more than running it.
+_INSERT_TASK = insert(tasks)
+
+
 def create_task(
     connection: Connection,
     new: NewTask,
@@ -137,11 +148,14 @@ def create_task(
         )
     admission = admission or Admission()
     if admission.max_waiting is not None:
-        waiting = connection.execute(
-            select(func.count())
-            .select_from(tasks)
+        # Counting stops at the cap: an account with a long queue costs no more per create.
+        waiting_rows = (
+            select(tasks.c.seq)
             .where(tasks.c.account_id == new.account_id, tasks.c.state == TaskState.WAITING.value)
-        ).scalar_one()
+            .limit(admission.max_waiting)
+            .subquery()
+        )
+        waiting = connection.execute(select(func.count()).select_from(waiting_rows)).scalar_one()
         if waiting >= admission.max_waiting:
             raise RateLimitedError(
                 f"too many waiting tasks: this account has {waiting} tasks waiting "
@@ -159,20 +173,21 @@ def create_task(
             month_start_ms=admission.month_start_ms,
         )
     connection.execute(
-        insert(tasks).values(
-            id=new.id,
-            account_id=new.account_id,
-            key_id=new.key_id,
-            provider=new.provider,
-            model=new.model,
-            state=TaskState.WAITING.value,
-            param=new.param,
-            input=new.input,
-            callback_url=new.callback_url,
-            credits_consumed=new.credits,
-            created_at=now_ms,
-            updated_at=now_ms,
-        )
+        _INSERT_TASK,
+        {
+            "id": new.id,
+            "account_id": new.account_id,
+            "key_id": new.key_id,
+            "provider": new.provider,
+            "model": new.model,
+            "state": TaskState.WAITING.value,
+            "param": new.param,
+            "input": new.input,
+            "callback_url": new.callback_url,
+            "credits_consumed": new.credits,
+            "created_at": now_ms,
+            "updated_at": now_ms,
+        },
     )
     return Created(task_id=new.id, created=True)
 
