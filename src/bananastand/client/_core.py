@@ -371,11 +371,14 @@ class Core:
                 urls.append(uploaded.downloadUrl)
         return urls
 
-    def create(self, body: Mapping[str, Any], idempotency_key: str | None) -> Flow[str]:
-        """createTask. Sent again after a lost answer only under an ``Idempotency-Key``
-        (the server then answers with the same task); without one, only after a refusal."""
+    def create(
+        self, body: Mapping[str, Any], idempotency_key: str | None, *, resend_lost: bool = True
+    ) -> Flow[str]:
+        """createTask. Sent again after a lost answer (network error, 500) only under an
+        ``Idempotency-Key`` (the server then answers with the same task) and ``resend_lost``;
+        otherwise only after a refusal (429, 455), which proves nothing was made."""
         headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
-        replay = Replay.ANY_TRANSIENT if idempotency_key else Replay.REFUSALS
+        replay = Replay.ANY_TRANSIENT if idempotency_key and resend_lost else Replay.REFUSALS
         request = self.request("POST", "/api/v1/jobs/createTask", json=body, headers=headers)
         reply = yield from self.call(request, replay)
         if not isinstance(reply.data, dict) or not isinstance(reply.data.get("taskId"), str):

@@ -127,9 +127,11 @@ class Client(_Base):
         ``aspect_ratio, resolution, output_format, model, callback_url, idempotency_key``."""
         return self._run(self._core.submit(prompt, images, **options))
 
-    def create(self, body: dict[str, Any], idempotency_key: str | None = None) -> str:
+    def create(
+        self, body: dict[str, Any], idempotency_key: str | None = None, *, resend_lost: bool = True
+    ) -> str:
         """createTask with a body as it is (the batch command replays exact bodies)."""
-        return self._run(self._core.create(body, idempotency_key))
+        return self._run(self._core.create(body, idempotency_key, resend_lost=resend_lost))
 
     def wait(
         self,
@@ -232,8 +234,10 @@ class AsyncClient(_Base):
     ) -> str:
         return await self._run(self._core.submit(prompt, images, **options))
 
-    async def create(self, body: dict[str, Any], idempotency_key: str | None = None) -> str:
-        return await self._run(self._core.create(body, idempotency_key))
+    async def create(
+        self, body: dict[str, Any], idempotency_key: str | None = None, *, resend_lost: bool = True
+    ) -> str:
+        return await self._run(self._core.create(body, idempotency_key, resend_lost=resend_lost))
 
     async def wait(
         self,
