@@ -170,9 +170,11 @@ def test_each_envelope_code_is_a_typed_error(start_server: Callable[..., Server]
             client.credits()
         assert auth.value.code == 401
     _, broke = new_account(server)
-    with Client(server.base_url, broke, retry=NO_RETRY) as client:
-        with pytest.raises(FeatureDisabledError):  # live key, no live provider
-            client.submit("a banana")
+    with (
+        Client(server.base_url, broke, retry=NO_RETRY) as client,
+        pytest.raises(FeatureDisabledError),  # live key, no live provider
+    ):
+        client.submit("a banana")
     with Client(server.base_url, server.key(), retry=NO_RETRY) as client:
         with pytest.raises(NotFoundError):
             client.get("task_does-not-exist")
@@ -188,9 +190,11 @@ def test_each_envelope_code_is_a_typed_error(start_server: Callable[..., Server]
 def test_no_credits_is_402(start_server: Callable[..., Server]) -> None:
     server = start_server(live_provider="sandbox", starting_credits=0)
     key = server.key(test=False)
-    with Client(server.base_url, key, retry=NO_RETRY) as client:
-        with pytest.raises(InsufficientCreditsError):
-            client.generate("a banana")
+    with (
+        Client(server.base_url, key, retry=NO_RETRY) as client,
+        pytest.raises(InsufficientCreditsError),
+    ):
+        client.generate("a banana")
     assert tasks_on(server, key) == []
 
 
@@ -236,11 +240,13 @@ def test_generate_sends_one_idempotency_key_so_a_replay_makes_no_second_task(
 
 
 def test_network_errors_are_transport_errors() -> None:
-    with Client(
-        f"http://127.0.0.1:{free_port()}", "k", retry=RetryPolicy(max_attempts=2, base_s=0.01)
-    ) as client:
-        with pytest.raises(TransportError):
-            client.credits()
+    with (
+        Client(
+            f"http://127.0.0.1:{free_port()}", "k", retry=RetryPolicy(max_attempts=2, base_s=0.01)
+        ) as client,
+        pytest.raises(TransportError),
+    ):
+        client.credits()
 
 
 def test_async_client_runs_many_at_once(server: Server, tmp_path: Path) -> None:
