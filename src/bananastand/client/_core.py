@@ -4,8 +4,8 @@ Each operation (``get``, ``wait``, ``generate``, ...) is a *flow*: a generator t
 the I/O it needs - ``Send(request)`` or ``Sleep(seconds)`` - and is sent back the
 ``httpx.Response`` (or has a ``TransportError`` thrown in). Request building, envelope
 parsing, error mapping, the retry policy and poll pacing all live in the flows, so
-``Client`` and ``AsyncClient`` are only two small drivers (``_sync.py``/``_async.py``-style
-loops in ``client.py``) that perform those two actions - the "sans-I/O" pattern of
+``Client`` and ``AsyncClient`` (``client.py``) are only two small driver loops that
+perform those two actions - the "sans-I/O" pattern of
 h11/httpcore, not two copies of the logic.
 """
 
