@@ -1,9 +1,9 @@
 """The client side of bananastand; importable without the server's dependencies.
 
-    from bananastand.client import Client
-    with Client() as client:               # BANANASTAND_BASE_URL, BANANASTAND_API_KEY
-        result = client.generate("a banana in sunglasses", aspect_ratio="16:9")
-        result.save("out/")
+from bananastand.client import Client
+with Client() as client:               # BANANASTAND_BASE_URL, BANANASTAND_API_KEY
+    result = client.generate("a banana in sunglasses", aspect_ratio="16:9")
+    result.save("out/")
 """
 
 from importlib import import_module
