@@ -25,6 +25,7 @@ from bananastand.accounts import Accounts, NewKey
 from bananastand.api.admin import account_details
 from bananastand.api.deps import Services
 from bananastand.app import close_runtime, create_app, open_runtime
+from bananastand.client.cli import register as register_client_commands
 from bananastand.errors import ApiError
 from bananastand.ids import now_ms
 from bananastand.providers.registry import describe_live
@@ -43,7 +44,9 @@ accounts_app = typer.Typer(
     help="Create, list, show accounts and set their limits.", no_args_is_help=True
 )
 app.add_typer(accounts_app, name="accounts")
-credits_app = typer.Typer(help="Grant credits and audit the ledger.", no_args_is_help=True)
+credits_app = typer.Typer(
+    help="Your balance (no subcommand); grant credits and audit the ledger (admin)."
+)
 app.add_typer(credits_app, name="credits")
 maintenance_app = typer.Typer(
     help="Maintenance mode: createTask answers 455, reads keep working.", no_args_is_help=True
@@ -462,6 +465,9 @@ def webhook_secret(
         return found.secret
 
     print(_with_services(_settings(), action))
+
+
+register_client_commands(app, credits_app)
 
 
 def main() -> None:

@@ -1,0 +1,172 @@
+"""The batch client against a local server: is the client ever the bottleneck?
+
+    .venv/bin/python bench/batch.py [--jobs 1000] [--concurrency 64]
+
+In a fresh temporary data folder it makes a test key, starts ``bananastand serve`` (its
+defaults, rate limits ``unlimited``, no cap on waiting tasks, access log off) as a child
+process, and runs, all with the same request (the sandbox's render cache makes generation
+nearly free, so what is measured is the machinery):
+
+1. server end-to-end: ``--jobs`` createTask calls from a tight async loop of the SDK
+   (``--concurrency`` in flight, no waiting), then the time until the server has finished
+   them all (the newest ``completeTime``): what the server can do, with no client pacing;
+2. ``bananastand batch`` of ``--jobs`` lines at ``--concurrency``, as a user runs it (a child
+   process: upload-free lines, createTask, poll, download, manifest): its wall time, jobs/s
+   and CPU time (``getrusage`` of the child).
+
+It prints both rates and their ratio (batch / server); it never fails on speed, and exits 1
+when the batch fails or the server made more than one task per line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import resource
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+from bananastand.client import AsyncClient
+
+HOST = "127.0.0.1"
+INPUT = {"prompt": "a banana in sunglasses"}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind((HOST, 0))
+        return int(sock.getsockname()[1])
+
+
+def bananastand() -> list[str]:
+    return [str(Path(sys.executable).parent / "bananastand")]
+
+
+def count_tasks(base: str, key: str) -> tuple[int, int]:
+    """(tasks, newest completeTime) of the key's account."""
+    total, newest, cursor = 0, 0, None
+    with httpx.Client(base_url=base, headers={"Authorization": f"Bearer {key}"}) as http:
+        while True:
+            params: dict[str, str | int] = {"limit": 100, **({"cursor": cursor} if cursor else {})}
+            data = http.get("/api/v1/jobs/list", params=params).json()["data"]
+            for item in data["items"]:
+                total += 1
+                newest = max(newest, item["completeTime"] or 0)
+            cursor = data["nextCursor"]
+            if not cursor:
+                return total, newest
+
+
+async def server_rate(base: str, key: str, jobs: int, concurrency: int) -> float:
+    body = {"model": "nano-banana-pro", "input": INPUT}
+    async with AsyncClient(base, key) as client:
+        queue = iter(range(jobs))
+        ids: list[str] = []
+
+        async def worker() -> None:
+            for _ in queue:
+                ids.append(await client.create(body))
+
+        started_ms = time.time() * 1000
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        for task_id in ids[-concurrency:]:
+            await client.wait(task_id)
+    _, newest = count_tasks(base, key)
+    return jobs / ((newest - started_ms) / 1000)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--jobs", type=int, default=1000)
+    parser.add_argument("--concurrency", type=int, default=64)
+    args = parser.parse_args()
+    data_dir = Path(tempfile.mkdtemp(prefix="bench-batch-"))
+    port = free_port()
+    env = {
+        **os.environ,
+        "BANANASTAND_DATA_DIR": str(data_dir),
+        "BANANASTAND_PORT": str(port),
+        "BANANASTAND_ACCESS_LOG": "false",
+        "BANANASTAND_LOG_LEVEL": "WARNING",
+        "BANANASTAND_LOG_FORMAT": "json",
+        "BANANASTAND_CREATE_RATE": "unlimited",
+        "BANANASTAND_READ_RATE": "unlimited",
+        "BANANASTAND_MAX_WAITING_TASKS": "0",
+    }
+
+    def new_key() -> str:
+        made = subprocess.run(
+            [*bananastand(), "keys", "create", "--test"],
+            env=env,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        return made.stdout.strip().splitlines()[-1]
+
+    server_key, batch_key = new_key(), new_key()
+    log = (data_dir / "serve.log").open("wb")
+    server = subprocess.Popen([*bananastand(), "serve"], env=env, stdout=log, stderr=log)
+    base = f"http://{HOST}:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if httpx.get(f"{base}/healthz", timeout=1).json()["code"] == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline or server.poll() is not None:
+                print("server did not start", file=sys.stderr)
+                return 1
+            time.sleep(0.1)
+        asyncio.run(server_rate(base, server_key, 50, 8))  # warm-up: render cache, connections
+        baseline = asyncio.run(server_rate(base, server_key, args.jobs, args.concurrency))
+
+        prompts = data_dir / "prompts.jsonl"
+        prompts.write_text((json.dumps(INPUT) + "\n") * args.jobs)
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        started = time.monotonic()
+        done = subprocess.run(
+            [*bananastand(), "batch", str(prompts), "-o", str(data_dir / "out"),
+             "--concurrency", str(args.concurrency)],
+            env={**env, "BANANASTAND_BASE_URL": base, "BANANASTAND_API_KEY": batch_key},
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )  # fmt: skip
+        wall = time.monotonic() - started
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+        made, _ = count_tasks(base, batch_key)
+        rate = args.jobs / wall
+        print(f"bananastand serve (defaults, unlimited rates), {args.jobs} jobs, "
+              f"concurrency {args.concurrency}")  # fmt: skip
+        print(f"server end-to-end (SDK create loop):  {baseline:8.1f} tasks/s")
+        print(f"bananastand batch (create, poll, download, manifest): {rate:8.1f} jobs/s "
+              f"in {wall:.1f} s")  # fmt: skip
+        print(f"batch client CPU: {cpu:.2f} s ({cpu / wall * 100:.0f}% of one core, "
+              f"{cpu / args.jobs * 1000:.2f} ms per job)")  # fmt: skip
+        print(f"ratio batch / server: {rate / baseline:.2f}")
+        if done.returncode != 0 or made != args.jobs:
+            print(f"batch failed (exit {done.returncode}, {made} tasks):\n{done.stderr}")
+            return 1
+        return 0
+    finally:
+        server.terminate()
+        server.wait(timeout=60)
+        log.close()
+        shutil.rmtree(data_dir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

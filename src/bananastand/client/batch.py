@@ -1,0 +1,210 @@
+"""``bananastand batch``: many tasks from a JSONL file, resumable after a crash.
+
+Each line gets an ``Idempotency-Key`` derived from the batch file's identity (absolute
+path and content) and the line number. ``manifest.jsonl`` in the output folder is an
+append-only log of what happened to each line; a re-run folds it and does only what is left.
+
+The one moment that cannot be made safe on every server is a createTask that was sent but
+whose answer never came back (a crash, a dropped connection). The log is written ahead:
+``sending`` (with the exact body and key) goes to disk *before* the request leaves, the
+taskId after. A line left at ``sending`` - or marked ``unknown`` after a lost answer - is
+not sent again unless ``--resubmit-unknown``: the hosted API ignores ``Idempotency-Key``,
+so a second send could make (and charge) a second task there. bananastand honours the key,
+so against it ``--resubmit-unknown`` is always safe: the same key and the very same body
+(re-read from the log, not rebuilt, as upload links change) answer with the first task.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bananastand.client._core import create_body, is_url
+from bananastand.client.client import AsyncClient
+from bananastand.client.errors import ApiError, BananastandError, ServerError, TransportError
+
+MANIFEST = "manifest.jsonl"
+
+
+@dataclass
+class BatchReport:
+    succeeded: int = 0
+    failed: list[tuple[int, str]] = field(default_factory=list)
+    unknown: list[tuple[int, str]] = field(default_factory=list)
+
+    @property
+    def problems(self) -> list[tuple[int, str]]:
+        return sorted(self.failed + self.unknown)
+
+
+@dataclass
+class Batch:
+    source: Path
+    out: Path
+    identity: str
+    lines: dict[int, Any]
+    state: dict[int, dict[str, Any]]
+    resubmit_unknown: bool
+    timeout: float
+
+    @classmethod
+    def open(cls, source: Path, out: Path, *, resubmit_unknown: bool, timeout: float) -> Batch:
+        content = source.read_bytes()
+        identity = hashlib.sha256(str(source.resolve()).encode() + b"\0" + content).hexdigest()[:24]
+        lines: dict[int, Any] = {}
+        for number, text in enumerate(content.decode().splitlines(), start=1):
+            if text.strip():
+                try:
+                    lines[number] = json.loads(text)
+                except ValueError as exc:
+                    lines[number] = ValueError(f"not JSON: {exc}")
+        out.mkdir(parents=True, exist_ok=True)
+        state: dict[int, dict[str, Any]] = {}
+        manifest = out / MANIFEST
+        if manifest.exists():
+            raw = manifest.read_text()
+            for entry_text in raw.splitlines():
+                try:
+                    entry = json.loads(entry_text)
+                except ValueError:
+                    continue  # the torn last line of a killed run
+                if isinstance(entry, dict) and entry.get("batch") == identity:
+                    state.setdefault(entry["line"], {}).update(entry)
+            if raw and not raw.endswith("\n"):
+                with manifest.open("a") as file:
+                    file.write("\n")
+        return cls(source, out, identity, lines, state, resubmit_unknown, timeout)
+
+    @property
+    def total(self) -> int:
+        return len(self.lines)
+
+    @property
+    def already_done(self) -> int:
+        return sum(1 for entry in self.state.values() if entry.get("status") == "success")
+
+    def key(self, line: int) -> str:
+        return f"batch-{self.identity}-{line}"
+
+    def _log(self, line: int, **fields: Any) -> None:
+        """Append one event; flushed before anything that depends on it happens."""
+        entry = {"batch": self.identity, "line": line, "time": int(time.time() * 1000), **fields}
+        self.state.setdefault(line, {}).update(entry)
+        with (self.out / MANIFEST).open("a") as file:
+            file.write(json.dumps(entry, ensure_ascii=False) + "\n")
+
+    async def run(
+        self, client: AsyncClient, concurrency: int, on_done: Callable[[], None]
+    ) -> BatchReport:
+        report = BatchReport()
+        pending = iter(sorted(self.lines))
+
+        async def worker() -> None:
+            for line in pending:
+                await self._job(client, line, report, on_done)
+
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        return report
+
+    async def _job(
+        self, client: AsyncClient, line: int, report: BatchReport, on_done: Callable[[], None]
+    ) -> None:
+        entry = self.state.get(line, {})
+        status = entry.get("status")
+        if status == "success":
+            report.succeeded += 1
+            return
+        try:
+            outcome = await self._advance(client, line, entry)
+        except (BananastandError, OSError) as exc:
+            self._log(line, status="error", error=str(exc))
+            outcome = ("failed", str(exc))
+        if outcome[0] == "success":
+            report.succeeded += 1
+        elif outcome[0] == "unknown":
+            report.unknown.append((line, outcome[1]))
+        else:
+            report.failed.append((line, outcome[1]))
+        on_done()
+
+    async def _advance(
+        self, client: AsyncClient, line: int, entry: dict[str, Any]
+    ) -> tuple[str, str]:
+        if entry.get("status") == "fail":
+            return (
+                "failed",
+                f"task {entry['taskId']} failed ({entry['failCode']}): {entry['failMsg']}",
+            )
+        task_id = entry.get("taskId")
+        if task_id is None:
+            if entry.get("status") in ("sending", "unknown"):
+                if not self.resubmit_unknown:
+                    return "unknown", (
+                        "createTask was sent but its answer was lost; "
+                        "--resubmit-unknown sends it again"
+                    )
+                body = entry["body"]
+            else:
+                body = await self._body(client, line)
+                self._log(line, status="sending", idempotencyKey=self.key(line), body=body)
+            try:
+                task_id = await client.create(
+                    body, self.key(line), resend_lost=self.resubmit_unknown
+                )
+            except (ServerError, TransportError) as exc:
+                self._log(line, status="unknown", error=str(exc))
+                return "unknown", f"createTask answer lost: {exc}"
+            self._log(line, status="submitted", taskId=task_id)
+        task = await client.wait(task_id, timeout=self.timeout, raise_on_fail=False)
+        if task.state == "fail":
+            self._log(
+                line,
+                status="fail",
+                taskId=task_id,
+                state="fail",
+                failCode=task.failCode,
+                failMsg=task.failMsg,
+            )
+            return "failed", f"task {task_id} failed ({task.failCode}): {task.failMsg}"
+        result = await client.result(task)
+        files = [str(path) for path in result.save(self.out, stem=f"{line:05d}")]
+        self._log(line, status="success", taskId=task_id, state="success", files=files)
+        return "success", ""
+
+    async def _body(self, client: AsyncClient, line: int) -> dict[str, Any]:
+        """createTask's body for a line; local image paths (relative to the batch file)
+        are uploaded and replaced by their links."""
+        spec = self.lines[line]
+        if isinstance(spec, Exception):
+            raise _LineError(str(spec))
+        if not isinstance(spec, dict) or not isinstance(spec.get("prompt"), str):
+            raise _LineError("needs a JSON object with a string prompt")
+        fields = {k: v for k, v in spec.items() if k not in ("model", "callBackUrl")}
+        images = fields.get("image_input") or []
+        if not isinstance(images, list):
+            raise _LineError("image_input must be a list")
+        urls = []
+        for image in images:
+            if is_url(image):
+                urls.append(image)
+            else:
+                path = Path(image)
+                uploaded = await client.upload(
+                    path if path.is_absolute() else self.source.parent / path
+                )
+                urls.append(uploaded.downloadUrl)
+        if urls:
+            fields["image_input"] = urls
+        return create_body(fields, model=spec.get("model"), callback_url=spec.get("callBackUrl"))
+
+
+class _LineError(ApiError):
+    """A line that cannot become a createTask body (nothing was sent)."""
+
+    code = 422

@@ -1,0 +1,193 @@
+"""The client commands of ``bananastand``: generate, batch, status, credits.
+
+They talk to a server over HTTP only, so this module imports nothing of the server;
+``bananastand.cli`` registers them onto its typer app with ``register``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from bananastand.client._core import DEFAULT_BASE_URL, DEFAULT_WAIT_TIMEOUT_S
+from bananastand.client.batch import Batch, BatchReport
+from bananastand.client.client import AsyncClient, Client
+from bananastand.client.errors import BananastandError
+from bananastand.client.models import Task
+
+T = TypeVar("T")
+
+stderr = Console(stderr=True, highlight=False, soft_wrap=True)
+
+BaseUrl = Annotated[
+    str,
+    typer.Option(
+        "--base-url", envvar="BANANASTAND_BASE_URL", help="The server (bananastand or hosted)."
+    ),
+]
+ApiKey = Annotated[
+    str | None,
+    typer.Option("--api-key", envvar="BANANASTAND_API_KEY", help="Your API key."),
+]
+
+
+@contextmanager
+def _errors() -> Iterator[None]:
+    """A refused or failed call is one line on stderr and exit status 1."""
+    try:
+        yield
+    except BananastandError as exc:
+        stderr.print(f"error: {exc}", markup=False)
+        raise typer.Exit(1) from None
+
+
+def _print_json(value: Any) -> None:
+    sys.stdout.write(json.dumps(value, indent=2, ensure_ascii=False) + "\n")
+
+
+def generate(
+    prompt: Annotated[str, typer.Argument(help="What to make.")],
+    image: Annotated[
+        list[str] | None,
+        typer.Option("-i", "--image", help="Reference image: a local file or an http(s) URL."),
+    ] = None,
+    aspect: Annotated[str | None, typer.Option("--aspect", help="1:1, 16:9, ..., auto.")] = None,
+    resolution: Annotated[str | None, typer.Option(help="1K, 2K or 4K.")] = None,
+    output_format: Annotated[str | None, typer.Option("--format", help="png, jpg, webp.")] = None,
+    model: Annotated[str | None, typer.Option(help="Default: nano-banana-pro.")] = None,
+    out: Annotated[Path, typer.Option("-o", "--out", help="Folder for the images.")] = Path(),
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print the task record instead of the paths.")
+    ] = False,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait.")] = DEFAULT_WAIT_TIMEOUT_S,
+    base_url: BaseUrl = DEFAULT_BASE_URL,
+    api_key: ApiKey = None,
+) -> None:
+    """Make one image: upload the references, create the task, wait, save the files."""
+    started = time.monotonic()
+    with _errors(), Client(base_url, api_key) as client:
+        with stderr.status("submitting") as status:
+
+            def show(task: Task) -> None:
+                status.update(f"{task.taskId}  {task.state}  {time.monotonic() - started:.0f}s")
+
+            result = client.generate(
+                prompt,
+                image or [],
+                aspect_ratio=aspect,
+                resolution=resolution,
+                output_format=output_format,
+                model=model,
+                timeout=timeout,
+                on_update=show,
+            )
+        paths = result.save(out)
+    if as_json:
+        _print_json(result.task.model_dump(mode="json"))
+    else:
+        for path in paths:
+            print(path)
+
+
+def status(
+    task_id: Annotated[str, typer.Argument(help="The taskId.")],
+    base_url: BaseUrl = DEFAULT_BASE_URL,
+    api_key: ApiKey = None,
+) -> None:
+    """Print a task's record (JSON)."""
+    with _errors(), Client(base_url, api_key) as client:
+        _print_json(client.get(task_id).model_dump(mode="json"))
+
+
+def credits_balance(
+    ctx: typer.Context,
+    base_url: BaseUrl = DEFAULT_BASE_URL,
+    api_key: ApiKey = None,
+) -> None:
+    """Without a subcommand: print your key's credit balance (GET /api/v1/chat/credit)."""
+    if ctx.invoked_subcommand is not None:
+        return
+    with _errors(), Client(base_url, api_key) as client:
+        balance = client.credits()
+    print(int(balance) if balance == int(balance) else balance)
+
+
+def batch(
+    prompts: Annotated[Path, typer.Argument(help="JSONL: one createTask input per line.")],
+    out: Annotated[Path, typer.Option("-o", "--out", help="Folder for images and manifest.")],
+    concurrency: Annotated[int, typer.Option(min=1, help="Jobs in flight.")] = 8,
+    resubmit_unknown: Annotated[
+        bool,
+        typer.Option(
+            "--resubmit-unknown",
+            help="Send again the jobs whose createTask answer was lost (safe on bananastand; "
+            "may make a second task on servers without Idempotency-Key support).",
+        ),
+    ] = False,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait per task.")] = (
+        DEFAULT_WAIT_TIMEOUT_S
+    ),
+    base_url: BaseUrl = DEFAULT_BASE_URL,
+    api_key: ApiKey = None,
+) -> None:
+    """Run every line of a JSONL file as a task; resumable (see manifest.jsonl in -o)."""
+
+    async def run() -> BatchReport:
+        async with AsyncClient(base_url, api_key) as client:
+            job = Batch.open(prompts, out, resubmit_unknown=resubmit_unknown, timeout=timeout)
+            with Progress(
+                TextColumn("{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+                console=stderr,
+            ) as progress:
+                bar = progress.add_task("batch", total=job.total, completed=job.already_done)
+                return await job.run(client, concurrency, on_done=lambda: progress.advance(bar))
+
+    with _errors():
+        report = _run_async(run)
+    for line, reason in report.problems:
+        stderr.print(f"line {line}: {reason}", markup=False)
+    stderr.print(
+        f"{report.succeeded} succeeded, {len(report.failed)} failed, "
+        f"{len(report.unknown)} unknown; manifest: {out / 'manifest.jsonl'}",
+        markup=False,
+    )
+    if report.failed or report.unknown:
+        raise typer.Exit(1)
+
+
+def _run_async(factory: Callable[[], Any]) -> Any:
+    return asyncio.run(factory())
+
+
+def register(app: typer.Typer, credits_app: typer.Typer) -> None:
+    """Add the client commands to ``bananastand``; ``credits`` alone shows the balance."""
+    app.command("generate")(generate)
+    app.command("batch")(batch)
+    app.command("status")(status)
+    credits_app.callback(invoke_without_command=True)(credits_balance)
+
+
+def main() -> None:
+    """``python -m bananastand.client.cli``: the client commands without the server's."""
+    app = typer.Typer(help="bananastand client.", no_args_is_help=True)
+    credits_app = typer.Typer(help="Your credit balance.")
+    app.add_typer(credits_app, name="credits")
+    register(app, credits_app)
+    app()
+
+
+if __name__ == "__main__":
+    main()

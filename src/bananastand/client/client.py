@@ -1,0 +1,265 @@
+"""``Client`` and ``AsyncClient``: the two I/O drivers of the flows in ``_core``.
+
+Each public method is one line handing a flow to ``_run``; the only code that differs
+between the two is ``_run`` itself (``time.sleep`` vs ``asyncio.sleep``, ``send`` vs
+``await send``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import Sequence
+from types import TracebackType
+from typing import Any, Self, Unpack
+
+import httpx
+
+from bananastand.client._core import (
+    DEFAULT_UPLOAD_PATH,
+    DEFAULT_WAIT_TIMEOUT_S,
+    Core,
+    Flow,
+    GenerateOptions,
+    ImageSource,
+    PollSchedule,
+    RetryHook,
+    RetryPolicy,
+    Send,
+    SubmitOptions,
+    T,
+    UpdateHook,
+)
+from bananastand.client.errors import TransportError
+from bananastand.client.models import Image, Result, Task, UploadedFile
+
+#: Per-request limits; waiting for a task is paced by ``wait``, not by one long request.
+DEFAULT_HTTP_TIMEOUT = httpx.Timeout(60.0, connect=10.0)
+
+
+def _lost(request: httpx.Request, exc: httpx.HTTPError) -> TransportError:
+    return TransportError(f"{request.method} {request.url}: {type(exc).__name__}: {exc}")
+
+
+class _Base:
+    def __init__(
+        self,
+        base_url: str | None = None,
+        api_key: str | None = None,
+        *,
+        retry: RetryPolicy | None = None,
+        poll: PollSchedule | None = None,
+        on_retry: RetryHook | None = None,
+    ) -> None:
+        self._core = Core.configure(base_url, api_key, retry, poll, on_retry)
+
+    @property
+    def base_url(self) -> str:
+        return self._core.base_url
+
+
+class Client(_Base):
+    """Synchronous client. ``BANANASTAND_BASE_URL`` / ``BANANASTAND_API_KEY`` fill in
+    what is not passed; ``http`` lets the caller bring its own ``httpx.Client``."""
+
+    def __init__(
+        self,
+        base_url: str | None = None,
+        api_key: str | None = None,
+        *,
+        retry: RetryPolicy | None = None,
+        poll: PollSchedule | None = None,
+        on_retry: RetryHook | None = None,
+        http: httpx.Client | None = None,
+    ) -> None:
+        super().__init__(base_url, api_key, retry=retry, poll=poll, on_retry=on_retry)
+        self._http = http or httpx.Client(timeout=DEFAULT_HTTP_TIMEOUT)
+
+    def _run(self, flow: Flow[T]) -> T:
+        reply: Any = None
+        error: Exception | None = None
+        while True:
+            try:
+                action = flow.send(reply) if error is None else flow.throw(error)
+            except StopIteration as done:
+                return done.value  # type: ignore[no-any-return]
+            reply, error = None, None
+            if isinstance(action, Send):
+                try:
+                    reply = self._http.send(action.request)
+                except httpx.HTTPError as exc:
+                    error = _lost(action.request, exc)
+            else:
+                time.sleep(action.seconds)
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def credits(self) -> float:
+        return self._run(self._core.credits())
+
+    def get(self, task_id: str) -> Task:
+        return self._run(self._core.get(task_id))
+
+    def cancel(self, task_id: str) -> Task:
+        return self._run(self._core.cancel(task_id))
+
+    def upload(
+        self,
+        source: str | os.PathLike[str] | bytes,
+        *,
+        upload_path: str = DEFAULT_UPLOAD_PATH,
+        file_name: str | None = None,
+    ) -> UploadedFile:
+        return self._run(self._core.upload(source, upload_path=upload_path, file_name=file_name))
+
+    def submit(
+        self, prompt: str, images: Sequence[ImageSource] = (), **options: Unpack[SubmitOptions]
+    ) -> str:
+        """Create a task (uploading local images first); returns its taskId. Options:
+        ``aspect_ratio, resolution, output_format, model, callback_url, idempotency_key``."""
+        return self._run(self._core.submit(prompt, images, **options))
+
+    def create(
+        self, body: dict[str, Any], idempotency_key: str | None = None, *, resend_lost: bool = True
+    ) -> str:
+        """createTask with a body as it is (the batch command replays exact bodies)."""
+        return self._run(self._core.create(body, idempotency_key, resend_lost=resend_lost))
+
+    def wait(
+        self,
+        task_id: str,
+        *,
+        timeout: float = DEFAULT_WAIT_TIMEOUT_S,
+        on_update: UpdateHook | None = None,
+        raise_on_fail: bool = True,
+    ) -> Task:
+        return self._run(
+            self._core.wait(
+                task_id, timeout=timeout, on_update=on_update, raise_on_fail=raise_on_fail
+            )
+        )
+
+    def download(self, url: str) -> Image:
+        return self._run(self._core.download(url))
+
+    def result(self, task: Task) -> Result:
+        """The images of a finished task, downloaded."""
+        return self._run(self._core.finish(task))
+
+    def generate(
+        self, prompt: str, images: Sequence[ImageSource] = (), **options: Unpack[GenerateOptions]
+    ) -> Result:
+        """Upload, create, wait, download. Options: those of ``submit`` plus ``timeout``
+        and ``on_update``; an ``Idempotency-Key`` is made per call unless given."""
+        return self._run(self._core.generate(prompt, images, **options))
+
+
+class AsyncClient(_Base):
+    """The same API as ``Client``, every method a coroutine."""
+
+    def __init__(
+        self,
+        base_url: str | None = None,
+        api_key: str | None = None,
+        *,
+        retry: RetryPolicy | None = None,
+        poll: PollSchedule | None = None,
+        on_retry: RetryHook | None = None,
+        http: httpx.AsyncClient | None = None,
+    ) -> None:
+        super().__init__(base_url, api_key, retry=retry, poll=poll, on_retry=on_retry)
+        self._http = http or httpx.AsyncClient(timeout=DEFAULT_HTTP_TIMEOUT)
+
+    async def _run(self, flow: Flow[T]) -> T:
+        reply: Any = None
+        error: Exception | None = None
+        while True:
+            try:
+                action = flow.send(reply) if error is None else flow.throw(error)
+            except StopIteration as done:
+                return done.value  # type: ignore[no-any-return]
+            reply, error = None, None
+            if isinstance(action, Send):
+                try:
+                    reply = await self._http.send(action.request)
+                except httpx.HTTPError as exc:
+                    error = _lost(action.request, exc)
+            else:
+                await asyncio.sleep(action.seconds)
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def credits(self) -> float:
+        return await self._run(self._core.credits())
+
+    async def get(self, task_id: str) -> Task:
+        return await self._run(self._core.get(task_id))
+
+    async def cancel(self, task_id: str) -> Task:
+        return await self._run(self._core.cancel(task_id))
+
+    async def upload(
+        self,
+        source: str | os.PathLike[str] | bytes,
+        *,
+        upload_path: str = DEFAULT_UPLOAD_PATH,
+        file_name: str | None = None,
+    ) -> UploadedFile:
+        return await self._run(
+            self._core.upload(source, upload_path=upload_path, file_name=file_name)
+        )
+
+    async def submit(
+        self, prompt: str, images: Sequence[ImageSource] = (), **options: Unpack[SubmitOptions]
+    ) -> str:
+        return await self._run(self._core.submit(prompt, images, **options))
+
+    async def create(
+        self, body: dict[str, Any], idempotency_key: str | None = None, *, resend_lost: bool = True
+    ) -> str:
+        return await self._run(self._core.create(body, idempotency_key, resend_lost=resend_lost))
+
+    async def wait(
+        self,
+        task_id: str,
+        *,
+        timeout: float = DEFAULT_WAIT_TIMEOUT_S,  # noqa: ASYNC109 (the wait's overall deadline)
+        on_update: UpdateHook | None = None,
+        raise_on_fail: bool = True,
+    ) -> Task:
+        return await self._run(
+            self._core.wait(
+                task_id, timeout=timeout, on_update=on_update, raise_on_fail=raise_on_fail
+            )
+        )
+
+    async def download(self, url: str) -> Image:
+        return await self._run(self._core.download(url))
+
+    async def result(self, task: Task) -> Result:
+        return await self._run(self._core.finish(task))
+
+    async def generate(
+        self, prompt: str, images: Sequence[ImageSource] = (), **options: Unpack[GenerateOptions]
+    ) -> Result:
+        return await self._run(self._core.generate(prompt, images, **options))

@@ -1,0 +1,143 @@
+"""What the client raises: one tree, one class per envelope code and per way a call can end.
+
+These are the client's own classes, not the server's ``bananastand.errors.ApiError`` family:
+the server raises its errors to *produce* an envelope, the client raises these after
+*reading* one (or failing to get one), so they carry what a caller needs - the envelope's
+``code`` and ``msg``, ``Retry-After``, the failed task's failCode - and add outcomes the
+server never raises (``ServerError``, ``GenerationFailedError``, ``TimeoutError``,
+``TransportError``). They share the project's root, ``bananastand.errors.BananastandError``
+(a module that imports nothing), with ``CallbackVerificationError``, so one ``except
+BananastandError`` catches everything the client does on purpose.
+
+    BananastandError
+    ├── ApiError                      an envelope answered with code != 200
+    │   ├── AuthenticationError       401
+    │   ├── InsufficientCreditsError  402
+    │   ├── NotFoundError             404
+    │   ├── ValidationError           422
+    │   ├── RateLimitError            429 (``retry_after`` from ``Retry-After``)
+    │   ├── MaintenanceError          455
+    │   ├── ServerError               500 (and any code this client does not know)
+    │   └── FeatureDisabledError      505
+    ├── GenerationFailedError         the task ended in ``fail`` (``fail_code``, ``fail_msg``)
+    ├── TimeoutError                  a wait ran out of time; the task may still finish
+    ├── TransportError                no answer: connection refused, reset, read timeout
+    └── CallbackVerificationError     (client.webhooks) a callback that is not ours
+"""
+
+from __future__ import annotations
+
+import builtins
+from typing import TYPE_CHECKING
+
+from bananastand.errors import BananastandError
+
+if TYPE_CHECKING:
+    from bananastand.client.models import Task
+
+__all__ = [
+    "ApiError",
+    "AuthenticationError",
+    "BananastandError",
+    "FeatureDisabledError",
+    "GenerationFailedError",
+    "InsufficientCreditsError",
+    "MaintenanceError",
+    "NotFoundError",
+    "RateLimitError",
+    "ServerError",
+    "TimeoutError",
+    "TransportError",
+    "ValidationError",
+    "error_for_code",
+]
+
+
+class ApiError(BananastandError):
+    """The server answered with an envelope whose ``code`` is not 200."""
+
+    code: int = 500
+
+    def __init__(self, msg: str, *, code: int | None = None, retry_after: float | None = None):
+        super().__init__(msg)
+        self.msg = msg
+        if code is not None:
+            self.code = code
+        self.retry_after = retry_after
+
+    def __str__(self) -> str:
+        return f"{self.code}: {self.msg}"
+
+
+class AuthenticationError(ApiError):
+    code = 401
+
+
+class InsufficientCreditsError(ApiError):
+    code = 402
+
+
+class NotFoundError(ApiError):
+    code = 404
+
+
+class ValidationError(ApiError):
+    code = 422
+
+
+class RateLimitError(ApiError):
+    code = 429
+
+
+class MaintenanceError(ApiError):
+    code = 455
+
+
+class ServerError(ApiError):
+    code = 500
+
+
+class FeatureDisabledError(ApiError):
+    code = 505
+
+
+_BY_CODE: dict[int, type[ApiError]] = {
+    cls.code: cls
+    for cls in (
+        AuthenticationError,
+        InsufficientCreditsError,
+        NotFoundError,
+        ValidationError,
+        RateLimitError,
+        MaintenanceError,
+        ServerError,
+        FeatureDisabledError,
+    )
+}
+
+
+def error_for_code(code: int, msg: str, *, retry_after: float | None = None) -> ApiError:
+    """The typed error of an envelope ``code``; unknown codes are server errors."""
+    return _BY_CODE.get(code, ServerError)(msg, code=code, retry_after=retry_after)
+
+
+class GenerationFailedError(BananastandError):
+    """The task ended in ``fail``; ``fail_code`` is the contract's string ("400", "403", ...)."""
+
+    def __init__(self, task: Task) -> None:
+        super().__init__(f"task {task.taskId} failed ({task.failCode}): {task.failMsg}")
+        self.task = task
+        self.fail_code = task.failCode
+        self.fail_msg = task.failMsg
+
+
+class TimeoutError(BananastandError, builtins.TimeoutError):
+    """A wait ended before the task did; ``task`` is the last record seen (it may finish later)."""
+
+    def __init__(self, msg: str, task: Task | None = None) -> None:
+        super().__init__(msg)
+        self.task = task
+
+
+class TransportError(BananastandError):
+    """No envelope came back: the connection failed or the answer was not the contract's."""

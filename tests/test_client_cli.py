@@ -1,0 +1,143 @@
+"""The client commands of ``bananastand`` as child processes against a real server."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import random
+import signal
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from PIL import Image
+
+from accounts_helpers import ADMIN_TOKEN, new_account
+from conftest import BIN, Server
+from test_client_sdk import png, tasks_on
+
+
+def client_env(server: Server, key: str) -> dict[str, str]:
+    return {**os.environ, "BANANASTAND_BASE_URL": server.base_url, "BANANASTAND_API_KEY": key}
+
+
+def run(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(BIN / "bananastand"), *args], env=env, capture_output=True, text=True, timeout=120
+    )
+
+
+def test_help_lists_the_client_commands() -> None:
+    done = run(dict(os.environ), "--help")
+    for command in ("generate", "batch", "status", "credits", "serve"):
+        assert command in done.stdout
+
+
+def test_generate_saves_only_the_images_and_prints_their_paths(
+    server: Server, tmp_path: Path
+) -> None:
+    ref = tmp_path / "ref.png"
+    ref.write_bytes(png())
+    out = tmp_path / "out"
+    env = client_env(server, server.key())
+    done = run(
+        env, "generate", "a banana", "-i", str(ref), "--aspect", "16:9",
+        "--resolution", "2K", "--format", "jpg", "-o", str(out),
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    [printed] = done.stdout.split()
+    assert [p.name for p in out.iterdir()] == [Path(printed).name]
+    assert Image.open(io.BytesIO(Path(printed).read_bytes())).size == (2752, 1536)
+    as_json = run(env, "generate", "again", "-o", str(tmp_path / "j"), "--json")
+    record = json.loads(as_json.stdout)
+    assert record["state"] == "success"
+    assert [p.suffix for p in (tmp_path / "j").iterdir()] == [".png"]
+    status = run(env, "status", record["taskId"])
+    assert json.loads(status.stdout)["taskId"] == record["taskId"]
+
+
+def test_errors_are_one_line_and_exit_1(server: Server, tmp_path: Path) -> None:
+    env = client_env(server, "bs_test_wrong")
+    done = run(env, "generate", "a banana", "-o", str(tmp_path))
+    assert done.returncode == 1
+    assert "error: 401" in done.stderr
+    failed = run(client_env(server, server.key()), "generate", "[sandbox:fail=safety]")
+    assert failed.returncode == 1
+    assert "(403)" in failed.stderr
+
+
+def test_credits_and_options_instead_of_env(start_server: Callable[..., Server]) -> None:
+    server = start_server(admin_token=ADMIN_TOKEN)
+    _, key = new_account(server, credits=55)
+    done = run(dict(os.environ), "credits", "--base-url", server.base_url, "--api-key", key)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "55"
+
+
+def test_batch_lists_failures_and_exits_non_zero(server: Server, tmp_path: Path) -> None:
+    (tmp_path / "ref.png").write_bytes(png("blue"))
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text(
+        json.dumps({"prompt": "ok", "image_input": ["ref.png"], "output_format": "webp"})
+        + "\n"
+        + json.dumps({"prompt": "[sandbox:fail=safety]"})
+        + "\nnot json\n"
+    )
+    out = tmp_path / "out"
+    done = run(client_env(server, server.key()), "batch", str(prompts), "-o", str(out))
+    assert done.returncode == 1
+    assert "line 2:" in done.stderr
+    assert "line 3:" in done.stderr
+    assert [p.name for p in out.glob("0*")] == ["00001.webp"]
+    entries = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
+    assert {entry["status"] for entry in entries if entry["line"] == 1} == {
+        "sending",
+        "submitted",
+        "success",
+    }
+
+
+def test_batch_resumes_after_being_killed_and_makes_one_task_per_line(
+    start_server: Callable[..., Server], tmp_path: Path
+) -> None:
+    server = start_server(worker_concurrency=4)
+    key = server.key()
+    env = client_env(server, key)
+    lines = 30
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text(
+        "".join(
+            json.dumps({"prompt": f"banana {n} [sandbox:delay=400]"}) + "\n" for n in range(lines)
+        )
+    )
+    out = tmp_path / "out"
+    command = [
+        str(BIN / "bananastand"),
+        "batch",
+        str(prompts),
+        "-o",
+        str(out),
+        "--concurrency",
+        "4",
+    ]
+    chance = random.Random(7)
+    for _ in range(3):
+        child = subprocess.Popen(
+            command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        time.sleep(chance.uniform(0.8, 2.0))
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+        assert len(tasks_on(server, key)) <= lines
+    manifest = (out / "manifest.jsonl").read_text().splitlines()
+    done_lines = {json.loads(e)["line"] for e in manifest[:-1] if '"success"' in e}
+    assert len(done_lines) < lines, "the kills should have interrupted the batch"
+    finished = run(env, "batch", str(prompts), "-o", str(out), "--resubmit-unknown")
+    assert finished.returncode == 0, finished.stderr
+    assert len(tasks_on(server, key)) == lines
+    assert len(list(out.glob("0*.png"))) == lines
+    again = run(env, "batch", str(prompts), "-o", str(out))
+    assert again.returncode == 0
+    assert len(tasks_on(server, key)) == lines
