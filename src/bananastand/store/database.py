@@ -195,12 +195,16 @@ class Database:
                 outcomes = None
         if outcomes is None:
             outcomes = [self._commit_one(connection, job) for job in group]
-        for job, ok, value in outcomes:
+        # One wake-up per event loop, not per write: waking a loop is a system call.
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[_Job, bool, Any]]] = {}
+        for outcome in outcomes:
+            by_loop.setdefault(outcome[0].loop, []).append(outcome)
+        for loop, settled in by_loop.items():
             try:
-                job.loop.call_soon_threadsafe(_settle, job.future, ok, value)
+                loop.call_soon_threadsafe(_settle_all, settled)
             except RuntimeError:
-                # The caller's event loop is gone; the write stands, nobody awaits it.
-                log.debug("write committed for a closed event loop")
+                # The caller's event loop is gone; the writes stand, nobody awaits them.
+                log.debug("writes committed for a closed event loop")
 
     @staticmethod
     def _commit_one(connection: Connection, job: _Job) -> tuple[_Job, bool, Any]:
@@ -226,13 +230,14 @@ class Database:
         self._engine.dispose()
 
 
-def _settle(future: asyncio.Future[Any], ok: bool, value: Any) -> None:
-    if future.cancelled():
-        return
-    if ok:
-        future.set_result(value)
-    else:
-        future.set_exception(value)
+def _settle_all(outcomes: list[tuple[_Job, bool, Any]]) -> None:
+    for job, ok, value in outcomes:
+        if job.future.cancelled():
+            continue
+        if ok:
+            job.future.set_result(value)
+        else:
+            job.future.set_exception(value)
 
 
 class PreparedQuery:
