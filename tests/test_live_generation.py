@@ -186,7 +186,17 @@ def test_model_rules_and_names_of_the_other_models(live: Server, fake: FakeGemin
     assert fake.requests[-1].image_config == {"imageSize": "1K"}  # default auto: left out
     assert json.loads(record["resultJson"])["resultUrls"][0].endswith(".jpg")  # its default
 
+    # Nano Banana 2's extreme ratios go upstream as they are.
+    tall = {"model": "nano-banana-2", "input": {"prompt": "x", "aspect_ratio": "1:8"}}
+    assert _run(live, key, tall)["state"] == "success"
+    assert fake.requests[-1].image_config == {"aspectRatio": "1:8", "imageSize": "1K"}
+
     refused = {
+        "nano-banana-pro 1:4": (prompt_body(aspect_ratio="1:4"), "input.aspect_ratio"),
+        "google/nano-banana 8:1": (
+            {"model": "google/nano-banana", "input": {"prompt": "x", "image_size": "8:1"}},
+            "input.image_size",
+        ),
         "google/nano-banana 2K": (
             {"model": "google/nano-banana", "input": {"prompt": "x", "resolution": "2K"}},
             "input.resolution",

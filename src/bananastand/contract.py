@@ -46,6 +46,11 @@ class AspectRatio(StrEnum):
     R9_16 = "9:16"
     R16_9 = "16:9"
     R21_9 = "21:9"
+    # Nano Banana 2 (Gemini 3.1 Flash Image) only: very tall and very wide.
+    R1_4 = "1:4"
+    R4_1 = "4:1"
+    R1_8 = "1:8"
+    R8_1 = "8:1"
     AUTO = "auto"
 
 
@@ -70,7 +75,23 @@ class OutputFormat(StrEnum):
         return {"png": "image/png", "jpg": "image/jpeg", "webp": "image/webp"}[self.value]
 
 
-#: Output pixel sizes at 1K, from Google's table for Nano Banana Pro.
+#: What Nano Banana Pro (and the hosted API) accepts, and what ``auto`` chooses among.
+STANDARD_ASPECT_RATIOS: tuple[AspectRatio, ...] = (
+    AspectRatio.R1_1,
+    AspectRatio.R2_3,
+    AspectRatio.R3_2,
+    AspectRatio.R3_4,
+    AspectRatio.R4_3,
+    AspectRatio.R4_5,
+    AspectRatio.R5_4,
+    AspectRatio.R9_16,
+    AspectRatio.R16_9,
+    AspectRatio.R21_9,
+)
+
+#: Output pixel sizes at 1K, from Google's table for Nano Banana Pro. Google publishes no
+#: table for Nano Banana 2's extreme ratios; theirs are about one megapixel in multiples of
+#: 16 like the rest (what the sandbox renders; the real model may differ by a few pixels).
 SIZES_1K: dict[AspectRatio, tuple[int, int]] = {
     AspectRatio.R1_1: (1024, 1024),
     AspectRatio.R2_3: (848, 1264),
@@ -82,6 +103,10 @@ SIZES_1K: dict[AspectRatio, tuple[int, int]] = {
     AspectRatio.R9_16: (768, 1376),
     AspectRatio.R16_9: (1376, 768),
     AspectRatio.R21_9: (1584, 672),
+    AspectRatio.R1_4: (512, 2048),
+    AspectRatio.R4_1: (2048, 512),
+    AspectRatio.R1_8: (352, 2816),
+    AspectRatio.R8_1: (2816, 352),
 }
 
 

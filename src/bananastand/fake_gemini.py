@@ -34,7 +34,13 @@ from typing import Any
 
 from PIL import Image
 
-from bananastand.contract import SIZES_1K, AspectRatio, Resolution, output_size
+from bananastand.contract import (
+    SIZES_1K,
+    STANDARD_ASPECT_RATIOS,
+    AspectRatio,
+    Resolution,
+    output_size,
+)
 
 __all__ = ["FakeGemini", "Reply", "SeenRequest"]
 
@@ -255,7 +261,7 @@ def _follow_first_input(images: list[bytes]) -> str:
         w, h = SIZES_1K[ratio]
         return abs(math.log(w / h) - target)
 
-    return min(SIZES_1K, key=distance).value
+    return min(STANDARD_ASPECT_RATIOS, key=distance).value
 
 
 def _inline(data: bytes) -> dict[str, str]:

@@ -30,6 +30,17 @@ def spec_input(spec: ModelSpec, raw: dict[str, Any]) -> dict[str, Any]:
     return shaped
 
 
+def in_clients_words(spec: ModelSpec, raw: Any, message: str) -> str:
+    """A refusal names the field as the client sent it (``input.image_size``, not our
+    ``input.aspect_ratio``), or it would point at a field they never wrote."""
+    if not isinstance(raw, dict):
+        return message
+    for theirs, ours in spec.input_aliases.items():
+        if theirs in raw and ours not in raw and message.startswith(f"input.{ours}"):
+            return f"input.{theirs}" + message[len(f"input.{ours}") :]
+    return message
+
+
 def check_model_rules(request: CreateTaskRequest, spec: ModelSpec) -> None:
     """422 naming the field when the request asks for what this model cannot do."""
     model = request.model

@@ -21,7 +21,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-from bananastand.contract import AspectRatio, OutputFormat, Resolution
+from bananastand.contract import STANDARD_ASPECT_RATIOS, AspectRatio, OutputFormat, Resolution
 from bananastand.ratelimit import parse_rate
 
 
@@ -47,7 +47,9 @@ class ModelSpec(BaseModel):
     resolutions: list[Resolution] = Field(default_factory=lambda: list(Resolution))
     #: Whether ``imageConfig.imageSize`` goes upstream (models without a choice reject it).
     sends_image_size: bool = True
-    aspect_ratios: list[AspectRatio] = Field(default_factory=lambda: list(AspectRatio))
+    aspect_ratios: list[AspectRatio] = Field(
+        default_factory=lambda: [*STANDARD_ASPECT_RATIOS, AspectRatio.AUTO]
+    )
     output_formats: list[OutputFormat] = Field(default_factory=lambda: list(OutputFormat))
     max_images: int = 8
     max_prompt_chars: int = 10_000
@@ -67,6 +69,7 @@ def _default_models() -> dict[str, ModelSpec]:
             max_images=14,
             max_prompt_chars=20_000,
             output_formats=[OutputFormat.JPG, OutputFormat.PNG],
+            aspect_ratios=[*AspectRatio],
             defaults={"aspect_ratio": "auto", "output_format": "jpg"},
         ),
         # Hosted API: text-to-image only (edits are a separate model), prompt up to 5000

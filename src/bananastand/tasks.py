@@ -22,7 +22,7 @@ from bananastand.contract import CreateTaskRequest, TaskState, describe_validati
 from bananastand.errors import NotFoundError, ValidationError
 from bananastand.fetch import AllowList, is_public_address, literal_host
 from bananastand.ids import new_task_id, now_ms
-from bananastand.models import check_model_rules, spec_input
+from bananastand.models import check_model_rules, in_clients_words, spec_input
 from bananastand.ops import Switches
 from bananastand.providers.registry import ProviderRegistry
 from bananastand.records import ApiKey, Task
@@ -67,16 +67,24 @@ class Tasks:
             raise ValidationError("body: must be a JSON object")
         model = body.get("model")
         spec = self._settings.models.get(model) if isinstance(model, str) else None
-        if spec is not None and isinstance(body.get("input"), dict):
-            body = {**body, "input": spec_input(spec, body["input"])}
+        raw_input = body.get("input")
+        if spec is not None and isinstance(raw_input, dict):
+            body = {**body, "input": spec_input(spec, raw_input)}
         try:
             request = CreateTaskRequest.model_validate(body)
+            if spec is None:
+                known = ", ".join(sorted(self._settings.models))
+                raise ValidationError(f"model: unknown model {request.model!r}; expected {known}")
+            check_model_rules(request, spec)
         except PydanticValidationError as exc:
-            raise ValidationError(describe_validation_error(exc)) from None
-        if spec is None:
-            known = ", ".join(sorted(self._settings.models))
-            raise ValidationError(f"model: unknown model {request.model!r}; expected {known}")
-        check_model_rules(request, spec)
+            message = describe_validation_error(exc)
+            raise ValidationError(
+                in_clients_words(spec, raw_input, message) if spec else message
+            ) from None
+        except ValidationError as exc:
+            if spec is None:
+                raise
+            raise ValidationError(in_clients_words(spec, raw_input, exc.msg)) from None
         for index, url in enumerate(request.input.image_input):
             self._check_literal_address(f"input.image_input[{index}]", url)
         if request.callback_url is not None:

@@ -49,7 +49,12 @@ from dataclasses import dataclass
 
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 
-from bananastand.contract import SIZES_1K, AspectRatio, OutputFormat, output_size
+from bananastand.contract import (
+    STANDARD_ASPECT_RATIOS,
+    AspectRatio,
+    OutputFormat,
+    output_size,
+)
 from bananastand.errors import (
     ConfigurationError,
     InputError,
@@ -279,7 +284,7 @@ def _nearest_aspect(width: int, height: int) -> AspectRatio:
         num, den = (int(part) for part in ratio.value.split(":"))
         return abs(math.log(num / den) - target)
 
-    return min(SIZES_1K, key=distance)
+    return min(STANDARD_ASPECT_RATIOS, key=distance)
 
 
 _fonts = threading.local()
