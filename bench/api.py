@@ -2,13 +2,15 @@
 
     .venv/bin/python bench/api.py [--duration 10] [--connections 32] [--threads 1]
                                   [--synchronous FULL|NORMAL] [--rounds 1] [--warmup 2]
+                                  [--tasks 1000] [--profile DIR] [--no-pin] [--keep]
 
 What it does, in a fresh temporary data folder:
 
 1. makes a test key with ``bananastand keys create --test``;
-2. starts ``bananastand serve --no-worker`` (access log off, log level WARNING) and the bare
-   app of ``bench/bare_app.py`` (uvicorn with the same settings), each on a free loopback
-   port, and waits until both answer;
+2. starts ``bananastand serve --no-worker`` (access log off, log level WARNING, rate limits
+   too high to refuse, no waiting-task cap) and the bare app of ``bench/bare_app.py``
+   (uvicorn with the same settings), each on a free loopback port, and waits until both
+   answer;
 3. creates ``--tasks`` tasks over HTTP for recordInfo to read;
 4. runs ``wrk --latency`` (scripts in ``bench/wrk``) against the bare GET, recordInfo and
    createTask in turn, each after a short warm-up (``--rounds N`` repeats this and reports
@@ -19,10 +21,12 @@ What it does, in a fresh temporary data folder:
 
 On a machine with two or more CPUs both servers are pinned to one CPU and wrk to another
 (``taskset``), so the load generator is not what limits the numbers; the table shows the
-CPU each side used, and how much of the servers' CPU other processes took. It prints
-requests/s, p50 and p99 per endpoint and the ratio of each to the bare endpoint measured in
-the same run. It never fails on speed; it exits 1 only when requests failed or the
-durability check does not hold.
+CPU each side used, and how much of each CPU other processes took. It prints requests/s,
+p50 and p99 per endpoint and the ratio of each to the bare endpoint measured in the same
+run, and the server's CPU time per answer with the same ratio: on a shared machine req/s
+swings with the neighbours' load while CPU per answer hardly moves. Results and the
+machine are in docs/benchmarks.md. It never fails on speed; it exits 1 only when requests
+failed or the durability check does not hold, 2 when it could not run.
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ import subprocess
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-import limits.aio.storage.memory
+import limits.storage.memory
 import pytest
 
 from accounts_helpers import ADMIN_TOKEN, admin_ok, call, new_account
@@ -30,7 +30,7 @@ class FakeClock:
 def test_the_moving_window_follows_the_clock(monkeypatch: pytest.MonkeyPatch) -> None:
     clock = FakeClock()
     # The clock the library's memory storage reads, and ours: the same fake.
-    monkeypatch.setattr(limits.aio.storage.memory, "time", clock)
+    monkeypatch.setattr(limits.storage.memory, "time", clock)
 
     async def scenario() -> None:
         limiter = RateLimiter(clock=clock.time)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -134,6 +135,11 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         runtime = await open_runtime(settings, run_worker=run_worker, resolver=resolver)
         app.state.services = runtime.services
+        # What start-up made lives as long as the process: keep it out of the collector's
+        # full passes, which otherwise walk ~200k objects and stall every request (55-94 ms
+        # measured, the whole p99 of createTask under load).
+        gc.collect()
+        gc.freeze()
         worker_task = None
         if runtime.worker is not None:
             worker_task = asyncio.create_task(runtime.worker.run(), name="worker")
