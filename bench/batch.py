@@ -26,7 +26,6 @@ import json
 import os
 import resource
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -35,20 +34,10 @@ from pathlib import Path
 
 import httpx
 
+from _serve import HOST, bananastand, free_port, start_serve, test_key
 from bananastand.client import AsyncClient
 
-HOST = "127.0.0.1"
 INPUT = {"prompt": "a banana in sunglasses"}
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        return int(sock.getsockname()[1])
-
-
-def bananastand() -> list[str]:
-    return [str(Path(sys.executable).parent / "bananastand")]
 
 
 def count_tasks(base: str, key: str) -> tuple[int, int]:
@@ -103,32 +92,14 @@ def main() -> int:
         "BANANASTAND_MAX_WAITING_TASKS": "0",
     }
 
-    def new_key() -> str:
-        made = subprocess.run(
-            [*bananastand(), "keys", "create", "--test"],
-            env=env,
-            capture_output=True,
-            text=True,
-            check=True,
-        )
-        return made.stdout.strip().splitlines()[-1]
-
-    server_key, batch_key = new_key(), new_key()
-    log = (data_dir / "serve.log").open("wb")
-    server = subprocess.Popen([*bananastand(), "serve"], env=env, stdout=log, stderr=log)
+    server_key, batch_key = test_key(env), test_key(env)
+    try:
+        server = start_serve(env, data_dir / "serve.log", port)
+    except RuntimeError as exc:
+        print(exc, file=sys.stderr)
+        return 1
     base = f"http://{HOST}:{port}"
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if httpx.get(f"{base}/healthz", timeout=1).json()["code"] == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline or server.poll() is not None:
-                print("server did not start", file=sys.stderr)
-                return 1
-            time.sleep(0.1)
         asyncio.run(server_rate(base, server_key, 50, 8))  # warm-up: render cache, connections
         baseline = asyncio.run(server_rate(base, server_key, args.jobs, args.concurrency))
 
@@ -164,7 +135,6 @@ def main() -> int:
     finally:
         server.terminate()
         server.wait(timeout=60)
-        log.close()
         shutil.rmtree(data_dir, ignore_errors=True)
 
 

@@ -24,9 +24,7 @@ import asyncio
 import json
 import os
 import shutil
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -36,19 +34,9 @@ from pathlib import Path
 
 import httpx
 
-HOST = "127.0.0.1"
+from _serve import HOST, free_port, start_serve, test_key
+
 BODY = {"model": "nano-banana-pro", "input": {"prompt": "a banana in sunglasses"}}
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        return int(sock.getsockname()[1])
-
-
-def bananastand() -> list[str]:
-    found = shutil.which("bananastand", path=str(Path(sys.executable).parent))
-    return [found] if found else [sys.executable, "-m", "bananastand.cli"]
 
 
 @dataclass
@@ -161,34 +149,22 @@ def main() -> int:
         "BANANASTAND_ACCESS_LOG": "false",
         "BANANASTAND_LOG_LEVEL": "WARNING",
         "BANANASTAND_LOG_FORMAT": "json",
+        # One key offers hundreds of tasks a second: no per-key rate limit, no waiting cap.
+        "BANANASTAND_CREATE_RATE": "unlimited",
+        "BANANASTAND_READ_RATE": "unlimited",
+        "BANANASTAND_MAX_WAITING_TASKS": "0",
     }
-    made = subprocess.run(
-        [*bananastand(), "keys", "create", "--test"],
-        env=env,
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    key = made.stdout.strip().splitlines()[-1]
-    log = (data_dir / "serve.log").open("wb")
-    server = subprocess.Popen([*bananastand(), "serve"], env=env, stdout=log, stderr=log)
+    key = test_key(env)
+    try:
+        server = start_serve(env, data_dir / "serve.log", port)
+    except RuntimeError as exc:
+        print(exc, file=sys.stderr)
+        return 1
     receiver = Receiver()
     receiver.start()
     base = f"http://{HOST}:{port}"
     callback = f"http://{HOST}:{receiver.port}/hook"
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if httpx.get(f"{base}/healthz", timeout=1).json()["code"] == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline or server.poll() is not None:
-                print("server did not start", file=sys.stderr)
-                return 1
-            time.sleep(0.1)
-
         warm, _ = asyncio.run(offer(base, key, callback, 50, args.warmup))
         wait_for(receiver, set(warm))
         print(f"bananastand serve (defaults, SQLite synchronous=FULL), {per_rate} tasks per rate")
@@ -223,7 +199,6 @@ def main() -> int:
     finally:
         server.terminate()
         server.wait(timeout=60)
-        log.close()
         shutil.rmtree(data_dir, ignore_errors=True)
 
 

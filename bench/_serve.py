@@ -1,0 +1,56 @@
+"""Starting ``bananastand serve`` as a user runs it, for the benchmarks that need one."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+HOST = "127.0.0.1"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind((HOST, 0))
+        return int(sock.getsockname()[1])
+
+
+def bananastand() -> list[str]:
+    """The ``bananastand`` command of the running interpreter's environment."""
+    found = shutil.which("bananastand", path=str(Path(sys.executable).parent))
+    return [found] if found else [sys.executable, "-m", "bananastand.cli"]
+
+
+def test_key(env: dict[str, str]) -> str:
+    """A new test key in ``env``'s data folder (the last line ``keys create`` prints)."""
+    made = subprocess.run(
+        [*bananastand(), "keys", "create", "--test"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return made.stdout.strip().splitlines()[-1]
+
+
+def start_serve(env: dict[str, str], log_path: Path, port: int) -> subprocess.Popen[bytes]:
+    """``bananastand serve`` in a child process, once ``/healthz`` answers; raises
+    RuntimeError (with the child stopped) when it does not within 30 s."""
+    with log_path.open("wb") as log:
+        server = subprocess.Popen([*bananastand(), "serve"], env=env, stdout=log, stderr=log)
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            if httpx.get(f"http://{HOST}:{port}/healthz", timeout=1).json()["code"] == 200:
+                return server
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() > deadline or server.poll() is not None:
+            server.kill()
+            raise RuntimeError(f"server did not start; see {log_path}")
+        time.sleep(0.1)
