@@ -21,7 +21,9 @@ request_id: ContextVar[str | None] = ContextVar("request_id", default=None)
 task_id: ContextVar[str | None] = ContextVar("task_id", default=None)
 
 _CONTEXT = (("request_id", request_id), ("task_id", task_id))
-_STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
+# Record attributes that are not fields of the line; uvicorn's ``color_message`` repeats
+# ``msg`` with terminal colour codes.
+_STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "color_message"}
 
 
 @contextmanager
