@@ -415,11 +415,19 @@ class Core:
         timeout: float = DEFAULT_WAIT_TIMEOUT_S,
         on_update: UpdateHook | None = None,
         raise_on_fail: bool = True,
+        just_created: bool = False,
     ) -> Flow[Task]:
         """Poll until the task ends (the only waiter for now: an SSE waiter would be a flow
-        of the same shape reading a stream instead). ``TimeoutError`` after ``timeout``."""
+        of the same shape reading a stream instead). ``TimeoutError`` after ``timeout``.
+
+        ``just_created``: the task was accepted a moment ago, so a poll now would only find
+        it waiting; the first poll comes after the schedule's first delay instead.
+        """
         deadline = time.monotonic() + timeout
         polls = 0
+        if just_created:
+            yield Sleep(self.poll.next_delay(0, {}))
+            polls = 1
         while True:
             reply = yield from self._get(task_id)
             task = _task(reply.data)
@@ -470,7 +478,9 @@ class Core:
             callback_url=callback_url,
             idempotency_key=idempotency_key or str(uuid.uuid4()),
         )
-        task = yield from self.wait(task_id, timeout=timeout, on_update=on_update)
+        task = yield from self.wait(
+            task_id, timeout=timeout, on_update=on_update, just_created=True
+        )
         return (yield from self.finish(task))
 
 

@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from bananastand.client._core import create_body, is_url
 from bananastand.client.client import AsyncClient
@@ -52,6 +52,7 @@ class Batch:
     state: dict[int, dict[str, Any]]
     resubmit_unknown: bool
     timeout: float
+    _manifest: TextIO | None = field(default=None, init=False, repr=False)
 
     @classmethod
     def open(cls, source: Path, out: Path, *, resubmit_unknown: bool, timeout: float) -> Batch:
@@ -93,11 +94,18 @@ class Batch:
         return f"batch-{self.identity}-{line}"
 
     def _log(self, line: int, **fields: Any) -> None:
-        """Append one event; flushed before anything that depends on it happens."""
+        """Append one event; flushed before anything that depends on it happens (the file
+        is line-buffered, so each event reaches the OS whole, and survives a killed run)."""
         entry = {"batch": self.identity, "line": line, "time": int(time.time() * 1000), **fields}
         self.state.setdefault(line, {}).update(entry)
-        with (self.out / MANIFEST).open("a") as file:
-            file.write(json.dumps(entry, ensure_ascii=False) + "\n")
+        if self._manifest is None:
+            self._manifest = (self.out / MANIFEST).open("a", buffering=1)
+        self._manifest.write(json.dumps(entry, ensure_ascii=False) + "\n")
+
+    def close(self) -> None:
+        if self._manifest is not None:
+            self._manifest.close()
+            self._manifest = None
 
     async def run(
         self, client: AsyncClient, concurrency: int, on_done: Callable[[], None]
@@ -109,7 +117,10 @@ class Batch:
             for line in pending:
                 await self._job(client, line, report, on_done)
 
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        try:
+            await asyncio.gather(*(worker() for _ in range(concurrency)))
+        finally:
+            self.close()
         return report
 
     async def _job(
@@ -161,7 +172,12 @@ class Batch:
                 self._log(line, status="unknown", error=str(exc))
                 return "unknown", f"createTask answer lost: {exc}"
             self._log(line, status="submitted", taskId=task_id)
-        task = await client.wait(task_id, timeout=self.timeout, raise_on_fail=False)
+            fresh = True
+        else:
+            fresh = False  # resumed: it may have ended long ago
+        task = await client.wait(
+            task_id, timeout=self.timeout, raise_on_fail=False, just_created=fresh
+        )
         if task.state == "fail":
             self._log(
                 line,

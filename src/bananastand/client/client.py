@@ -140,10 +140,15 @@ class Client(_Base):
         timeout: float = DEFAULT_WAIT_TIMEOUT_S,
         on_update: UpdateHook | None = None,
         raise_on_fail: bool = True,
+        just_created: bool = False,
     ) -> Task:
         return self._run(
             self._core.wait(
-                task_id, timeout=timeout, on_update=on_update, raise_on_fail=raise_on_fail
+                task_id,
+                timeout=timeout,
+                on_update=on_update,
+                raise_on_fail=raise_on_fail,
+                just_created=just_created,
             )
         )
 
@@ -246,10 +251,15 @@ class AsyncClient(_Base):
         timeout: float = DEFAULT_WAIT_TIMEOUT_S,  # noqa: ASYNC109 (the wait's overall deadline)
         on_update: UpdateHook | None = None,
         raise_on_fail: bool = True,
+        just_created: bool = False,
     ) -> Task:
         return await self._run(
             self._core.wait(
-                task_id, timeout=timeout, on_update=on_update, raise_on_fail=raise_on_fail
+                task_id,
+                timeout=timeout,
+                on_update=on_update,
+                raise_on_fail=raise_on_fail,
+                just_created=just_created,
             )
         )
 
