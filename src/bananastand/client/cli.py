@@ -15,13 +15,14 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
+import httpx
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from bananastand.client._core import DEFAULT_BASE_URL, DEFAULT_WAIT_TIMEOUT_S
 from bananastand.client.batch import Batch, BatchReport
-from bananastand.client.client import AsyncClient, Client
+from bananastand.client.client import DEFAULT_HTTP_TIMEOUT, AsyncClient, Client
 from bananastand.client.errors import BananastandError
 from bananastand.client.models import Task
 
@@ -143,7 +144,14 @@ def batch(
     """Run every line of a JSONL file as a task; resumable (see manifest.jsonl in -o)."""
 
     async def run() -> BatchReport:
-        async with AsyncClient(base_url, api_key) as client:
+        # A small pool: httpcore checks every pooled connection on every request, which
+        # at 64 jobs in flight cost more CPU than the jobs' own work (measured: 5.7 ms per
+        # job with httpx's default pool, 3.7 ms with 8 connections, and faster overall).
+        pool = httpx.AsyncClient(
+            timeout=DEFAULT_HTTP_TIMEOUT,
+            limits=httpx.Limits(max_connections=8, max_keepalive_connections=8),
+        )
+        async with AsyncClient(base_url, api_key, http=pool) as client:  # closes the pool
             job = Batch.open(prompts, out, resubmit_unknown=resubmit_unknown, timeout=timeout)
             with Progress(
                 TextColumn("{task.description}"),
