@@ -20,6 +20,7 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 from PIL import Image
 
+from bananastand.addresses import is_public_address
 from bananastand.errors import ConfigurationError, InputError
 from bananastand.fetch import (
     POST_RESPONSE_MAX_BYTES,
@@ -30,7 +31,6 @@ from bananastand.fetch import (
     SafeFetcher,
     TooLargeError,
     UnsupportedMediaError,
-    is_public_address,
     sniff_image_type,
 )
 

@@ -17,10 +17,10 @@ import orjson
 from pydantic import ValidationError as PydanticValidationError
 
 from bananastand.accounts import Accounts
+from bananastand.addresses import AllowList, is_public_address, literal_host
 from bananastand.billing import Billing, month_start_ms
 from bananastand.contract import CreateTaskRequest, TaskState, describe_validation_error
 from bananastand.errors import NotFoundError, ValidationError
-from bananastand.fetch import AllowList, is_public_address, literal_host
 from bananastand.ids import new_task_id, now_ms
 from bananastand.models import check_model_rules, in_clients_words, spec_input
 from bananastand.ops import Switches
