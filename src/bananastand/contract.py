@@ -123,11 +123,9 @@ CODE_SERVER_ERROR = 500
 CODE_NOT_FOUND = 404
 CODE_VALIDATION = 422
 
-# failCode strings of a failed task.
+# failCode strings the store writes itself (providers carry theirs on errors.TaskFailure).
 FAIL_INPUT = "400"
-FAIL_SAFETY = "403"
 FAIL_INTERNAL = "500"
-FAIL_TIMEOUT = "504"
 CANCELED_MSG = "canceled"
 
 

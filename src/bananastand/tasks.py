@@ -19,7 +19,12 @@ from pydantic import ValidationError as PydanticValidationError
 from bananastand.accounts import Accounts
 from bananastand.addresses import AllowList, is_public_address, literal_host
 from bananastand.billing import Billing, month_start_ms
-from bananastand.contract import CreateTaskRequest, TaskState, describe_validation_error
+from bananastand.contract import (
+    CANCELED_MSG,
+    CreateTaskRequest,
+    TaskState,
+    describe_validation_error,
+)
 from bananastand.errors import NotFoundError, ValidationError
 from bananastand.ids import new_task_id, now_ms
 from bananastand.models import check_model_rules, in_clients_words, spec_input
@@ -188,7 +193,7 @@ class Tasks:
         )
         if task is None:
             raise NotFoundError(f"task {task_id} not found")
-        if task.fail_msg != "canceled" or task.state is not TaskState.FAIL:
+        if task.fail_msg != CANCELED_MSG or task.state is not TaskState.FAIL:
             raise ValidationError(
                 f"taskId: the task is {task.state.value} and can no longer be canceled"
             )

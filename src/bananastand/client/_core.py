@@ -21,7 +21,7 @@ from collections.abc import Callable, Generator, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any, TypeAlias, TypedDict, TypeVar
+from typing import Any, TypeAlias, TypedDict, TypeVar, Unpack
 
 import httpx
 import pydantic
@@ -459,25 +459,12 @@ class Core:
         prompt: str,
         images: Sequence[ImageSource] = (),
         *,
-        aspect_ratio: str | None = None,
-        resolution: str | None = None,
-        output_format: str | None = None,
-        model: str | None = None,
-        callback_url: str | None = None,
-        idempotency_key: str | None = None,
         timeout: float = DEFAULT_WAIT_TIMEOUT_S,
         on_update: UpdateHook | None = None,
+        **options: Unpack[SubmitOptions],
     ) -> Flow[Result]:
-        task_id = yield from self.submit(
-            prompt,
-            images,
-            aspect_ratio=aspect_ratio,
-            resolution=resolution,
-            output_format=output_format,
-            model=model,
-            callback_url=callback_url,
-            idempotency_key=idempotency_key or str(uuid.uuid4()),
-        )
+        options["idempotency_key"] = options.get("idempotency_key") or str(uuid.uuid4())
+        task_id = yield from self.submit(prompt, images, **options)
         task = yield from self.wait(
             task_id, timeout=timeout, on_update=on_update, just_created=True
         )
