@@ -17,8 +17,8 @@ from bananastand import __version__
 from bananastand.accounts import Accounts
 from bananastand.api import account, admin, files, health, jobs, uploads, webhooks
 from bananastand.api.deps import Services
-from bananastand.api.envelope import RequestContextMiddleware, install_error_handlers
-from bananastand.api.limits import RateLimitHeadersMiddleware
+from bananastand.api.envelope import install_error_handlers
+from bananastand.api.middleware import RequestContextMiddleware
 from bananastand.billing import Billing
 from bananastand.fetch import FetchPolicy, Resolver, SafeFetcher
 from bananastand.files import Files
@@ -167,6 +167,8 @@ def create_app(
         lifespan=lifespan,
         # A trailing slash answers a 404 envelope, not a bare 307 that raise_for_status trips on.
         redirect_slashes=False,
+        # Matched before anything else, without the cost of an included router.
+        routes=list(jobs.polled.routes),
     )
     install_error_handlers(app)
     if settings.cors_origins:
@@ -176,9 +178,8 @@ def create_app(
             allow_methods=["GET", "POST"],
             allow_headers=["Authorization", "Content-Type", "Idempotency-Key"],
         )
+    # Outermost: even a 500 answer carries the request id and the caller's quota.
     app.add_middleware(RequestContextMiddleware)
-    # Outermost, so that even a 500 answer carries the caller's quota.
-    app.add_middleware(RateLimitHeadersMiddleware)
     app.include_router(jobs.router)
     app.include_router(account.router)
     app.include_router(admin.router)

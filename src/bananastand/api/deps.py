@@ -46,7 +46,7 @@ def services_of(request: Request) -> Services:
     return services
 
 
-#: Where the quota of the request's key waits for ``RateLimitHeadersMiddleware``.
+#: Where the quota of the request's key waits for ``RequestContextMiddleware``.
 QUOTA_STATE = "bananastand_quota"
 
 

@@ -1,14 +1,12 @@
-"""The envelope every JSON answer comes in, and the one place errors become envelopes.
+"""The envelope every JSON answer comes in, and the handlers that turn errors into one.
 
 The HTTP status is 200 for every envelope (real clients call ``raise_for_status()``);
-``code`` carries the outcome. A 500 never leaks internals: it names the request id, and
-the details go to the log under that id.
+``code`` carries the outcome. (Unexpected exceptions become a 500 envelope in
+``api/middleware.py``, which names the request id and logs the details under it.)
 """
 
 from __future__ import annotations
 
-import logging
-import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -16,17 +14,11 @@ import orjson
 from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from bananastand import logs
-from bananastand.contract import CODE_NOT_FOUND, CODE_OK, CODE_SERVER_ERROR, CODE_VALIDATION
+from bananastand.contract import CODE_NOT_FOUND, CODE_OK, CODE_VALIDATION
 from bananastand.errors import ApiError
-from bananastand.ids import new_request_id
-
-log = logging.getLogger(__name__)
 
 _JSON = "application/json"
-_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 
 
 def envelope(
@@ -75,49 +67,3 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(ApiError, _api_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
-
-
-class RequestContextMiddleware:
-    """Gives each request an id (``X-Request-ID``, ours or the caller's if sane), puts it
-    on every log line, and turns any unexpected exception into a 500 envelope."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        given = _header(scope, b"x-request-id")
-        request_id = given if given and _REQUEST_ID.fullmatch(given) else new_request_id()
-        token = logs.request_id.set(request_id)
-        started = False
-
-        async def send_with_id(message: Message) -> None:
-            nonlocal started
-            if message["type"] == "http.response.start":
-                started = True
-                message["headers"] = [
-                    *message.get("headers", []),
-                    (b"x-request-id", request_id.encode()),
-                ]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_with_id)
-        except Exception:
-            log.exception("unhandled error", extra={"path": scope.get("path")})
-            if started:
-                raise
-            msg = f"internal server error (request id {request_id})"
-            response = envelope(code=CODE_SERVER_ERROR, msg=msg)
-            await response(scope, receive, send_with_id)
-        finally:
-            logs.request_id.reset(token)
-
-
-def _header(scope: Scope, name: bytes) -> str | None:
-    for key, value in scope["headers"]:
-        if key == name:
-            return str(value.decode("latin-1"))
-    return None
