@@ -22,14 +22,26 @@ import asyncio
 import logging
 import queue
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from sqlalchemy import Connection, Engine, Select, create_engine, event, text
+from sqlalchemy import (
+    ClauseElement,
+    Connection,
+    Engine,
+    Select,
+    Table,
+    create_engine,
+    event,
+    insert,
+    text,
+)
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.pool import NullPool
+from sqlalchemy.sql.compiler import SQLCompiler
 
 log = logging.getLogger(__name__)
 
@@ -240,32 +252,63 @@ def _settle_all(outcomes: list[tuple[_Job, bool, Any]]) -> None:
             job.future.set_exception(value)
 
 
-class PreparedQuery:
-    """A Core SELECT compiled once per dialect and run straight on the driver's cursor.
+class _Prepared:
+    """A Core statement compiled once per dialect and run straight on the driver's cursor.
 
-    For the few queries on the hottest paths (recordInfo polls): SQLAlchemy's work per
-    execution (cache key, parameter and result processing) costs several times the query
-    itself on SQLite. The statement is still written in Core, so it stays portable; only
-    columns without result processing (strings, integers) may be selected.
+    For the few statements on the hottest paths (recordInfo polls, createTask's INSERT):
+    SQLAlchemy's work per execution (cache key, parameter and result processing) costs
+    several times the statement itself on SQLite. The statement is still written in Core,
+    so it stays portable; only columns without type processing (strings, integers) fit.
+    On the writer's connection it runs inside the transaction the writer opened.
     """
 
-    def __init__(self, statement: Select[Any]) -> None:
+    def __init__(self, statement: ClauseElement, column_keys: Sequence[str] | None = None) -> None:
         self._statement = statement
-        self._columns = [str(column.key) for column in statement.selected_columns]
+        self._column_keys = list(column_keys) if column_keys is not None else None
         self._compiled: dict[str, tuple[str, tuple[str, ...] | None]] = {}
 
-    def first(self, connection: Connection, **params: Any) -> dict[str, Any] | None:
+    def _execute(self, connection: Connection, params: Mapping[str, Any]) -> Any:
         dialect = connection.dialect
         entry = self._compiled.get(dialect.name)
         if entry is None:
-            compiled = self._statement.compile(dialect=dialect)
+            compiled = self._statement.compile(dialect=dialect, column_keys=self._column_keys)
+            assert isinstance(compiled, SQLCompiler)
             order = tuple(compiled.positiontup or ()) if dialect.positional else None
             entry = self._compiled[dialect.name] = (str(compiled), order)
         sql, order = entry
+        values = tuple(params[name] for name in order) if order else params
         cursor = connection.connection.cursor()
         try:
-            cursor.execute(sql, tuple(params[name] for name in order) if order else params)
+            cursor.execute(sql, values)
+        except dialect.loaded_dbapi.Error as exc:
+            cursor.close()
+            # The same exception classes as through ``Connection.execute`` (IntegrityError...).
+            raise DBAPIError.instance(sql, values, exc, dialect.loaded_dbapi.Error) from exc
+        return cursor
+
+
+class PreparedQuery(_Prepared):
+    """A SELECT of one row (see ``_Prepared``)."""
+
+    def __init__(self, statement: Select[Any]) -> None:
+        super().__init__(statement)
+        self._columns = [str(column.key) for column in statement.selected_columns]
+
+    def first(self, connection: Connection, **params: Any) -> dict[str, Any] | None:
+        cursor = self._execute(connection, params)
+        try:
             row = cursor.fetchone()
         finally:
             cursor.close()
         return dict(zip(self._columns, row, strict=True)) if row is not None else None
+
+
+class PreparedInsert(_Prepared):
+    """An INSERT of one row that sets exactly ``columns`` (see ``_Prepared``); the table's
+    server defaults fill the rest."""
+
+    def __init__(self, table: Table, columns: Sequence[str]) -> None:
+        super().__init__(insert(table), column_keys=columns)
+
+    def run(self, connection: Connection, values: Mapping[str, Any]) -> None:
+        self._execute(connection, values).close()

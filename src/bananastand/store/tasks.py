@@ -17,7 +17,7 @@ from bananastand.contract import CANCELED_MSG, FAIL_INPUT, FAIL_INTERNAL, TaskSt
 from bananastand.errors import RateLimitedError
 from bananastand.records import Claim, Task
 from bananastand.store import callbacks, ledger
-from bananastand.store.database import PreparedQuery
+from bananastand.store.database import PreparedInsert, PreparedQuery
 from bananastand.store.schema import idempotency_keys, tasks
 
 _ACTIVE = (TaskState.QUEUING.value, TaskState.GENERATING.value)
@@ -97,8 +97,23 @@ class IdempotencyConflict(Exception):
     """The Idempotency-Key was used, within its lifetime, for a different request."""
 
 
-# Built once: building a statement costs more than running it.
-_INSERT_TASK = insert(tasks)
+_INSERT_TASK = PreparedInsert(
+    tasks,
+    (
+        "id",
+        "account_id",
+        "key_id",
+        "provider",
+        "model",
+        "state",
+        "param",
+        "input",
+        "callback_url",
+        "credits_consumed",
+        "created_at",
+        "updated_at",
+    ),
+)
 
 
 def create_task(
@@ -172,8 +187,8 @@ def create_task(
             monthly_cap=admission.monthly_cap,
             month_start_ms=admission.month_start_ms,
         )
-    connection.execute(
-        _INSERT_TASK,
+    _INSERT_TASK.run(
+        connection,
         {
             "id": new.id,
             "account_id": new.account_id,
