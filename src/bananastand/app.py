@@ -20,6 +20,7 @@ from bananastand.api.deps import Services
 from bananastand.api.envelope import install_error_handlers
 from bananastand.api.middleware import RequestContextMiddleware
 from bananastand.billing import Billing
+from bananastand.events import TaskWatch
 from bananastand.fetch import FetchPolicy, Resolver, SafeFetcher
 from bananastand.files import Files
 from bananastand.ops import Switches
@@ -75,6 +76,8 @@ async def open_runtime(
         ),
         resolver=resolver,
     )
+    # Follows the tasks of open event streams; the worker and cancel nudge it.
+    watch = TaskWatch(db, poll_seconds=settings.events_poll_ms / 1000)
     sender = None
     worker = None
     if run_worker:
@@ -85,7 +88,14 @@ async def open_runtime(
         )
         sender = WebhookSender(db, settings, SafeFetcher(webhook_policy, resolver=resolver))
         worker = Worker(
-            db, settings, providers, storage, fetcher, links=links, on_task_ended=sender.wake
+            db,
+            settings,
+            providers,
+            storage,
+            fetcher,
+            links=links,
+            on_task_ended=sender.wake,
+            on_task_changed=watch.nudge,
         )
     accounts = Accounts(
         db,
@@ -101,6 +111,7 @@ async def open_runtime(
         accounts=accounts,
         billing=billing,
         switches=switches,
+        watch=watch,
         on_created=worker.wake if worker else lambda: None,
     )
     services = Services(
@@ -120,12 +131,26 @@ async def open_runtime(
 
 
 async def close_runtime(runtime: Runtime) -> None:
+    await runtime.services.tasks.watch.aclose()
     await runtime.fetcher.aclose()
     if runtime.sender is not None:
         await runtime.sender.aclose()
     await runtime.services.providers.aclose()
     await runtime.services.storage.aclose()
     await runtime.services.db.close()
+
+
+def end_streams(app: FastAPI) -> None:
+    """End the app's open event streams, as the server begins to shut down.
+
+    uvicorn waits for open connections to finish before it runs the lifespan's shutdown,
+    so streams must end first, or SIGTERM would wait for them (``bananastand serve`` calls
+    this from its server's shutdown; other ASGI servers wait up to their graceful timeout
+    or the streams' ``events_max_stream_seconds``).
+    """
+    services: Services | None = getattr(app.state, "services", None)
+    if services is not None:
+        services.tasks.watch.close()
 
 
 def create_app(

@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import re
 import signal
+import socket
 import sys
 from collections.abc import Awaitable, Callable, Iterator
 from datetime import UTC, datetime, timedelta
@@ -18,13 +19,14 @@ from typing import Annotated, TypeVar
 import orjson
 import typer
 import uvicorn
+from fastapi import FastAPI
 from rich.console import Console
 
 from bananastand import logs
 from bananastand.accounts import Accounts, NewKey
 from bananastand.api.admin import account_details
 from bananastand.api.deps import Services
-from bananastand.app import close_runtime, create_app, open_runtime
+from bananastand.app import close_runtime, create_app, end_streams, open_runtime
 from bananastand.client.cli import register as register_client_commands
 from bananastand.errors import ApiError
 from bananastand.ids import now_ms
@@ -133,18 +135,32 @@ def serve(
 
     first_key = _with_accounts(settings, first_start)
     _banner(settings, first_key, describe_live(settings))
+    api = create_app(settings, run_worker=worker)
     config = uvicorn.Config(
-        create_app(settings, run_worker=worker),
+        api,
         host=settings.host,
         port=settings.port,
         log_config=None,
         access_log=settings.access_log,
         timeout_graceful_shutdown=int(settings.shutdown_grace_seconds) + 5,
     )
-    _DrainingServer(config).run()
+    _DrainingServer(config, api).run()
 
 
-class _DrainingServer(uvicorn.Server):
+class AppServer(uvicorn.Server):
+    """uvicorn serving our app, ending its event streams as shutdown begins (uvicorn
+    waits for open connections before the app's own shutdown runs)."""
+
+    def __init__(self, config: uvicorn.Config, app: FastAPI) -> None:
+        super().__init__(config)
+        self._app = app
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        end_streams(self._app)
+        await super().shutdown(sockets)
+
+
+class _DrainingServer(AppServer):
     """Exits with status 0 after a graceful SIGTERM/SIGINT drain.
 
     uvicorn re-raises the caught signal once it has shut down, so the process would look

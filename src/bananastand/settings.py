@@ -188,6 +188,13 @@ class Settings(BaseSettings):
     redis_url: str = ""  # empty: rate limits counted in each process's memory
     switch_poll_seconds: float = 1.0  # how stale maintenance/model switches may be
 
+    # Event streams (recordInfo with ``Accept: text/event-stream``).
+    # How often the tasks that open streams follow are reread while any stream is open:
+    # what tells a stream of changes made by another process (``bananastand worker``).
+    events_poll_ms: int = Field(default=500, gt=0)
+    events_heartbeat_seconds: float = Field(default=15.0, gt=0)  # a comment line when quiet
+    events_max_stream_seconds: float = Field(default=600.0, gt=0)  # then the client reconnects
+
     # Callbacks (webhooks): delivery, retries, fairness, secret rotation.
     webhook_timeout_seconds: float = 15.0
     # Delay before each attempt (the first is usually 0: at once); Standard Webhooks'.

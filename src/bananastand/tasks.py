@@ -5,10 +5,11 @@ Running a task is the worker's part (``worker.py``); both meet only in the task 
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import hashlib
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncGenerator, Callable, Mapping
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -26,6 +27,7 @@ from bananastand.contract import (
     describe_validation_error,
 )
 from bananastand.errors import NotFoundError, ValidationError
+from bananastand.events import TaskWatch, Version
 from bananastand.ids import new_task_id, now_ms
 from bananastand.models import check_model_rules, in_clients_words, spec_input
 from bananastand.ops import Switches
@@ -55,6 +57,7 @@ class Tasks:
         accounts: Accounts,
         billing: Billing,
         switches: Switches,
+        watch: TaskWatch,
         on_created: Callable[[], None] = lambda: None,
     ) -> None:
         self._db = db
@@ -66,6 +69,8 @@ class Tasks:
         self._switches = switches
         # Lets a worker in this process start at once instead of at its next poll.
         self._on_created = on_created
+        #: Where event streams learn that their task changed.
+        self.watch = watch
 
     def validate(self, body: Any) -> CreateTaskRequest:
         if not isinstance(body, dict):
@@ -193,11 +198,48 @@ class Tasks:
         )
         if task is None:
             raise NotFoundError(f"task {task_id} not found")
+        self.watch.nudge((task_id,))
         if task.fail_msg != CANCELED_MSG or task.state is not TaskState.FAIL:
             raise ValidationError(
                 f"taskId: the task is {task.state.value} and can no longer be canceled"
             )
         return task
+
+    async def follow(self, key: ApiKey, task: Task) -> AsyncGenerator[Task | None, None]:
+        """An event stream's records: ``task`` (just read by the caller, who has answered
+        404 already if there was none), then the task again each time it changes, until it
+        ends (``success``/``fail``), the stream has lasted ``events_max_stream_seconds``
+        or the server stops. ``None`` after ``events_heartbeat_seconds`` without news, so
+        the caller can keep the connection alive.
+        """
+        yield task
+        if task.state.is_final:
+            return
+        loop = asyncio.get_running_loop()
+        ends_at = loop.time() + self._settings.events_max_stream_seconds
+        heartbeat = self._settings.events_heartbeat_seconds
+        with self.watch.follow(task.id, version_of(task)) as follower:
+            while True:
+                left = ends_at - loop.time()
+                if left <= 0:
+                    return
+                changed = await follower.changed(min(heartbeat, left))
+                if follower.closed:
+                    return
+                if not changed:
+                    if heartbeat < left:
+                        yield None
+                    continue
+                try:
+                    current = await self.get(key, task.id)
+                except NotFoundError:
+                    return
+                if version_of(current) == follower.version:
+                    continue
+                follower.version = version_of(current)
+                yield current
+                if current.state.is_final:
+                    return
 
     async def list(
         self, key: ApiKey, *, state: TaskState | None, limit: int, cursor: str | None
@@ -217,6 +259,10 @@ class Tasks:
         more = len(found) > limit
         page = found[:limit]
         return Page(tasks=page, next_cursor=encode_cursor(page[-1].seq) if more else None)
+
+
+def version_of(task: Task) -> Version:
+    return (task.state.value, task.updated_at)
 
 
 def request_fingerprint(body: Mapping[str, Any], raw_body: bytes) -> str:

@@ -16,7 +16,7 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from functools import partial
 
 import orjson
@@ -55,10 +55,13 @@ class Worker:
         *,
         links: LinkSigner,
         on_task_ended: Callable[[], None] = lambda: None,
+        on_task_changed: Callable[[Iterable[str]], None] = lambda _ids: None,
     ) -> None:
         self._db = db
         # Tells a callback sender in this process that a task with a callBackUrl ended.
         self._on_task_ended = on_task_ended
+        # Tells event streams in this process that these tasks changed state (committed).
+        self._on_task_changed = on_task_changed
         self._settings = settings
         self._providers = providers
         self._storage = storage
@@ -128,6 +131,8 @@ class Worker:
                 lease_ms=self._lease_ms,
             )
         )
+        if claims:
+            self._on_task_changed([claim.task.id for claim in claims])
         for claim in claims:
             runner = asyncio.create_task(self._run(claim), name=f"task-{claim.task.id}")
             self._running[claim.task.id] = (runner, claim)
@@ -157,6 +162,8 @@ class Worker:
                     now_ms=now_ms(),
                 )
             )
+            if released:
+                self._on_task_changed((claim.task.id,))
             with bind_task(claim.task.id):
                 log.info("handed back unfinished task" if released else "task lease was gone")
 
@@ -210,6 +217,8 @@ class Worker:
         for task_id in rescued.failed:
             with bind_task(task_id):
                 log.error("task failed: its worker stopped too many times")
+        if rescued.requeued or rescued.failed:
+            self._on_task_changed([*rescued.requeued, *rescued.failed])
         if rescued.requeued:
             self._wakeup.set()
         if rescued.failed:
@@ -259,6 +268,7 @@ class Worker:
             )
             if not marked:
                 raise LeaseLost(task.id)
+            self._on_task_changed((task.id,))
             started = now_ms()
             image = await provider.generate(
                 GenerationRequest(
@@ -299,6 +309,8 @@ class Worker:
                 usage=usage,
             )
         )
+        if written:
+            self._on_task_changed((claim.task.id,))
         if written and claim.task.callback_url:
             self._on_task_ended()
         if not written:

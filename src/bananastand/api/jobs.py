@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import aclosing
 from typing import Any
 
 import orjson
 from fastapi import APIRouter, Request, Response
+from fastapi.responses import StreamingResponse
 
 from bananastand.api.deps import (
     CurrentKey,
+    Services,
     ServicesDep,
     get_creating_key,
     get_current_key,
@@ -26,6 +30,7 @@ from bananastand.contract import (
     TaskState,
 )
 from bananastand.errors import ValidationError
+from bananastand.records import ApiKey, Task
 
 router = APIRouter(prefix="/api/v1/jobs", tags=["jobs"])
 #: The two routes every client calls in a loop; the app serves them first, unwrapped.
@@ -99,14 +104,55 @@ async def create_task(request: Request) -> Response:
     return envelope({"taskId": task_id})
 
 
+EVENT_STREAM = "text/event-stream"
+
+_RECORD_INFO_DESCRIPTION = """\
+The task's record.
+
+**Event stream.** With `Accept: text/event-stream` the answer is instead a stream of
+server-sent events (the hosted API ignores `Accept` and answers JSON: a client asking
+for a stream that gets JSON has its first poll). Each event is
+
+    event: task
+    id: <updateTime>
+    data: <the record, the same JSON object as `data` of the JSON answer>
+
+followed by a blank line: the first at once with the task as it is, then one each time
+it changes. The stream ends after the event of a final state (`success`, `fail`); it
+also ends after `BANANASTAND_EVENTS_MAX_STREAM_SECONDS` (reconnect and the first event
+is the task as it is then) and when the server stops. A comment line `: keep-alive`
+comes after `BANANASTAND_EVENTS_HEARTBEAT_SECONDS` without news. A missing key, a
+missing taskId or an unknown task answer the usual JSON envelope (401, 422, 404).
+"""
+
+
 @polled.get(
     "/recordInfo",
     summary="Get Task Details",
+    description=_RECORD_INFO_DESCRIPTION,
     operation_id="recordInfo",
     response_model=RecordInfoAnswer,
+    responses={
+        200: {
+            "content": {
+                EVENT_STREAM: {
+                    "schema": {"type": "string"},
+                    "example": 'event: task\nid: 1765178625768\ndata: {"taskId":"task_...",'
+                    '"state":"generating",...}\n\n',
+                }
+            }
+        }
+    },
     openapi_extra={
         "parameters": [
-            {"name": "taskId", "in": "query", "required": True, "schema": {"type": "string"}}
+            {"name": "taskId", "in": "query", "required": True, "schema": {"type": "string"}},
+            {
+                "name": "Accept",
+                "in": "header",
+                "required": False,
+                "schema": {"type": "string"},
+                "description": f"`{EVENT_STREAM}`: answer with an event stream (see above).",
+            },
         ]
     },
 )
@@ -115,8 +161,39 @@ async def record_info(request: Request) -> Response:
     task_id = request.query_params.get("taskId")
     if not task_id:
         raise ValidationError("taskId: required")
-    task = await services_of(request).tasks.get(key, task_id)
+    services = services_of(request)
+    task = await services.tasks.get(key, task_id)
+    accept = request.headers.get("accept")
+    if accept is not None and EVENT_STREAM in accept:
+        return task_events(services, key, task)
     return envelope(task.to_record())
+
+
+def task_events(services: Services, key: ApiKey, task: Task) -> Response:
+    """recordInfo as server-sent events; errors were answered as envelopes before this."""
+
+    async def events() -> AsyncIterator[bytes]:
+        async with aclosing(services.tasks.follow(key, task)) as records:
+            async for record in records:
+                yield _KEEP_ALIVE if record is None else _event(record)
+
+    return StreamingResponse(
+        events(),
+        media_type=EVENT_STREAM,
+        # No caching, and no buffering by proxies that honour it (nginx).
+        headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
+    )
+
+
+_KEEP_ALIVE = b": keep-alive\n\n"
+
+
+def _event(task: Task) -> bytes:
+    # orjson writes no newlines, so the record is one ``data:`` line.
+    return b"event: task\nid: %d\ndata: %s\n\n" % (
+        task.updated_at,
+        orjson.dumps(task.to_record()),
+    )
 
 
 @router.post(

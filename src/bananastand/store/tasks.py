@@ -37,6 +37,25 @@ def get_task(connection: Connection, task_id: str, account_id: str | None = None
     return Task.from_row(row) if row else None
 
 
+#: ``id IN (...)`` lists at most this long: well below every database's bound-parameter cap.
+VERSION_CHUNK = 500
+_VERSIONS = select(tasks.c.id, tasks.c.state, tasks.c.updated_at).where(
+    tasks.c.id.in_(bindparam("ids", expanding=True))
+)
+
+
+def task_versions(connection: Connection, task_ids: Sequence[str]) -> dict[str, tuple[str, int]]:
+    """``(state, updated_at)`` of each task that exists: what event streams compare to
+    learn that a task changed. Narrow on purpose: the rest of the row is read only for
+    the tasks that did."""
+    found: dict[str, tuple[str, int]] = {}
+    for start in range(0, len(task_ids), VERSION_CHUNK):
+        chunk = list(task_ids[start : start + VERSION_CHUNK])
+        for task_id, state, updated_at in connection.execute(_VERSIONS, {"ids": chunk}):
+            found[task_id] = (state, updated_at)
+    return found
+
+
 def list_tasks(
     connection: Connection,
     account_id: str,
