@@ -27,6 +27,7 @@ import uvicorn
 
 from bananastand.accounts import Accounts
 from bananastand.app import create_app
+from bananastand.cli import AppServer
 from bananastand.settings import Settings
 from bananastand.store import migrate
 from bananastand.store.database import Database
@@ -127,14 +128,9 @@ def running_server(
         poll_interval_seconds=0.2,
         **overrides,
     )
-    config = uvicorn.Config(
-        create_app(settings, run_worker=run_worker, resolver=resolver),
-        host="127.0.0.1",
-        port=port,
-        log_config=None,
-        access_log=False,
-    )
-    server = uvicorn.Server(config)
+    app = create_app(settings, run_worker=run_worker, resolver=resolver)
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, access_log=False)
+    server = AppServer(config, app)  # as ``serve`` runs it: open event streams end at exit
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 20
@@ -198,7 +194,8 @@ def spawn(tmp_path: Path) -> Iterator[Callable[..., ServerProcess]]:
     children: list[ServerProcess] = []
 
     def start(*args: str, env: dict[str, str] | None = None, wait: bool = True) -> ServerProcess:
-        port = free_port()
+        # A given BANANASTAND_PORT restarts a server where its clients expect it.
+        port = int((env or {}).get("BANANASTAND_PORT") or free_port())
         full_env = {
             **os.environ,
             "BANANASTAND_DATA_DIR": str(tmp_path / "data"),
