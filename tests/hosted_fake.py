@@ -2,7 +2,9 @@
 
 What it does differently from bananastand, on purpose: envelopes carry ``msg`` only (no
 ``message``), taskIds look like ``task_nano-banana-pro_1765178625768``, there is no
-Idempotency-Key support and no RateLimit headers, and states go waiting -> success.
+Idempotency-Key support and no RateLimit headers, no event streams (recordInfo answers
+JSON whatever ``Accept`` asks for; ``accepts`` records what each recordInfo asked), and
+states go waiting -> success.
 ``drop_creates`` closes the connection of that many createTask calls *after* making the
 task, as a lost answer would.
 """
@@ -34,6 +36,8 @@ class HostedFake:
     create_calls: int = 0
     drop_creates: int = 0
     polls: dict[str, int] = field(default_factory=dict)
+    #: (taskId, Accept header or None) of each recordInfo call, in order.
+    accepts: list[tuple[str, str | None]] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
     base_url: str = ""
 
@@ -112,6 +116,8 @@ def serve(fake: HostedFake) -> ThreadingHTTPServer:
                 return
             elif parts.path == "/api/v1/jobs/recordInfo":
                 task_id = parse_qs(parts.query).get("taskId", [""])[0]
+                with fake.lock:
+                    fake.accepts.append((task_id, self.headers.get("Accept")))
                 record = fake.record(task_id)
                 if record is None:
                     self._answer(404, "recordInfo is null")

@@ -95,3 +95,21 @@ def test_batch_marks_a_lost_answer_unknown_and_does_not_resend_it(
     assert resent.returncode == 0, resent.stderr
     assert hosted.create_calls == 4
     assert sorted(p.name for p in out.glob("*.png")) == ["00001.png", "00002.png", "00003.png"]
+
+
+def test_wait_asks_for_a_stream_and_polls_on_after_a_json_answer(hosted: HostedFake) -> None:
+    """The hosted API ignores ``Accept``: the JSON answer to the stream request is the
+    first poll, and the wait polls on (plainly) until the task ends."""
+    with Client(hosted.base_url, hosted.key, retry=QUICK) as client:
+        first = client.submit("one")
+        seen: list[str] = []
+        done = client.wait(first, on_update=lambda task: seen.append(task.state))
+        second = client.submit("two")
+        again = client.wait(second, just_created=True)
+    assert (done.state, again.state) == ("success", "success")
+    assert seen == ["waiting", "success"]
+    for task_id in (first, second):
+        asked = [accept for polled, accept in hosted.accepts if polled == task_id]
+        assert len(asked) == 2  # the fake answers waiting, then success
+        assert asked[0] == "text/event-stream"
+        assert "text/event-stream" not in (asked[1] or "")

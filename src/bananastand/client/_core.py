@@ -1,23 +1,27 @@
 """Everything the sync and async clients share: the calls themselves, written once.
 
 Each operation (``get``, ``wait``, ``generate``, ...) is a *flow*: a generator that yields
-the I/O it needs - ``Send(request)`` or ``Sleep(seconds)`` - and is sent back the
-``httpx.Response`` (or has a ``TransportError`` thrown in). Request building, envelope
-parsing, error mapping, the retry policy and poll pacing all live in the flows, so
-``Client`` and ``AsyncClient`` (``client.py``) are only two small driver loops that
-perform those two actions - the "sans-I/O" pattern of
-h11/httpcore, not two copies of the logic.
+the I/O it needs - ``Send(request)`` or ``Sleep(seconds)``, and for event streams
+``Open(request)``, ``Read(response)``, ``ReadChunk(response)``, ``Close(response)`` - and
+is sent back the ``httpx.Response`` or bytes (or has a ``TransportError`` thrown in).
+Request building, envelope parsing, server-sent event parsing, error mapping, the retry
+policy and poll pacing all live in the flows, so ``Client`` and ``AsyncClient``
+(``client.py``) are only two small driver loops that perform those actions - the
+"sans-I/O" pattern of h11/httpcore, not two copies of the logic.
 """
 
 from __future__ import annotations
 
 import enum
 import hashlib
+import json
 import os
 import random
+import threading
 import time
 import uuid
-from collections.abc import Callable, Generator, Mapping, Sequence
+from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -48,6 +52,18 @@ DEFAULT_MODEL = "nano-banana-pro"
 DEFAULT_WAIT_TIMEOUT_S = 15 * 60
 DEFAULT_UPLOAD_PATH = "bananastand-client"
 USER_AGENT = f"bananastand-client/{__version__}"
+EVENT_STREAM = "text/event-stream"
+RECORD_INFO = "/api/v1/jobs/recordInfo"
+#: Waits that may hold an event stream at once; the others poll. Each stream holds one
+#: connection of the HTTP pool for as long as it lasts (httpx's default pool: 100).
+DEFAULT_MAX_STREAMS = 32
+#: Longest silence on an open stream before it counts as lost: bananastand sends a
+#: keep-alive every 15 s.
+STREAM_READ_TIMEOUT_S = 60.0
+#: A stream whose read timeout outlasts the wait's deadline by more than this is opened
+#: again with a shorter one, so a wait ends at its ``timeout``, not up to a read timeout
+#: later (a blocking read cannot be cut short from outside).
+DEADLINE_SLACK_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -60,7 +76,38 @@ class Sleep:
     seconds: float
 
 
-Action: TypeAlias = Send | Sleep
+@dataclass(frozen=True)
+class Open:
+    """Send ``request`` and return the response as soon as its headers are in, its body
+    unread; ``read_timeout`` replaces the HTTP client's read timeout for this response."""
+
+    request: httpx.Request
+    read_timeout: float
+
+
+@dataclass(frozen=True)
+class Read:
+    """Read the rest of an opened response's body (and free its connection)."""
+
+    response: httpx.Response
+
+
+@dataclass(frozen=True)
+class ReadChunk:
+    """The next piece of an opened response's body, as it arrives; ``b""`` at its end."""
+
+    response: httpx.Response
+
+
+@dataclass(frozen=True)
+class Close:
+    """Close an opened response, read or not. (Drivers also close any response a flow
+    leaves open, whatever way it ends.)"""
+
+    response: httpx.Response
+
+
+Action: TypeAlias = Send | Sleep | Open | Read | ReadChunk | Close
 #: A flow yields actions, is sent responses (or ``None`` after a sleep), returns ``T``.
 Flow: TypeAlias = Generator[Action, Any, T]
 ImageSource: TypeAlias = str | os.PathLike[str] | bytes
@@ -136,6 +183,93 @@ def _number(value: str | None) -> float | None:
         return float(value) if value is not None else None
     except ValueError:
         return None
+
+
+def opening(action: Open, timeout: httpx.Timeout) -> httpx.Request:
+    """``action``'s request with the client's ``timeout`` but the action's read timeout."""
+    request = action.request
+    request.extensions = {
+        **request.extensions,
+        "timeout": {**timeout.as_dict(), "read": action.read_timeout},
+    }
+    return request
+
+
+@dataclass(frozen=True)
+class ServerSentEvent:
+    event: str
+    data: str
+    id: str | None
+
+
+class EventDecoder:
+    """Server-sent events from the bytes of a stream, as they arrive (the WHATWG rules a
+    client needs: fields, multi-line data, comments, the three line endings).
+
+    Not httpx-sse: it reads the response itself (``iter_sse``/``aiter_sse``), one version
+    for sync and one for async, while the flows here must stay free of I/O; and its
+    line decoder is private API. The format is small enough to parse here.
+    """
+
+    #: Largest event (or line) accepted: a record is a few KB, its ``param`` at most 256 KB.
+    MAX_BYTES = 8 * 1024 * 1024
+
+    def __init__(self) -> None:
+        self._pending = b""
+        self._after_cr = False
+        self._event = ""
+        self._data: list[str] = []
+        self._size = 0
+        self._last_id: str | None = None
+
+    def feed(self, chunk: bytes) -> list[ServerSentEvent]:
+        """The events that ``chunk`` completes."""
+        if self._after_cr and chunk.startswith(b"\n"):
+            chunk = chunk[1:]  # the LF of a CRLF split between two chunks
+        lines = (self._pending + chunk).splitlines(keepends=True)
+        self._pending = b""
+        if lines and not lines[-1].endswith((b"\n", b"\r")):
+            self._pending = lines.pop()  # unterminated: waits for the rest
+        self._after_cr = bool(lines) and lines[-1].endswith(b"\r")
+        if len(self._pending) > self.MAX_BYTES:
+            raise TransportError("event stream: a line longer than the client accepts")
+        events = []
+        for raw in lines:
+            event = self._line(raw.rstrip(b"\r\n").decode("utf-8", errors="replace"))
+            if event is not None:
+                events.append(event)
+        return events
+
+    def _line(self, line: str) -> ServerSentEvent | None:
+        if not line:
+            return self._dispatch()
+        if line.startswith(":"):
+            return None  # a comment: keep-alive
+        name, colon, value = line.partition(":")
+        if colon and value.startswith(" "):
+            value = value[1:]
+        if name == "data":
+            self._data.append(value)
+            self._size += len(value)
+            if self._size > self.MAX_BYTES:
+                raise TransportError("event stream: an event larger than the client accepts")
+        elif name == "event":
+            self._event = value
+        elif name == "id" and "\0" not in value:
+            self._last_id = value
+        return None  # "retry" and unknown fields: nothing this client uses
+
+    def _dispatch(self) -> ServerSentEvent | None:
+        data, event = self._data, self._event
+        self._data, self._event, self._size = [], "", 0
+        if not data:
+            return None
+        return ServerSentEvent(event=event or "message", data="\n".join(data), id=self._last_id)
+
+
+def is_event_stream(response: httpx.Response) -> bool:
+    content_type = str(response.headers.get("content-type", ""))
+    return content_type.split(";")[0].strip().lower() == EVENT_STREAM
 
 
 def parse_envelope(response: httpx.Response) -> Any:
@@ -257,6 +391,13 @@ class Core:
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     poll: PollSchedule = field(default_factory=PollSchedule)
     on_retry: RetryHook | None = None
+    #: Waits holding an event stream at once (each holds a pooled connection); more poll.
+    max_streams: int = DEFAULT_MAX_STREAMS
+    #: How the server answered the last request for a stream: True with a stream, False
+    #: with JSON (it offers none), None before the first.
+    streams_offered: bool | None = field(default=None, init=False)
+    _streams: int = field(default=0, init=False, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
 
     @classmethod
     def configure(
@@ -266,6 +407,7 @@ class Core:
         retry: RetryPolicy | None,
         poll: PollSchedule | None,
         on_retry: RetryHook | None,
+        max_streams: int | None = None,
     ) -> Core:
         """Arguments win over ``BANANASTAND_BASE_URL`` / ``BANANASTAND_API_KEY``."""
         return cls(
@@ -276,7 +418,23 @@ class Core:
             retry=retry or RetryPolicy(),
             poll=poll or PollSchedule(),
             on_retry=on_retry,
+            max_streams=DEFAULT_MAX_STREAMS if max_streams is None else max_streams,
         )
+
+    @contextmanager
+    def _stream_slot(self) -> Iterator[bool]:
+        """Whether this wait may hold a stream (fewer than ``max_streams`` do), for the
+        time of the ``with`` block. Locked: a sync ``Client`` may wait in many threads."""
+        with self._lock:
+            free = self._streams < self.max_streams
+            if free:
+                self._streams += 1
+        try:
+            yield free
+        finally:
+            if free:
+                with self._lock:
+                    self._streams -= 1
 
     # -- requests ---------------------------------------------------------------------------
 
@@ -331,7 +489,7 @@ class Core:
         return _task(reply.data)
 
     def _get(self, task_id: str) -> Flow[Reply]:
-        request = self.request("GET", "/api/v1/jobs/recordInfo", params={"taskId": task_id})
+        request = self.request("GET", RECORD_INFO, params={"taskId": task_id})
         return (yield from self.call(request, Replay.ANY_TRANSIENT))
 
     def cancel(self, task_id: str) -> Flow[Task]:
@@ -417,31 +575,147 @@ class Core:
         raise_on_fail: bool = True,
         just_created: bool = False,
     ) -> Flow[Task]:
-        """Poll until the task ends (the only waiter for now: an SSE waiter would be a flow
-        of the same shape reading a stream instead). ``TimeoutError`` after ``timeout``.
+        """Wait until the task ends; ``TimeoutError`` after ``timeout`` seconds.
 
-        ``just_created``: the task was accepted a moment ago, so a poll now would only find
-        it waiting; the first poll comes after the schedule's first delay instead.
+        The first recordInfo asks for an event stream (``Accept: text/event-stream``).
+        Where the server sends one, the wait reads the task's events until a final one
+        (``on_update`` for each change), opening the stream again if it drops or ends
+        early. A server that answers JSON (the hosted API ignores ``Accept``) has answered
+        the first poll, and the wait polls on: quickly at first, backing off, never faster
+        than its ``RateLimit-*`` headers allow (``on_update`` for each poll).
+
+        Every wait asks for a stream: to a server without them the question costs nothing,
+        its JSON answer being the first poll, and a server that starts offering them (an
+        upgrade, another instance behind the same name) is used at once. What the Core
+        remembers, ``streams_offered``, only decides ``just_created``: a stream is opened
+        at once (its first event comes the moment anything changes), but where the last
+        answer was JSON the first poll waits for the schedule's first delay, since right
+        after createTask a poll could only find the task waiting.
+
+        At most ``max_streams`` waits hold a stream at once (each holds a pooled
+        connection); the others poll, so waits cannot starve the pool.
         """
         deadline = time.monotonic() + timeout
         polls = 0
-        if just_created:
-            yield Sleep(self.poll.next_delay(0, {}))
-            polls = 1
+        reply: Reply | None = None
+        with self._stream_slot() as may_stream:
+            if just_created and not (may_stream and self.streams_offered is not False):
+                yield Sleep(self.poll.next_delay(0, {}))
+                polls = 1
+            if may_stream:
+                followed = yield from self._follow(task_id, deadline, timeout, on_update)
+                if isinstance(followed, Task):
+                    return _ended(followed, raise_on_fail)
+                reply = followed
         while True:
-            reply = yield from self._get(task_id)
+            if reply is None:
+                reply = yield from self._get(task_id)
             task = _task(reply.data)
             if on_update is not None:
                 on_update(task)
             if task.is_final:
-                if raise_on_fail and task.state is TaskState.FAIL:
-                    raise GenerationFailedError(task)
-                return task
+                return _ended(task, raise_on_fail)
             left = deadline - time.monotonic()
             if left <= 0:
                 raise TimeoutError(f"task {task_id} still {task.state} after {timeout}s", task)
             yield Sleep(min(left, self.poll.next_delay(polls, reply.headers)))
             polls += 1
+            reply = None
+
+    def _follow(
+        self, task_id: str, deadline: float, timeout: float, on_update: UpdateHook | None
+    ) -> Flow[Task | Reply]:
+        """Read the task's event stream to its final event, and return that task; or,
+        when the server answers JSON instead (it offers no streams), return that answer:
+        the first poll.
+
+        A stream that brought events and then ended or dropped is opened again: at once
+        if it lasted, else at the poll schedule's pace (a server or proxy that cuts streams
+        short is then polled, not hammered). Failing to get a stream at all (network
+        errors, 429, 455, 500) is retried under the retry policy, whose count starts over
+        whenever an event brings news. The first event of each stream is the task as it
+        is; ``on_update`` hears only of changes.
+        """
+        last: Task | None = None
+        failures = 0
+        failing_since = 0.0
+        short_streams = 0
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                state = f"still {last.state}" if last is not None else "not seen"
+                raise TimeoutError(f"task {task_id} {state} after {timeout}s", last)
+            read_timeout = min(STREAM_READ_TIMEOUT_S, left)
+            request = self.request(
+                "GET", RECORD_INFO, params={"taskId": task_id}, headers={"Accept": EVENT_STREAM}
+            )
+            response: httpx.Response | None = None
+            headers: Mapping[str, str] = {}
+            opened_at = time.monotonic()
+            events = 0
+            reopen_now = False
+            try:
+                response = yield Open(request, read_timeout)
+                headers = response.headers
+                if not is_event_stream(response):
+                    reply = read_envelope((yield Read(response)))
+                    self.streams_offered = False
+                    return reply
+                self.streams_offered = True
+                decoder = EventDecoder()
+                while True:
+                    chunk = yield ReadChunk(response)
+                    if not chunk:
+                        break  # the server ended it early (its longest stream, a restart)
+                    for event in decoder.feed(chunk):
+                        if event.event != "task":
+                            continue
+                        task = _event_task(event)
+                        events += 1
+                        if last is None or (task.state, task.updateTime) != (
+                            last.state,
+                            last.updateTime,
+                        ):
+                            failures = 0
+                            if on_update is not None:
+                                on_update(task)
+                        last = task
+                        if task.is_final:
+                            yield from _drain(response)
+                            return task
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        break
+                    if read_timeout - left > DEADLINE_SLACK_S:
+                        reopen_now = True  # with a read timeout that ends by the deadline
+                        break
+                yield Close(response)
+                response = None
+                if not events:
+                    raise TransportError(f"{request.url}: the event stream ended without events")
+            except (ApiError, TransportError) as error:
+                if response is not None:
+                    yield Close(response)
+                if not events:
+                    if not Replay.ANY_TRANSIENT.allows(error):
+                        raise
+                    failures += 1
+                    if failures == 1:
+                        failing_since = time.monotonic()
+                    delay = self.retry.delay(failures, error, time.monotonic() - failing_since)
+                    if delay is None:
+                        raise
+                    if self.on_retry is not None:
+                        self.on_retry(request, error, delay)
+                    yield Sleep(max(0.0, min(delay, deadline - time.monotonic())))
+                    continue
+            # A stream that brought events has ended or dropped: open the next one.
+            if reopen_now or time.monotonic() - opened_at >= self.poll.max_s:
+                short_streams = 0
+                continue
+            pause = self.poll.next_delay(short_streams, headers)
+            short_streams += 1
+            yield Sleep(max(0.0, min(pause, deadline - time.monotonic())))
 
     def download(self, url: str) -> Flow[Image]:
         """A result link: a plain GET, without the API key (the link is the credential)."""
@@ -469,6 +743,32 @@ class Core:
             task_id, timeout=timeout, on_update=on_update, just_created=True
         )
         return (yield from self.finish(task))
+
+
+def _drain(response: httpx.Response) -> Flow[None]:
+    """Read a stream to its end, then close it. bananastand ends a stream right after its
+    final event; reading that end hands the connection back to the pool for the next
+    request, where closing the stream first would have thrown the connection away."""
+    try:
+        while (yield ReadChunk(response)):
+            pass
+    except TransportError:
+        pass  # the task is final: nothing more was needed from this stream
+    yield Close(response)
+
+
+def _ended(task: Task, raise_on_fail: bool) -> Task:
+    if raise_on_fail and task.state is TaskState.FAIL:
+        raise GenerationFailedError(task)
+    return task
+
+
+def _event_task(event: ServerSentEvent) -> Task:
+    try:
+        data = json.loads(event.data)
+    except ValueError:
+        raise TransportError(f"an event that is not JSON: {event.data[:100]!r}") from None
+    return _task(data)
 
 
 def _task(data: Any) -> Task:

@@ -1,16 +1,17 @@
 """``Client`` and ``AsyncClient``: the two I/O drivers of the flows in ``_core``.
 
 Each public method is one line handing a flow to ``_run``; the only code that differs
-between the two is ``_run`` itself (``time.sleep`` vs ``asyncio.sleep``, ``send`` vs
-``await send``).
+between the two is ``_run`` and ``_perform`` (``time.sleep`` vs ``asyncio.sleep``, ``send``
+vs ``await send``, ``iter_bytes`` vs ``aiter_bytes``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from types import TracebackType
 from typing import Any, Self, Unpack
 
@@ -19,17 +20,24 @@ import httpx
 from bananastand.client._core import (
     DEFAULT_UPLOAD_PATH,
     DEFAULT_WAIT_TIMEOUT_S,
+    Action,
+    Close,
     Core,
     Flow,
     GenerateOptions,
     ImageSource,
+    Open,
     PollSchedule,
+    Read,
+    ReadChunk,
     RetryHook,
     RetryPolicy,
     Send,
+    Sleep,
     SubmitOptions,
     T,
     UpdateHook,
+    opening,
 )
 from bananastand.client.errors import TransportError
 from bananastand.client.models import Image, Result, Task, UploadedFile
@@ -38,8 +46,14 @@ from bananastand.client.models import Image, Result, Task, UploadedFile
 DEFAULT_HTTP_TIMEOUT = httpx.Timeout(60.0, connect=10.0)
 
 
-def _lost(request: httpx.Request, exc: httpx.HTTPError) -> TransportError:
+def _lost(action: Action, exc: httpx.HTTPError) -> TransportError:
+    request = action.request if isinstance(action, Send | Open) else _response(action).request
     return TransportError(f"{request.method} {request.url}: {type(exc).__name__}: {exc}")
+
+
+def _response(action: Action) -> httpx.Response:
+    assert isinstance(action, Read | ReadChunk | Close)
+    return action.response
 
 
 class _Base:
@@ -51,8 +65,9 @@ class _Base:
         retry: RetryPolicy | None = None,
         poll: PollSchedule | None = None,
         on_retry: RetryHook | None = None,
+        max_streams: int | None = None,
     ) -> None:
-        self._core = Core.configure(base_url, api_key, retry, poll, on_retry)
+        self._core = Core.configure(base_url, api_key, retry, poll, on_retry, max_streams)
 
     @property
     def base_url(self) -> str:
@@ -61,7 +76,11 @@ class _Base:
 
 class Client(_Base):
     """Synchronous client. ``BANANASTAND_BASE_URL`` / ``BANANASTAND_API_KEY`` fill in
-    what is not passed; ``http`` lets the caller bring its own ``httpx.Client``."""
+    what is not passed; ``http`` lets the caller bring its own ``httpx.Client``.
+
+    ``max_streams``: waits that may hold an event stream at once, each holding one
+    connection of ``http``'s pool (keep it below the pool's size); more waits poll.
+    """
 
     def __init__(
         self,
@@ -72,26 +91,59 @@ class Client(_Base):
         poll: PollSchedule | None = None,
         on_retry: RetryHook | None = None,
         http: httpx.Client | None = None,
+        max_streams: int | None = None,
     ) -> None:
-        super().__init__(base_url, api_key, retry=retry, poll=poll, on_retry=on_retry)
+        super().__init__(
+            base_url, api_key, retry=retry, poll=poll, on_retry=on_retry, max_streams=max_streams
+        )
         self._http = http or httpx.Client(timeout=DEFAULT_HTTP_TIMEOUT)
 
     def _run(self, flow: Flow[T]) -> T:
         reply: Any = None
         error: Exception | None = None
-        while True:
-            try:
-                action = flow.send(reply) if error is None else flow.throw(error)
-            except StopIteration as done:
-                return done.value  # type: ignore[no-any-return]
-            reply, error = None, None
-            if isinstance(action, Send):
+        #: The responses the flow opened and has not closed, with their body iterators.
+        streams: dict[httpx.Response, Iterator[bytes]] = {}
+        try:
+            while True:
                 try:
-                    reply = self._http.send(action.request)
+                    action = flow.send(reply) if error is None else flow.throw(error)
+                except StopIteration as done:
+                    return done.value  # type: ignore[no-any-return]
+                reply, error = None, None
+                if isinstance(action, Sleep):
+                    time.sleep(action.seconds)
+                    continue
+                try:
+                    reply = self._perform(action, streams)
                 except httpx.HTTPError as exc:
-                    error = _lost(action.request, exc)
-            else:
-                time.sleep(action.seconds)
+                    error = _lost(action, exc)
+        finally:
+            for response in list(streams):
+                self._close(response, streams)
+
+    def _perform(self, action: Action, streams: dict[httpx.Response, Iterator[bytes]]) -> Any:
+        if isinstance(action, Send):
+            return self._http.send(action.request)
+        if isinstance(action, Open):
+            response = self._http.send(opening(action, self._http.timeout), stream=True)
+            streams[response] = response.iter_bytes()
+            return response
+        if isinstance(action, Read):
+            streams.pop(action.response, None)
+            action.response.read()
+            return action.response
+        if isinstance(action, ReadChunk):
+            return next(streams[action.response], b"")
+        self._close(_response(action), streams)
+        return None
+
+    @staticmethod
+    def _close(response: httpx.Response, streams: dict[httpx.Response, Iterator[bytes]]) -> None:
+        chunks = streams.pop(response, None)
+        with contextlib.suppress(httpx.HTTPError):
+            if chunks is not None:
+                getattr(chunks, "close", lambda: None)()
+            response.close()
 
     def close(self) -> None:
         self._http.close()
@@ -179,26 +231,64 @@ class AsyncClient(_Base):
         poll: PollSchedule | None = None,
         on_retry: RetryHook | None = None,
         http: httpx.AsyncClient | None = None,
+        max_streams: int | None = None,
     ) -> None:
-        super().__init__(base_url, api_key, retry=retry, poll=poll, on_retry=on_retry)
+        super().__init__(
+            base_url, api_key, retry=retry, poll=poll, on_retry=on_retry, max_streams=max_streams
+        )
         self._http = http or httpx.AsyncClient(timeout=DEFAULT_HTTP_TIMEOUT)
 
     async def _run(self, flow: Flow[T]) -> T:
         reply: Any = None
         error: Exception | None = None
-        while True:
-            try:
-                action = flow.send(reply) if error is None else flow.throw(error)
-            except StopIteration as done:
-                return done.value  # type: ignore[no-any-return]
-            reply, error = None, None
-            if isinstance(action, Send):
+        streams: dict[httpx.Response, AsyncIterator[bytes]] = {}
+        try:
+            while True:
                 try:
-                    reply = await self._http.send(action.request)
+                    action = flow.send(reply) if error is None else flow.throw(error)
+                except StopIteration as done:
+                    return done.value  # type: ignore[no-any-return]
+                reply, error = None, None
+                if isinstance(action, Sleep):
+                    await asyncio.sleep(action.seconds)
+                    continue
+                try:
+                    reply = await self._perform(action, streams)
                 except httpx.HTTPError as exc:
-                    error = _lost(action.request, exc)
-            else:
-                await asyncio.sleep(action.seconds)
+                    error = _lost(action, exc)
+        finally:
+            for response in list(streams):
+                await self._close(response, streams)
+
+    async def _perform(
+        self, action: Action, streams: dict[httpx.Response, AsyncIterator[bytes]]
+    ) -> Any:
+        if isinstance(action, Send):
+            return await self._http.send(action.request)
+        if isinstance(action, Open):
+            response = await self._http.send(opening(action, self._http.timeout), stream=True)
+            streams[response] = response.aiter_bytes()
+            return response
+        if isinstance(action, Read):
+            streams.pop(action.response, None)
+            await action.response.aread()
+            return action.response
+        if isinstance(action, ReadChunk):
+            return await anext(streams[action.response], b"")
+        await self._close(_response(action), streams)
+        return None
+
+    @staticmethod
+    async def _close(
+        response: httpx.Response, streams: dict[httpx.Response, AsyncIterator[bytes]]
+    ) -> None:
+        chunks = streams.pop(response, None)
+        with contextlib.suppress(httpx.HTTPError):
+            if chunks is not None:
+                closing = getattr(chunks, "aclose", None)
+                if closing is not None:
+                    await closing()
+            await response.aclose()
 
     async def aclose(self) -> None:
         await self._http.aclose()
