@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -18,7 +17,14 @@ from typing import Annotated, Any, TypeVar
 import httpx
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    SpinnerColumn,
+    TextColumn,
+    TimeElapsedColumn,
+)
 
 from bananastand.client._core import DEFAULT_BASE_URL, DEFAULT_WAIT_TIMEOUT_S
 from bananastand.client.batch import Batch, BatchReport
@@ -78,12 +84,20 @@ def generate(
     api_key: ApiKey = None,
 ) -> None:
     """Make one image: upload the references, create the task, wait, save the files."""
-    started = time.monotonic()
     with _errors(), Client(base_url, api_key) as client:
-        with stderr.status("submitting") as status:
+        # The elapsed time ticks by itself: over an event stream, updates come only when
+        # the state changes.
+        with Progress(
+            SpinnerColumn(),
+            TextColumn("{task.description}"),
+            TimeElapsedColumn(),
+            console=stderr,
+            transient=True,
+        ) as status:
+            line = status.add_task("submitting", total=None)
 
             def show(task: Task) -> None:
-                status.update(f"{task.taskId}  {task.state}  {time.monotonic() - started:.0f}s")
+                status.update(line, description=f"{task.taskId}  {task.state}")
 
             result = client.generate(
                 prompt,
