@@ -63,6 +63,8 @@ class Server:
     base_url: str
     data_dir: Path
     settings: Settings
+    #: The app itself, for tests that look at its state (in-process servers only).
+    app: Any = None
     client: httpx.Client = field(init=False)
 
     def __post_init__(self) -> None:
@@ -138,7 +140,7 @@ def running_server(
         if not thread.is_alive() or time.monotonic() > deadline:
             raise RuntimeError("server did not start")
         time.sleep(0.02)
-    handle = Server(f"http://127.0.0.1:{port}", data_dir, settings)
+    handle = Server(f"http://127.0.0.1:{port}", data_dir, settings, app)
     try:
         yield handle
     finally:

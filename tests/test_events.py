@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -281,3 +282,21 @@ def test_several_streams_of_one_task(server: Server, count: int) -> None:
     assert len(results) == count
     final = server.record(key, task_id)["data"]
     assert all(found[-1] == final for found in results)
+
+
+def test_a_client_that_goes_away_stops_being_followed(
+    start_server: Callable[..., Server],
+) -> None:
+    server = start_server(run_worker=False)
+    key = server.key()
+    task_id = create(server.base_url, key, "watched, then not")
+    watch = server.app.state.services.tasks.watch
+    with stream(server.base_url, key, task_id) as response:
+        kind, _first = next(items(response))
+        assert kind == "event"
+        assert watch.following == 1
+    # The connection is closed: the server notices, and the stream's registration goes.
+    deadline = time.monotonic() + 30
+    while watch.following and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert watch.following == 0

@@ -212,13 +212,14 @@ class Tasks:
         or the server stops. ``None`` after ``events_heartbeat_seconds`` without news, so
         the caller can keep the connection alive.
         """
-        yield task
         if task.state.is_final:
+            yield task
             return
         loop = asyncio.get_running_loop()
         ends_at = loop.time() + self._settings.events_max_stream_seconds
         heartbeat = self._settings.events_heartbeat_seconds
         with self.watch.follow(task.id, version_of(task)) as follower:
+            yield task
             while True:
                 left = ends_at - loop.time()
                 if left <= 0:
