@@ -230,3 +230,23 @@ def test_decoder_ignores_comments_unknown_fields_and_empty_events() -> None:
     # A field without a colon has the empty value: an event with empty data.
     assert decode(b"data\n\n") == [ServerSentEvent(event="message", data="", id=None)]
     assert decode(b"data: unfinished") == []
+
+
+def test_streams_can_have_a_pool_of_their_own(server: Server) -> None:
+    key = server.key()
+    quick, streams = Requests(), Requests()
+
+    async def main() -> str:
+        http = httpx.AsyncClient(event_hooks={"request": [quick.hook]})
+        stream_http = httpx.AsyncClient(
+            event_hooks={"request": [streams.hook]},
+            limits=httpx.Limits(max_connections=4, max_keepalive_connections=0),
+        )
+        async with AsyncClient(server.base_url, key, http=http, stream_http=stream_http) as client:
+            result = await client.generate("pooled apart [sandbox:delay=100]")
+        assert stream_http.is_closed
+        return result.task.taskId
+
+    task_id = asyncio.run(main())
+    assert streams.of(task_id) == [EVENT_STREAM]
+    assert quick.of(task_id) == []

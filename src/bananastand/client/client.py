@@ -80,6 +80,8 @@ class Client(_Base):
 
     ``max_streams``: waits that may hold an event stream at once, each holding one
     connection of ``http``'s pool (keep it below the pool's size); more waits poll.
+    ``stream_http``: another ``httpx.Client`` for the streams alone, so that long-lived
+    streams and quick requests keep to pools of their own (closed with this client).
     """
 
     def __init__(
@@ -92,11 +94,13 @@ class Client(_Base):
         on_retry: RetryHook | None = None,
         http: httpx.Client | None = None,
         max_streams: int | None = None,
+        stream_http: httpx.Client | None = None,
     ) -> None:
         super().__init__(
             base_url, api_key, retry=retry, poll=poll, on_retry=on_retry, max_streams=max_streams
         )
         self._http = http or httpx.Client(timeout=DEFAULT_HTTP_TIMEOUT)
+        self._stream_http = stream_http or self._http
 
     def _run(self, flow: Flow[T]) -> T:
         reply: Any = None
@@ -125,7 +129,8 @@ class Client(_Base):
         if isinstance(action, Send):
             return self._http.send(action.request)
         if isinstance(action, Open):
-            response = self._http.send(opening(action, self._http.timeout), stream=True)
+            http = self._stream_http
+            response = http.send(opening(action, http.timeout), stream=True)
             streams[response] = response.iter_bytes()
             return response
         if isinstance(action, Read):
@@ -147,6 +152,8 @@ class Client(_Base):
 
     def close(self) -> None:
         self._http.close()
+        if self._stream_http is not self._http:
+            self._stream_http.close()
 
     def __enter__(self) -> Self:
         return self
@@ -232,11 +239,13 @@ class AsyncClient(_Base):
         on_retry: RetryHook | None = None,
         http: httpx.AsyncClient | None = None,
         max_streams: int | None = None,
+        stream_http: httpx.AsyncClient | None = None,
     ) -> None:
         super().__init__(
             base_url, api_key, retry=retry, poll=poll, on_retry=on_retry, max_streams=max_streams
         )
         self._http = http or httpx.AsyncClient(timeout=DEFAULT_HTTP_TIMEOUT)
+        self._stream_http = stream_http or self._http
 
     async def _run(self, flow: Flow[T]) -> T:
         reply: Any = None
@@ -266,7 +275,8 @@ class AsyncClient(_Base):
         if isinstance(action, Send):
             return await self._http.send(action.request)
         if isinstance(action, Open):
-            response = await self._http.send(opening(action, self._http.timeout), stream=True)
+            http = self._stream_http
+            response = await http.send(opening(action, http.timeout), stream=True)
             streams[response] = response.aiter_bytes()
             return response
         if isinstance(action, Read):
@@ -292,6 +302,8 @@ class AsyncClient(_Base):
 
     async def aclose(self) -> None:
         await self._http.aclose()
+        if self._stream_http is not self._http:
+            await self._stream_http.aclose()
 
     async def __aenter__(self) -> Self:
         return self
