@@ -170,6 +170,25 @@ def test_a_stream_wait_still_times_out(start_server: Callable[..., Server]) -> N
     assert set(requests.of(task_id)) == {EVENT_STREAM}
 
 
+def test_a_wait_on_a_lively_stream_ends_at_its_timeout(
+    start_server: Callable[..., Server],
+) -> None:
+    """Keep-alives keep the stream's reads short of their timeout; the wait still ends by
+    its own deadline (reopening the stream with a read timeout that fits)."""
+    server = start_server(run_worker=False, events_heartbeat_seconds=0.1)
+    requests = Requests()
+    http = httpx.Client(event_hooks={"request": [requests]})
+    with Client(server.base_url, server.key(), http=http) as client:
+        task_id = client.submit("never runs")
+        with pytest.raises(TimeoutError) as waited:
+            client.wait(task_id, timeout=2.5)
+    assert waited.value.task is not None
+    assert waited.value.task.state == "waiting"
+    asked = requests.of(task_id)
+    assert len(asked) > 1
+    assert set(asked) == {EVENT_STREAM}
+
+
 def test_an_async_stream_wait_still_times_out(start_server: Callable[..., Server]) -> None:
     server = start_server(run_worker=False)
     key = server.key()

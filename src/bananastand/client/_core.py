@@ -633,8 +633,8 @@ class Core:
         if it lasted, else at the poll schedule's pace (a server or proxy that cuts streams
         short is then polled, not hammered). Failing to get a stream at all (network
         errors, 429, 455, 500) is retried under the retry policy, whose count starts over
-        whenever an event brings news. The first event of each stream is the task as it
-        is; ``on_update`` hears only of changes.
+        whenever a stream delivers an event. The first event of each stream is the task as
+        it is; ``on_update`` hears only of changes.
         """
         last: Task | None = None
         failures = 0
@@ -672,13 +672,12 @@ class Core:
                             continue
                         task = _event_task(event)
                         events += 1
-                        if last is None or (task.state, task.updateTime) != (
-                            last.state,
-                            last.updateTime,
+                        failures = 0  # a stream that works: later failures count anew
+                        if on_update is not None and (
+                            last is None
+                            or (task.state, task.updateTime) != (last.state, last.updateTime)
                         ):
-                            failures = 0
-                            if on_update is not None:
-                                on_update(task)
+                            on_update(task)
                         last = task
                         if task.is_final:
                             yield from _drain(response)
