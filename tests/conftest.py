@@ -27,7 +27,7 @@ import uvicorn
 
 from bananastand.accounts import Accounts
 from bananastand.app import create_app
-from bananastand.cli import AppServer
+from bananastand.server import AppServer
 from bananastand.settings import Settings
 from bananastand.store import migrate
 from bananastand.store.database import Database

@@ -56,11 +56,12 @@ def tasks_on(server: Server, key: str) -> list[dict[str, object]]:
 
 
 def test_importing_the_client_needs_nothing_of_the_server() -> None:
+    # ``bananastand.cli`` too: the client commands share its entry point.
     blocked = ["sqlalchemy", "fastapi", "PIL", "uvicorn", "boto3", "google", "alembic", "starlette"]
     code = (
         "import sys\n"
         f"for name in {blocked!r}: sys.modules[name] = None\n"
-        "import bananastand.client, bananastand.client.cli\n"
+        "import bananastand.client, bananastand.client.cli, bananastand.cli\n"
         "from bananastand.client import Client, AsyncClient, verify_callback\n"
         "print('ok')\n"
     )

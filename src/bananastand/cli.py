@@ -2,6 +2,10 @@
 
 Scripts and tests drive these commands, so their names and the shape of their output
 (the key alone on the last line of ``keys create``) are part of the interface.
+
+The server side (FastAPI, SQLAlchemy, google-genai...) is imported inside the commands
+that use it: the client commands (``generate``, ``batch``, ``status``) share this entry
+point, and importing the server for them cost ~1.1 s of start-up and CPU per run.
 """
 
 from __future__ import annotations
@@ -10,30 +14,22 @@ import asyncio
 import contextlib
 import re
 import signal
-import socket
 import sys
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
-from typing import Annotated, TypeVar
+from typing import TYPE_CHECKING, Annotated, TypeVar
 
 import orjson
 import typer
-import uvicorn
-from fastapi import FastAPI
 from rich.console import Console
 
-from bananastand import logs
-from bananastand.accounts import Accounts, NewKey
-from bananastand.api.admin import account_details
-from bananastand.api.deps import Services
-from bananastand.app import close_runtime, create_app, end_streams, open_runtime
 from bananastand.client.cli import register as register_client_commands
-from bananastand.errors import ApiError
 from bananastand.ids import now_ms
-from bananastand.providers.registry import describe_live
-from bananastand.retention import retention_rules
-from bananastand.retention import sweep as sweep_files
-from bananastand.settings import Settings
+
+if TYPE_CHECKING:
+    from bananastand.accounts import Accounts, NewKey
+    from bananastand.api.deps import Services
+    from bananastand.settings import Settings
 
 T = TypeVar("T")
 
@@ -63,6 +59,9 @@ console = Console(highlight=False, soft_wrap=True)
 
 
 def _settings(**overrides: object) -> Settings:
+    from bananastand import logs
+    from bananastand.settings import Settings
+
     given = {name: value for name, value in overrides.items() if value is not None}
     settings = Settings(**given)  # type: ignore[arg-type]
     logs.configure(settings.log_level, settings.log_format)
@@ -75,6 +74,8 @@ def _with_accounts(settings: Settings, action: Callable[[Accounts], Awaitable[T]
 
 def _with_services(settings: Settings, action: Callable[[Services], Awaitable[T]]) -> T:
     """Run one admin action; a refusal is one clear line on stderr and exit status 1."""
+    from bananastand.app import close_runtime, open_runtime
+    from bananastand.errors import ApiError
 
     async def run() -> T:
         runtime = await open_runtime(settings, run_worker=False)
@@ -126,6 +127,12 @@ def serve(
     worker: Annotated[bool, typer.Option(help="Also run tasks in this process.")] = True,
 ) -> None:
     """Serve the API (and, by default, a worker) on the configured database."""
+    import uvicorn
+
+    from bananastand.app import create_app
+    from bananastand.providers.registry import describe_live
+    from bananastand.server import DrainingServer
+
     settings = _settings(host=host, port=port)
 
     async def first_start(accounts: Accounts) -> NewKey | None:
@@ -144,40 +151,14 @@ def serve(
         access_log=settings.access_log,
         timeout_graceful_shutdown=int(settings.shutdown_grace_seconds) + 5,
     )
-    _DrainingServer(config, api).run()
-
-
-class AppServer(uvicorn.Server):
-    """uvicorn serving our app, ending its event streams as shutdown begins (uvicorn
-    waits for open connections before the app's own shutdown runs)."""
-
-    def __init__(self, config: uvicorn.Config, app: FastAPI) -> None:
-        super().__init__(config)
-        self._app = app
-
-    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
-        end_streams(self._app)
-        await super().shutdown(sockets)
-
-
-class _DrainingServer(AppServer):
-    """Exits with status 0 after a graceful SIGTERM/SIGINT drain.
-
-    uvicorn re-raises the caught signal once it has shut down, so the process would look
-    killed to its supervisor although it stopped cleanly (``bananastand worker`` exits 0
-    too). Errors during shutdown still propagate.
-    """
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        with super().capture_signals():
-            yield
-            self._captured_signals.clear()
+    DrainingServer(config, api).run()
 
 
 @app.command("worker")
 def run_worker() -> None:
     """Run tasks only (no HTTP); run as many as you like beside `serve --no-worker`."""
+    from bananastand.app import close_runtime, open_runtime
+
     settings = _settings()
 
     async def main() -> None:
@@ -271,6 +252,10 @@ def revoke_key(key_id: str) -> None:
 @files_app.command("sweep")
 def sweep() -> None:
     """Delete uploads and results past their retention (safe beside running workers)."""
+    from bananastand.app import close_runtime, open_runtime
+    from bananastand.retention import retention_rules
+    from bananastand.retention import sweep as sweep_files
+
     settings = _settings()
 
     async def run() -> int:
@@ -331,6 +316,8 @@ def list_accounts() -> None:
 @accounts_app.command("show")
 def show_account(account_id: str) -> None:
     """The account, its limits, keys and newest ledger rows, as JSON."""
+    from bananastand.api.admin import account_details
+
     details = _with_services(_settings(), lambda services: account_details(services, account_id))
     print(orjson.dumps(details, option=orjson.OPT_INDENT_2).decode())
 
