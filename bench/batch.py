@@ -40,6 +40,15 @@ from bananastand.client import AsyncClient
 INPUT = {"prompt": "a banana in sunglasses"}
 
 
+def process_cpu_seconds(pid: int) -> float | None:
+    """CPU time (user + system) a process has used so far; None where /proc is missing."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def count_tasks(base: str, key: str) -> tuple[int, int]:
     """(tasks, newest completeTime) of the key's account."""
     total, newest, cursor = 0, 0, None
@@ -101,11 +110,14 @@ def main() -> int:
     base = f"http://{HOST}:{port}"
     try:
         asyncio.run(server_rate(base, server_key, 50, 8))  # warm-up: render cache, connections
+        baseline_cpu = process_cpu_seconds(server.pid)
         baseline = asyncio.run(server_rate(base, server_key, args.jobs, args.concurrency))
+        baseline_cpu_after = process_cpu_seconds(server.pid)
 
         prompts = data_dir / "prompts.jsonl"
         prompts.write_text((json.dumps(INPUT) + "\n") * args.jobs)
         before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        server_before = process_cpu_seconds(server.pid)
         started = time.monotonic()
         done = subprocess.run(
             [*bananastand(), "batch", str(prompts), "-o", str(data_dir / "out"),
@@ -117,16 +129,24 @@ def main() -> int:
         )  # fmt: skip
         wall = time.monotonic() - started
         after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        server_after = process_cpu_seconds(server.pid)
         cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
         made, _ = count_tasks(base, batch_key)
         rate = args.jobs / wall
         print(f"bananastand serve (defaults, unlimited rates), {args.jobs} jobs, "
               f"concurrency {args.concurrency}")  # fmt: skip
         print(f"server end-to-end (SDK create loop):  {baseline:8.1f} tasks/s")
+        if baseline_cpu is not None and baseline_cpu_after is not None:
+            per_task = (baseline_cpu_after - baseline_cpu) / args.jobs * 1000
+            print(f"  server CPU: {per_task:.2f} ms per task")
         print(f"bananastand batch (create, poll, download, manifest): {rate:8.1f} jobs/s "
               f"in {wall:.1f} s")  # fmt: skip
         print(f"batch client CPU: {cpu:.2f} s ({cpu / wall * 100:.0f}% of one core, "
               f"{cpu / args.jobs * 1000:.2f} ms per job)")  # fmt: skip
+        if server_before is not None and server_after is not None:
+            used = server_after - server_before
+            print(f"server CPU meanwhile: {used:.2f} s ({used / wall * 100:.0f}% of one core, "
+                  f"{used / args.jobs * 1000:.2f} ms per job)")  # fmt: skip
         print(f"ratio batch / server: {rate / baseline:.2f}")
         if done.returncode != 0 or made != args.jobs:
             print(f"batch failed (exit {done.returncode}, {made} tasks):\n{done.stderr}")

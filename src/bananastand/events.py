@@ -74,6 +74,8 @@ class TaskWatch:
         self._poll_seconds = poll_seconds
         self._followers: dict[str, set[Follower]] = {}
         self._nudged = asyncio.Event()
+        #: Followed tasks a nudge named since the last look; ``None``: look at them all.
+        self._named: set[str] | None = set()
         self._loop: asyncio.Task[None] | None = None
         self._closed = False
 
@@ -85,13 +87,21 @@ class TaskWatch:
     def nudge(self, task_ids: Iterable[str] | None = None) -> None:
         """Tasks changed (a commit in this process): look now rather than at the next poll.
 
-        With ``task_ids``, only when one of them is followed; costs nothing when no stream
-        is open, so the worker calls it after every change it makes.
+        With ``task_ids``, only when one of them is followed, and the look rereads only
+        those: with many streams open, every change of every task would otherwise reread
+        them all. Costs nothing when no stream is open, so the worker calls it after every
+        change it makes.
         """
         if not self._followers:
             return
-        if task_ids is not None and not any(task_id in self._followers for task_id in task_ids):
-            return
+        if task_ids is None:
+            self._named = None
+        else:
+            followed = [task_id for task_id in task_ids if task_id in self._followers]
+            if not followed:
+                return
+            if self._named is not None:
+                self._named.update(followed)
         self._nudged.set()
 
     @contextlib.contextmanager
@@ -139,24 +149,30 @@ class TaskWatch:
                 await loop
 
     async def _run(self) -> None:
+        clock = asyncio.get_running_loop().time
+        next_poll = clock() + self._poll_seconds
         try:
             while self._followers and not self._closed:
                 with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(self._poll_seconds):
+                    async with asyncio.timeout_at(next_poll):
                         await self._nudged.wait()
-                # Cleared before reading: a nudge during the read means one more read.
+                if clock() >= next_poll:
+                    # The poll, however busy the nudges: changes from other processes.
+                    self._named = None
+                    next_poll = clock() + self._poll_seconds
+                # Taken before reading: a nudge during the read means one more read.
                 self._nudged.clear()
+                named, self._named = self._named, set()
                 if self._closed or not self._followers:
                     break
                 try:
-                    await self._look()
+                    await self._look(list(self._followers) if named is None else list(named))
                 except Exception:
                     log.exception("rereading the followed tasks failed; trying again")
         finally:
             self._loop = None
 
-    async def _look(self) -> None:
-        task_ids = list(self._followers)
+    async def _look(self, task_ids: list[str]) -> None:
         # A thread, not ``Database.lookup``: with many streams open this is a long IN list.
         versions = await self._db.read(partial(queries.task_versions, task_ids=task_ids))
         for task_id in task_ids:

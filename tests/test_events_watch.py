@@ -1,0 +1,97 @@
+"""``TaskWatch`` on a real database: what it rereads, and when."""
+
+from __future__ import annotations
+
+import asyncio
+from functools import partial
+from pathlib import Path
+
+from sqlalchemy import Connection, update
+
+from bananastand.events import TaskWatch
+from bananastand.ids import new_task_id
+from bananastand.store import migrate
+from bananastand.store import tasks as queries
+from bananastand.store.database import Database
+from bananastand.store.schema import tasks
+
+T0 = 1_700_000_000_000
+
+
+def _new_task() -> queries.NewTask:
+    return queries.NewTask(
+        id=new_task_id(),
+        account_id="acct_watch",
+        key_id="key_watch",
+        provider="sandbox",
+        model="nano-banana-pro",
+        param="{}",
+        input="{}",
+        callback_url=None,
+    )
+
+
+def _touch(connection: Connection, task_id: str, at: int) -> None:
+    connection.execute(update(tasks).where(tasks.c.id == task_id).values(updated_at=at))
+
+
+def test_changes_no_nudge_names_still_arrive_while_nudges_keep_coming(tmp_path: Path) -> None:
+    """Another process's change reaches its stream at the next poll even while this
+    process's worker nudges about other tasks all the time (each nudge rereads only the
+    tasks it names, so the poll must not wait for a quiet moment)."""
+
+    async def scenario() -> bool:
+        db = Database(f"sqlite:///{tmp_path / 'watch.db'}")
+        await asyncio.to_thread(migrate.upgrade, db)
+        quiet, busy = _new_task(), _new_task()
+        for new in (quiet, busy):
+            await db.write(partial(queries.create_task, new=new, now_ms=T0, idempotency=None))
+        watch = TaskWatch(db, poll_seconds=0.2)
+        stop = asyncio.Event()
+
+        async def nudge_busy() -> None:
+            at = T0
+            while not stop.is_set():
+                at += 1
+                await db.write(partial(_touch, task_id=busy.id, at=at))
+                watch.nudge((busy.id,))
+                await asyncio.sleep(0.01)
+
+        try:
+            with (
+                watch.follow(quiet.id, ("waiting", T0)) as follower,
+                watch.follow(busy.id, ("waiting", T0)),
+            ):
+                nudger = asyncio.create_task(nudge_busy())
+                await asyncio.sleep(0.5)  # several polls' worth of nudges, none about quiet
+                await db.write(partial(_touch, task_id=quiet.id, at=T0 + 1))  # "elsewhere"
+                woke = await follower.changed(10)
+                stop.set()
+                await nudger
+            return woke
+        finally:
+            await watch.aclose()
+            await db.close()
+
+    assert asyncio.run(scenario())
+
+
+def test_a_nudge_about_unfollowed_tasks_wakes_nobody(tmp_path: Path) -> None:
+    async def scenario() -> bool:
+        db = Database(f"sqlite:///{tmp_path / 'watch.db'}")
+        await asyncio.to_thread(migrate.upgrade, db)
+        followed = _new_task()
+        await db.write(partial(queries.create_task, new=followed, now_ms=T0, idempotency=None))
+        watch = TaskWatch(db, poll_seconds=60)
+        try:
+            with watch.follow(followed.id, ("waiting", T0)) as follower:
+                watch.nudge(("task_not_followed",))
+                unchanged = not await follower.changed(0.3)
+                await db.write(partial(_touch, task_id=followed.id, at=T0 + 1))
+                watch.nudge((followed.id,))
+                return unchanged and await follower.changed(10)
+        finally:
+            await watch.aclose()
+            await db.close()
+
+    assert asyncio.run(scenario())
