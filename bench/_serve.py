@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -38,11 +40,23 @@ def test_key(env: dict[str, str]) -> str:
     return made.stdout.strip().splitlines()[-1]
 
 
-def start_serve(env: dict[str, str], log_path: Path, port: int) -> subprocess.Popen[bytes]:
-    """``bananastand serve`` in a child process, once ``/healthz`` answers; raises
-    RuntimeError (with the child stopped) when it does not within 30 s."""
+def on_cpu(cpu: int | None) -> Callable[[], None] | None:
+    """For ``preexec_fn``: keep a child process on one CPU (Linux); None: anywhere."""
+    if cpu is None or not hasattr(os, "sched_setaffinity"):
+        return None
+    return lambda: os.sched_setaffinity(0, {cpu})
+
+
+def start_serve(
+    env: dict[str, str], log_path: Path, port: int, *, cpu: int | None = None
+) -> subprocess.Popen[bytes]:
+    """``bananastand serve`` in a child process (on ``cpu`` alone when given), once
+    ``/healthz`` answers; raises RuntimeError (with the child stopped) when it does not
+    within 30 s."""
     with log_path.open("wb") as log:
-        server = subprocess.Popen([*bananastand(), "serve"], env=env, stdout=log, stderr=log)
+        server = subprocess.Popen(
+            [*bananastand(), "serve"], env=env, stdout=log, stderr=log, preexec_fn=on_cpu(cpu)
+        )
     deadline = time.monotonic() + 30
     while True:
         try:

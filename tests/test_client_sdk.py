@@ -280,3 +280,36 @@ def test_result_links_are_downloaded_without_the_key(server: Server) -> None:
         result = client.result(task)
     assert result.images[0].data.startswith(b"\x89PNG")
     assert "authorization" not in seen[-1].headers
+
+
+@pytest.mark.parametrize("max_requests", [None, 2])
+def test_max_requests_bounds_the_requests_in_flight(
+    server: Server, max_requests: int | None
+) -> None:
+    key = server.key()
+    with Client(server.base_url, key) as sync:
+        task_id = sync.submit("a banana")
+    in_flight = 0
+    most = 0
+
+    async def sent(_request: httpx.Request) -> None:
+        nonlocal in_flight, most
+        in_flight += 1
+        most = max(most, in_flight)
+
+    async def answered(_response: httpx.Response) -> None:
+        nonlocal in_flight
+        in_flight -= 1
+
+    async def main() -> list[str]:
+        http = httpx.AsyncClient(event_hooks={"request": [sent], "response": [answered]})
+        client = AsyncClient(server.base_url, key, http=http, max_requests=max_requests)
+        async with client:
+            records = await asyncio.gather(*(client.get(task_id) for _ in range(10)))
+        return [record.taskId for record in records]
+
+    assert asyncio.run(main()) == [task_id] * 10
+    if max_requests is None:
+        assert most > 2  # ten at once: the bound below is max_requests' doing
+    else:
+        assert most == max_requests

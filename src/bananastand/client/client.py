@@ -227,7 +227,13 @@ class Client(_Base):
 
 
 class AsyncClient(_Base):
-    """The same API as ``Client``, every method a coroutine."""
+    """The same API as ``Client``, every method a coroutine.
+
+    ``max_requests``: requests (other than streams) sent on ``http`` at once; the rest
+    wait their turn here. Give it the size of ``http``'s pool when many coroutines share
+    the client: httpcore rescans every request queued in its pool each time one starts or
+    ends, which with 64 jobs on 8 connections took about a third of a batch's CPU.
+    """
 
     def __init__(
         self,
@@ -240,12 +246,14 @@ class AsyncClient(_Base):
         http: httpx.AsyncClient | None = None,
         max_streams: int | None = None,
         stream_http: httpx.AsyncClient | None = None,
+        max_requests: int | None = None,
     ) -> None:
         super().__init__(
             base_url, api_key, retry=retry, poll=poll, on_retry=on_retry, max_streams=max_streams
         )
         self._http = http or httpx.AsyncClient(timeout=DEFAULT_HTTP_TIMEOUT)
         self._stream_http = stream_http or self._http
+        self._turns = asyncio.Semaphore(max_requests) if max_requests else None
 
     async def _run(self, flow: Flow[T]) -> T:
         reply: Any = None
@@ -273,7 +281,10 @@ class AsyncClient(_Base):
         self, action: Action, streams: dict[httpx.Response, AsyncIterator[bytes]]
     ) -> Any:
         if isinstance(action, Send):
-            return await self._http.send(action.request)
+            if self._turns is None:
+                return await self._http.send(action.request)
+            async with self._turns:
+                return await self._http.send(action.request)
         if isinstance(action, Open):
             http = self._stream_http
             response = await http.send(opening(action, http.timeout), stream=True)
