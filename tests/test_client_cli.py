@@ -105,11 +105,13 @@ def test_batch_resumes_after_being_killed_and_makes_one_task_per_line(
     server = start_server(worker_concurrency=4)
     key = server.key()
     env = client_env(server, key)
-    lines = 30
+    # 4 at a time, 0.6 s each: ~7 lines a second, so three runs killed within 2 s of
+    # their start (the CLI starts in ~0.3 s) cannot finish all 40.
+    lines = 40
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text(
         "".join(
-            json.dumps({"prompt": f"banana {n} [sandbox:delay=400]"}) + "\n" for n in range(lines)
+            json.dumps({"prompt": f"banana {n} [sandbox:delay=600]"}) + "\n" for n in range(lines)
         )
     )
     out = tmp_path / "out"
