@@ -1,6 +1,6 @@
 """The batch client against a local server: is the client ever the bottleneck?
 
-    .venv/bin/python bench/batch.py [--jobs 1000] [--concurrency 64]
+    .venv/bin/python bench/batch.py [--jobs 1000] [--concurrency 64] [--no-pin]
 
 In a fresh temporary data folder it makes a test key, starts ``bananastand serve`` (its
 defaults, rate limits ``unlimited``, no cap on waiting tasks, access log off) as a child
@@ -11,11 +11,14 @@ nearly free, so what is measured is the machinery):
    (``--concurrency`` in flight, no waiting), then the time until the server has finished
    them all (the newest ``completeTime``): what the server can do, with no client pacing;
 2. ``bananastand batch`` of ``--jobs`` lines at ``--concurrency``, as a user runs it (a child
-   process: upload-free lines, createTask, poll, download, manifest): its wall time, jobs/s
-   and CPU time (``getrusage`` of the child).
+   process: upload-free lines, createTask, waiting on the task's event stream, download,
+   manifest): its wall time, jobs/s and CPU time (``getrusage`` of the child).
 
-It prints both rates and their ratio (batch / server); it never fails on speed, and exits 1
-when the batch fails or the server made more than one task per line.
+On a machine with two or more CPUs (Linux) the server runs on CPU 0 and every client (this
+script's SDK loop, the batch) on CPU 1, so each side has a core of its own. Besides both
+rates and their ratio (batch / server) it prints the server's CPU time per task in each
+part (from ``/proc``): the side near 100 % of its core is the bottleneck. It never fails
+on speed, and exits 1 when the batch fails or the server made more than one task per line.
 """
 
 from __future__ import annotations
