@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import threading
 import time
@@ -13,6 +14,8 @@ from typing import Any
 import httpx
 import pytest
 
+from bananastand.accounts import Accounts
+from bananastand.store.database import Database
 from conftest import Server, ServerProcess, make_key, prompt_body
 
 ORDER = ["waiting", "queuing", "generating", "success", "fail"]
@@ -300,3 +303,41 @@ def test_a_client_that_goes_away_stops_being_followed(
     while watch.following and time.monotonic() < deadline:
         time.sleep(0.02)
     assert watch.following == 0
+
+
+def _revoke(server: Server, secret: str) -> None:
+    """Revoke a key through the real domain code, over the server's database."""
+
+    async def run() -> None:
+        db = Database(server.settings.effective_database_url)
+        try:
+            accounts = Accounts(db)
+            key = await accounts.authenticate(f"Bearer {secret}")
+            await accounts.revoke_key(key.id)
+        finally:
+            await db.close()
+
+    asyncio.run(run())
+
+
+def test_a_stream_ends_when_its_key_is_revoked(start_server: Callable[..., Server]) -> None:
+    server = start_server(
+        run_worker=False,
+        key_cache_seconds=0,
+        events_heartbeat_seconds=0.05,
+        events_max_stream_seconds=600,
+    )
+    key = server.key()
+    task_id = create(server.base_url, key, "never runs")
+    seen: list[tuple[str, Any]] = []
+    keep_alives_after = 0
+    with stream(server.base_url, key, task_id) as response:
+        for kind, value in items(response):
+            seen.append((kind, value))
+            if len(seen) == 1:
+                _revoke(server, key)
+            elif kind == "comment":
+                keep_alives_after += 1
+                # Without the check the stream would run its 600 s; stop the test instead.
+                assert keep_alives_after < 200, "the stream outlived its revoked key"
+    assert [record["state"] for record in records(seen)] == ["waiting"]

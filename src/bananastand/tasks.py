@@ -9,7 +9,7 @@ import asyncio
 import base64
 import binascii
 import hashlib
-from collections.abc import AsyncGenerator, Callable, Mapping
+from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -26,7 +26,7 @@ from bananastand.contract import (
     TaskState,
     describe_validation_error,
 )
-from bananastand.errors import NotFoundError, ValidationError
+from bananastand.errors import AuthenticationError, NotFoundError, ValidationError
 from bananastand.events import TaskWatch, Version
 from bananastand.ids import new_task_id, now_ms
 from bananastand.models import check_model_rules, in_clients_words, spec_input
@@ -205,12 +205,18 @@ class Tasks:
             )
         return task
 
-    async def follow(self, key: ApiKey, task: Task) -> AsyncGenerator[Task | None, None]:
+    async def follow(
+        self, key: ApiKey, task: Task, *, key_check: Callable[[], Awaitable[object]]
+    ) -> AsyncGenerator[Task | None, None]:
         """An event stream's records: ``task`` (just read by the caller, who has answered
         404 already if there was none), then the task again each time it changes, until it
         ends (``success``/``fail``), the stream has lasted ``events_max_stream_seconds``
         or the server stops. ``None`` after ``events_heartbeat_seconds`` without news, so
         the caller can keep the connection alive.
+
+        ``key_check`` authenticates the caller again (raising AuthenticationError) before
+        anything more is sent: a stream ends once its key is revoked or expires, as soon
+        as any other call with that key would be refused, not at its longest time.
         """
         if task.state.is_final:
             yield task
@@ -226,6 +232,10 @@ class Tasks:
                     return
                 changed = await follower.changed(min(heartbeat, left))
                 if follower.closed:
+                    return
+                try:
+                    await key_check()
+                except AuthenticationError:
                     return
                 if not changed:
                     if heartbeat < left:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import aclosing
+from functools import partial
 from typing import Any
 
 import orjson
@@ -165,15 +166,16 @@ async def record_info(request: Request) -> Response:
     task = await services.tasks.get(key, task_id)
     accept = request.headers.get("accept")
     if accept is not None and EVENT_STREAM in accept:
-        return task_events(services, key, task)
+        return task_events(services, key, task, request.headers.get("authorization"))
     return envelope(task.to_record())
 
 
-def task_events(services: Services, key: ApiKey, task: Task) -> Response:
+def task_events(services: Services, key: ApiKey, task: Task, authorization: str | None) -> Response:
     """recordInfo as server-sent events; errors were answered as envelopes before this."""
+    key_check = partial(services.accounts.authenticate, authorization)
 
     async def events() -> AsyncIterator[bytes]:
-        async with aclosing(services.tasks.follow(key, task)) as records:
+        async with aclosing(services.tasks.follow(key, task, key_check=key_check)) as records:
             async for record in records:
                 yield _KEEP_ALIVE if record is None else _event(record)
 
