@@ -121,7 +121,8 @@ for a stream that gets JSON has its first poll). Each event is
 followed by a blank line: the first at once with the task as it is, then one each time
 it changes. The stream ends after the event of a final state (`success`, `fail`); it
 also ends after `BANANASTAND_EVENTS_MAX_STREAM_SECONDS` (reconnect and the first event
-is the task as it is then) and when the server stops. A comment line `: keep-alive`
+is the task as it is then), when the server stops and once the key is revoked or
+expires. A comment line `: keep-alive`
 comes after `BANANASTAND_EVENTS_HEARTBEAT_SECONDS` without news. A missing key, a
 missing taskId or an unknown task answer the usual JSON envelope (401, 422, 404).
 """
