@@ -295,7 +295,10 @@ def test_a_client_that_goes_away_stops_being_followed(
     task_id = create(server.base_url, key, "watched, then not")
     watch = server.app.state.services.tasks.watch
     with stream(server.base_url, key, task_id) as response:
-        kind, _first = next(items(response))
+        # Held in a name: a generator dropped mid-iteration is closed at once, and closing
+        # it closes the response, which would end the stream before the check below.
+        events = items(response)
+        kind, _first = next(events)
         assert kind == "event"
         assert watch.following == 1
     # The connection is closed: the server notices, and the stream's registration goes.

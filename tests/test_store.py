@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sqlite3
-import time
+import threading
 from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
@@ -473,19 +473,26 @@ def test_a_failing_write_fails_only_itself(db: Database, db_path: Path) -> None:
         runs.append(label)
         return queries.create_task(connection, new, T0, None).task_id
 
+    blocking, release = threading.Event(), threading.Event()
+
     def block(_connection: Connection) -> None:
-        time.sleep(0.3)  # holds the writer so the next writes queue up as one group
+        # Holds the writer until the next three writes are queued, so they form one group.
+        blocking.set()
+        assert release.wait(30)
 
     async def scenario() -> list[Any]:
         await db.write(partial(insert_one, new=new_task(taken), label="original"))
         blocker = asyncio.create_task(db.write(block))
-        await asyncio.sleep(0.1)
-        results = await asyncio.gather(
+        assert await asyncio.to_thread(blocking.wait, 30)
+        queued = asyncio.gather(
             db.write(partial(insert_one, new=new_task("task_before"), label="before")),
             db.write(partial(insert_one, new=new_task(taken), label="duplicate")),
             db.write(partial(insert_one, new=new_task("task_after"), label="after")),
             return_exceptions=True,
         )
+        await asyncio.sleep(0)  # one turn of the loop: each write puts itself in the queue
+        release.set()
+        results = await queued
         await blocker
         return results
 
@@ -655,23 +662,28 @@ def test_a_write_left_behind_by_a_finished_event_loop_does_not_stop_the_writer(
     use it). A write whose caller gave up and whose loop then closed must not take the
     writer thread down with it: later writes from a new loop still commit."""
 
+    running, release = threading.Event(), threading.Event()
+
     def slow_insert(connection: Connection) -> None:
-        time.sleep(0.3)
+        running.set()
+        assert release.wait(30)
         queries.create_task(connection, new_task("task_slow"), T0, None)
 
     async def give_up() -> None:
-        with pytest.raises(TimeoutError):
-            await asyncio.wait_for(db.write(slow_insert), 0.05)
+        write = asyncio.ensure_future(db.write(slow_insert))
+        assert await asyncio.to_thread(running.wait, 30)
+        write.cancel()
 
     asyncio.run(give_up())  # the loop is closed while the write is still running
-    time.sleep(0.5)
+    release.set()  # the write commits and its result is handed to the closed loop
 
     async def write_again() -> str:
         made = await asyncio.wait_for(
             db.write(partial(queries.create_task, new=new_task(), now_ms=T0, idempotency=None)),
-            2,
+            30,  # a writer thread that died would never answer
         )
         return made.task_id
 
     task_id = asyncio.run(write_again())
     assert raw_row(db_path, task_id)["state"] == "waiting"
+    assert raw_row(db_path, "task_slow")["state"] == "waiting"  # the abandoned write stands
