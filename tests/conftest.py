@@ -3,6 +3,14 @@
 ``server`` runs the app in-process (uvicorn in a thread, its own event loop), which is
 quick to start; ``spawn_server`` starts ``bananastand serve`` as a real child process for
 tests that kill, signal or restart it.
+
+Each test file's docstring starts with the layer it proves:
+
+- ``Unit:`` one piece of ours alone, no database, server or child process;
+- ``Integration:`` our pieces on a real database, real storage or real loopback HTTP
+  servers (fakes of outside services that speak their wire format), without our server;
+- ``Acceptance:`` the real server over HTTP, real child processes, the real client and
+  CLI, a real browser: the product as people and programs use it.
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""The ``bananastand`` command as scripts use it: real child processes, real data folder."""
+"""Acceptance: the ``bananastand`` command as scripts use it: real child processes, real data
+folder."""
 
 from __future__ import annotations
 

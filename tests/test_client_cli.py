@@ -1,4 +1,4 @@
-"""The client commands of ``bananastand`` as child processes against a real server."""
+"""Acceptance: the client commands of ``bananastand`` as child processes against a real server."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""The SDK's ``wait`` over server-sent events, against a real bananastand on loopback."""
+"""Acceptance: the SDK's ``wait`` over server-sent events, against a real bananastand on
+loopback."""
 
 from __future__ import annotations
 

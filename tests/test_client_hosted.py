@@ -1,4 +1,4 @@
-"""The client against a fake of the hosted API: not tied to bananastand's extras."""
+"""Acceptance: the client against a fake of the hosted API: not tied to bananastand's extras."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The SDK (``bananastand.client``) against a real bananastand server on loopback."""
+"""Acceptance: the SDK (``bananastand.client``) against a real bananastand server on loopback."""
 
 from __future__ import annotations
 

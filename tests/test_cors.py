@@ -1,4 +1,5 @@
-"""BANANASTAND_CORS_ORIGINS lets the named origins call the API from a browser, no others."""
+"""Acceptance: BANANASTAND_CORS_ORIGINS lets the named origins call the API from a browser, no
+others."""
 
 from __future__ import annotations
 

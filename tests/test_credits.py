@@ -1,4 +1,4 @@
-"""Credits over HTTP: charges with the task, 402 without a task, refunds exactly once,
+"""Acceptance: credits over HTTP: charges with the task, 402 without a task, refunds exactly once,
 test keys free, no overdraw under concurrency, and a ledger that always adds up."""
 
 from __future__ import annotations

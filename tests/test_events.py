@@ -1,4 +1,5 @@
-"""recordInfo as a server-sent event stream (``Accept: text/event-stream``), over real HTTP."""
+"""Acceptance: recordInfo as a server-sent event stream (``Accept: text/event-stream``), over
+real HTTP."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""``TaskWatch`` on a real database: what it rereads, and when."""
+"""Integration: ``TaskWatch`` on a real database: what it rereads, and when."""
 
 from __future__ import annotations
 

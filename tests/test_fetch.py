@@ -1,4 +1,4 @@
-"""SafeFetcher against real loopback HTTP servers: the SSRF rules, caps and redirects.
+"""Integration: SafeFetcher against real loopback HTTP servers: the SSRF rules, caps and redirects.
 
 The servers listen on 127.0.0.1, which the fetcher refuses unless the policy's
 allow-list admits it: that is itself the first thing under test.

@@ -1,4 +1,5 @@
-"""Uploads, signed links, download-url and retention, over real HTTP against a real server."""
+"""Acceptance: uploads, signed links, download-url and retention, over real HTTP against a real
+server."""
 
 from __future__ import annotations
 

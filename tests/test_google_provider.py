@@ -1,4 +1,5 @@
-"""GoogleProvider through the real google-genai SDK against the fake Gemini REST server."""
+"""Integration: GoogleProvider through the real google-genai SDK against the fake Gemini REST
+server."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Tokens: letters and digits only, every one of them equally likely."""
+"""Unit: tokens: letters and digits only, every one of them equally likely."""
 
 from __future__ import annotations
 

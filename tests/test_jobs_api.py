@@ -1,4 +1,5 @@
-"""The jobs API over real HTTP, as the hosted API's clients see it (design.md, "Contract").
+"""Acceptance: the jobs API over real HTTP, as the hosted API's clients see it (design.md,
+"Contract").
 
 Every test talks to a real in-process server (uvicorn on loopback, real SQLite file, the
 real worker and sandbox provider where a task must run); nothing of ours is mocked.

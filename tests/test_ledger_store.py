@@ -1,4 +1,4 @@
-"""The ledger queries inside the task transactions, where HTTP cannot easily reach:
+"""Integration: the ledger queries inside the task transactions, where HTTP cannot easily reach:
 a task failed by the rescue pass, a late second outcome, a second refund row."""
 
 from __future__ import annotations

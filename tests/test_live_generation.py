@@ -1,4 +1,4 @@
-"""A real server whose live keys run on the Google provider, pointed at the fake Gemini
+"""Acceptance: a real server whose live keys run on the Google provider, pointed at the fake Gemini
 server; input images from loopback servers reached through an injected resolver (no DNS).
 """
 

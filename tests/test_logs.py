@@ -1,4 +1,4 @@
-"""Logs are JSON lines, and every line about a task or a request names it."""
+"""Acceptance: logs are JSON lines, and every line about a task or a request names it."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Operating a shared server: the admin API and its token, maintenance mode, model
+"""Acceptance: operating a shared server: the admin API and its token, maintenance mode, model
 switches (also flipped from the CLI while a server runs), and the admin CLI commands."""
 
 from __future__ import annotations

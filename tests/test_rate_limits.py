@@ -1,4 +1,4 @@
-"""Rate limits per key and the waiting-task cap, over HTTP; the moving window itself
+"""Acceptance: rate limits per key and the waiting-task cap, over HTTP; the moving window itself
 against a controllable clock (no sleeping)."""
 
 from __future__ import annotations

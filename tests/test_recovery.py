@@ -1,4 +1,4 @@
-"""Crash and shutdown recovery with real processes on a real SQLite file.
+"""Acceptance: crash and shutdown recovery with real processes on a real SQLite file.
 
 Every child of a test shares ``tmp_path/"data"``; the tests kill (SIGKILL) or stop
 (SIGTERM) ``bananastand serve`` / ``bananastand worker`` while a task is generating and

@@ -1,4 +1,5 @@
-"""``BareRoute``: the unwrapped route of the polled endpoints refuses handlers it cannot call."""
+"""Unit: ``BareRoute``: the unwrapped route of the polled endpoints refuses handlers it cannot
+call."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The sandbox provider must look like Nano Banana Pro to a client: sizes, encodings,
+"""Unit: the sandbox provider must look like Nano Banana Pro to a client: sizes, encodings,
 determinism and failure codes; these tests pin each of those promises."""
 
 from __future__ import annotations

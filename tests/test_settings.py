@@ -1,3 +1,5 @@
+"""Unit: settings from defaults, the environment and the TOML file."""
+
 from __future__ import annotations
 
 from pathlib import Path

@@ -1,3 +1,5 @@
+"""Acceptance: a task runs to success on the sandbox; a task past its time limit fails 504."""
+
 from __future__ import annotations
 
 from collections.abc import Callable

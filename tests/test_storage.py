@@ -1,4 +1,5 @@
-"""One suite, every storage backend: local disk, and S3 against moto's real S3 server."""
+"""Integration: one suite, every storage backend: local disk, and S3 against moto's real S3
+server."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The task store and its lease logic on a real SQLite file.
+"""Integration: the task store and its lease logic on a real SQLite file.
 
 The query functions of ``bananastand.store.tasks`` run through ``Database.write`` and
 ``Database.read`` exactly as the worker and the API run them: one writer thread that

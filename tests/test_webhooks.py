@@ -1,4 +1,4 @@
-"""Callbacks end to end: a real server delivering to real receivers on loopback.
+"""Acceptance: callbacks end to end: a real server delivering to real receivers on loopback.
 
 The receivers are allow-listed (``allow_private_networks``); retry schedules are compressed.
 """

@@ -1,4 +1,5 @@
-"""Callbacks survive a killed server: ``bananastand serve`` as a child process, kill -9."""
+"""Acceptance: callbacks survive a killed server: ``bananastand serve`` as a child process, kill
+-9."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""The outbox queries on a real SQLite file, the signing SDK, the schedule, and the CLI."""
+"""Integration: the outbox queries on a real SQLite file, the signing SDK, the schedule, and the
+CLI."""
 
 from __future__ import annotations
 
