@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import logging
+from typing import TYPE_CHECKING
 
 from bananastand.errors import FeatureDisabledError
 from bananastand.providers.base import Provider
-from bananastand.providers.google import GoogleProvider, RetryPolicy
 from bananastand.providers.limits import UpstreamLimiter
 from bananastand.providers.sandbox import SandboxProvider
 from bananastand.settings import LiveProvider, Settings
+
+if TYPE_CHECKING:
+    from bananastand.providers.google import GoogleProvider
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +89,9 @@ def describe_live(settings: Settings) -> str | None:
 
 
 def _google_provider(settings: Settings, live: LiveProvider) -> GoogleProvider:
+    # google-genai takes ~0.6 s to import: only servers whose live keys use it pay for it.
+    from bananastand.providers.google import GoogleProvider, RetryPolicy
+
     retry = RetryPolicy(
         timeout_s=settings.upstream_timeout_seconds,
         max_attempts=settings.upstream_max_attempts,
