@@ -1,33 +1,46 @@
 # The two set-up commands: `make run` and `make test`. Both build .venv on first use.
+# `make run` installs the runtime only; `make test` (and lint, typecheck) add the dev extras.
+# Each install has its own stamp, redone when pyproject.toml changes.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed
+RUNTIME := $(VENV)/.runtime
+DEV := $(VENV)/.dev
 
 .PHONY: run test lint typecheck bench clean
 
-$(STAMP): pyproject.toml
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
+
+$(RUNTIME): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install -q -e .
+	touch $@
+
+# The dev extras include the runtime, so this stamps both: `make run` after `make test`
+# installs nothing.
+$(DEV): pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install -q -e '.[dev]'
-	touch $(STAMP)
+	touch $(RUNTIME) $@
 
-run: $(STAMP)
-	$(BIN)/bananastand serve
+# The local quickstart: on a loopback address (the default), callbacks and image_input
+# may reach this machine (see `bananastand serve --help`).
+run: $(RUNTIME)
+	$(BIN)/bananastand serve --allow-loopback
 
-test: $(STAMP)
+test: $(DEV)
 	$(BIN)/ruff check src tests bench
 	$(BIN)/mypy
 	$(BIN)/pytest
 
-lint: $(STAMP)
+lint: $(DEV)
 	$(BIN)/ruff check src tests bench
 	$(BIN)/ruff format --check src tests bench
 
-typecheck: $(STAMP)
+typecheck: $(DEV)
 	$(BIN)/mypy
 
-bench: $(STAMP)
+bench: $(RUNTIME)
 	$(BIN)/python bench/api.py
 
 clean:

@@ -20,6 +20,9 @@ from bananastand.errors import ConfigurationError
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
+#: Ends every refusal of a private address: tells whoever runs the server what opens it.
+ALLOW_HINT: Final = "(the server setting BANANASTAND_ALLOW_PRIVATE_NETWORKS can allow it)"
+
 _V4_BLOCKED: Final = tuple(
     ipaddress.IPv4Network(net)
     for net in (
@@ -198,3 +201,63 @@ class AllowList:
         if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
             candidates.append(addr.ipv4_mapped)
         return any(cand in net for cand in candidates for net in self.networks)
+
+
+def is_loopback_host(host: str) -> bool:
+    """Whether a listening address is this machine only: ``localhost``, 127.0.0.0/8, ::1."""
+    if _normalize_host(host) == "localhost":
+        return True
+    addr = parse_ip_literal(host)
+    return addr is not None and addr.is_loopback
+
+
+def _unmapped(addr: IPAddress) -> IPAddress:
+    """``::ffff:a.b.c.d`` is a.b.c.d (on a dual-stack socket it reaches that very host)."""
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+        return addr.ipv4_mapped
+    return addr
+
+
+@dataclass(frozen=True, slots=True)
+class HostList:
+    """Hosts an operator names by what a URL says, not by where it resolves: exact names,
+    ``.domain`` for a domain and every name below it, and IP addresses (matched in any
+    spelling). Case and a trailing dot do not matter."""
+
+    names: frozenset[str]
+    domains: tuple[str, ...]  # "proxy.example" for ".proxy.example"
+    addresses: frozenset[IPAddress]
+
+    @classmethod
+    def parse(cls, entries: Iterable[str]) -> HostList:
+        """Raises ValueError for an entry that is none of the three (``*.x``, a URL...)."""
+        names: set[str] = set()
+        domains: list[str] = []
+        addresses: set[IPAddress] = set()
+        for raw in entries:
+            literal = parse_ip_literal(raw)
+            if literal is not None:
+                addresses.add(_unmapped(literal))
+                continue
+            name = _normalize_host(raw)
+            domain = name.startswith(".")
+            name = name.removeprefix(".")
+            if not name or name.startswith("*") or not _HOSTNAME_RE.match(name):
+                raise ValueError(
+                    f"{raw!r} is not a host name, a .domain (for the domain and every name "
+                    "below it) or an IP address"
+                )
+            if domain:
+                domains.append(name)
+            else:
+                names.add(name)
+        return cls(frozenset(names), tuple(domains), frozenset(addresses))
+
+    def matches(self, host: str) -> bool:
+        literal = parse_ip_literal(host)
+        if literal is not None:
+            return _unmapped(literal) in self.addresses
+        name = _normalize_host(host)
+        return name in self.names or any(
+            name == domain or name.endswith("." + domain) for domain in self.domains
+        )

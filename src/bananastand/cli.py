@@ -91,7 +91,10 @@ def _with_services(settings: Settings, action: Callable[[Services], Awaitable[T]
         raise typer.Exit(1) from None
 
 
-def _banner(settings: Settings, first_key: NewKey | None, live: str | None) -> None:
+def _banner(
+    settings: Settings, first_key: NewKey | None, live: str | None, *, loopback: bool | None
+) -> None:
+    """``loopback``: whether ``--allow-loopback`` opened this machine (None: not asked)."""
     base = settings.effective_public_url
     console.print(f"[bold]bananastand[/] serving on {base}  (docs: {base}/docs)")
     console.print(f"data folder: {settings.data_dir.resolve()}")
@@ -100,6 +103,21 @@ def _banner(settings: Settings, first_key: NewKey | None, live: str | None) -> N
         if live
         else "live keys: no provider configured (createTask answers 505); test keys use the sandbox"
     )
+    networks = ", ".join(settings.allow_private_networks)
+    if loopback:
+        console.print(
+            f"callbacks and image_input may reach this machine ({networks}): "
+            "BANANASTAND_ALLOW_PRIVATE_NETWORKS, set by make run (serve --allow-loopback)"
+        )
+    elif networks:
+        console.print(
+            f"callbacks and image_input may reach {networks} (BANANASTAND_ALLOW_PRIVATE_NETWORKS)"
+        )
+    elif loopback is False:
+        console.print(
+            "callbacks and image_input reach public addresses only (--allow-loopback "
+            "applies on a loopback address, when BANANASTAND_ALLOW_PRIVATE_NETWORKS is unset)"
+        )
     if not settings.billing:
         console.print("billing: off (BANANASTAND_BILLING=off): no credits are charged")
     if first_key is None:
@@ -125,6 +143,14 @@ def serve(
     host: Annotated[str | None, typer.Option(help="Address to listen on.")] = None,
     port: Annotated[int | None, typer.Option(help="Port to listen on.")] = None,
     worker: Annotated[bool, typer.Option(help="Also run tasks in this process.")] = True,
+    allow_loopback: Annotated[
+        bool,
+        typer.Option(
+            help="On a loopback address only: callbacks and image_input may reach this "
+            "machine (127.0.0.0/8, ::1) unless BANANASTAND_ALLOW_PRIVATE_NETWORKS is set. "
+            "`make run` passes it."
+        ),
+    ] = False,
 ) -> None:
     """Serve the API (and, by default, a worker) on the configured database."""
     import uvicorn
@@ -134,6 +160,10 @@ def serve(
     from bananastand.server import DrainingServer
 
     settings = _settings(host=host, port=port)
+    loopback: bool | None = None
+    if allow_loopback:
+        opened = settings.allowing_loopback()
+        loopback, settings = opened is not settings, opened
 
     async def first_start(accounts: Accounts) -> NewKey | None:
         if await accounts.count_accounts() > 0:
@@ -141,7 +171,7 @@ def serve(
         return await accounts.create_key(name="first test key", is_test=True)
 
     first_key = _with_accounts(settings, first_start)
-    _banner(settings, first_key, describe_live(settings))
+    _banner(settings, first_key, describe_live(settings), loopback=loopback)
     api = create_app(settings, run_worker=worker)
     config = uvicorn.Config(
         api,

@@ -57,7 +57,13 @@ import httpx
 # dependency on httpcore 1.x.
 from httpcore._backends.auto import AutoBackend
 
-from bananastand.addresses import AllowList, IPAddress, is_public_address, parse_ip_literal
+from bananastand.addresses import (
+    ALLOW_HINT,
+    AllowList,
+    IPAddress,
+    is_public_address,
+    parse_ip_literal,
+)
 from bananastand.errors import ConfigurationError, InputError
 
 __all__ = [
@@ -189,11 +195,11 @@ class _GuardedBackend(httpcore.AsyncNetworkBackend):
             logger.warning("fetch refused: host %r resolved to non-public %s", host, addr)
             if parse_ip_literal(host) is not None:
                 raise BlockedAddressError(
-                    f"refused to fetch from {host}: not a publicly routable address"
+                    f"refused to fetch from {host}: not a publicly routable address {ALLOW_HINT}"
                 )
             raise BlockedAddressError(
                 f"refused to fetch from {host!r}: the host resolves to an address "
-                "that is not publicly routable"
+                f"that is not publicly routable {ALLOW_HINT}"
             )
 
     async def connect_tcp(

@@ -192,7 +192,7 @@ class Callback:
     id: str | None  # the webhook-id; None until the task ends
     task_id: str
     url: str
-    state: str  # pending | delivered | failed
+    state: str  # pending | delivered | failed | refused
     next_attempt_at: int | None
     delivered_at: int | None
     attempts: tuple[CallbackAttempt, ...]

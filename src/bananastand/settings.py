@@ -21,6 +21,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from bananastand.addresses import HostList, is_loopback_host
 from bananastand.contract import STANDARD_ASPECT_RATIOS, AspectRatio, OutputFormat, Resolution
 from bananastand.ratelimit import parse_rate
 
@@ -101,6 +102,10 @@ def _default_prices() -> dict[str, dict[Resolution, int]]:
 def _default_webhook_schedule() -> list[float]:
     """Standard Webhooks': now, 5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 14 h, 20 h, 24 h."""
     return [0.0, 5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0, 50400.0, 72000.0, 86400.0]
+
+
+#: What ``serve --allow-loopback`` (``make run``) lets outbound fetches reach: this machine.
+LOOPBACK_NETWORKS = ("127.0.0.0/8", "::1")
 
 
 class Settings(BaseSettings):
@@ -204,16 +209,25 @@ class Settings(BaseSettings):
     webhook_concurrency: int = Field(default=64, ge=1, le=100)  # the sender's pool holds 100
     webhook_per_host_concurrency: int = Field(default=4, ge=1)
     webhook_secret_rotation_seconds: float = 24 * 3600.0
+    # Hosts never called back (some clients put a third party's callBackUrl into every
+    # task): such callbacks end as ``refused`` without any connection.
+    callback_deny_hosts: Annotated[list[str], NoDecode] = Field(default_factory=list)
 
     # Structured tables; override in the BANANASTAND_CONFIG TOML file.
     models: dict[str, ModelSpec] = Field(default_factory=_default_models)
     prices: dict[str, dict[Resolution, int]] = Field(default_factory=_default_prices)
 
-    @field_validator("cors_origins", "allow_private_networks", mode="before")
+    @field_validator("cors_origins", "allow_private_networks", "callback_deny_hosts", mode="before")
     @classmethod
     def _split_commas(cls, value: Any) -> Any:
         if isinstance(value, str):
             return [item.strip() for item in value.split(",") if item.strip()]
+        return value
+
+    @field_validator("callback_deny_hosts")
+    @classmethod
+    def _valid_hosts(cls, value: list[str]) -> list[str]:
+        HostList.parse(value)
         return value
 
     @field_validator("create_rate", "read_rate")
@@ -261,6 +275,19 @@ class Settings(BaseSettings):
         if config_file:
             sources.append(TomlConfigSettingsSource(settings_cls, toml_file=Path(config_file)))
         return tuple(sources)
+
+    def allowing_loopback(self) -> Settings:
+        """``serve --allow-loopback``: these settings with outbound fetches (callbacks,
+        ``image_input``) allowed to reach this machine, so that a local receiver works.
+
+        Only for a server that listens on loopback and whose operator has not set
+        ``allow_private_networks`` (even to empty); otherwise ``self``, unchanged. Not
+        ``serve``'s default: a server behind a reverse proxy listens on loopback too, and
+        its users must not reach the machine it runs on.
+        """
+        if not is_loopback_host(self.host) or "allow_private_networks" in self.model_fields_set:
+            return self
+        return self.model_copy(update={"allow_private_networks": list(LOOPBACK_NETWORKS)})
 
     @property
     def effective_public_url(self) -> str:

@@ -18,7 +18,7 @@ import orjson
 from pydantic import ValidationError as PydanticValidationError
 
 from bananastand.accounts import Accounts
-from bananastand.addresses import AllowList, is_public_address, literal_host
+from bananastand.addresses import ALLOW_HINT, AllowList, is_public_address, literal_host
 from bananastand.billing import Billing, month_start_ms
 from bananastand.contract import (
     CANCELED_MSG,
@@ -109,7 +109,7 @@ class Tasks:
         host = literal_host(url)
         if host is None or is_public_address(host) or self._allow.allows_address(host):
             return
-        raise ValidationError(f"{field}: {host} is not a publicly routable address")
+        raise ValidationError(f"{field}: {host} is not a publicly routable address {ALLOW_HINT}")
 
     async def create(
         self,

@@ -13,7 +13,10 @@ The outbox row is written in the transaction that ends a task (``store/tasks.py`
   hosts: a receiver that hangs delays only its own callbacks;
 - every attempt is stored; failures are retried on ``webhook_retry_schedule_seconds``
   with jitter, later if ``Retry-After`` asks; ``410 Gone`` stops. A delivery never
-  touches the task.
+  touches the task;
+- a callback to a host in ``callback_deny_hosts`` is never sent (no connection, no name
+  lookup): it ends ``refused``, with one attempt saying why. That is judged at each
+  delivery, so a change of the setting applies to every callback not yet sent.
 
 `Webhooks` is the account-facing side: secrets, the attempt log, resending.
 """
@@ -31,9 +34,11 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import partial
+from urllib.parse import urlsplit
 
 import orjson
 
+from bananastand.addresses import HostList
 from bananastand.client.webhooks import sign_hosted, sign_standard
 from bananastand.contract import CODE_GENERATION_FAILED, CODE_OK, TaskState
 from bananastand.errors import NotFoundError, ValidationError
@@ -130,6 +135,16 @@ def judge(status: int, headers: Mapping[str, str]) -> Verdict:
     )
 
 
+def denied(deny: HostList, url: str) -> str | None:
+    """Why a callback to ``url`` is never sent, or None. The operator's deny list exists
+    because some clients put a third party's URL (their reseller's proxy) into every task:
+    this server must not post its users' signed results there."""
+    host = urlsplit(url).hostname or ""
+    if not deny.matches(host):
+        return None
+    return f"not sent: the server setting BANANASTAND_CALLBACK_DENY_HOSTS refuses {host}"
+
+
 def next_delay_s(
     schedule: list[float], attempts_made: int, retry_after_s: float | None
 ) -> float | None:
@@ -151,6 +166,7 @@ class WebhookSender:
         self._db = db
         self._settings = settings
         self._fetcher = fetcher
+        self._deny = HostList.parse(settings.callback_deny_hosts)
         # A delivery's whole POST is capped by the timeout; the lease outlasts it and the
         # write of its attempt with room to spare.
         self._lease_ms = int((settings.webhook_timeout_seconds * 2 + 1) * 1000)
@@ -258,30 +274,13 @@ class WebhookSender:
                 log.exception("callback delivery crashed", extra={"webhook_id": claim.id})
 
     async def _attempt(self, claim: queries.ClaimedCallback) -> None:
-        timestamp = int(time.time())
         attempted_at = now_ms()
-        body = callback_body(claim.task)
-        headers = signed_headers(
-            msg_id=claim.id,
-            task_id=claim.task.id,
-            body=body,
-            signing=claim.secret.signing_secrets(attempted_at, self._window_ms),
-            timestamp=timestamp,
-        )
         started = time.monotonic()
-        status: int | None = None
-        try:
-            response = await self._fetcher.post(
-                claim.url,
-                content=body,
-                headers=headers,
-                timeout_s=self._settings.webhook_timeout_seconds,
-            )
-        except FetchError as exc:
-            verdict = Verdict(success=False, error=exc.message)
-        else:
-            status = response.status_code
-            verdict = judge(status, response.headers)
+        refusal = denied(self._deny, claim.url)
+        if refusal is None:
+            status, verdict = await self._post(claim, attempted_at)
+        else:  # no connection, not even a name lookup
+            status, verdict = None, Verdict(success=False, error=refusal, final=True)
         duration_ms = int((time.monotonic() - started) * 1000)
         self._host_done(claim)
         delay = None
@@ -293,6 +292,8 @@ class WebhookSender:
             )
         if verdict.success:
             state = queries.DELIVERED
+        elif refusal is not None:
+            state = queries.REFUSED
         elif delay is None:
             state = queries.FAILED
         else:
@@ -323,12 +324,36 @@ class WebhookSender:
         }
         if verdict.success:
             log.info("callback delivered", extra=fields)
-        elif state == queries.FAILED:
-            log.warning("callback given up: %s", verdict.error, extra=fields)
+        elif state in (queries.FAILED, queries.REFUSED):
+            log.warning("callback %s: %s", state, verdict.error, extra=fields)
         else:
             log.info("callback attempt failed: %s; retrying", verdict.error, extra=fields)
         if owned and delay is not None:
             self._wake_in(delay)
+
+    async def _post(
+        self, claim: queries.ClaimedCallback, attempted_at: int
+    ) -> tuple[int | None, Verdict]:
+        """Sign and send the callback: the answer's status (None: no answer) and verdict."""
+        timestamp = int(time.time())
+        body = callback_body(claim.task)
+        headers = signed_headers(
+            msg_id=claim.id,
+            task_id=claim.task.id,
+            body=body,
+            signing=claim.secret.signing_secrets(attempted_at, self._window_ms),
+            timestamp=timestamp,
+        )
+        try:
+            response = await self._fetcher.post(
+                claim.url,
+                content=body,
+                headers=headers,
+                timeout_s=self._settings.webhook_timeout_seconds,
+            )
+        except FetchError as exc:
+            return None, Verdict(success=False, error=exc.message)
+        return response.status_code, judge(response.status_code, response.headers)
 
     def _wake_in(self, delay_s: float) -> None:
         """Look again when this retry is due, rather than at the next poll."""
@@ -351,6 +376,7 @@ class Webhooks:
     ) -> None:
         self._db = db
         self._settings = settings
+        self._deny = HostList.parse(settings.callback_deny_hosts)
         # Lets a sender in this process send at once rather than at its next poll.
         self._on_resend = on_resend
 
@@ -397,12 +423,18 @@ class Webhooks:
         return found
 
     async def resend(self, account_id: str, task_id: str) -> Callback:
-        """Send the callback again now (same webhook-id, a fresh retry schedule)."""
+        """Send the callback again now (same webhook-id, a fresh retry schedule).
+
+        A refused callback whose host is still denied stays as it is; once the setting
+        no longer denies it, a resend sends it.
+        """
         current = await self.callback(account_id, task_id)
         if current.id is None:
             raise ValidationError(
                 "taskId: the task has not ended; its callback is sent when it does"
             )
+        if current.state == queries.REFUSED and denied(self._deny, current.url):
+            return current
         await self._db.write(
             partial(queries.resend, task_id=task_id, account_id=account_id, now_ms=now_ms())
         )

@@ -23,6 +23,8 @@ from bananastand.store.schema import callback_attempts, callbacks, tasks, webhoo
 PENDING = "pending"
 DELIVERED = "delivered"
 FAILED = "failed"
+#: Final, never sent: the host is in the operator's ``callback_deny_hosts``.
+REFUSED = "refused"
 
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 

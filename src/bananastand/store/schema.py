@@ -145,7 +145,7 @@ callbacks = Table(
     Column("account_id", String(40), nullable=False),
     Column("url", Text, nullable=False),
     Column("host_key", String(300), nullable=False),  # host:port, for fairness per receiver
-    Column("state", String(16), nullable=False),  # pending | delivered | failed
+    Column("state", String(16), nullable=False),  # pending | delivered | failed | refused
     Column("tries", Integer, nullable=False, server_default="0"),  # in the current series
     Column("next_attempt_at", BigInteger, nullable=True),
     Column("lease_token", String(32), nullable=True),
