@@ -27,7 +27,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import pytest
@@ -39,6 +39,9 @@ from bananastand.server import AppServer
 from bananastand.settings import Settings
 from bananastand.store import migrate
 from bananastand.store.database import Database
+
+if TYPE_CHECKING:
+    from browser import Browser
 
 BIN = Path(sys.executable).parent
 
@@ -305,3 +308,12 @@ def cli(data_dir: Path, *args: str, **env: str) -> subprocess.CompletedProcess[s
         timeout=60,
         check=False,
     )
+
+
+@pytest.fixture(scope="session")
+def browser() -> Iterator[Browser]:
+    """Headless Chromium, refused everything but loopback (tests/browser.py); imported
+    here, on first use, so that other tests never load Playwright."""
+    from browser import browser_session
+
+    yield from browser_session()

@@ -17,6 +17,7 @@ from bananastand import __version__
 from bananastand.accounts import Accounts
 from bananastand.api import account, admin, files, health, jobs, uploads, webhooks
 from bananastand.api.deps import Services
+from bananastand.api.docs import install_docs
 from bananastand.api.envelope import install_error_handlers
 from bananastand.api.middleware import RequestContextMiddleware
 from bananastand.billing import Billing
@@ -40,9 +41,12 @@ log = logging.getLogger(__name__)
 DESCRIPTION = """\
 Self-hosted, wire-compatible server for the hosted "Nano Banana Pro" jobs API.
 
-Every JSON answer is an envelope `{"code", "msg", "message", "data"}` sent with HTTP 200;
-`code` carries the outcome (200, 401, 402, 404, 422, 429, 455, 500, 501, 505).
-Authenticate with `Authorization: Bearer <key>`.
+Every answer of the API (`/api/...`, `/admin/...`) is an envelope
+`{"code", "msg", "message", "data"}` sent with HTTP 200; `code` carries the outcome (200,
+401, 402, 404, 422, 429, 455, 500, 501, 505). Authenticate with `Authorization: Bearer <key>`.
+
+File links (`/files/...`) are plain downloads and answer real HTTP statuses: 403 for a
+link this server did not sign, 410 for an expired one, 404 when the file is gone.
 """
 
 
@@ -190,6 +194,9 @@ def create_app(
         version=__version__,
         description=DESCRIPTION,
         lifespan=lifespan,
+        # Replaced by install_docs: FastAPI's own pages need a CDN.
+        docs_url=None,
+        redoc_url=None,
         # A trailing slash answers a 404 envelope, not a bare 307 that raise_for_status trips on.
         redirect_slashes=False,
         # Matched before anything else, without the cost of an included router.
@@ -212,4 +219,5 @@ def create_app(
     app.include_router(uploads.router)
     app.include_router(health.router)
     app.include_router(webhooks.router)
+    install_docs(app)
     return app

@@ -12,6 +12,7 @@ link serves as ``Content-Type``.
 
 from __future__ import annotations
 
+import enum
 import logging
 import unicodedata
 from collections.abc import AsyncIterable, AsyncIterator
@@ -240,17 +241,36 @@ class Files:
             return task is not None
         return False
 
-    async def open_link(self, expires: str, signature: str, storage_key: str) -> OpenedFile | None:
-        """The file a link points to and the seconds the link has left, or None: a
-        forged, tampered or expired link looks exactly like a missing file."""
-        left = self.links.verify(expires, signature, storage_key)
-        if left is None:
-            return None
+    async def open_link(
+        self, expires: str, signature: str, storage_key: str
+    ) -> OpenedFile | LinkRefusal:
+        """The file a link points to and the seconds the link has left, or why not.
+
+        Checked in this order, so that only an authentic link learns anything about the
+        file: the signature (a forged link cannot tell a missing file from a present one),
+        then the expiry, then whether the file still exists.
+        """
+        expires_at = self.links.signed_expiry(expires, signature, storage_key)
+        if expires_at is None:
+            return LinkRefusal.FORGED
+        left = self.links.seconds_left(expires_at)
+        if left <= 0:
+            return LinkRefusal.EXPIRED
         try:
             info = await self.storage.stat(storage_key)
         except ValueError:  # a key that would escape the storage root
-            return None
-        return None if info is None else OpenedFile(info, left)
+            return LinkRefusal.MISSING
+        return LinkRefusal.MISSING if info is None else OpenedFile(info, left)
+
+
+class LinkRefusal(enum.Enum):
+    """Why a link serves no file."""
+
+    #: Not signed by us: forged, tampered with, or signed with another secret.
+    FORGED = "forged"
+    EXPIRED = "expired"
+    #: An authentic link whose file is gone (deleted by retention).
+    MISSING = "missing"
 
 
 @dataclass(frozen=True, slots=True)

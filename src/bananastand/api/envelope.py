@@ -1,8 +1,11 @@
-"""The envelope every JSON answer comes in, and the handlers that turn errors into one.
+"""The envelope every API answer comes in, and the handlers that turn errors into one.
 
 The HTTP status is 200 for every envelope (real clients call ``raise_for_status()``);
-``code`` carries the outcome. (Unexpected exceptions become a 500 envelope in
-``api/middleware.py``, which names the request id and logs the details under it.)
+``code`` carries the outcome. That rule is the API's alone (`speaks_envelope`): file links,
+the docs and whatever else lives outside it answer plain HTTP statuses with a short
+``text/plain`` body, as browsers, caches and download tools expect. (Unexpected exceptions
+become a 500 in ``api/middleware.py``, which names the request id and logs the details
+under it.)
 """
 
 from __future__ import annotations
@@ -13,12 +16,25 @@ from typing import Any
 import orjson
 from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
+from fastapi.responses import PlainTextResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from bananastand.contract import CODE_NOT_FOUND, CODE_OK, CODE_VALIDATION
 from bananastand.errors import ApiError
 
 _JSON = "application/json"
+#: Where the envelope rule holds. ``/healthz`` answers in one too: it is the API's own.
+_ENVELOPE_PATHS = ("/api", "/admin", "/healthz")
+
+
+def speaks_envelope(path: str) -> bool:
+    """Whether answers to ``path`` are envelopes (HTTP 200) rather than plain HTTP."""
+    return any(path == base or path.startswith(base + "/") for base in _ENVELOPE_PATHS)
+
+
+def plain(status: int, text: str, headers: Mapping[str, str] | None = None) -> Response:
+    """A plain HTTP answer outside the API: the status, and ``text`` for people to read."""
+    return PlainTextResponse(text + "\n", status_code=status, headers=headers)
 
 
 def envelope(
@@ -46,6 +62,8 @@ async def _api_error(_request: Request, exc: Exception) -> Response:
 
 async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, StarletteHTTPException)
+    if not speaks_envelope(request.url.path):
+        return plain(exc.status_code, str(exc.detail), exc.headers)
     if exc.status_code == 405:
         msg = f"method {request.method} is not allowed for {request.url.path}"
         return envelope(code=CODE_NOT_FOUND, msg=msg, headers=exc.headers)

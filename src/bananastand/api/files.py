@@ -1,25 +1,36 @@
 """Serving stored files through signed links, and handing out fresh links.
 
-Links work without an API key, whatever ``Authorization`` header comes along. A forged,
-tampered or expired link answers exactly like a missing file. Files are streamed from
-storage with ``Content-Length``, ``ETag``, ``Last-Modified`` and single byte ranges.
+Links work without an API key, whatever ``Authorization`` header comes along. They are
+downloads, not API calls: they answer real HTTP statuses with a short ``text/plain`` body,
+never the envelope, so that browsers, ``curl -f`` and ``raise_for_status()`` see a failed
+download as one. A link that is not ours (forged, tampered with) is 403 whether or not its
+file exists; an authentic link past its expiry 410; an authentic, live link to a file that
+is gone 404. Files are streamed from storage with ``Content-Length``, ``ETag``,
+``Last-Modified`` and single byte ranges.
 """
 
 from __future__ import annotations
 
 from email.utils import formatdate
+from typing import Final
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import RedirectResponse, StreamingResponse
 
 from bananastand.api.deps import CurrentKey, ServicesDep
-from bananastand.api.envelope import envelope
+from bananastand.api.envelope import envelope, plain
 from bananastand.api.jobs import parse_json, read_body
-from bananastand.errors import NotFoundError, ValidationError
+from bananastand.errors import ValidationError
+from bananastand.files import LinkRefusal
 
 router = APIRouter(tags=["files"])
 
 _DOWNLOAD_URL_BODY_BYTES = 16 * 1024
+_REFUSALS: Final = {
+    LinkRefusal.FORGED: (403, "forbidden: this link was not signed by this server"),
+    LinkRefusal.EXPIRED: (410, "gone: this link has expired (download-url makes a fresh one)"),
+    LinkRefusal.MISSING: (404, "not found: the file no longer exists"),
+}
 
 
 @router.post("/api/v1/common/download-url", summary="A fresh 20-minute link to a file")
@@ -39,8 +50,8 @@ async def download(
     request: Request, expires: str, signature: str, key: str, services: ServicesDep
 ) -> Response:
     opened = await services.files.open_link(expires, signature, key)
-    if opened is None:
-        raise NotFoundError("file not found")
+    if isinstance(opened, LinkRefusal):
+        return plain(*_REFUSALS[opened])
     info, left = opened.info, opened.seconds_left
     if services.settings.s3_presigned_redirect:
         presigned = await services.files.storage.presigned_url(key, left)

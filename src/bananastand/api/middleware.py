@@ -1,5 +1,5 @@
 """The one middleware around every request: its id, its quota headers, and the last-resort
-500 envelope.
+500 (an envelope in the API, plain HTTP elsewhere).
 
 One class rather than one per concern: each ASGI layer wraps ``send`` once more and costs
 every request a few microseconds, on routes whose whole budget is about a hundred.
@@ -14,7 +14,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from bananastand import logs
 from bananastand.api.deps import QUOTA_STATE
-from bananastand.api.envelope import envelope
+from bananastand.api.envelope import envelope, plain, speaks_envelope
 from bananastand.contract import CODE_SERVER_ERROR
 from bananastand.ids import new_request_id
 from bananastand.ratelimit import Quota
@@ -28,7 +28,7 @@ class RequestContextMiddleware:
     """Gives each request an id (``X-Request-ID``, ours or the caller's if sane) and puts it
     on every log line; adds the IETF ``RateLimit-*`` headers of the caller's quota (which
     the rate-limiting dependency leaves in the scope) to whatever answer follows, errors
-    included; turns any unexpected exception into a 500 envelope."""
+    included; turns any unexpected exception into a 500 (an envelope in the API)."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -63,7 +63,10 @@ class RequestContextMiddleware:
             if started:
                 raise
             msg = f"internal server error (request id {request_id})"
-            response = envelope(code=CODE_SERVER_ERROR, msg=msg)
+            if speaks_envelope(scope["path"]):
+                response = envelope(code=CODE_SERVER_ERROR, msg=msg)
+            else:
+                response = plain(500, msg)
             await response(scope, receive, send_with_context)
         finally:
             logs.request_id.reset(token)

@@ -64,6 +64,10 @@ STREAM_READ_TIMEOUT_S = 60.0
 #: again with a shorter one, so a wait ends at its ``timeout``, not up to a read timeout
 #: later (a blocking read cannot be cut short from outside).
 DEADLINE_SLACK_S = 1.0
+#: HTTP statuses that keep their meaning when no envelope came; any other is a server error.
+_HTTP_STATUSES = frozenset({401, 402, 403, 404, 410, 422, 429})
+#: How much of a plain-text error answer goes into the error's message.
+_REASON_CHARS = 200
 
 
 @dataclass(frozen=True)
@@ -276,7 +280,8 @@ def parse_envelope(response: httpx.Response) -> Any:
     """``data`` of an envelope answer, or the typed error of its ``code``.
 
     The contract answers HTTP 200 with ``code`` carrying the outcome; a proxy in between
-    may still answer 502 or 429 without an envelope, which maps by HTTP status.
+    may still answer 502 or 429 without an envelope, and file links answer plain HTTP
+    (403, 404, 410): those map by HTTP status, with the server's ``text/plain`` reason.
     """
     retry_after = _number(response.headers.get("retry-after"))
     try:
@@ -287,8 +292,11 @@ def parse_envelope(response: httpx.Response) -> Any:
         status = response.status_code
         if status == 200:
             raise TransportError(f"{response.request.url}: the answer is not an envelope")
-        code = status if status in (401, 402, 404, 422, 429) else 500
-        raise error_for_code(code, f"HTTP {status}", retry_after=retry_after)
+        code = status if status in _HTTP_STATUSES else 500
+        msg = f"HTTP {status}"
+        if response.headers.get("content-type", "").startswith("text/plain"):
+            msg += f": {response.text.strip()[:_REASON_CHARS]}"
+        raise error_for_code(code, msg, retry_after=retry_after)
     code = body["code"]
     if code != 200:
         message = body.get("msg") or body.get("message") or ""
@@ -301,7 +309,9 @@ def read_envelope(response: httpx.Response) -> Reply:
 
 
 def read_image(url: str, response: httpx.Response) -> Image:
-    """A file answer; an envelope here is an error (an expired link answers the 404 one)."""
+    """A file answer; anything else is an error: an HTTP status (a bad link is 403, an
+    expired one 410, a deleted file 404) or an envelope (older servers answered those
+    with the 404 one)."""
     content_type = response.headers.get("content-type", "").split(";")[0].strip()
     if response.status_code == 200 and content_type != "application/json":
         return Image(

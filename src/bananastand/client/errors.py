@@ -10,10 +10,12 @@ server never raises (``ServerError``, ``GenerationFailedError``, ``TimeoutError`
 BananastandError`` catches everything the client does on purpose.
 
     BananastandError
-    ├── ApiError                      an envelope answered with code != 200
+    ├── ApiError                      an envelope answered with code != 200 (or an HTTP error)
     │   ├── AuthenticationError       401
     │   ├── InsufficientCreditsError  402
+    │   ├── ForbiddenError            HTTP 403: a file link that is not the server's
     │   ├── NotFoundError             404
+    │   ├── GoneError                 HTTP 410: a file link that has expired
     │   ├── ValidationError           422
     │   ├── RateLimitError            429 (``retry_after`` from ``Retry-After``)
     │   ├── MaintenanceError          455
@@ -40,7 +42,9 @@ __all__ = [
     "AuthenticationError",
     "BananastandError",
     "FeatureDisabledError",
+    "ForbiddenError",
     "GenerationFailedError",
+    "GoneError",
     "InsufficientCreditsError",
     "MaintenanceError",
     "NotFoundError",
@@ -54,7 +58,8 @@ __all__ = [
 
 
 class ApiError(BananastandError):
-    """The server answered with an envelope whose ``code`` is not 200."""
+    """The server answered with an envelope whose ``code`` is not 200, or, where no
+    envelope came (file links, a proxy in between), with an HTTP error status."""
 
     code: int = 500
 
@@ -77,8 +82,20 @@ class InsufficientCreditsError(ApiError):
     code = 402
 
 
+class ForbiddenError(ApiError):
+    """A download refused: the link is forged, tampered with or from another server."""
+
+    code = 403
+
+
 class NotFoundError(ApiError):
     code = 404
+
+
+class GoneError(ApiError):
+    """A download past its link's expiry: ``download-url`` makes a fresh link."""
+
+    code = 410
 
 
 class ValidationError(ApiError):
@@ -106,7 +123,9 @@ _BY_CODE: dict[int, type[ApiError]] = {
     for cls in (
         AuthenticationError,
         InsufficientCreditsError,
+        ForbiddenError,
         NotFoundError,
+        GoneError,
         ValidationError,
         RateLimitError,
         MaintenanceError,

@@ -43,15 +43,19 @@ class LinkSigner:
     def url_for(self, key: str, lifetime_s: int) -> str:
         return self.url(key, int(self._clock()) + lifetime_s)
 
-    def verify(self, expires: str, signature: str, key: str) -> int | None:
-        """Seconds the link has left, or None when it is forged, tampered or expired."""
+    def signed_expiry(self, expires: str, signature: str, key: str) -> int | None:
+        """The link's expiry (epoch seconds) when we signed exactly this link, else None:
+        forged, tampered (another key, another expiry) or signed with another secret."""
         if not (expires.isdigit() and len(expires) <= 12):
             return None
         expires_at = int(expires)
         if not hmac.compare_digest(signature, self._sign(expires_at, key)):
             return None
-        left = expires_at - int(self._clock())
-        return left if left > 0 else None
+        return expires_at
+
+    def seconds_left(self, expires_at: int) -> int:
+        """Seconds until ``expires_at``; zero or less once the link has expired."""
+        return expires_at - int(self._clock())
 
     def is_ours(self, url: str) -> bool:
         """Whether ``url`` points under our file links, authentic or not."""
@@ -72,11 +76,8 @@ class LinkSigner:
             return None
         expires, signature, quoted_key = parts
         key = unquote(quoted_key)
-        if not (expires.isdigit() and len(expires) <= 12):
-            return None
-        if not hmac.compare_digest(signature, self._sign(int(expires), key)):
-            return None
-        if not allow_expired and self.verify(expires, signature, key) is None:
+        expires_at = self.signed_expiry(expires, signature, key)
+        if expires_at is None or (not allow_expired and self.seconds_left(expires_at) <= 0):
             return None
         return key
 
