@@ -198,10 +198,15 @@ class TaskInput(BaseModel):
             raise PydanticUseDefault
         if not isinstance(value, str):
             return value  # let the enum reject it with the usual message
-        if info.field_name == "resolution":
-            return value.strip().upper()
-        value = value.strip().lower()
-        return "jpg" if info.field_name == "output_format" and value == "jpeg" else value
+        return normalise_choice(info.field_name or "", value)
+
+
+def normalise_choice(field: str, value: str) -> str:
+    """A choice as read whatever its case and spacing: `` 2k`` is ``2K``, ``JPEG`` ``jpg``."""
+    if field == "resolution":
+        return value.strip().upper()
+    value = value.strip().lower()
+    return "jpg" if field == "output_format" and value == "jpeg" else value
 
 
 class CreateTaskRequest(BaseModel):

@@ -78,14 +78,15 @@ class Tasks:
         model = body.get("model")
         spec = self._settings.models.get(model) if isinstance(model, str) else None
         raw_input = body.get("input")
-        if spec is not None and isinstance(raw_input, dict):
-            body = {**body, "input": spec_input(spec, raw_input)}
         try:
+            if spec is not None and isinstance(model, str) and isinstance(raw_input, dict):
+                shaped = spec_input(spec, raw_input)
+                check_model_rules(model, spec, shaped)
+                body = {**body, "input": shaped}
             request = CreateTaskRequest.model_validate(body)
             if spec is None:
                 known = ", ".join(sorted(self._settings.models))
                 raise ValidationError(f"model: unknown model {request.model!r}; expected {known}")
-            check_model_rules(request, spec)
         except PydanticValidationError as exc:
             message = describe_validation_error(exc)
             raise ValidationError(
