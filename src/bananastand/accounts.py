@@ -199,7 +199,7 @@ class Accounts:
             raise AuthenticationError("malformed API key: send Authorization: Bearer <key>")
         key = await self._lookup(hash_secret(secret))
         if key is None or not key.usable_at(now_ms()):
-            raise AuthenticationError("invalid, revoked or expired API key")
+            raise AuthenticationError("unknown, revoked or expired API key")
         return key
 
     async def _lookup(self, secret_hash: str) -> ApiKey | None:
