@@ -39,6 +39,8 @@ from bananastand.store.database import Database
 
 MAX_IDEMPOTENCY_KEY = 255
 MAX_PAGE = 100
+#: Why a task can no longer be canceled, in words (a state is no adjective: "is fail").
+_TOO_LATE = {TaskState.SUCCESS: "has already succeeded", TaskState.FAIL: "has already failed"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -201,9 +203,8 @@ class Tasks:
             raise NotFoundError(f"task {task_id} not found")
         self.watch.nudge((task_id,))
         if task.fail_msg != CANCELED_MSG or task.state is not TaskState.FAIL:
-            raise ValidationError(
-                f"taskId: the task is {task.state.value} and can no longer be canceled"
-            )
+            status = _TOO_LATE.get(task.state, f"is already {task.state.value}")
+            raise ValidationError(f"taskId: the task {status}; it cannot be canceled")
         return task
 
     async def follow(
