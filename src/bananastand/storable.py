@@ -20,10 +20,10 @@ NAME_CHARS = 200
 LATEST_MS = 253_402_300_799_999
 
 
-def check_whole(field: str, value: object, *, maximum: int, minimum: int = 0) -> int:
-    """``value`` if it is an int from ``minimum`` to ``maximum``."""
-    if isinstance(value, bool) or not isinstance(value, int) or not minimum <= value <= maximum:
-        raise ValidationError(f"{field}: must be a whole number from {minimum} to {maximum}")
+def check_whole(field: str, value: object, *, maximum: int) -> int:
+    """``value`` if it is an int from 0 to ``maximum``."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= maximum:
+        raise ValidationError(f"{field}: must be a whole number from 0 to {maximum}")
     return value
 
 
