@@ -17,6 +17,14 @@ from bananastand.errors import AuthenticationError, NotFoundError, ValidationErr
 from bananastand.ids import new_account_id, new_key_id, now_ms, random_token
 from bananastand.ratelimit import parse_rate
 from bananastand.records import Account, ApiKey
+from bananastand.storable import (
+    INT32_MAX,
+    INT64_MAX,
+    LATEST_MS,
+    NAME_CHARS,
+    check_text,
+    check_whole,
+)
 from bananastand.store import accounts as queries
 from bananastand.store.database import Database
 
@@ -57,6 +65,7 @@ class Accounts:
         self._accounts: OrderedDict[str, tuple[Account, float]] = OrderedDict()
 
     async def create_account(self, name: str = "") -> Account:
+        check_text("name", name, max_chars=NAME_CHARS)
         return await self._db.write(
             partial(
                 queries.create_account,
@@ -103,8 +112,7 @@ class Accounts:
                 except ValueError as exc:
                     raise ValidationError(f"{name}: {exc}") from None
             elif name in ("max_waiting", "monthly_cap"):
-                if not isinstance(value, int) or value < 0:
-                    raise ValidationError(f"{name}: must be a whole number >= 0")
+                check_whole(name, value, maximum=INT32_MAX if name == "max_waiting" else INT64_MAX)
             else:
                 raise ValidationError(f"{name}: not a limit; expected {queries.LIMIT_COLUMNS}")
         found = await self._db.write(
@@ -142,8 +150,11 @@ class Accounts:
 
         ``expires_at`` (epoch ms): the key stops working then.
         """
+        check_text("name", name, max_chars=NAME_CHARS)
         if expires_at is not None and expires_at <= now_ms():
             raise ValidationError("expires: must be in the future")
+        if expires_at is not None and expires_at > LATEST_MS:
+            raise ValidationError("expires: must be before the year 10000")
         secret = (TEST_PREFIX if is_test else LIVE_PREFIX) + random_token(_SECRET_LENGTH)
         created = now_ms()
         account_for_key = account_id or new_account_id()
@@ -188,7 +199,7 @@ class Accounts:
             raise AuthenticationError("malformed API key: send Authorization: Bearer <key>")
         key = await self._lookup(hash_secret(secret))
         if key is None or not key.usable_at(now_ms()):
-            raise AuthenticationError("invalid, revoked or expired API key")
+            raise AuthenticationError("unknown, revoked or expired API key")
         return key
 
     async def _lookup(self, secret_hash: str) -> ApiKey | None:

@@ -15,6 +15,7 @@ from bananastand.errors import ConfigurationError, NotFoundError, ValidationErro
 from bananastand.ids import now_ms
 from bananastand.records import ApiKey, LedgerEntry
 from bananastand.settings import Settings
+from bananastand.storable import check_text
 from bananastand.store import ledger as queries
 from bananastand.store.database import Database
 
@@ -52,6 +53,7 @@ class Billing:
         """Add credits (negative: take them away); returns the new balance."""
         if amount == 0:
             raise ValidationError("amount: must not be 0")
+        check_text("note", note)
         try:
             return await self._db.write(
                 partial(

@@ -6,6 +6,7 @@ share them without importing each other.
 
 from __future__ import annotations
 
+import re
 from enum import StrEnum
 from typing import Annotated, Any
 from urllib.parse import urlsplit
@@ -152,12 +153,17 @@ def _blank_is_none(value: Any) -> Any:
     return None if value == "" else value
 
 
+#: Spaces, and the control characters (NUL, ESC, DEL, C1) that break every fetch and
+#: callback delivery of the task later on.
+_SPACE_OR_CONTROL = re.compile(r"[\s\x00-\x1f\x7f-\x9f]")
+
+
 def check_http_url(value: str) -> str:
     """An absolute http(s) URI with a host, as the seed's ``format: uri`` requires."""
     if len(value) > MAX_URL_CHARS:
         raise ValueError(f"must be at most {MAX_URL_CHARS} characters")
-    if any(ch.isspace() for ch in value):
-        raise ValueError("must be a URI without spaces")
+    if _SPACE_OR_CONTROL.search(value):
+        raise ValueError("must be a URI without spaces or control characters")
     try:
         parts = urlsplit(value)
         port_ok = parts.port is None or parts.port > 0
@@ -198,10 +204,15 @@ class TaskInput(BaseModel):
             raise PydanticUseDefault
         if not isinstance(value, str):
             return value  # let the enum reject it with the usual message
-        if info.field_name == "resolution":
-            return value.strip().upper()
-        value = value.strip().lower()
-        return "jpg" if info.field_name == "output_format" and value == "jpeg" else value
+        return normalise_choice(info.field_name or "", value)
+
+
+def normalise_choice(field: str, value: str) -> str:
+    """A choice as read whatever its case and spacing: `` 2k`` is ``2K``, ``JPEG`` ``jpg``."""
+    if field == "resolution":
+        return value.strip().upper()
+    value = value.strip().lower()
+    return "jpg" if field == "output_format" and value == "jpeg" else value
 
 
 class CreateTaskRequest(BaseModel):

@@ -4,14 +4,22 @@ The hosted API's models differ in what they accept (``google/nano-banana`` calls
 aspect ratio ``image_size`` and takes no images; ``nano-banana-2`` defaults to ``auto``
 and ``jpg``). A createTask body is first put into our one shape (`spec_input`), so that
 everything after validation (the stored input, the worker, the providers) knows a single
-vocabulary, then checked against the model's limits (`check_model_rules`).
+vocabulary, and checked against the model's limits (`check_model_rules`) before the
+general validation, so that a refusal states the limit of the model the caller named.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
-from bananastand.contract import CreateTaskRequest
+from bananastand.contract import (
+    AspectRatio,
+    OutputFormat,
+    Resolution,
+    TaskInput,
+    normalise_choice,
+)
 from bananastand.errors import ValidationError
 from bananastand.settings import ModelSpec
 
@@ -41,23 +49,33 @@ def in_clients_words(spec: ModelSpec, raw: Any, message: str) -> str:
     return message
 
 
-def check_model_rules(request: CreateTaskRequest, spec: ModelSpec) -> None:
-    """422 naming the field when the request asks for what this model cannot do."""
-    model = request.model
-    given = request.input
-    if given.resolution not in spec.resolutions:
-        allowed = ", ".join(r.value for r in spec.resolutions)
-        raise ValidationError(f"input.resolution: {model} supports {allowed}")
-    if given.aspect_ratio not in spec.aspect_ratios:
-        allowed = ", ".join(r.value for r in spec.aspect_ratios)
-        raise ValidationError(f"input.aspect_ratio: {model} supports {allowed}")
-    if given.output_format not in spec.output_formats:
-        allowed = ", ".join(f.value for f in spec.output_formats)
-        raise ValidationError(f"input.output_format: {model} supports {allowed}")
-    if len(given.image_input) > spec.max_images:
+def check_model_rules(model: str, spec: ModelSpec, given: Mapping[str, Any]) -> None:
+    """422 naming the field when the input (as `spec_input` shaped it) asks for what this
+    model cannot do.
+
+    Runs before the general validation, whose limits are the widest any model allows:
+    ``nano-banana-pro`` must say it takes 8 images, not 14, and list its own aspect ratios.
+    Values of the wrong type are left to that validation; a field left out is judged by
+    the default it will get.
+    """
+    choices: dict[str, list[Resolution] | list[AspectRatio] | list[OutputFormat]] = {
+        "resolution": spec.resolutions,
+        "aspect_ratio": spec.aspect_ratios,
+        "output_format": spec.output_formats,
+    }
+    for field, allowed in choices.items():
+        value = given.get(field)
+        if value is None:
+            value = TaskInput.model_fields[field].default
+        if isinstance(value, str) and normalise_choice(field, value) not in allowed:
+            listed = ", ".join(choice.value for choice in allowed)
+            raise ValidationError(f"input.{field}: {model} supports {listed}")
+    images = given.get("image_input")
+    if isinstance(images, list) and len(images) > spec.max_images:
         limit = f"at most {spec.max_images} images" if spec.max_images else "no images"
         raise ValidationError(f"input.image_input: {model} takes {limit}")
-    if len(given.prompt) > spec.max_prompt_chars:
+    prompt = given.get("prompt")
+    if isinstance(prompt, str) and len(prompt) > spec.max_prompt_chars:
         raise ValidationError(
             f"input.prompt: {model} takes at most {spec.max_prompt_chars} characters"
         )

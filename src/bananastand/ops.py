@@ -15,6 +15,7 @@ from functools import partial
 
 from bananastand.errors import FeatureDisabledError, MaintenanceError
 from bananastand.ids import now_ms
+from bananastand.storable import check_text
 from bananastand.store import switches as queries
 from bananastand.store.database import Database
 
@@ -90,6 +91,7 @@ class Switches:
             raise FeatureDisabledError(f"model {model} is disabled on this server for now")
 
     async def set_maintenance(self, on: bool, message: str = "") -> None:
+        check_text("message", message)
         if on:
             work = partial(queries.put_switch, name=MAINTENANCE, value=message, now_ms=now_ms())
             await self._db.write(work)
@@ -99,6 +101,8 @@ class Switches:
         self._fresh_until = 0.0
 
     async def set_model(self, model: str, *, enabled: bool, account_id: str | None = None) -> None:
+        check_text("model", model)
+        check_text("account", account_id or "")
         name = _model_switch(model, account_id)
         if enabled:
             await self._db.write(partial(queries.remove_switch, name=name))

@@ -39,6 +39,8 @@ from bananastand.store.database import Database
 
 MAX_IDEMPOTENCY_KEY = 255
 MAX_PAGE = 100
+#: Why a task can no longer be canceled, in words (a state is no adjective: "is fail").
+_TOO_LATE = {TaskState.SUCCESS: "has already succeeded", TaskState.FAIL: "has already failed"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,14 +80,15 @@ class Tasks:
         model = body.get("model")
         spec = self._settings.models.get(model) if isinstance(model, str) else None
         raw_input = body.get("input")
-        if spec is not None and isinstance(raw_input, dict):
-            body = {**body, "input": spec_input(spec, raw_input)}
         try:
+            if spec is not None and isinstance(model, str) and isinstance(raw_input, dict):
+                shaped = spec_input(spec, raw_input)
+                check_model_rules(model, spec, shaped)
+                body = {**body, "input": shaped}
             request = CreateTaskRequest.model_validate(body)
             if spec is None:
                 known = ", ".join(sorted(self._settings.models))
                 raise ValidationError(f"model: unknown model {request.model!r}; expected {known}")
-            check_model_rules(request, spec)
         except PydanticValidationError as exc:
             message = describe_validation_error(exc)
             raise ValidationError(
@@ -200,9 +203,8 @@ class Tasks:
             raise NotFoundError(f"task {task_id} not found")
         self.watch.nudge((task_id,))
         if task.fail_msg != CANCELED_MSG or task.state is not TaskState.FAIL:
-            raise ValidationError(
-                f"taskId: the task is {task.state.value} and can no longer be canceled"
-            )
+            status = _TOO_LATE.get(task.state, f"is already {task.state.value}")
+            raise ValidationError(f"taskId: the task {status}; it cannot be canceled")
         return task
 
     async def follow(

@@ -2,20 +2,30 @@
 
 Guarded by ``BANANASTAND_ADMIN_TOKEN``, a secret of its own (never an API key), compared
 in constant time. Without a token configured the whole API answers 404, as if absent.
+
+Bodies are read by a dependency (`json_body`) rather than as FastAPI body parameters:
+FastAPI reads and parses those before any dependency runs, so a caller without the token
+could make the server hold any body it sent. This way the token is checked first and the
+body is capped and parsed as createTask's is (``BANANASTAND_MAX_BODY_BYTES``).
 """
 
 from __future__ import annotations
 
 import hmac
-from typing import Annotated, Any
+from collections.abc import Awaitable, Callable
+from typing import Annotated, Any, TypeVar
 
 from fastapi import APIRouter, Depends, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ValidationError as PydanticValidationError
 from pydantic.alias_generators import to_camel
 
 from bananastand.api.deps import Services, ServicesDep, services_of
 from bananastand.api.envelope import envelope
-from bananastand.errors import AuthenticationError, NotFoundError
+from bananastand.api.jobs import parse_json, read_body
+from bananastand.contract import describe_validation_error
+from bananastand.errors import AuthenticationError, NotFoundError, ValidationError
+from bananastand.storable import INT32_MAX, INT64_MAX
 
 
 async def require_admin(request: Request) -> None:
@@ -45,8 +55,8 @@ class Limits(_Body):
 
     create_rate: str | None = None
     read_rate: str | None = None
-    max_waiting: Annotated[int, Field(ge=0)] | None = None
-    monthly_cap: Annotated[int, Field(ge=0)] | None = None
+    max_waiting: Annotated[int, Field(ge=0, le=INT32_MAX)] | None = None
+    monthly_cap: Annotated[int, Field(ge=0, le=INT64_MAX)] | None = None
 
 
 class NewKeyBody(_Body):
@@ -70,13 +80,37 @@ class ModelSwitch(_Body):
     account_id: str | None = None
 
 
+BodyT = TypeVar("BodyT", bound=_Body)
+
+
+def json_body(model: type[BodyT]) -> Callable[[Request], Awaitable[BodyT]]:
+    """A dependency that reads the body as ``model``; it runs after `require_admin`."""
+
+    async def read(request: Request) -> BodyT:
+        raw = await read_body(request, services_of(request).settings.max_body_bytes)
+        try:
+            return model.model_validate(parse_json(raw))
+        except PydanticValidationError as exc:
+            raise ValidationError(describe_validation_error(exc)) from None
+
+    return read
+
+
+def documented(model: type[_Body]) -> dict[str, Any]:
+    """The OpenAPI ``requestBody`` FastAPI would have written for a body parameter."""
+    schema = model.model_json_schema(by_alias=True)
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
+
+
 @router.get("/accounts")
 async def list_accounts(services: ServicesDep) -> Response:
     return envelope([account.to_admin() for account in await services.accounts.list_accounts()])
 
 
-@router.post("/accounts")
-async def create_account(services: ServicesDep, body: NewAccount) -> Response:
+@router.post("/accounts", openapi_extra=documented(NewAccount))
+async def create_account(
+    services: ServicesDep, body: Annotated[NewAccount, Depends(json_body(NewAccount))]
+) -> Response:
     return envelope((await services.accounts.create_account(body.name)).to_admin())
 
 
@@ -105,14 +139,20 @@ async def account_details(services: Services, account_id: str) -> dict[str, Any]
     }
 
 
-@router.post("/accounts/{account_id}/limits")
-async def set_limits(services: ServicesDep, account_id: str, body: Limits) -> Response:
+@router.post("/accounts/{account_id}/limits", openapi_extra=documented(Limits))
+async def set_limits(
+    services: ServicesDep, account_id: str, body: Annotated[Limits, Depends(json_body(Limits))]
+) -> Response:
     changes = body.model_dump(include=body.model_fields_set)
     return envelope((await services.accounts.set_limits(account_id, changes)).to_admin())
 
 
-@router.post("/accounts/{account_id}/keys")
-async def create_key(services: ServicesDep, account_id: str, body: NewKeyBody) -> Response:
+@router.post("/accounts/{account_id}/keys", openapi_extra=documented(NewKeyBody))
+async def create_key(
+    services: ServicesDep,
+    account_id: str,
+    body: Annotated[NewKeyBody, Depends(json_body(NewKeyBody))],
+) -> Response:
     made = await services.accounts.create_key(
         account_id=account_id, name=body.name, is_test=body.test, expires_at=body.expires_at
     )
@@ -125,8 +165,10 @@ async def revoke_key(services: ServicesDep, key_id: str) -> Response:
     return envelope({"id": key_id, "revoked": True})
 
 
-@router.post("/accounts/{account_id}/credits")
-async def add_credits(services: ServicesDep, account_id: str, body: Grant) -> Response:
+@router.post("/accounts/{account_id}/credits", openapi_extra=documented(Grant))
+async def add_credits(
+    services: ServicesDep, account_id: str, body: Annotated[Grant, Depends(json_body(Grant))]
+) -> Response:
     balance = await services.billing.grant(account_id, body.amount, body.note)
     return envelope({"accountId": account_id, "credits": balance})
 
@@ -150,13 +192,17 @@ async def switches(services: ServicesDep) -> Response:
     return envelope((await services.switches.current()).to_admin())
 
 
-@router.post("/maintenance")
-async def maintenance(services: ServicesDep, body: Maintenance) -> Response:
+@router.post("/maintenance", openapi_extra=documented(Maintenance))
+async def maintenance(
+    services: ServicesDep, body: Annotated[Maintenance, Depends(json_body(Maintenance))]
+) -> Response:
     await services.switches.set_maintenance(body.on, body.message)
     return envelope((await services.switches.current()).to_admin())
 
 
-@router.post("/models/{model}")
-async def switch_model(services: ServicesDep, model: str, body: ModelSwitch) -> Response:
+@router.post("/models/{model}", openapi_extra=documented(ModelSwitch))
+async def switch_model(
+    services: ServicesDep, model: str, body: Annotated[ModelSwitch, Depends(json_body(ModelSwitch))]
+) -> Response:
     await services.switches.set_model(model, enabled=body.enabled, account_id=body.account_id)
     return envelope((await services.switches.current()).to_admin())

@@ -54,13 +54,20 @@ async def read_body(request: Request, limit: int) -> bytes:
 
 
 def parse_json(raw: bytes) -> Any:
-    """JSON whatever the Content-Type says: a JSON body sent as text/plain is common."""
+    """JSON whatever the Content-Type says: a JSON body sent as text/plain is common.
+
+    Strict: no lone surrogates (``"\\ud800"``: I-JSON, RFC 7493, forbids them and no
+    database text column takes them), no NaN, at most 1024 levels deep. The refusal says
+    why and where.
+    """
     if not raw.strip():
         raise ValidationError("body: must be a JSON object")
     try:
         return orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        raise ValidationError("body: not valid JSON") from None
+    except orjson.JSONDecodeError as exc:
+        raise ValidationError(
+            f"body: not valid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno})"
+        ) from None
 
 
 @polled.post(

@@ -13,8 +13,9 @@ from dataclasses import dataclass
 
 from sqlalchemy import Connection, func, insert, select, update
 
-from bananastand.errors import InsufficientCreditsError
+from bananastand.errors import InsufficientCreditsError, ValidationError
 from bananastand.records import LedgerEntry
+from bananastand.storable import INT64_MAX
 from bananastand.store.schema import accounts, credit_ledger, tasks
 
 CHARGE = "charge"
@@ -59,11 +60,14 @@ def balance(connection: Connection, account_id: str) -> int | None:
 def grant(connection: Connection, account_id: str, amount: int, now_ms: int, note: str) -> int:
     """Add (or, negative, take away) credits by hand; returns the new balance.
 
-    A negative grant may not take the balance below zero.
+    A negative grant may not take the balance below zero, nor a grant above what the
+    BIGINT column holds (SQLite would quietly make it a float).
     """
     current = balance(connection, account_id)
     if current is None:
         raise LookupError(account_id)
+    if current + amount > INT64_MAX:
+        raise ValidationError(f"amount: the balance would be more than {INT64_MAX}")
     if current + amount < 0:
         raise InsufficientCreditsError(
             f"account {account_id} has {current} credits; cannot take away {-amount}"
