@@ -12,13 +12,14 @@ import json
 import os
 import subprocess
 import threading
+import time
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 
-from conftest import BIN, Server, cli, free_port
+from conftest import BIN, Server, ServerProcess, cli, free_port
 from test_cli import create_key
 
 Answer = Callable[..., str]
@@ -283,3 +284,41 @@ def test_a_disagreeing_audit_stays_1(tmp_path: Path) -> None:
     done = cli(data_dir, "credits", "audit")
     assert account in done.stdout
     assert "do not match" in one_line(done, TASK_FAILED)
+
+
+def test_a_server_that_goes_away_stops_the_batch(
+    spawn: Callable[..., ServerProcess], tmp_path: Path
+) -> None:
+    server = spawn("serve")
+    key = create_key(tmp_path / "data", "--test")[2]  # the folder ``spawn`` serves
+    lines = 30
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text(
+        "".join(
+            json.dumps({"prompt": f"banana {n} [sandbox:delay=5000]"}) + "\n" for n in range(lines)
+        )
+    )
+    out = tmp_path / "out"
+    env = {"BANANASTAND_BASE_URL": server.base_url, "BANANASTAND_API_KEY": key}
+    base = {k: v for k, v in os.environ.items() if not k.startswith("BANANASTAND_")}
+    batch = subprocess.Popen(
+        [str(BIN / "bananastand"), "batch", str(prompts), "-o", str(out), "--concurrency", "2"],
+        env={**base, **env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    manifest = out / "manifest.jsonl"
+    deadline = time.monotonic() + 60
+    while not (manifest.exists() and '"submitted"' in manifest.read_text()):
+        assert batch.poll() is None, batch.communicate()
+        assert time.monotonic() < deadline, "no line was submitted"
+        time.sleep(0.05)
+    server.kill()
+    _, stderr = batch.communicate(timeout=120)
+    assert batch.returncode == SERVER, stderr
+    assert "Traceback" not in stderr
+    assert f"cannot reach {server.base_url} (connection refused)" in stderr
+    # It stopped: the lines after those in flight were never started.
+    touched = {json.loads(entry)["line"] for entry in manifest.read_text().splitlines()}
+    assert len(touched) < lines // 2, touched

@@ -112,6 +112,27 @@ def fail(message: str, status: int) -> NoReturn:
     raise typer.Exit(status)
 
 
+#: (kind, exit status, what to do), the first that matches wins.
+_KINDS: tuple[tuple[type[BananastandError], int, str], ...] = (
+    (GenerationFailedError, TASK_FAILED, ""),
+    (BatchFileError, USAGE, ""),
+    (AuthenticationError, AUTH, "check --api-key or BANANASTAND_API_KEY"),
+    (
+        InsufficientCreditsError,
+        AUTH,
+        "the account needs credits (its operator: bananastand credits add), or use a test key",
+    ),
+    (NotFoundError, USAGE, "check the id"),
+    (ValidationError, USAGE, "fix that and run again"),
+    (RateLimitError, SERVER, "still rate limited after retries: try again later"),
+    (MaintenanceError, SERVER, "the server is under maintenance: try again later"),
+    (FeatureDisabledError, SERVER, "switched off on this server: ask its operator"),
+    (ApiError, SERVER, "the server failed: try again later, or look at its log"),
+    (TimeoutError, SERVER, "it may still finish: see bananastand status"),
+    (TransportError, SERVER, "no answer from the server: try again later, or check --base-url"),
+)
+
+
 def explain(exc: BananastandError) -> tuple[str, int]:
     """What a person reads for a client error (what happened, what to do) and the exit
     status of its kind."""
@@ -121,32 +142,11 @@ def explain(exc: BananastandError) -> tuple[str, int]:
             "set --base-url or BANANASTAND_BASE_URL",
             SERVER,
         )
-    hints: list[tuple[type[BananastandError], str, int]] = [
-        (GenerationFailedError, "", TASK_FAILED),
-        (BatchFileError, "", USAGE),
-        (AuthenticationError, "check --api-key or BANANASTAND_API_KEY", AUTH),
-        (
-            InsufficientCreditsError,
-            "the account needs credits (its operator: bananastand credits add), or use a test key",
-            AUTH,
-        ),
-        (NotFoundError, "check the id", USAGE),
-        (ValidationError, "fix that and run again", USAGE),
-        (RateLimitError, "rate limited even after retries: try again later", SERVER),
-        (MaintenanceError, "the server is under maintenance: try again later", SERVER),
-        (FeatureDisabledError, "switched off on this server: ask its operator", SERVER),
-        (ApiError, "the server failed: try again later, or look at its log", SERVER),
-        (TimeoutError, "it may still finish: see bananastand status", SERVER),
-        (
-            TransportError,
-            "no answer from the server: try again later, or check --base-url",
-            SERVER,
-        ),
-    ]
-    for kind, hint, status in hints:
+    if isinstance(exc, RateLimitError) and exc.retry_after is not None:
+        wait = f"try again in {exc.retry_after:.0f} s"
+        return f"{exc}: still rate limited after retries: {wait}", SERVER
+    for kind, status, hint in _KINDS:
         if isinstance(exc, kind):
-            if isinstance(exc, RateLimitError) and exc.retry_after is not None:
-                hint = f"rate limited even after retries: try again in {exc.retry_after:.0f} s"
             return (f"{exc}: {hint}" if hint else str(exc)), status
     return str(exc), SERVER
 
