@@ -172,7 +172,7 @@ def test_admin_cli_commands(start_server: Callable[..., Server]) -> None:
     reset = cli(server.data_dir, "accounts", "set-limits", account_id, "--max-waiting", "default")
     assert json.loads(reset.stdout)["maxWaiting"] is None
     wrong = cli(server.data_dir, "accounts", "set-limits", account_id, "--read-rate", "fast")
-    assert wrong.returncode == 1
+    assert wrong.returncode == 2
     assert "read_rate" in wrong.stderr
 
     shown = json.loads(cli(server.data_dir, "accounts", "show", account_id).stdout)

@@ -241,5 +241,5 @@ def test_cli_shows_and_rotates_the_webhook_secret(tmp_path: Path) -> None:
     assert rotated.returncode == 0, rotated.stderr
     assert rotated.stdout.strip().splitlines()[-1] not in ("", secret)
     unknown = cli(data_dir, "webhooks", "secret", "--account", "acct_nope")
-    assert unknown.returncode == 1
+    assert unknown.returncode == 2
     assert "account acct_nope does not exist" in unknown.stderr

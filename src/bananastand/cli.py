@@ -5,7 +5,14 @@ Scripts and tests drive these commands, so their names and the shape of their ou
 
 The server side (FastAPI, SQLAlchemy, google-genai...) is imported inside the commands
 that use it: the client commands (``generate``, ``batch``, ``status``) share this entry
-point, and importing the server for them cost ~1.1 s of start-up and CPU per run.
+point, and importing the server for them cost ~1.1 s of start-up and CPU per run. Only
+``serve`` and ``worker`` open the whole runtime; the admin commands open the database
+and what they use of it (``admin_runtime``).
+
+Errors are one line on stderr, never a traceback; exit statuses (the full table in
+``bananastand.client.cli``): 0 ok, 1 a task failed (``credits audit``: the ledger
+disagrees), 2 usage (bad arguments, unknown ids, missing files, bad settings), 3 auth or
+credits (401, 402), 4 server, network or database.
 """
 
 from __future__ import annotations
@@ -23,12 +30,14 @@ import orjson
 import typer
 from rich.console import Console
 
+from bananastand.client.cli import TASK_FAILED, fail
 from bananastand.client.cli import register as register_client_commands
+from bananastand.client.cli import run as run_app
 from bananastand.ids import now_ms
 
 if TYPE_CHECKING:
     from bananastand.accounts import Accounts, NewKey
-    from bananastand.api.deps import Services
+    from bananastand.admin_runtime import AdminServices
     from bananastand.settings import Settings
 
 T = TypeVar("T")
@@ -59,36 +68,20 @@ console = Console(highlight=False, soft_wrap=True)
 
 
 def _settings(**overrides: object) -> Settings:
-    from bananastand import logs
-    from bananastand.settings import Settings
+    from bananastand.admin_runtime import load_settings
 
-    given = {name: value for name, value in overrides.items() if value is not None}
-    settings = Settings(**given)  # type: ignore[arg-type]
-    logs.configure(settings.log_level, settings.log_format)
-    return settings
+    return load_settings(**overrides)
 
 
 def _with_accounts(settings: Settings, action: Callable[[Accounts], Awaitable[T]]) -> T:
     return _with_services(settings, lambda services: action(services.accounts))
 
 
-def _with_services(settings: Settings, action: Callable[[Services], Awaitable[T]]) -> T:
-    """Run one admin action; a refusal is one clear line on stderr and exit status 1."""
-    from bananastand.app import close_runtime, open_runtime
-    from bananastand.errors import ApiError
+def _with_services(settings: Settings, action: Callable[[AdminServices], Awaitable[T]]) -> T:
+    """Run one admin action on the database alone; errors are one line (``run_admin``)."""
+    from bananastand.admin_runtime import run_admin
 
-    async def run() -> T:
-        runtime = await open_runtime(settings, run_worker=False)
-        try:
-            return await action(runtime.services)
-        finally:
-            await close_runtime(runtime)
-
-    try:
-        return asyncio.run(run())
-    except ApiError as exc:
-        Console(stderr=True, highlight=False).print(f"error: {exc.msg}")
-        raise typer.Exit(1) from None
+    return run_admin(settings, action)
 
 
 def _banner(
@@ -282,20 +275,19 @@ def revoke_key(key_id: str) -> None:
 @files_app.command("sweep")
 def sweep() -> None:
     """Delete uploads and results past their retention (safe beside running workers)."""
-    from bananastand.app import close_runtime, open_runtime
     from bananastand.retention import retention_rules
     from bananastand.retention import sweep as sweep_files
+    from bananastand.storage import open_storage
 
     settings = _settings()
 
     async def run() -> int:
-        runtime = await open_runtime(settings, run_worker=False)
+        # Files only: retention is decided by the storage's own timestamps, not the database.
+        storage = open_storage(settings)
         try:
-            return await sweep_files(
-                runtime.services.storage, retention_rules(settings), now_ms=now_ms()
-            )
+            return await sweep_files(storage, retention_rules(settings), now_ms=now_ms())
         finally:
-            await close_runtime(runtime)
+            await storage.aclose()
 
     print(f"deleted {asyncio.run(run())} expired files")
 
@@ -346,9 +338,7 @@ def list_accounts() -> None:
 @accounts_app.command("show")
 def show_account(account_id: str) -> None:
     """The account, its limits, keys and newest ledger rows, as JSON."""
-    from bananastand.api.admin import account_details
-
-    details = _with_services(_settings(), lambda services: account_details(services, account_id))
+    details = _with_services(_settings(), lambda services: services.account_details(account_id))
     print(orjson.dumps(details, option=orjson.OPT_INDENT_2).decode())
 
 
@@ -407,7 +397,7 @@ def add_credits(
     if (account is None) == (key is None):
         raise typer.BadParameter("give exactly one of --account and --key")
 
-    async def grant(services: Services) -> tuple[str, int]:
+    async def grant(services: AdminServices) -> tuple[str, int]:
         account_id = account or await services.accounts.account_of_key(key or "")
         return account_id, await services.billing.grant(account_id, amount, note)
 
@@ -420,7 +410,7 @@ def add_credits(
 def audit_credits() -> None:
     """Prove every balance equals its ledger sum; exit status 1 when one does not."""
 
-    async def audit(services: Services) -> tuple[int, list[str]]:
+    async def audit(services: AdminServices) -> tuple[int, list[str]]:
         found = await services.billing.audit()
         lines = [f"{d.kind} {d.id}: recorded {d.recorded}, ledger says {d.ledger}" for d in found]
         return await services.accounts.count_accounts(), lines
@@ -429,10 +419,10 @@ def audit_credits() -> None:
     for line in problems:
         print(line)
     if problems:
-        Console(stderr=True, highlight=False).print(
-            f"error: {len(problems)} balances do not match the ledger"
+        fail(
+            f"{len(problems)} balances do not match the ledger: see the lines above",
+            TASK_FAILED,
         )
-        raise typer.Exit(1)
     print(f"ok: {checked} accounts, every balance equals its ledger sum")
 
 
@@ -493,7 +483,7 @@ def webhook_secret(
 ) -> None:
     """Show (or rotate) the secret callbacks of an account are signed with."""
 
-    async def action(services: Services) -> str:
+    async def action(services: AdminServices) -> str:
         found = await services.webhooks.secret(account, rotate=rotate)
         return found.secret
 
@@ -504,4 +494,4 @@ register_client_commands(app, credits_app)
 
 
 def main() -> None:
-    app()
+    run_app(app)

@@ -143,22 +143,34 @@ class RetryPolicy:
     """Jittered exponential backoff within a number of attempts and a time budget.
 
     A ``Retry-After`` the server sent is a floor: the client never comes back earlier.
+    ``unreachable_budget_s`` (default: ``budget_s``) bounds the retrying of connections
+    that could not be made at all (refused, name not resolved): a server that is being
+    restarted comes back within seconds, one that is not running never does, and a
+    person at a prompt (the CLI uses 1 s) would rather hear so at once.
     """
 
     max_attempts: int = 6
     budget_s: float = 120.0
     base_s: float = 0.5
     cap_s: float = 30.0
+    unreachable_budget_s: float | None = None
 
     def delay(self, attempt: int, error: Exception, elapsed_s: float) -> float | None:
         """Seconds to wait before attempt ``attempt + 1``; ``None``: give up."""
         if attempt >= self.max_attempts:
             return None
+        budget = self.budget_s
+        if (
+            self.unreachable_budget_s is not None
+            and isinstance(error, TransportError)
+            and error.unreachable is not None
+        ):
+            budget = min(budget, self.unreachable_budget_s)
         delay = random.uniform(0, min(self.cap_s, self.base_s * 2 ** (attempt - 1)))  # noqa: S311
         retry_after = getattr(error, "retry_after", None)
         if retry_after is not None:
             delay = retry_after + random.uniform(0, min(1.0, retry_after / 10))  # noqa: S311
-        if elapsed_s + delay > self.budget_s:
+        if elapsed_s + delay > budget:
             return None
         return delay
 

@@ -27,7 +27,7 @@ from typing import Any, TextIO
 
 from bananastand.client._core import create_body, is_url
 from bananastand.client.client import AsyncClient
-from bananastand.client.errors import ApiError, BananastandError, ServerError, TransportError
+from bananastand.client.errors import BananastandError, ServerError, TransportError
 
 MANIFEST = "manifest.jsonl"
 
@@ -48,38 +48,38 @@ class Batch:
     source: Path
     out: Path
     identity: str
-    lines: dict[int, Any]
+    lines: dict[int, dict[str, Any]]
     state: dict[int, dict[str, Any]]
     resubmit_unknown: bool
     timeout: float
     _manifest: TextIO | None = field(default=None, init=False, repr=False)
+    #: Set when the server could not be reached: the batch stops taking new lines.
+    _unreachable: TransportError | None = field(default=None, init=False, repr=False)
 
     @classmethod
     def open(cls, source: Path, out: Path, *, resubmit_unknown: bool, timeout: float) -> Batch:
-        content = source.read_bytes()
+        """Read the batch file and fold its manifest; ``BatchFileError`` if either cannot be
+        used. Every line is checked here, before anything is sent: a typo at line 900 is
+        better found before 899 tasks have been made (and charged)."""
+        try:
+            content = source.read_bytes()
+            text = content.decode()
+        except OSError as exc:
+            raise BatchFileError(f"{source}: {exc.strerror or exc}") from None
+        except UnicodeDecodeError:
+            raise BatchFileError(f"{source}: not UTF-8 text") from None
         identity = hashlib.sha256(str(source.resolve()).encode() + b"\0" + content).hexdigest()[:24]
-        lines: dict[int, Any] = {}
-        for number, text in enumerate(content.decode().splitlines(), start=1):
-            if text.strip():
-                try:
-                    lines[number] = json.loads(text)
-                except ValueError as exc:
-                    lines[number] = ValueError(f"not JSON: {exc}")
-        out.mkdir(parents=True, exist_ok=True)
-        state: dict[int, dict[str, Any]] = {}
+        lines = {
+            number: _spec(line, f"{source} line {number}")
+            for number, line in enumerate(text.splitlines(), start=1)
+            if line.strip()
+        }
         manifest = out / MANIFEST
-        if manifest.exists():
-            raw = manifest.read_text()
-            for entry_text in raw.splitlines():
-                try:
-                    entry = json.loads(entry_text)
-                except ValueError:
-                    continue  # the torn last line of a killed run
-                if isinstance(entry, dict) and entry.get("batch") == identity:
-                    state.setdefault(entry["line"], {}).update(entry)
-            if raw and not raw.endswith("\n"):
-                with manifest.open("a") as file:
-                    file.write("\n")
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+            state = _fold(manifest, identity)
+        except OSError as exc:
+            raise BatchFileError(f"{exc.filename or manifest}: {exc.strerror or exc}") from None
         return cls(source, out, identity, lines, state, resubmit_unknown, timeout)
 
     @property
@@ -115,12 +115,17 @@ class Batch:
 
         async def worker() -> None:
             for line in pending:
+                if self._unreachable is not None:
+                    return
                 await self._job(client, line, report, on_done)
 
         try:
             await asyncio.gather(*(worker() for _ in range(concurrency)))
         finally:
             self.close()
+        if self._unreachable is not None:
+            # Every other line would fail the same way; a re-run does what is left.
+            raise self._unreachable
         return report
 
     async def _job(
@@ -134,6 +139,9 @@ class Batch:
         try:
             outcome = await self._advance(client, line, entry)
         except (BananastandError, OSError) as exc:
+            if isinstance(exc, TransportError) and exc.unreachable is not None:
+                self._unreachable = exc  # the line stays as the manifest has it
+                return
             self._log(line, status="error", error=str(exc))
             outcome = ("failed", str(exc))
         if outcome[0] == "success":
@@ -169,7 +177,11 @@ class Batch:
                     body, self.key(line), resend_lost=self.resubmit_unknown
                 )
             except (ServerError, TransportError) as exc:
+                # Even a refused connection proves nothing: an earlier attempt may have
+                # arrived.
                 self._log(line, status="unknown", error=str(exc))
+                if isinstance(exc, TransportError) and exc.unreachable is not None:
+                    raise
                 return "unknown", f"createTask answer lost: {exc}"
             self._log(line, status="submitted", taskId=task_id)
             fresh = True
@@ -197,14 +209,8 @@ class Batch:
         """createTask's body for a line; local image paths (relative to the batch file)
         are uploaded and replaced by their links."""
         spec = self.lines[line]
-        if isinstance(spec, Exception):
-            raise _LineError(str(spec))
-        if not isinstance(spec, dict) or not isinstance(spec.get("prompt"), str):
-            raise _LineError("needs a JSON object with a string prompt")
         fields = {k: v for k, v in spec.items() if k not in ("model", "callBackUrl")}
         images = fields.get("image_input") or []
-        if not isinstance(images, list):
-            raise _LineError("image_input must be a list")
         urls = []
         for image in images:
             if is_url(image):
@@ -220,7 +226,49 @@ class Batch:
         return create_body(fields, model=spec.get("model"), callback_url=spec.get("callBackUrl"))
 
 
-class _LineError(ApiError):
-    """A line that cannot become a createTask body (nothing was sent)."""
+class BatchFileError(BananastandError):
+    """The batch file or its manifest cannot be read or used; nothing was sent."""
 
-    code = 422
+
+def _spec(text: str, where: str) -> dict[str, Any]:
+    """One line of the batch file: a JSON object with a string prompt."""
+    try:
+        spec = json.loads(text)
+    except ValueError as exc:
+        raise BatchFileError(f"{where}: not JSON ({exc}): fix the line and run again") from None
+    if not isinstance(spec, dict) or not isinstance(spec.get("prompt"), str):
+        raise BatchFileError(f'{where}: needs a JSON object with a string "prompt"')
+    images = spec.get("image_input")
+    if images is not None and not (
+        isinstance(images, list) and all(isinstance(image, str) for image in images)
+    ):
+        raise BatchFileError(f"{where}: image_input must be a list of URLs or paths")
+    return spec
+
+
+def _fold(manifest: Path, identity: str) -> dict[int, dict[str, Any]]:
+    """The last known state of each line of batch ``identity`` from its manifest.
+
+    Lines that are not JSON are the torn last writes of killed runs (a torn multi-byte
+    character included); a JSON entry of this batch without a line number is not ours.
+    """
+    state: dict[int, dict[str, Any]] = {}
+    if not manifest.exists():
+        return state
+    raw = manifest.read_text(errors="replace")
+    for number, entry_text in enumerate(raw.splitlines(), start=1):
+        try:
+            entry = json.loads(entry_text)
+        except ValueError:
+            continue
+        if isinstance(entry, dict) and entry.get("batch") == identity:
+            if not isinstance(entry.get("line"), int):
+                raise BatchFileError(
+                    f"{manifest} line {number}: not a manifest entry: "
+                    "move the file away to start the batch over"
+                )
+            state.setdefault(entry["line"], {}).update(entry)
+    if raw and not raw.endswith("\n"):
+        with manifest.open("a") as file:
+            file.write("\n")
+    return state

@@ -1,7 +1,22 @@
 """The client commands of ``bananastand``: generate, batch, status, credits.
 
 They talk to a server over HTTP only, so this module imports nothing of the server;
-``bananastand.cli`` registers them onto its typer app with ``register``.
+``bananastand.cli`` registers them onto its typer app with ``register``, and runs the
+whole command line through ``run`` here.
+
+Every error is one line on stderr (``error: what happened: what to do``), never a
+traceback, and the exit status says what kind it was; scripts rely on these:
+
+    0  ok
+    1  a task failed: the generation failed, or a batch had failed or unknown lines
+       (``credits audit``: a balance disagrees with the ledger)
+    2  usage: bad arguments or options, a missing or unreadable file (``-i``, the batch
+       file, its manifest), an unknown task/account/key (404), a refused input (422)
+    3  auth or credits: the key is missing, wrong, revoked or expired (401), not enough
+       credits (402)
+    4  server or network: cannot connect, timed out, still rate limited after retries
+       (429), maintenance (455), a server error (5xx, 505 included), a database that
+       cannot be used (admin commands)
 """
 
 from __future__ import annotations
@@ -12,7 +27,7 @@ import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, NoReturn, Protocol, TypeVar, cast
 
 import httpx
 import typer
@@ -26,22 +41,59 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 
-from bananastand.client._core import DEFAULT_BASE_URL, DEFAULT_WAIT_TIMEOUT_S
-from bananastand.client.batch import Batch, BatchReport
+from bananastand.client._core import DEFAULT_BASE_URL, DEFAULT_WAIT_TIMEOUT_S, RetryPolicy
+from bananastand.client.batch import Batch, BatchFileError, BatchReport
 from bananastand.client.client import DEFAULT_HTTP_TIMEOUT, AsyncClient, Client
-from bananastand.client.errors import BananastandError
+from bananastand.client.errors import (
+    ApiError,
+    AuthenticationError,
+    BananastandError,
+    FeatureDisabledError,
+    GenerationFailedError,
+    InsufficientCreditsError,
+    MaintenanceError,
+    NotFoundError,
+    RateLimitError,
+    TimeoutError,
+    TransportError,
+    ValidationError,
+)
 from bananastand.client.models import Task
 
 T = TypeVar("T")
 #: Connections for quick requests (creates, uploads, downloads) in `batch`.
 QUICK_POOL = 8
 
+#: Exit statuses (the table in the module docstring).
+OK, TASK_FAILED, USAGE, AUTH, SERVER = 0, 1, 2, 3, 4
+
+#: The SDK's policy, but for a person at a prompt: a server that cannot be reached is
+#: said so within a second (the SDK's default retries it for ~10 s), and a Retry-After
+#: longer than half a minute is reported ("try again in N s") rather than waited out.
+RETRY = RetryPolicy(budget_s=30.0, unreachable_budget_s=1.0)
+
 stderr = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+def _http_url(value: str) -> str:
+    """``--base-url`` must be an http(s) URL with a host: anything else would only fail
+    later, at every retry, with httpx's words for it."""
+    try:
+        url = httpx.URL(value)
+    except httpx.InvalidURL:
+        url = None
+    if url is None or url.scheme not in ("http", "https") or not url.host:
+        raise typer.BadParameter(f"{value!r} is not an http(s) URL (like {DEFAULT_BASE_URL})")
+    return value
+
 
 BaseUrl = Annotated[
     str,
     typer.Option(
-        "--base-url", envvar="BANANASTAND_BASE_URL", help="The server (bananastand or hosted)."
+        "--base-url",
+        envvar="BANANASTAND_BASE_URL",
+        help="The server (bananastand or hosted).",
+        callback=_http_url,
     ),
 ]
 ApiKey = Annotated[
@@ -50,14 +102,100 @@ ApiKey = Annotated[
 ]
 
 
+def say(message: str) -> None:
+    """``error: message`` as one line on stderr (whatever newlines ``message`` holds)."""
+    stderr.print("error: " + " ".join(message.split()), markup=False)
+
+
+def fail(message: str, status: int) -> NoReturn:
+    say(message)
+    raise typer.Exit(status)
+
+
+#: (kind, exit status, what to do), the first that matches wins.
+_KINDS: tuple[tuple[type[BananastandError], int, str], ...] = (
+    (GenerationFailedError, TASK_FAILED, ""),
+    (BatchFileError, USAGE, ""),
+    (AuthenticationError, AUTH, "check --api-key or BANANASTAND_API_KEY"),
+    (
+        InsufficientCreditsError,
+        AUTH,
+        "the account needs credits (its operator: bananastand credits add), or use a test key",
+    ),
+    (NotFoundError, USAGE, "check the id"),
+    (ValidationError, USAGE, "fix that and run again"),
+    (RateLimitError, SERVER, "still rate limited after retries: try again later"),
+    (MaintenanceError, SERVER, "the server is under maintenance: try again later"),
+    (FeatureDisabledError, SERVER, "switched off on this server: ask its operator"),
+    (ApiError, SERVER, "the server failed: try again later, or look at its log"),
+    (TimeoutError, SERVER, "it may still finish: see bananastand status"),
+    (TransportError, SERVER, "no answer from the server: try again later, or check --base-url"),
+)
+
+
+def explain(exc: BananastandError) -> tuple[str, int]:
+    """What a person reads for a client error (what happened, what to do) and the exit
+    status of its kind."""
+    if isinstance(exc, TransportError) and exc.unreachable is not None:
+        return (
+            f"cannot reach {exc.url} ({exc.unreachable}): is the server running? "
+            "set --base-url or BANANASTAND_BASE_URL",
+            SERVER,
+        )
+    if isinstance(exc, RateLimitError) and exc.retry_after is not None:
+        wait = f"try again in {exc.retry_after:.0f} s"
+        return f"{exc}: still rate limited after retries: {wait}", SERVER
+    for kind, status, hint in _KINDS:
+        if isinstance(exc, kind):
+            return (f"{exc}: {hint}" if hint else str(exc)), status
+    return str(exc), SERVER
+
+
 @contextmanager
 def _errors() -> Iterator[None]:
-    """A refused or failed call is one line on stderr and exit status 1."""
+    """A refused or failed call is one line on stderr and the exit status of its kind."""
     try:
         yield
     except BananastandError as exc:
-        stderr.print(f"error: {exc}", markup=False)
-        raise typer.Exit(1) from None
+        fail(*explain(exc))
+    except OSError as exc:  # a local file: an image to upload, the folder to save in
+        fail(f"{exc.filename or ''}: {exc.strerror or exc}".lstrip(": "), USAGE)
+
+
+class _ClickError(Protocol):
+    exit_code: int
+
+    def format_message(self) -> str: ...
+
+
+def _click_error(name: str) -> type[Exception]:
+    """A class of click's errors, from whichever click typer runs on (recent typers
+    bundle their own copy of click, older ones use the ``click`` package)."""
+    return next(kind for kind in typer.BadParameter.__mro__ if kind.__name__ == name)
+
+
+def run(app: typer.Typer) -> NoReturn:
+    """Run ``app`` as ``bananastand``: click's usage errors become one line too
+    (``error: <what>: see '<command> --help'``), with click's exit status 2."""
+    command = typer.main.get_command(app)
+    try:
+        status = command.main(standalone_mode=False)
+    except typer.Abort:
+        sys.exit(130)
+    except _click_error("ClickException") as exc:
+        error = cast(_ClickError, exc)
+        if type(exc).__name__ != "NoArgsIsHelpError":  # else typer has printed the help
+            message = error.format_message().rstrip(".")
+            ctx = getattr(exc, "ctx", None)
+            if isinstance(exc, _click_error("UsageError")) and ctx is not None:
+                message += f": see '{ctx.command_path} --help'"
+            say(message)
+        sys.exit(error.exit_code)
+    sys.exit(status if isinstance(status, int) else OK)
+
+
+def _client(base_url: str, api_key: str | None) -> Client:
+    return Client(base_url, api_key, retry=RETRY)
 
 
 def _print_json(value: Any) -> None:
@@ -83,7 +221,7 @@ def generate(
     api_key: ApiKey = None,
 ) -> None:
     """Make one image: upload the references, create the task, wait, save the files."""
-    with _errors(), Client(base_url, api_key) as client:
+    with _errors(), _client(base_url, api_key) as client:
         # The elapsed time ticks by itself: over an event stream, updates come only when
         # the state changes.
         with Progress(
@@ -92,6 +230,7 @@ def generate(
             TimeElapsedColumn(),
             console=stderr,
             transient=True,
+            disable=not stderr.is_terminal,  # else it leaves an empty line behind
         ) as status:
             line = status.add_task("submitting", total=None)
 
@@ -122,7 +261,7 @@ def status(
     api_key: ApiKey = None,
 ) -> None:
     """Print a task's record (JSON)."""
-    with _errors(), Client(base_url, api_key) as client:
+    with _errors(), _client(base_url, api_key) as client:
         _print_json(client.get(task_id).model_dump(mode="json"))
 
 
@@ -134,7 +273,7 @@ def credits_balance(
     """Without a subcommand: print your key's credit balance (GET /api/v1/chat/credit)."""
     if ctx.invoked_subcommand is not None:
         return
-    with _errors(), Client(base_url, api_key) as client:
+    with _errors(), _client(base_url, api_key) as client:
         balance = client.credits()
     print(int(balance) if balance == int(balance) else balance)
 
@@ -178,6 +317,7 @@ def batch(
         client = AsyncClient(
             base_url,
             api_key,
+            retry=RETRY,
             http=pool,
             stream_http=streams,
             max_streams=concurrency,
@@ -185,6 +325,9 @@ def batch(
         )
         async with client:  # closes both pools
             job = Batch.open(prompts, out, resubmit_unknown=resubmit_unknown, timeout=timeout)
+            # One cheap call first: a wrong URL or key, or a server that is down, is then
+            # one line before any line of the batch is touched.
+            await client.credits()
             with Progress(
                 TextColumn("{task.description}"),
                 BarColumn(),
@@ -205,7 +348,7 @@ def batch(
         markup=False,
     )
     if report.failed or report.unknown:
-        raise typer.Exit(1)
+        raise typer.Exit(TASK_FAILED)
 
 
 def _run_async(factory: Callable[[], Any]) -> Any:
@@ -226,7 +369,7 @@ def main() -> None:
     credits_app = typer.Typer(help="Your credit balance.")
     app.add_typer(credits_app, name="credits")
     register(app, credits_app)
-    app()
+    run(app)
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import socket
 import time
 from collections.abc import AsyncIterator, Iterator, Sequence
 from types import TracebackType
@@ -48,7 +49,29 @@ DEFAULT_HTTP_TIMEOUT = httpx.Timeout(60.0, connect=10.0)
 
 def _lost(action: Action, exc: httpx.HTTPError) -> TransportError:
     request = action.request if isinstance(action, Send | Open) else _response(action).request
-    return TransportError(f"{request.method} {request.url}: {type(exc).__name__}: {exc}")
+    url = request.url
+    return TransportError(
+        f"{request.method} {url}: {type(exc).__name__}: {exc}",
+        url=f"{url.scheme}://{url.netloc.decode('ascii', 'replace')}",
+        unreachable=_unreachable(exc),
+    )
+
+
+def _unreachable(exc: httpx.HTTPError) -> str | None:
+    """Why no connection could be made, from the OS error under httpx's; ``None`` when
+    one was made (or the failure was not about connecting)."""
+    if isinstance(exc, httpx.ConnectTimeout):
+        return "connection timed out"
+    if not isinstance(exc, httpx.ConnectError):
+        return None
+    cause: BaseException | None = exc
+    while cause is not None:
+        if isinstance(cause, ConnectionRefusedError):
+            return "connection refused"
+        if isinstance(cause, socket.gaierror):
+            return "name not resolved"
+        cause = cause.__cause__ or cause.__context__
+    return str(exc) or "cannot connect"
 
 
 def _response(action: Action) -> httpx.Response:

@@ -159,4 +159,15 @@ class TimeoutError(BananastandError, builtins.TimeoutError):
 
 
 class TransportError(BananastandError):
-    """No envelope came back: the connection failed or the answer was not the contract's."""
+    """No envelope came back: the connection failed or the answer was not the contract's.
+
+    ``unreachable`` says why no connection could be made at all ("connection refused",
+    "name not resolved", ...) to ``url`` (scheme, host and port), so the request never
+    left; it is ``None`` when a connection was made (the request may have arrived) or the
+    answer was the problem. The CLI tells "is the server running?" apart from the rest by it.
+    """
+
+    def __init__(self, msg: str, *, url: str | None = None, unreachable: str | None = None):
+        super().__init__(msg)
+        self.url = url
+        self.unreachable = unreachable

@@ -1,0 +1,153 @@
+"""What an admin command of ``bananastand`` opens: the database and the domain objects
+it uses, nothing else.
+
+``serve`` and ``worker`` open the whole runtime (``app.open_runtime``: FastAPI, the
+providers and google-genai, storage, the fetcher). An admin command (``keys``,
+``accounts``, ``credits add/audit``, ``maintenance``, ``models``, ``webhooks secret``)
+runs a query or two; importing and building all that cost it ~1.7 s of CPU, and the test
+suite runs these commands by the hundred. Here the Database is opened, its schema brought
+to head (``migrate.upgrade``: a cheap check unless it is behind, so a fresh data folder
+still works), and each domain object built on first use.
+
+A refusal or a database that cannot be used is one line on stderr and an exit status
+(the table in ``bananastand.client.cli``): 2 for a bad argument (an unknown account or
+key, a refused value) or bad settings, 4 for the database.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from functools import cached_property
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import SQLAlchemyError
+
+from bananastand.accounts import Accounts
+from bananastand.billing import Billing
+from bananastand.client.cli import SERVER, USAGE, fail
+from bananastand.errors import ApiError, ConfigurationError
+from bananastand.ops import Switches
+from bananastand.settings import Settings
+from bananastand.store import migrate
+from bananastand.store.database import Database
+
+if TYPE_CHECKING:
+    from bananastand.webhooks import Webhooks
+
+T = TypeVar("T")
+
+
+class AdminServices:
+    """The domain objects of the admin commands, on one database, each made on first use."""
+
+    def __init__(self, settings: Settings, db: Database) -> None:
+        self.settings = settings
+        self.db = db
+
+    @cached_property
+    def accounts(self) -> Accounts:
+        return Accounts(
+            self.db,
+            key_cache_seconds=self.settings.key_cache_seconds,
+            starting_credits=self.settings.starting_credits,
+        )
+
+    @cached_property
+    def billing(self) -> Billing:
+        return Billing(self.db, self.settings)
+
+    @cached_property
+    def switches(self) -> Switches:
+        return Switches(self.db, poll_seconds=self.settings.switch_poll_seconds)
+
+    @cached_property
+    def webhooks(self) -> Webhooks:
+        from bananastand.webhooks import Webhooks  # the outbound fetcher comes with it
+
+        return Webhooks(self.db, self.settings)
+
+    async def account_details(self, account_id: str) -> dict[str, Any]:
+        """The account, its keys and newest ledger rows (``accounts show``)."""
+        account = await self.accounts.get_account(account_id)
+        keys = await self.accounts.list_keys(account_id)
+        history = await self.billing.history(account_id)
+        return {
+            **account.to_admin(),
+            "keys": [key.to_admin() for key in keys],
+            "ledger": [
+                {
+                    "amount": entry.amount,
+                    "reason": entry.reason,
+                    "taskId": entry.task_id,
+                    "note": entry.note,
+                    "createdAt": entry.created_at,
+                }
+                for entry in history
+            ],
+        }
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Settings from the environment (and ``overrides`` that are not ``None``), logging
+    configured; a setting that does not parse is one line and exit status 2."""
+    import pydantic
+
+    from bananastand import logs
+
+    given = {name: value for name, value in overrides.items() if value is not None}
+    try:
+        settings = Settings(**given)  # type: ignore[arg-type]
+    except pydantic.ValidationError as exc:
+        first = exc.errors()[0]
+        where = "_".join(str(part) for part in first["loc"]).upper()
+        fail(f"BANANASTAND_{where}: {first['msg']}: fix the setting", USAGE)
+    logs.configure(settings.log_level, settings.log_format)
+    return settings
+
+
+def run_admin(settings: Settings, action: Callable[[AdminServices], Awaitable[T]]) -> T:
+    """Run one admin action on the database; errors end the command with one line."""
+
+    async def run() -> T:
+        if not settings.database_url:
+            settings.data_dir.mkdir(parents=True, exist_ok=True)
+        db = Database(
+            settings.effective_database_url, sqlite_synchronous=settings.sqlite_synchronous
+        )
+        try:
+            await asyncio.to_thread(migrate.upgrade, db)
+            return await action(AdminServices(settings, db))
+        finally:
+            await db.close()
+
+    try:
+        return asyncio.run(run())
+    except ApiError as exc:
+        fail(exc.msg, USAGE)
+    except ConfigurationError as exc:
+        fail(f"{exc}: fix the setting", USAGE)
+    except SQLAlchemyError as exc:
+        fail(database_trouble(settings, exc), SERVER)
+    except ImportError as exc:  # a database URL whose driver is not installed
+        fail(f"database: {exc}: install the database's driver", USAGE)
+    except OSError as exc:
+        fail(
+            f"data folder {settings.data_dir}: {exc.strerror or exc}: set BANANASTAND_DATA_DIR",
+            USAGE,
+        )
+
+
+def database_trouble(settings: Settings, exc: SQLAlchemyError) -> str:
+    """The line for a database that cannot be used: which one (never its password), what
+    the driver said, what to do."""
+    url = make_url(settings.effective_database_url).render_as_string(hide_password=True)
+    said = str(getattr(exc, "orig", None) or exc).strip()
+    if "locked" in said:
+        hint = "another process is writing to it: try again in a moment"
+    elif "not a database" in said or "malformed" in said:
+        hint = "it is not a bananastand database (or is damaged): check BANANASTAND_DATA_DIR"
+    else:
+        hint = "check BANANASTAND_DATA_DIR / BANANASTAND_DATABASE_URL, and that it is up"
+    return f"database {url}: {said}: {hint}"
