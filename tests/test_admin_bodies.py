@@ -1,4 +1,5 @@
-"""The admin API's bodies: authenticated before a byte is read, capped like createTask's,
+"""Acceptance: the admin API's bodies: authenticated before a byte is read, capped like
+createTask's,
 parsed by the same parser (no framework messages), and values the database cannot hold
 refused with a 422 naming the field."""
 

@@ -1,4 +1,5 @@
-"""BANANASTAND_CALLBACK_DENY_HOSTS: tasks whose callBackUrl names a denied host are accepted,
+"""Acceptance: BANANASTAND_CALLBACK_DENY_HOSTS: tasks whose callBackUrl names a denied host are
+accepted,
 and the host is never called (no connection, no name lookup); the callback ends `refused`.
 
 The receiver runs on loopback under host names that a test resolver maps to 127.0.0.1

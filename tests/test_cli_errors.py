@@ -1,4 +1,4 @@
-"""Every error of the ``bananastand`` command is one line and a documented exit status.
+"""Acceptance: every error of the ``bananastand`` command is one line and a documented exit status.
 
 The real binary against real servers (an in-process bananastand, or a loopback HTTP
 server answering what a proxy or a failing server would), real data folders. For each

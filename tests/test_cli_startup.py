@@ -1,4 +1,5 @@
-"""What the ``bananastand`` command costs before it does anything: the retries of a server
+"""Acceptance: what the ``bananastand`` command costs before it does anything: the retries of a
+server
 that is not there, and what the admin commands import and run to reach the database."""
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""The API's documentation pages (/docs, /redoc) work with no internet: their scripts and
+"""Acceptance: the API's documentation pages (/docs, /redoc) work with no internet: their
+scripts and
 styles come from the server itself, and a headless Chromium refused every non-loopback
 request renders them. Real server over real HTTP."""
 

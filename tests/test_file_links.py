@@ -1,4 +1,4 @@
-"""File links answer real HTTP, not the API's envelope: a link we did not sign is 403
+"""Acceptance: file links answer real HTTP, not the API's envelope: a link we did not sign is 403
 whether or not its file exists, then an authentic but expired link is 410, then an
 authentic, live link to a file that is gone is 404; each with a short text/plain body.
 Over real HTTP against a real server; the SDK's downloads raise a typed error for each."""

@@ -1,4 +1,5 @@
-"""``make run`` is the local quickstart: ``serve --allow-loopback`` on a loopback address lets
+"""Acceptance: ``make run`` is the local quickstart: ``serve --allow-loopback`` on a loopback
+address lets
 callbacks reach a receiver on this machine, and says so; ``serve`` alone keeps refusing
 private addresses, with messages that name the setting that opens them."""
 

@@ -1,4 +1,5 @@
-"""``migrate.upgrade`` brings a database to head, and costs next to nothing when it is."""
+"""Integration: ``migrate.upgrade`` brings a database to head, and costs next to nothing when it
+is."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Outside the API (``/api/``, ``/admin/``, ``/healthz``) answers are plain HTTP: an unknown
+"""Acceptance: outside the API (``/api/``, ``/admin/``, ``/healthz``) answers are plain HTTP: an
+unknown
 path is a real 404, a wrong method a real 405, a fault a real 500, each with a short
 text/plain body; inside it they stay envelopes sent with HTTP 200. Real server, real HTTP."""
 

@@ -1,4 +1,5 @@
-"""What refusals say, over real HTTP: control characters in URLs, the limits of the model
+"""Acceptance: what refusals say, over real HTTP: control characters in URLs, the limits of the
+model
 the caller named, keys that are not (or no longer) valid, and JSON nested too deep."""
 
 from __future__ import annotations
