@@ -169,7 +169,7 @@ def test_the_cli_refuses_the_same_values_in_one_line(operated: Server) -> None:
         (("maintenance", "on", "--message", not_utf8), "message"),
     ):
         done = cli(operated.data_dir, *args)
-        assert done.returncode == 1, (args, done.stderr)
+        assert done.returncode == 2, (args, done.stderr)  # a refused value: usage
         # One message (the console may wrap it), no traceback.
         assert done.stderr.startswith(f"error: {field}:"), (args, done.stderr)
         assert "Traceback" not in done.stderr, (args, done.stderr)

@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 from functools import cached_property
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
@@ -67,26 +67,6 @@ class AdminServices:
         from bananastand.webhooks import Webhooks  # the outbound fetcher comes with it
 
         return Webhooks(self.db, self.settings)
-
-    async def account_details(self, account_id: str) -> dict[str, Any]:
-        """The account, its keys and newest ledger rows (``accounts show``)."""
-        account = await self.accounts.get_account(account_id)
-        keys = await self.accounts.list_keys(account_id)
-        history = await self.billing.history(account_id)
-        return {
-            **account.to_admin(),
-            "keys": [key.to_admin() for key in keys],
-            "ledger": [
-                {
-                    "amount": entry.amount,
-                    "reason": entry.reason,
-                    "taskId": entry.task_id,
-                    "note": entry.note,
-                    "createdAt": entry.created_at,
-                }
-                for entry in history
-            ],
-        }
 
 
 def load_settings(**overrides: object) -> Settings:

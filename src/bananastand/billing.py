@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from functools import partial
+from typing import TYPE_CHECKING, Any
 
 from bananastand.contract import Resolution
 from bananastand.errors import ConfigurationError, NotFoundError, ValidationError
@@ -18,6 +19,9 @@ from bananastand.settings import Settings
 from bananastand.storable import check_text
 from bananastand.store import ledger as queries
 from bananastand.store.database import Database
+
+if TYPE_CHECKING:
+    from bananastand.accounts import Accounts
 
 
 class Billing:
@@ -81,3 +85,25 @@ def month_start_ms(at_ms: int) -> int:
     at = datetime.fromtimestamp(at_ms / 1000, tz=UTC)
     start = at.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
     return int(start.timestamp() * 1000)
+
+
+async def account_details(accounts: Accounts, billing: Billing, account_id: str) -> dict[str, Any]:
+    """The account, its keys and its newest ledger rows: what the admin API's
+    ``GET /admin/accounts/{id}`` and ``bananastand accounts show`` answer."""
+    account = await accounts.get_account(account_id)
+    keys = await accounts.list_keys(account_id)
+    history = await billing.history(account_id)
+    return {
+        **account.to_admin(),
+        "keys": [key.to_admin() for key in keys],
+        "ledger": [
+            {
+                "amount": entry.amount,
+                "reason": entry.reason,
+                "taskId": entry.task_id,
+                "note": entry.note,
+                "createdAt": entry.created_at,
+            }
+            for entry in history
+        ],
+    }

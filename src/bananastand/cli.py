@@ -338,7 +338,12 @@ def list_accounts() -> None:
 @accounts_app.command("show")
 def show_account(account_id: str) -> None:
     """The account, its limits, keys and newest ledger rows, as JSON."""
-    details = _with_services(_settings(), lambda services: services.account_details(account_id))
+    from bananastand.billing import account_details
+
+    details = _with_services(
+        _settings(),
+        lambda services: account_details(services.accounts, services.billing, account_id),
+    )
     print(orjson.dumps(details, option=orjson.OPT_INDENT_2).decode())
 
 

@@ -20,9 +20,10 @@ from pydantic import BaseModel, ConfigDict, Field
 from pydantic import ValidationError as PydanticValidationError
 from pydantic.alias_generators import to_camel
 
-from bananastand.api.deps import Services, ServicesDep, services_of
+from bananastand.api.deps import ServicesDep, services_of
 from bananastand.api.envelope import envelope
 from bananastand.api.jobs import parse_json, read_body
+from bananastand.billing import account_details
 from bananastand.contract import describe_validation_error
 from bananastand.errors import AuthenticationError, NotFoundError, ValidationError
 from bananastand.storable import INT32_MAX, INT64_MAX
@@ -116,27 +117,7 @@ async def create_account(
 
 @router.get("/accounts/{account_id}")
 async def show_account(services: ServicesDep, account_id: str) -> Response:
-    return envelope(await account_details(services, account_id))
-
-
-async def account_details(services: Services, account_id: str) -> dict[str, Any]:
-    account = await services.accounts.get_account(account_id)
-    keys = await services.accounts.list_keys(account_id)
-    history = await services.billing.history(account_id)
-    return {
-        **account.to_admin(),
-        "keys": [key.to_admin() for key in keys],
-        "ledger": [
-            {
-                "amount": entry.amount,
-                "reason": entry.reason,
-                "taskId": entry.task_id,
-                "note": entry.note,
-                "createdAt": entry.created_at,
-            }
-            for entry in history
-        ],
-    }
+    return envelope(await account_details(services.accounts, services.billing, account_id))
 
 
 @router.post("/accounts/{account_id}/limits", openapi_extra=documented(Limits))
