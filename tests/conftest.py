@@ -120,14 +120,23 @@ def prompt_body(prompt: str = "a banana", **input_fields: Any) -> dict[str, Any]
     return {"model": "nano-banana-pro", "input": {"prompt": prompt, **input_fields}}
 
 
+#: Servers whose tests are over, still finishing their shutdown (see ``running_server``).
+_STOPPING: list[threading.Thread] = []
+
+
 @contextlib.contextmanager
 def running_server(
-    data_dir: Path, *, run_worker: bool = True, **overrides: Any
+    data_dir: Path, *, run_worker: bool = True, stop_in_background: bool = False, **overrides: Any
 ) -> Iterator[Server]:
     """A real server in this process (uvicorn in a thread with its own event loop).
 
     ``resolver=`` (an async ``(host, port) -> [ip, ...]``) replaces DNS for its fetches.
     Rate limits are off unless a test sets them: most tests fire calls faster than 20/s.
+
+    ``stop_in_background``: at exit the server is told to stop and left to finish while
+    later tests run (uvicorn's shutdown sleeps 0.1 s and its loop ticks every 0.1 s: a
+    quarter of a second per test, for hundreds of tests); the session's end waits for it.
+    Without it, the server has stopped when the ``with`` block ends.
     """
     resolver = overrides.pop("resolver", None)
     overrides.setdefault("create_rate", "unlimited")
@@ -157,12 +166,25 @@ def running_server(
     finally:
         handle.client.close()
         server.should_exit = True
-        thread.join(timeout=30)
+        if stop_in_background:
+            _STOPPING.append(thread)
+        else:
+            thread.join(timeout=30)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _servers_have_stopped() -> Iterator[None]:
+    """Every server left to stop in the background has stopped when the session ends."""
+    yield
+    for thread in _STOPPING:
+        thread.join(timeout=60)
+    assert not any(thread.is_alive() for thread in _STOPPING), "a server did not stop"
 
 
 @pytest.fixture
 def start_server(tmp_path: Path) -> Iterator[Callable[..., Server]]:
-    """Start in-process servers with settings overrides; all are stopped at the end."""
+    """Start in-process servers with settings overrides; all are told to stop at the end
+    (and finish stopping in the background)."""
     with contextlib.ExitStack() as stack:
         started = 0
 
@@ -170,7 +192,11 @@ def start_server(tmp_path: Path) -> Iterator[Callable[..., Server]]:
             nonlocal started
             started += 1
             data_dir = overrides.pop("data_dir", tmp_path / f"data-{started}")
-            return stack.enter_context(running_server(data_dir, run_worker=run_worker, **overrides))
+            return stack.enter_context(
+                running_server(
+                    data_dir, run_worker=run_worker, stop_in_background=True, **overrides
+                )
+            )
 
         yield start
 

@@ -38,7 +38,9 @@ NO_TEST = re.compile(r"<!--\s*no-test:\s*(?P<reason>.*?)\s*-->")
 @dataclass(frozen=True)
 class Command:
     text: str
-    expected: str | None  # the ``# {...}`` or ``# event: ...`` comment under it
+    #: The output shown in the comment under it: ``{...}`` JSON, or the first line of
+    #: plain output (``event: task``, ``whsec_...``).
+    expected: str | None
     line: int
 
 
@@ -98,6 +100,9 @@ def expected_output(comments: list[str]) -> str | None:
         return None
     if comments[0].startswith("event:"):
         return comments[0]
+    first_word = comments[0].split()[0]
+    if "..." in first_word and not first_word.startswith("{"):
+        return first_word  # a line of plain output, such as whsec_...
     if not comments[0].startswith("{"):
         return None  # prose
     text, depth = "", 0
@@ -287,8 +292,9 @@ def test_readme_block(block: Block, context: Context) -> None:
         assert "Traceback" not in stderr, f"{shown}\n{stderr}"
         if command.expected is None:
             continue
-        if command.expected.startswith("event:"):
-            assert stdout.splitlines()[0] == command.expected, f"{shown}\n{stdout}"
+        if not command.expected.startswith("{"):
+            first_line = stdout.splitlines()[0] if stdout else ""
+            assert_matches(command.expected, first_line, shown)
             continue
         expected = json_pattern(fill_urls(command.expected, context))
         try:
