@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import os
 import signal
 import socket
@@ -46,10 +47,27 @@ if TYPE_CHECKING:
 BIN = Path(sys.executable).parent
 
 
+#: Ports handed out for servers that bind later (a child process, a restart): below the
+#: kernel's ephemeral range (32768+ on Linux), where outgoing connections and ``bind(0)``
+#: never land, each pytest-xdist worker in a slice of its own, in turn (a port comes back
+#: only after its whole slice was used). So no other test can take one before it is bound.
+_PORT_SLICE = 1500
+_worker = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0)
+_ports = itertools.cycle(
+    range(20000 + _worker % 8 * _PORT_SLICE, 20000 + (_worker % 8 + 1) * _PORT_SLICE)
+)
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    for _ in range(_PORT_SLICE):
+        port = next(_ports)
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue  # in use by something else on this machine
+            return port
+    raise RuntimeError("no free port in this worker's slice")
 
 
 def make_key(data_dir: Path, *, test: bool = True, account_id: str | None = None) -> str:
