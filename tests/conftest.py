@@ -224,6 +224,14 @@ def server(start_server: Callable[..., Server]) -> Server:
     return start_server()
 
 
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """One server without a worker for a whole test module: for the many cases that are
+    refused, or whose tasks need only wait."""
+    with running_server(tmp_path_factory.mktemp("shared"), run_worker=False) as handle:
+        yield handle
+
+
 @dataclass
 class ServerProcess:
     """``bananastand serve`` (or ``worker``) as a child process."""

@@ -269,9 +269,9 @@ HOSTILE = [
 
 @pytest.mark.parametrize("hostile", HOSTILE, ids=[repr(h)[:40] for h in HOSTILE])
 def test_hostile_names_are_refused_or_kept_inside_the_account(
-    shared_files_server: Server, hostile: dict[str, str]
+    shared: Server, hostile: dict[str, str]
 ) -> None:
-    server = shared_files_server
+    server = shared
     key = server.key()
     account = account_of(server, key)
     fields = {"uploadPath": "safe", "fileName": "ok.png", **hostile}
@@ -299,14 +299,6 @@ def test_hostile_names_are_refused_or_kept_inside_the_account(
 
 def _snapshot(root: Path) -> dict[Path, int]:
     return {path: path.stat().st_mtime_ns for path in root.rglob("*") if path.is_file()}
-
-
-@pytest.fixture(scope="module")
-def shared_files_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    from conftest import running_server
-
-    with running_server(tmp_path_factory.mktemp("files"), run_worker=False) as server:
-        yield server
 
 
 def test_a_reused_name_overwrites_only_the_accounts_own_file(server: Server) -> None:

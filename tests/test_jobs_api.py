@@ -28,7 +28,7 @@ from PIL import Image
 
 from bananastand.accounts import Accounts, NewKey
 from bananastand.store.database import Database
-from conftest import BIN, Server, prompt_body, running_server
+from conftest import BIN, Server, prompt_body
 
 JOBS = "/api/v1/jobs"
 CREATE = f"{JOBS}/createTask"
@@ -227,13 +227,6 @@ def new_key(server: Server, *, test: bool = True, account_id: str | None = None)
         server, lambda accounts: accounts.create_key(account_id=account_id, is_test=test)
     )
     return made
-
-
-@pytest.fixture(scope="module")
-def shared(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    """One server (no worker) for the many cases that must be refused."""
-    with running_server(tmp_path_factory.mktemp("shared"), run_worker=False) as handle:
-        yield handle
 
 
 @pytest.fixture(scope="module")

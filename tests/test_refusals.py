@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -14,17 +14,10 @@ import pytest
 from bananastand.accounts import Accounts
 from bananastand.ids import now_ms
 from bananastand.store.database import Database
-from conftest import Server, running_server
+from conftest import Server
 
 CREATE = "/api/v1/jobs/createTask"
 LIST = "/api/v1/jobs/list"
-
-
-@pytest.fixture(scope="module")
-def shared(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    """No worker: the few tasks made here only wait."""
-    with running_server(tmp_path_factory.mktemp("refusals"), run_worker=False) as server:
-        yield server
 
 
 @pytest.fixture(scope="module")
