@@ -134,6 +134,19 @@ class Server:
             time.sleep(0.05)
 
 
+def with_accounts(server: Server, action: Callable[[Accounts], Any]) -> Any:
+    """Run ``action`` on the real Accounts domain object over the server's database."""
+
+    async def run() -> Any:
+        db = Database(server.settings.effective_database_url)
+        try:
+            return await action(Accounts(db))
+        finally:
+            await db.close()
+
+    return asyncio.run(run())
+
+
 def prompt_body(prompt: str = "a banana", **input_fields: Any) -> dict[str, Any]:
     return {"model": "nano-banana-pro", "input": {"prompt": prompt, **input_fields}}
 

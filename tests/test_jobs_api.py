@@ -9,7 +9,6 @@ them may create a task.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import io
 import json
@@ -26,9 +25,8 @@ import httpx
 import pytest
 from PIL import Image
 
-from bananastand.accounts import Accounts, NewKey
-from bananastand.store.database import Database
-from conftest import BIN, Server, prompt_body
+from bananastand.accounts import NewKey
+from conftest import BIN, Server, prompt_body, with_accounts
 
 JOBS = "/api/v1/jobs"
 CREATE = f"{JOBS}/createTask"
@@ -207,19 +205,6 @@ def check_record(record_data: dict[str, Any], *, body: Any = None) -> None:
 def result_url(record_data: dict[str, Any]) -> str:
     url: str = json.loads(record_data["resultJson"])["resultUrls"][0]
     return url
-
-
-def with_accounts(server: Server, action: Callable[[Accounts], Any]) -> Any:
-    """Run ``action`` on the real Accounts domain object over the server's database."""
-
-    async def run() -> Any:
-        db = Database(server.settings.effective_database_url)
-        try:
-            return await action(Accounts(db))
-        finally:
-            await db.close()
-
-    return asyncio.run(run())
 
 
 def new_key(server: Server, *, test: bool = True, account_id: str | None = None) -> NewKey:

@@ -26,7 +26,7 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from conftest import make_key, running_server
+from conftest import make_key, running_server, with_accounts
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 VENV = Path(sys.executable).parent.parent
@@ -177,9 +177,9 @@ def context(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Context]:
         auth = {"Authorization": f"Bearer {key}"}
         me = server.client.get("/api/v1/chat/credit", headers=auth).json()
         assert me["code"] == 200, me
-        account_id = _account_of(server.data_dir, key)
+        account_id = with_accounts(server, lambda a: a.authenticate(f"Bearer {key}")).account_id
         spare = make_key(server.data_dir, account_id=account_id)
-        spare_id = _key_id(server.data_dir, spare)
+        spare_id = with_accounts(server, lambda a: a.authenticate(f"Bearer {spare}")).id
         task_id = server.create(key, {"model": "nano-banana-pro", "input": {"prompt": "x"}})[
             "data"
         ]["taskId"]
@@ -216,32 +216,6 @@ def context(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Context]:
             folder,
             env,
         )
-
-
-def _account_of(data_dir: Path, secret: str) -> str:
-    return _key_row(data_dir, secret)["account_id"]
-
-
-def _key_id(data_dir: Path, secret: str) -> str:
-    return _key_row(data_dir, secret)["id"]
-
-
-def _key_row(data_dir: Path, secret: str) -> dict[str, str]:
-    import asyncio
-
-    from bananastand.accounts import Accounts
-    from bananastand.settings import Settings
-    from bananastand.store.database import Database
-
-    async def lookup() -> dict[str, str]:
-        db = Database(Settings(data_dir=data_dir).effective_database_url)
-        try:
-            key = await Accounts(db).authenticate(f"Bearer {secret}")
-            return {"id": key.id, "account_id": key.account_id}
-        finally:
-            await db.close()
-
-    return asyncio.run(lookup())
 
 
 #: What stands in the README for values only a running server knows.

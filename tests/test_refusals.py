@@ -4,7 +4,6 @@ the caller named, keys that are not (or no longer) valid, and JSON nested too de
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Callable
 from typing import Any
@@ -13,8 +12,7 @@ import pytest
 
 from bananastand.accounts import Accounts
 from bananastand.ids import now_ms
-from bananastand.store.database import Database
-from conftest import Server
+from conftest import Server, with_accounts
 
 CREATE = "/api/v1/jobs/createTask"
 LIST = "/api/v1/jobs/list"
@@ -189,23 +187,12 @@ def test_a_revoked_or_expired_key_is_refused_as_such(start_server: Callable[...,
         expiring = await accounts.create_key(expires_at=expires_at)
         return revoked.secret, expiring.secret, expires_at
 
-    revoked, expiring, expires_at = _with_accounts(server, make)
+    revoked, expiring, expires_at = with_accounts(server, make)
     assert _key_answer(server, revoked)["msg"] == REFUSED
     while now_ms() <= expires_at:  # the clock, not the server: no guess how long anything takes
         time.sleep(0.05)
     answer = _key_answer(server, expiring)
     assert (answer["code"], answer["msg"]) == (401, REFUSED), answer
-
-
-def _with_accounts(server: Server, action: Callable[[Accounts], Any]) -> Any:
-    async def run() -> Any:
-        db = Database(server.settings.effective_database_url)
-        try:
-            return await action(Accounts(db))
-        finally:
-            await db.close()
-
-    return asyncio.run(run())
 
 
 # -- JSON nested too deep ------------------------------------------------------------------
