@@ -252,7 +252,7 @@ def test_rescue_fences_out_the_old_lease(db: Database, db_path: Path) -> None:
         token = old.lease_token
         assert not await mark_generating(db, task_id, token)
         assert await renew(db, task_id, token) == {task_id}
-        assert not await finish(db, task_id, token, result_json='{"resultUrls":["old"]}')
+        assert not await finish(db, task_id, token, result_keys='["results/old.png"]')
         assert (await get(db, task_id)).state is TaskState.WAITING
 
         # A new claim gets a new token; the old one still changes nothing.
@@ -261,12 +261,12 @@ def test_rescue_fences_out_the_old_lease(db: Database, db_path: Path) -> None:
         assert new.task.attempts == 2
         assert new.lease_token != token
         assert not await mark_generating(db, task_id, token)
-        assert not await finish(db, task_id, token, result_json='{"resultUrls":["old"]}')
+        assert not await finish(db, task_id, token, result_keys='["results/old.png"]')
         assert await renew(db, task_id, new.lease_token, now=T0 + 2 * LEASE_MS) == set()
-        assert await finish(db, task_id, new.lease_token, result_json='{"resultUrls":["new"]}')
+        assert await finish(db, task_id, new.lease_token, result_keys='["results/new.png"]')
         done = await get(db, task_id)
         assert done.state is TaskState.SUCCESS
-        assert done.result_json == '{"resultUrls":["new"]}'
+        assert done.result_keys == ("results/new.png",)
 
     asyncio.run(scenario())
 
@@ -289,7 +289,7 @@ def test_finish_writes_the_outcome_once(db: Database, db_path: Path) -> None:
         [held] = await claim(db)
         assert await mark_generating(db, task_id, held.lease_token)
         assert await finish(
-            db, task_id, held.lease_token, now=T0 + 500, result_json='{"resultUrls":["a"]}'
+            db, task_id, held.lease_token, now=T0 + 500, result_keys='["results/a.png"]'
         )
         first = raw_row(db_path, task_id)
         again = await finish(
@@ -305,7 +305,7 @@ def test_finish_writes_the_outcome_once(db: Database, db_path: Path) -> None:
         assert raw_row(db_path, task_id) == first
         assert first["state"] == "success"
         assert first["completed_at"] == T0 + 500
-        assert first["result_json"] == '{"resultUrls":["a"]}'
+        assert first["result_keys"] == '["results/a.png"]'
         assert first["fail_code"] == ""
         assert first["fail_msg"] == ""
         assert first["lease_token"] is None
@@ -354,7 +354,7 @@ def test_cancel_a_queuing_task_fences_out_its_worker(db: Database, db_path: Path
         token = held.lease_token
         assert not await mark_generating(db, task_id, token)
         assert await renew(db, task_id, token) == {task_id}
-        assert not await finish(db, task_id, token, result_json='{"resultUrls":["x"]}')
+        assert not await finish(db, task_id, token, result_keys='["results/x.png"]')
         assert not await db.write(
             partial(queries.release_task, task_id=task_id, lease_token=token, now_ms=T0 + 60)
         )

@@ -27,6 +27,7 @@ from bananastand.files import Files
 from bananastand.ops import Switches
 from bananastand.providers.registry import ProviderRegistry
 from bananastand.ratelimit import RateLimiter
+from bananastand.results import TaskRecords
 from bananastand.settings import Settings
 from bananastand.storage import open_storage
 from bananastand.storage.links import LinkSigner, load_secret
@@ -72,6 +73,7 @@ async def open_runtime(
     storage = open_storage(settings)
     secret = await asyncio.to_thread(load_secret, settings.signing_secret, settings.data_dir)
     links = LinkSigner(secret, settings.effective_public_url)
+    records = TaskRecords(links, settings.result_link_seconds)
     fetcher = SafeFetcher(
         FetchPolicy(
             allow=tuple(settings.allow_private_networks),
@@ -90,7 +92,9 @@ async def open_runtime(
             allow=tuple(settings.allow_private_networks),
             timeout_s=settings.webhook_timeout_seconds,
         )
-        sender = WebhookSender(db, settings, SafeFetcher(webhook_policy, resolver=resolver))
+        sender = WebhookSender(
+            db, settings, SafeFetcher(webhook_policy, resolver=resolver), records
+        )
         worker = Worker(
             db,
             settings,
@@ -116,6 +120,7 @@ async def open_runtime(
         billing=billing,
         switches=switches,
         watch=watch,
+        links=links,
         on_created=worker.wake if worker else lambda: None,
     )
     services = Services(
@@ -123,6 +128,7 @@ async def open_runtime(
         db=db,
         accounts=accounts,
         tasks=tasks,
+        records=records,
         storage=storage,
         providers=providers,
         files=Files(db, settings, storage, links, fetcher),

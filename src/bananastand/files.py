@@ -176,7 +176,19 @@ class Files:
     async def upload_url(
         self, key: ApiKey, upload_path: str, file_name: str, url: str
     ) -> UploadedFile:
-        """Fetch an image through the SSRF-safe client, then store it."""
+        """Fetch an image through the SSRF-safe client, then store it.
+
+        Our own links are read from storage, as ``image_input`` reads them: the server may
+        not reach its own public address (a loopback one is refused as any private one).
+        Another account's file is as unknown as a missing one."""
+        if self.links.is_ours(url):
+            storage_key = self.links.parse(url)
+            if storage_key is None:
+                raise ValidationError("fileUrl: the link is expired or not one this server made")
+            if not await self._has_own(key.account_id, storage_key):
+                raise ValidationError("fileUrl: no such file on this server")
+            name = file_name or PurePosixPath(storage_key).name
+            return await self.upload_stream(key, upload_path, name, self.storage.open(storage_key))
         try:
             fetched = await self._fetcher.fetch_image(url)
         except FetchError as exc:
@@ -185,6 +197,15 @@ class Files:
         return await self.upload_bytes(
             key, upload_path, name, fetched.data, limit=self._settings.max_upload_bytes
         )
+
+    async def _has_own(self, account_id: str, storage_key: str) -> bool:
+        """Whether the account's file ``storage_key`` exists."""
+        if not await self._owns(account_id, storage_key):
+            return False
+        try:
+            return await self.storage.stat(storage_key) is not None
+        except ValueError:  # a key that would escape the storage root
+            return False
 
     async def _store(
         self,
@@ -214,9 +235,6 @@ class Files:
         )
 
     # ------------------------------------------------------------------ links
-
-    def result_url(self, storage_key: str) -> str:
-        return self.links.url_for(storage_key, self._settings.result_link_seconds)
 
     async def fresh_link(self, key: ApiKey, url: str) -> str:
         """A new short-lived link for one of the account's own files, expired links

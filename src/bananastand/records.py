@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
+
+import orjson
 
 from bananastand.contract import TaskState
 
@@ -21,7 +23,8 @@ class Task:
     param: str
     input: str
     callback_url: str | None
-    result_json: str
+    #: Storage keys of the results; links to them are made when the record is handed out.
+    result_keys: tuple[str, ...]
     fail_code: str
     fail_msg: str
     credits_consumed: int
@@ -36,16 +39,21 @@ class Task:
     def from_row(cls, row: Mapping[Any, Any]) -> Task:
         values = {name: row[name] for name in cls.__slots__}
         values["state"] = TaskState(values["state"])
+        values["result_keys"] = tuple(orjson.loads(values["result_keys"] or "[]"))
         return cls(**values)
 
-    def to_record(self) -> dict[str, Any]:
-        """The ``data`` of recordInfo and of the callback, field for field."""
+    def to_record(self, result_urls: Sequence[str]) -> dict[str, Any]:
+        """The ``data`` of recordInfo and of the callback, field for field, with links
+        to the results made by the caller (`bananastand.results.TaskRecords`)."""
+        result_json = (
+            orjson.dumps({"resultUrls": list(result_urls)}).decode() if result_urls else ""
+        )
         return {
             "taskId": self.id,
             "model": self.model,
             "state": self.state.value,
             "param": self.param,
-            "resultJson": self.result_json,
+            "resultJson": result_json,
             "failCode": self.fail_code,
             "failMsg": self.fail_msg,
             "costTime": self.cost_time_ms,

@@ -34,6 +34,7 @@ from bananastand.ops import Switches
 from bananastand.providers.registry import ProviderRegistry
 from bananastand.records import ApiKey, Task
 from bananastand.settings import Settings
+from bananastand.storage.links import LinkSigner
 from bananastand.store import tasks as queries
 from bananastand.store.database import Database
 
@@ -60,12 +61,14 @@ class Tasks:
         billing: Billing,
         switches: Switches,
         watch: TaskWatch,
+        links: LinkSigner,
         on_created: Callable[[], None] = lambda: None,
     ) -> None:
         self._db = db
         self._settings = settings
         self._providers = providers
         self._allow = AllowList.parse(settings.allow_private_networks)
+        self._links = links
         self._accounts = accounts
         self._billing = billing
         self._switches = switches
@@ -107,7 +110,7 @@ class Tasks:
     def _check_literal_address(self, field: str, url: str) -> None:
         """Refuse a private or loopback IP literal at once rather than as a failed task;
         host names are checked when fetched (they may resolve anywhere)."""
-        if url.startswith(self._settings.effective_public_url + "/files/"):
+        if self._links.is_ours(url):
             return
         host = literal_host(url)
         if host is None or is_public_address(host) or self._allow.allows_address(host):

@@ -46,6 +46,7 @@ from bananastand.fetch import FetchError, SafeFetcher
 from bananastand.ids import now_ms, random_token
 from bananastand.logs import bind_task
 from bananastand.records import Callback, CallbackAttempt, Task, WebhookSecret
+from bananastand.results import TaskRecords
 from bananastand.settings import Settings
 from bananastand.store import callbacks as queries
 from bananastand.store.database import Database
@@ -64,13 +65,15 @@ def new_secret() -> str:
     return "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
 
 
-def callback_body(task: Task) -> bytes:
-    """The recordInfo envelope of the ended task: code 200 on success, 501 on failure."""
+def callback_body(task: Task, records: TaskRecords) -> bytes:
+    """The recordInfo envelope of the ended task: code 200 on success, 501 on failure.
+
+    Made for each attempt: a retry after the server moved carries links that work now."""
     if task.state is TaskState.SUCCESS:
         code, msg = CODE_OK, "success"
     else:
         code, msg = CODE_GENERATION_FAILED, task.fail_msg or "generation failed"
-    return orjson.dumps({"code": code, "msg": msg, "message": msg, "data": task.to_record()})
+    return orjson.dumps({"code": code, "msg": msg, "message": msg, "data": records.record(task)})
 
 
 def signed_headers(
@@ -162,10 +165,13 @@ def next_delay_s(
 
 
 class WebhookSender:
-    def __init__(self, db: Database, settings: Settings, fetcher: SafeFetcher) -> None:
+    def __init__(
+        self, db: Database, settings: Settings, fetcher: SafeFetcher, records: TaskRecords
+    ) -> None:
         self._db = db
         self._settings = settings
         self._fetcher = fetcher
+        self._records = records
         self._deny = HostList.parse(settings.callback_deny_hosts)
         # A delivery's whole POST is capped by the timeout; the lease outlasts it and the
         # write of its attempt with room to spare.
@@ -336,7 +342,7 @@ class WebhookSender:
     ) -> tuple[int | None, Verdict]:
         """Sign and send the callback: the answer's status (None: no answer) and verdict."""
         timestamp = int(time.time())
-        body = callback_body(claim.task)
+        body = callback_body(claim.task, self._records)
         headers = signed_headers(
             msg_id=claim.id,
             task_id=claim.task.id,

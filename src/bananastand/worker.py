@@ -73,7 +73,6 @@ class Worker:
             max_bytes=settings.max_input_image_bytes,
             max_pixels=settings.max_input_image_pixels,
         )
-        self._links = links
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{random_token(6)}"
         self._lease_ms = int(settings.lease_seconds * 1000)
         self._running: dict[str, tuple[asyncio.Task[None], Claim]] = {}
@@ -251,7 +250,7 @@ class Worker:
                 await self._finish(claim, TaskState.SUCCESS, outcome=outcome)
 
     async def _generate(self, claim: Claim) -> tuple[str, str]:
-        """Fetch inputs, call the provider, store the image: (resultJson, usage JSON)."""
+        """Fetch inputs, call the provider, store the image: (result keys, usage) as JSON."""
         task = claim.task
         spec = TaskInput.model_validate_json(task.input)
         images = await self._inputs.load(spec.image_input)
@@ -284,8 +283,7 @@ class Worker:
         data = await asyncio.to_thread(imaging.to_output_format, image.data, spec.output_format)
         key = f"results/{task.id}/{random_token(24)}.{spec.output_format.value}"
         await self._storage.put(key, data, spec.output_format.mime_type)
-        url = self._links.url_for(key, self._settings.result_link_seconds)
-        return orjson.dumps({"resultUrls": [url]}).decode(), orjson.dumps(usage).decode()
+        return orjson.dumps([key]).decode(), orjson.dumps(usage).decode()
 
     async def _finish(
         self,
@@ -295,7 +293,7 @@ class Worker:
         outcome: tuple[str, str] | None = None,
         fail: TaskFailure | None = None,
     ) -> None:
-        result_json, usage = outcome or ("", "{}")
+        result_keys, usage = outcome or ("", "{}")
         written = await self._db.write(
             partial(
                 queries.finish_task,
@@ -303,7 +301,7 @@ class Worker:
                 lease_token=claim.lease_token,
                 now_ms=now_ms(),
                 state=state,
-                result_json=result_json,
+                result_keys=result_keys,
                 fail_code=fail.fail_code if fail else "",
                 fail_msg=fail.message if fail else "",
                 usage=usage,

@@ -14,6 +14,7 @@ from bananastand.ops import Switches
 from bananastand.providers.registry import ProviderRegistry
 from bananastand.ratelimit import RateLimiter
 from bananastand.records import ApiKey
+from bananastand.results import TaskRecords
 from bananastand.settings import Settings
 from bananastand.storage.base import Storage
 from bananastand.store.database import Database
@@ -27,6 +28,8 @@ class Services:
     db: Database
     accounts: Accounts
     tasks: Tasks
+    #: Makes the wire record of a task, its result links made from the public URL of now.
+    records: TaskRecords
     storage: Storage
     providers: ProviderRegistry
     files: Files

@@ -175,7 +175,7 @@ async def record_info(request: Request) -> Response:
     accept = request.headers.get("accept")
     if accept is not None and EVENT_STREAM in accept:
         return task_events(services, key, task, request.headers.get("authorization"))
-    return envelope(task.to_record())
+    return envelope(services.records.record(task))
 
 
 def task_events(services: Services, key: ApiKey, task: Task, authorization: str | None) -> Response:
@@ -183,9 +183,9 @@ def task_events(services: Services, key: ApiKey, task: Task, authorization: str 
     key_check = partial(services.accounts.authenticate, authorization)
 
     async def events() -> AsyncIterator[bytes]:
-        async with aclosing(services.tasks.follow(key, task, key_check=key_check)) as records:
-            async for record in records:
-                yield _KEEP_ALIVE if record is None else _event(record)
+        async with aclosing(services.tasks.follow(key, task, key_check=key_check)) as changes:
+            async for changed in changes:
+                yield _KEEP_ALIVE if changed is None else _event(services.records.record(changed))
 
     return StreamingResponse(
         events(),
@@ -198,12 +198,9 @@ def task_events(services: Services, key: ApiKey, task: Task, authorization: str 
 _KEEP_ALIVE = b": keep-alive\n\n"
 
 
-def _event(task: Task) -> bytes:
+def _event(record: dict[str, Any]) -> bytes:
     # orjson writes no newlines, so the record is one ``data:`` line.
-    return b"event: task\nid: %d\ndata: %s\n\n" % (
-        task.updated_at,
-        orjson.dumps(task.to_record()),
-    )
+    return b"event: task\nid: %d\ndata: %s\n\n" % (record["updateTime"], orjson.dumps(record))
 
 
 @router.post(
@@ -225,7 +222,7 @@ async def cancel_task(request: Request, services: ServicesDep, key: CurrentKey) 
     if not isinstance(task_id, str) or not task_id:
         raise ValidationError("taskId: required")
     task = await services.tasks.cancel(key, task_id)
-    return envelope(task.to_record())
+    return envelope(services.records.record(task))
 
 
 @router.get(
@@ -243,5 +240,8 @@ async def list_tasks(
 ) -> Response:
     page = await services.tasks.list(key, state=state, limit=limit, cursor=cursor)
     return envelope(
-        {"items": [task.to_record() for task in page.tasks], "nextCursor": page.next_cursor}
+        {
+            "items": [services.records.record(task) for task in page.tasks],
+            "nextCursor": page.next_cursor,
+        }
     )

@@ -14,6 +14,7 @@ import contextlib
 import hashlib
 import hmac
 import os
+import re
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -24,6 +25,8 @@ from bananastand.ids import random_token
 #: Length of the signature in a link: 32 base64url characters, 192 bits.
 _SIGNATURE_CHARS = 32
 _SECRET_FILE = "signing-secret"  # noqa: S105 (a file name)
+#: The signed part of a link's path, whatever public URL it was made for.
+_SIGNED_PATH = re.compile(rf"/files/(\d{{1,12}})/([A-Za-z0-9_-]{{{_SIGNATURE_CHARS}}})/(.+)$")
 
 
 class LinkSigner:
@@ -58,23 +61,24 @@ class LinkSigner:
         return expires_at - int(self._clock())
 
     def is_ours(self, url: str) -> bool:
-        """Whether ``url`` points under our file links, authentic or not."""
-        return url.startswith(self._base)
+        """Whether ``url`` points under our file links (authentic or not), or is one we
+        signed for another public URL (before a move to another port or domain)."""
+        return url.startswith(self._base) or self.parse(url, allow_expired=True) is not None
 
     def parse(self, url: str, *, allow_expired: bool = False) -> str | None:
         """The storage key of one of our own, authentic links, else None.
 
-        ``allow_expired`` accepts a link past its expiry (to hand out a fresh one): the
-        signature still proves we made it.
+        The host is not looked at: links handed out before the server moved still name
+        their file, and only the signature proves a link is ours. ``allow_expired``
+        accepts a link past its expiry (to hand out a fresh one).
         """
-        if not url.startswith(self._base):
+        try:
+            found = _SIGNED_PATH.search(urlsplit(url).path)
+        except ValueError:  # not a URL at all (an unbalanced "[" in the host, ...)
             return None
-        path = urlsplit(url).path
-        base_path = urlsplit(self._base).path
-        parts = path[len(base_path) :].split("/", 2)
-        if len(parts) != 3:
+        if found is None:
             return None
-        expires, signature, quoted_key = parts
+        expires, signature, quoted_key = found.groups()
         key = unquote(quoted_key)
         expires_at = self.signed_expiry(expires, signature, key)
         if expires_at is None or (not allow_expired and self.seconds_left(expires_at) <= 0):

@@ -69,7 +69,8 @@ tasks = Table(
     Column("param", Text, nullable=False),  # the original request body, as JSON text
     Column("input", Text, nullable=False),  # the validated input, as JSON text
     Column("callback_url", Text, nullable=True),
-    Column("result_json", Text, nullable=False, server_default=""),
+    #: JSON list of storage keys; links to them are made when a record is handed out.
+    Column("result_keys", Text, nullable=False, server_default=""),
     Column("fail_code", String(8), nullable=False, server_default=""),
     Column("fail_msg", Text, nullable=False, server_default=""),
     Column("credits_consumed", Integer, nullable=False, server_default="0"),
