@@ -38,8 +38,7 @@ from bananastand.accounts import Accounts
 from bananastand.app import create_app
 from bananastand.server import AppServer
 from bananastand.settings import Settings
-from bananastand.store import migrate
-from bananastand.store.database import Database
+from bananastand.store import open_store
 
 if TYPE_CHECKING:
     from browser import Browser
@@ -74,13 +73,12 @@ def make_key(data_dir: Path, *, test: bool = True, account_id: str | None = None
     """A fresh key in ``data_dir``'s database, made by the real domain code."""
 
     async def create() -> str:
-        db = Database(Settings(data_dir=data_dir).effective_database_url)
+        store = await open_store(Settings(data_dir=data_dir).effective_database_url)
         try:
-            await asyncio.to_thread(migrate.upgrade, db)
-            made = await Accounts(db).create_key(account_id=account_id, is_test=test)
+            made = await Accounts(store).create_key(account_id=account_id, is_test=test)
             return made.secret
         finally:
-            await db.close()
+            await store.close()
 
     return asyncio.run(create())
 
@@ -138,11 +136,11 @@ def with_accounts(server: Server, action: Callable[[Accounts], Any]) -> Any:
     """Run ``action`` on the real Accounts domain object over the server's database."""
 
     async def run() -> Any:
-        db = Database(server.settings.effective_database_url)
+        store = await open_store(server.settings.effective_database_url)
         try:
-            return await action(Accounts(db))
+            return await action(Accounts(store))
         finally:
-            await db.close()
+            await store.close()
 
     return asyncio.run(run())
 

@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from bananastand.accounts import Accounts
-from bananastand.store.database import Database
+from bananastand.store.sqlite.database import Database
 from conftest import Server, ServerProcess, make_key, prompt_body
 
 ORDER = ["waiting", "queuing", "generating", "success", "fail"]

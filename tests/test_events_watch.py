@@ -11,9 +11,9 @@ from sqlalchemy import Connection, update
 from bananastand.events import TaskWatch
 from bananastand.ids import new_task_id
 from bananastand.store import migrate
-from bananastand.store import tasks as queries
-from bananastand.store.database import Database
-from bananastand.store.schema import tasks
+from bananastand.store.sql import tasks as queries
+from bananastand.store.sqlite.database import Database
+from bananastand.store.tables import tasks
 
 T0 = 1_700_000_000_000
 

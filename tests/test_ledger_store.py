@@ -11,11 +11,11 @@ from sqlalchemy import Connection, insert
 from sqlalchemy.exc import IntegrityError
 
 from bananastand.contract import TaskState
-from bananastand.store import accounts as account_queries
-from bananastand.store import ledger, migrate
-from bananastand.store import tasks as queries
-from bananastand.store.database import Database
-from bananastand.store.schema import credit_ledger
+from bananastand.store.sql import accounts as account_queries
+from bananastand.store.sql import ledger, migrate
+from bananastand.store.sql import tasks as queries
+from bananastand.store.sqlite.database import Database
+from bananastand.store.tables import credit_ledger
 
 T0 = 1_800_000_000_000
 

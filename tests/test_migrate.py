@@ -11,7 +11,7 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import inspect
 
 from bananastand.store import migrate
-from bananastand.store.database import Database
+from bananastand.store.sqlite.database import Database
 
 
 def test_the_heads_read_from_the_scripts_are_alembics() -> None:
@@ -40,7 +40,7 @@ def test_a_database_at_head_does_not_load_alembic(tmp_path: Path) -> None:
     script = (
         "import sys\n"
         "from bananastand.store import migrate\n"
-        "from bananastand.store.database import Database\n"
+        "from bananastand.store.sqlite.database import Database\n"
         f"migrate.upgrade(Database({f'sqlite:///{path}'!r}))\n"
         "print(sorted(name for name in sys.modules if name.startswith('alembic')))\n"
     )

@@ -1,6 +1,6 @@
 """Integration: the task store and its lease logic on a real SQLite file.
 
-The query functions of ``bananastand.store.tasks`` run through ``Database.write`` and
+The query functions of ``bananastand.store.sql.tasks`` run through ``Database.write`` and
 ``Database.read`` exactly as the worker and the API run them: one writer thread that
 commits in groups, reader threads, and the same file shared by several ``Database``
 instances (as several processes share it).
@@ -25,9 +25,9 @@ from bananastand.contract import TaskState
 from bananastand.ids import new_task_id, random_token
 from bananastand.records import Claim, Task
 from bananastand.store import migrate
-from bananastand.store import tasks as queries
-from bananastand.store.database import Database
-from bananastand.store.schema import tasks as tasks_table
+from bananastand.store.sql import tasks as queries
+from bananastand.store.sqlite.database import Database
+from bananastand.store.tables import tasks as tasks_table
 
 ACCOUNT = "acct_store_tests"
 LEASE_MS = 1_000

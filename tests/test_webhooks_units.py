@@ -20,10 +20,10 @@ from bananastand.client import CallbackVerificationError, verify_callback
 from bananastand.contract import TaskState
 from bananastand.ids import new_task_id
 from bananastand.settings import Settings
-from bananastand.store import accounts as account_queries
-from bananastand.store import callbacks as outbox
-from bananastand.store import tasks as queries
-from bananastand.store.database import Database
+from bananastand.store.sql import accounts as account_queries
+from bananastand.store.sql import callbacks as outbox
+from bananastand.store.sql import tasks as queries
+from bananastand.store.sqlite.database import Database
 from bananastand.webhooks import judge, new_secret, next_delay_s, parse_retry_after, signed_headers
 from test_cli import cli, create_key
 from test_store import ACCOUNT, T0, claim, finish, open_db, rescue

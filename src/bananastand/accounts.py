@@ -11,10 +11,9 @@ import re
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
-from functools import partial
 
 from bananastand.errors import AuthenticationError, NotFoundError, ValidationError
-from bananastand.ids import new_account_id, new_key_id, now_ms, random_token
+from bananastand.ids import new_account_id, new_key_id, random_token
 from bananastand.ratelimit import parse_rate
 from bananastand.records import Account, ApiKey
 from bananastand.storable import (
@@ -25,8 +24,7 @@ from bananastand.storable import (
     check_text,
     check_whole,
 )
-from bananastand.store import accounts as queries
-from bananastand.store.database import Database
+from bananastand.store.ports import LIMIT_NAMES, AccountStore
 
 LIVE_PREFIX = "bs_live_"
 TEST_PREFIX = "bs_test_"
@@ -52,9 +50,9 @@ class Accounts:
     """Domain operations on accounts and keys; shared by the CLI, the API and the admin."""
 
     def __init__(
-        self, db: Database, *, key_cache_seconds: float = 5.0, starting_credits: int = 0
+        self, store: AccountStore, *, key_cache_seconds: float = 5.0, starting_credits: int = 0
     ) -> None:
-        self._db = db
+        self._store = store
         self._cache_ttl = key_cache_seconds
         self._starting_credits = starting_credits
         # secret hash -> (key or None, monotonic expiry). Revocations reach every process
@@ -66,24 +64,16 @@ class Accounts:
 
     async def create_account(self, name: str = "") -> Account:
         check_text("name", name, max_chars=NAME_CHARS)
-        return await self._db.write(
-            partial(
-                queries.create_account,
-                account_id=new_account_id(),
-                name=name,
-                now_ms=now_ms(),
-                starting_credits=self._starting_credits,
-            )
-        )
+        return await self._store.create_account(new_account_id(), name, self._starting_credits)
 
     async def get_account(self, account_id: str) -> Account:
-        found = await self._db.lookup(partial(queries.get_account, account_id=account_id))
+        found = await self._store.get_account(account_id)
         if found is None:
             raise NotFoundError(f"account {account_id} not found")
         return found
 
     async def list_accounts(self) -> list[Account]:
-        return await self._db.read(queries.list_accounts)
+        return await self._store.list_accounts()
 
     async def cached_account(self, account_id: str) -> Account:
         """The account as of at most ``key_cache_seconds`` ago (for its limits)."""
@@ -114,10 +104,8 @@ class Accounts:
             elif name in ("max_waiting", "monthly_cap"):
                 check_whole(name, value, maximum=INT32_MAX if name == "max_waiting" else INT64_MAX)
             else:
-                raise ValidationError(f"{name}: not a limit; expected {queries.LIMIT_COLUMNS}")
-        found = await self._db.write(
-            partial(queries.set_limits, account_id=account_id, values=changes)
-        )
+                raise ValidationError(f"{name}: not a limit; expected {LIMIT_NAMES}")
+        found = await self._store.set_limits(account_id, changes)
         if not found:
             raise NotFoundError(f"account {account_id} not found")
         self._accounts.pop(account_id, None)
@@ -126,17 +114,15 @@ class Accounts:
     async def account_of_key(self, key: str) -> str:
         """The account id of a key given by its id (``key_...``) or its secret."""
         if _KEY_PATTERN.fullmatch(key):
-            found = await self._db.read(
-                partial(queries.find_key_by_hash, secret_hash=hash_secret(key))
-            )
+            found = await self._store.find_key_by_hash(hash_secret(key))
         else:
-            found = await self._db.read(partial(queries.get_key, key_id=key))
+            found = await self._store.get_key(key)
         if found is None:
             raise NotFoundError("no such key")
         return found.account_id
 
     async def count_accounts(self) -> int:
-        return await self._db.read(queries.count_accounts)
+        return await self._store.count_accounts()
 
     async def create_key(
         self,
@@ -151,12 +137,12 @@ class Accounts:
         ``expires_at`` (epoch ms): the key stops working then.
         """
         check_text("name", name, max_chars=NAME_CHARS)
-        if expires_at is not None and expires_at <= now_ms():
+        if expires_at is not None and expires_at <= self._store.now_ms():
             raise ValidationError("expires: must be in the future")
         if expires_at is not None and expires_at > LATEST_MS:
             raise ValidationError("expires: must be before the year 10000")
         secret = (TEST_PREFIX if is_test else LIVE_PREFIX) + random_token(_SECRET_LENGTH)
-        created = now_ms()
+        created = self._store.now_ms()
         account_for_key = account_id or new_account_id()
         key = ApiKey(
             id=new_key_id(),
@@ -169,24 +155,21 @@ class Accounts:
             expires_at=expires_at,
         )
 
-        inserted = await self._db.write(
-            partial(
-                queries.insert_key,
-                key=key,
-                secret_hash=hash_secret(secret),
-                new_account_name=name if account_id is None else None,
-                starting_credits=self._starting_credits,
-            )
+        inserted = await self._store.insert_key(
+            key,
+            hash_secret(secret),
+            new_account_name=name if account_id is None else None,
+            starting_credits=self._starting_credits,
         )
         if not inserted:
             raise NotFoundError(f"account {account_id} does not exist")
         return NewKey(key=key, secret=secret)
 
     async def list_keys(self, account_id: str | None = None) -> list[ApiKey]:
-        return await self._db.read(partial(queries.list_keys, account_id=account_id))
+        return await self._store.list_keys(account_id)
 
     async def revoke_key(self, key_id: str) -> None:
-        if not await self._db.write(partial(queries.revoke_key, key_id=key_id, now_ms=now_ms())):
+        if not await self._store.revoke_key(key_id):
             raise NotFoundError(f"no active key {key_id}")
 
     async def authenticate(self, authorization: str | None) -> ApiKey:
@@ -198,7 +181,7 @@ class Accounts:
         if scheme.lower() != "bearer" or not _KEY_PATTERN.fullmatch(secret):
             raise AuthenticationError("malformed API key: send Authorization: Bearer <key>")
         key = await self._lookup(hash_secret(secret))
-        if key is None or not key.usable_at(now_ms()):
+        if key is None or not key.usable_at(self._store.now_ms()):
             raise AuthenticationError("unknown, revoked or expired API key")
         return key
 
@@ -207,7 +190,7 @@ class Accounts:
         now = time.monotonic()
         if cached is not None and cached[1] > now:
             return cached[0]
-        key = await self._db.lookup(partial(queries.find_key_by_hash, secret_hash=secret_hash))
+        key = await self._store.find_key_by_hash(secret_hash)
         self._cache[secret_hash] = (key, now + (self._cache_ttl if key else _NEGATIVE_TTL))
         self._cache.move_to_end(secret_hash)
         while len(self._cache) > _CACHE_SIZE:

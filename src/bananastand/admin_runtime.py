@@ -5,7 +5,7 @@ it uses, nothing else.
 providers and google-genai, storage, the fetcher). An admin command (``keys``,
 ``accounts``, ``credits add/audit``, ``maintenance``, ``models``, ``webhooks secret``)
 runs a query or two; importing and building all that cost it ~1.7 s of CPU, and the test
-suite runs these commands by the hundred. Here the Database is opened, its schema brought
+suite runs these commands by the hundred. Here the store is opened, its schema brought
 to head (``migrate.upgrade``: a cheap check unless it is behind, so a fresh data folder
 still works), and each domain object built on first use.
 
@@ -30,8 +30,8 @@ from bananastand.client.cli import SERVER, USAGE, fail
 from bananastand.errors import ApiError, ConfigurationError
 from bananastand.ops import Switches
 from bananastand.settings import Settings
-from bananastand.store import migrate
-from bananastand.store.database import Database
+from bananastand.store import open_store
+from bananastand.store.ports import Store
 
 if TYPE_CHECKING:
     from bananastand.webhooks import Webhooks
@@ -42,31 +42,31 @@ T = TypeVar("T")
 class AdminServices:
     """The domain objects of the admin commands, on one database, each made on first use."""
 
-    def __init__(self, settings: Settings, db: Database) -> None:
+    def __init__(self, settings: Settings, store: Store) -> None:
         self.settings = settings
-        self.db = db
+        self.store = store
 
     @cached_property
     def accounts(self) -> Accounts:
         return Accounts(
-            self.db,
+            self.store,
             key_cache_seconds=self.settings.key_cache_seconds,
             starting_credits=self.settings.starting_credits,
         )
 
     @cached_property
     def billing(self) -> Billing:
-        return Billing(self.db, self.settings)
+        return Billing(self.store, self.settings)
 
     @cached_property
     def switches(self) -> Switches:
-        return Switches(self.db, poll_seconds=self.settings.switch_poll_seconds)
+        return Switches(self.store, poll_seconds=self.settings.switch_poll_seconds)
 
     @cached_property
     def webhooks(self) -> Webhooks:
         from bananastand.webhooks import Webhooks  # the outbound fetcher comes with it
 
-        return Webhooks(self.db, self.settings)
+        return Webhooks(self.store, self.settings)
 
 
 def load_settings(**overrides: object) -> Settings:
@@ -93,14 +93,13 @@ def run_admin(settings: Settings, action: Callable[[AdminServices], Awaitable[T]
     async def run() -> T:
         if not settings.database_url:
             settings.data_dir.mkdir(parents=True, exist_ok=True)
-        db = Database(
+        store = await open_store(
             settings.effective_database_url, sqlite_synchronous=settings.sqlite_synchronous
         )
         try:
-            await asyncio.to_thread(migrate.upgrade, db)
-            return await action(AdminServices(settings, db))
+            return await action(AdminServices(settings, store))
         finally:
-            await db.close()
+            await store.close()
 
     try:
         return asyncio.run(run())

@@ -31,8 +31,7 @@ from bananastand.results import TaskRecords
 from bananastand.settings import Settings
 from bananastand.storage import open_storage
 from bananastand.storage.links import LinkSigner, load_secret
-from bananastand.store import migrate
-from bananastand.store.database import Database
+from bananastand.store import open_store
 from bananastand.tasks import Tasks
 from bananastand.webhooks import Webhooks, WebhookSender
 from bananastand.worker import Worker
@@ -67,8 +66,9 @@ async def open_runtime(
 ) -> Runtime:
     """``resolver`` replaces the system's name resolution for outbound fetches (tests)."""
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    db = Database(settings.effective_database_url, sqlite_synchronous=settings.sqlite_synchronous)
-    await asyncio.to_thread(migrate.upgrade, db)
+    store = await open_store(
+        settings.effective_database_url, sqlite_synchronous=settings.sqlite_synchronous
+    )
     providers = ProviderRegistry.from_settings(settings)
     storage = open_storage(settings)
     secret = await asyncio.to_thread(load_secret, settings.signing_secret, settings.data_dir)
@@ -83,7 +83,7 @@ async def open_runtime(
         resolver=resolver,
     )
     # Follows the tasks of open event streams; the worker and cancel nudge it.
-    watch = TaskWatch(db, poll_seconds=settings.events_poll_ms / 1000)
+    watch = TaskWatch(store, poll_seconds=settings.events_poll_ms / 1000)
     sender = None
     worker = None
     if run_worker:
@@ -93,10 +93,10 @@ async def open_runtime(
             timeout_s=settings.webhook_timeout_seconds,
         )
         sender = WebhookSender(
-            db, settings, SafeFetcher(webhook_policy, resolver=resolver), records
+            store, settings, SafeFetcher(webhook_policy, resolver=resolver), records
         )
         worker = Worker(
-            db,
+            store,
             settings,
             providers,
             storage,
@@ -106,14 +106,14 @@ async def open_runtime(
             on_task_changed=watch.nudge,
         )
     accounts = Accounts(
-        db,
+        store,
         key_cache_seconds=settings.key_cache_seconds,
         starting_credits=settings.starting_credits,
     )
-    billing = Billing(db, settings)
-    switches = Switches(db, poll_seconds=settings.switch_poll_seconds)
+    billing = Billing(store, settings)
+    switches = Switches(store, poll_seconds=settings.switch_poll_seconds)
     tasks = Tasks(
-        db,
+        store,
         settings,
         providers,
         accounts=accounts,
@@ -125,17 +125,17 @@ async def open_runtime(
     )
     services = Services(
         settings=settings,
-        db=db,
+        store=store,
         accounts=accounts,
         tasks=tasks,
         records=records,
         storage=storage,
         providers=providers,
-        files=Files(db, settings, storage, links, fetcher),
+        files=Files(store, settings, storage, links, fetcher),
         billing=billing,
         switches=switches,
         limiter=RateLimiter(settings.redis_url),
-        webhooks=Webhooks(db, settings, on_resend=sender.wake if sender else lambda: None),
+        webhooks=Webhooks(store, settings, on_resend=sender.wake if sender else lambda: None),
     )
     return Runtime(services=services, fetcher=fetcher, worker=worker, sender=sender)
 
@@ -147,7 +147,7 @@ async def close_runtime(runtime: Runtime) -> None:
         await runtime.sender.aclose()
     await runtime.services.providers.aclose()
     await runtime.services.storage.aclose()
-    await runtime.services.db.close()
+    await runtime.services.store.close()
 
 
 def end_streams(app: FastAPI) -> None:

@@ -1,32 +1,34 @@
 """Credits: what a task costs, grants by the operator, balances and the ledger audit.
 
-Charging and refunding happen inside the task transactions (``store/tasks.py`` calls
-``store/ledger.py``); this module decides the price and serves the operator's side.
+Charging and refunding happen inside the task transactions (the store's ``create_task``
+and the ways a task ends); this module decides the price and serves the operator's side.
 With ``BANANASTAND_BILLING=off`` nothing is ever charged.
 """
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from bananastand.contract import Resolution
-from bananastand.errors import ConfigurationError, NotFoundError, ValidationError
-from bananastand.ids import now_ms
+from bananastand.errors import (
+    ConfigurationError,
+    InsufficientCreditsError,
+    NotFoundError,
+    ValidationError,
+)
 from bananastand.records import ApiKey, LedgerEntry
 from bananastand.settings import Settings
 from bananastand.storable import check_text
-from bananastand.store import ledger as queries
-from bananastand.store.database import Database
+from bananastand.store.ports import BalanceOverflow, Discrepancy, Ledger, NotEnoughCredits
 
 if TYPE_CHECKING:
     from bananastand.accounts import Accounts
 
 
 class Billing:
-    def __init__(self, db: Database, settings: Settings) -> None:
-        self._db = db
+    def __init__(self, store: Ledger, settings: Settings) -> None:
+        self._store = store
         self.enabled = settings.billing
         self._prices = settings.prices
         if self.enabled:
@@ -48,7 +50,7 @@ class Billing:
         return self._prices[model][resolution]
 
     async def balance(self, account_id: str) -> int:
-        found = await self._db.read(partial(queries.balance, account_id=account_id))
+        found = await self._store.balance(account_id)
         if found is None:
             raise NotFoundError(f"account {account_id} not found")
         return found
@@ -58,26 +60,25 @@ class Billing:
         if amount == 0:
             raise ValidationError("amount: must not be 0")
         check_text("note", note)
-        try:
-            return await self._db.write(
-                partial(
-                    queries.grant,
-                    account_id=account_id,
-                    amount=amount,
-                    now_ms=now_ms(),
-                    note=note,
+        granted = await self._store.grant(account_id, amount, note)
+        match granted:
+            case None:
+                raise NotFoundError(f"account {account_id} not found")
+            case NotEnoughCredits(balance=balance, cost=cost):
+                raise InsufficientCreditsError(
+                    f"account {account_id} has {balance} credits; cannot take away {cost}"
                 )
-            )
-        except LookupError:
-            raise NotFoundError(f"account {account_id} not found") from None
+            case BalanceOverflow(limit=limit):
+                raise ValidationError(f"amount: the balance would be more than {limit}")
+        return granted
 
     async def history(self, account_id: str, limit: int = 50) -> list[LedgerEntry]:
-        return await self._db.read(partial(queries.entries, account_id=account_id, limit=limit))
+        return await self._store.entries(account_id, limit)
 
-    async def audit(self) -> list[queries.Discrepancy]:
+    async def audit(self) -> list[Discrepancy]:
         """Empty when every balance is its ledger sum and every task's creditsConsumed is
         what its charge and refund rows say."""
-        return await self._db.read(queries.audit)
+        return await self._store.audit()
 
 
 def month_start_ms(at_ms: int) -> int:

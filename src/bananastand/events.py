@@ -20,10 +20,8 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Iterable, Iterator
-from functools import partial
 
-from bananastand.store import tasks as queries
-from bananastand.store.database import Database
+from bananastand.store.ports import TaskStore
 
 log = logging.getLogger(__name__)
 
@@ -69,8 +67,8 @@ class TaskWatch:
     loop runs only while at least one task is followed.
     """
 
-    def __init__(self, db: Database, *, poll_seconds: float) -> None:
-        self._db = db
+    def __init__(self, store: TaskStore, *, poll_seconds: float) -> None:
+        self._store = store
         self._poll_seconds = poll_seconds
         self._followers: dict[str, set[Follower]] = {}
         self._nudged = asyncio.Event()
@@ -173,8 +171,7 @@ class TaskWatch:
             self._loop = None
 
     async def _look(self, task_ids: list[str]) -> None:
-        # A thread, not ``Database.lookup``: with many streams open this is a long IN list.
-        versions = await self._db.read(partial(queries.task_versions, task_ids=task_ids))
+        versions = await self._store.task_versions(task_ids)
         for task_id in task_ids:
             version = versions.get(task_id)  # None: gone; the stream rereads and ends
             for follower in self._followers.get(task_id, ()):

@@ -18,7 +18,6 @@ import unicodedata
 from collections.abc import AsyncIterable, AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from functools import partial
 from pathlib import PurePosixPath
 from typing import Any, Final
 
@@ -29,8 +28,7 @@ from bananastand.records import ApiKey
 from bananastand.settings import Settings
 from bananastand.storage.base import ObjectInfo, Storage
 from bananastand.storage.links import LinkSigner
-from bananastand.store import tasks as task_queries
-from bananastand.store.database import Database
+from bananastand.store.ports import TaskStore
 
 log = logging.getLogger(__name__)
 
@@ -122,13 +120,13 @@ class UploadedFile:
 class Files:
     def __init__(
         self,
-        db: Database,
+        tasks: TaskStore,
         settings: Settings,
         storage: Storage,
         links: LinkSigner,
         fetcher: SafeFetcher,
     ) -> None:
-        self._db = db
+        self._tasks = tasks
         self._settings = settings
         self.storage = storage
         self.links = links
@@ -253,9 +251,7 @@ class Files:
             return storage_key.startswith(f"{UPLOADS}{account_id}/")
         if storage_key.startswith(RESULTS):
             task_id = storage_key.removeprefix(RESULTS).split("/", 1)[0]
-            task = await self._db.read(
-                partial(task_queries.get_task, task_id=task_id, account_id=account_id)
-            )
+            task = await self._tasks.get_task(task_id, account_id)
             return task is not None
         return False
 

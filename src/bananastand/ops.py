@@ -11,13 +11,10 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass, field
-from functools import partial
 
 from bananastand.errors import FeatureDisabledError, MaintenanceError
-from bananastand.ids import now_ms
 from bananastand.storable import check_text
-from bananastand.store import switches as queries
-from bananastand.store.database import Database
+from bananastand.store.ports import SwitchStore
 
 log = logging.getLogger(__name__)
 
@@ -60,8 +57,8 @@ class SwitchState:
 
 
 class Switches:
-    def __init__(self, db: Database, *, poll_seconds: float = 1.0) -> None:
-        self._db = db
+    def __init__(self, store: SwitchStore, *, poll_seconds: float = 1.0) -> None:
+        self._store = store
         self._poll_seconds = poll_seconds
         self._state = SwitchState()
         self._fresh_until = 0.0
@@ -73,7 +70,7 @@ class Switches:
             return self._state
         async with self._lock:
             if time.monotonic() >= self._fresh_until:
-                rows = await self._db.read(queries.all_switches)
+                rows = await self._store.all_switches()
                 self._state = SwitchState.from_rows(rows)
                 self._fresh_until = time.monotonic() + self._poll_seconds
         return self._state
@@ -93,10 +90,9 @@ class Switches:
     async def set_maintenance(self, on: bool, message: str = "") -> None:
         check_text("message", message)
         if on:
-            work = partial(queries.put_switch, name=MAINTENANCE, value=message, now_ms=now_ms())
-            await self._db.write(work)
+            await self._store.put_switch(MAINTENANCE, message)
         else:
-            await self._db.write(partial(queries.remove_switch, name=MAINTENANCE))
+            await self._store.remove_switch(MAINTENANCE)
         log.warning("maintenance switched", extra={"on": on, "maintenance_message": message})
         self._fresh_until = 0.0
 
@@ -105,9 +101,9 @@ class Switches:
         check_text("account", account_id or "")
         name = _model_switch(model, account_id)
         if enabled:
-            await self._db.write(partial(queries.remove_switch, name=name))
+            await self._store.remove_switch(name)
         else:
-            await self._db.write(partial(queries.put_switch, name=name, value="", now_ms=now_ms()))
+            await self._store.put_switch(name, "")
         log.warning(
             "model switched",
             extra={"model": model, "enabled": enabled, "account_id": account_id},

@@ -11,7 +11,6 @@ import binascii
 import hashlib
 from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from functools import partial
 from typing import Any
 
 import orjson
@@ -22,24 +21,43 @@ from bananastand.addresses import ALLOW_HINT, AllowList, is_public_address, lite
 from bananastand.billing import Billing, month_start_ms
 from bananastand.contract import (
     CANCELED_MSG,
+    FAIL_INPUT,
     CreateTaskRequest,
     TaskState,
     describe_validation_error,
 )
-from bananastand.errors import AuthenticationError, NotFoundError, ValidationError
+from bananastand.errors import (
+    AuthenticationError,
+    InsufficientCreditsError,
+    NotFoundError,
+    RateLimitedError,
+    ValidationError,
+)
 from bananastand.events import TaskWatch, Version
-from bananastand.ids import new_task_id, now_ms
+from bananastand.ids import new_task_id
 from bananastand.models import check_model_rules, in_clients_words, spec_input
 from bananastand.ops import Switches
 from bananastand.providers.registry import ProviderRegistry
 from bananastand.records import ApiKey, Task
 from bananastand.settings import Settings
 from bananastand.storage.links import LinkSigner
-from bananastand.store import tasks as queries
-from bananastand.store.database import Database
+from bananastand.store.ports import (
+    Admission,
+    Created,
+    CreateRefusal,
+    Failure,
+    IdempotencyClaim,
+    KeyReused,
+    MonthlyCapReached,
+    NewTask,
+    NotEnoughCredits,
+    TaskStore,
+    TooManyWaiting,
+)
 
 MAX_IDEMPOTENCY_KEY = 255
 MAX_PAGE = 100
+CANCELED = Failure(code=FAIL_INPUT, message=CANCELED_MSG)
 #: Why a task can no longer be canceled, in words (a state is no adjective: "is fail").
 _TOO_LATE = {TaskState.SUCCESS: "has already succeeded", TaskState.FAIL: "has already failed"}
 
@@ -53,7 +71,7 @@ class Page:
 class Tasks:
     def __init__(
         self,
-        db: Database,
+        store: TaskStore,
         settings: Settings,
         providers: ProviderRegistry,
         *,
@@ -64,7 +82,7 @@ class Tasks:
         links: LinkSigner,
         on_created: Callable[[], None] = lambda: None,
     ) -> None:
-        self._db = db
+        self._store = store
         self._settings = settings
         self._providers = providers
         self._allow = AllowList.parse(settings.allow_private_networks)
@@ -140,11 +158,10 @@ class Tasks:
             if account.max_waiting is not None
             else self._settings.max_waiting_tasks
         )
-        created_ms = now_ms()
-        admission = queries.Admission(
+        admission = Admission(
             max_waiting=max_waiting or None,
             monthly_cap=account.monthly_cap,
-            month_start_ms=month_start_ms(created_ms),
+            month_start_ms=month_start_ms(self._store.now_ms()),
         )
         provider = self._providers.provider_name_for(request.model, is_test=key.is_test)
         idempotency = None
@@ -153,12 +170,12 @@ class Tasks:
                 raise ValidationError(
                     f"Idempotency-Key: must be 1 to {MAX_IDEMPOTENCY_KEY} characters"
                 )
-            idempotency = queries.IdempotencyClaim(
+            idempotency = IdempotencyClaim(
                 key=idempotency_key,
                 request_hash=request_fingerprint(body, raw_body),
                 ttl_ms=self._settings.idempotency_ttl_seconds * 1000,
             )
-        new = queries.NewTask(
+        new = NewTask(
             id=new_task_id(),
             account_id=key.account_id,
             key_id=key.id,
@@ -169,39 +186,22 @@ class Tasks:
             callback_url=request.callback_url,
             credits=self._billing.price(key, request.model, request.input.resolution),
         )
-        try:
-            created = await self._db.write(
-                partial(
-                    queries.create_task,
-                    new=new,
-                    now_ms=created_ms,
-                    idempotency=idempotency,
-                    admission=admission,
-                )
-            )
-        except queries.IdempotencyConflict:
-            raise ValidationError(
-                "Idempotency-Key: already used for a different request body"
-            ) from None
+        created = await self._store.create_task(new, idempotency, admission)
+        if not isinstance(created, Created):
+            raise refusal_error(created)
         if created.created:
             self._on_created()
         return created.task_id
 
     async def get(self, key: ApiKey, task_id: str) -> Task:
         """A task of the key's account; another account's task is as unknown as a missing one."""
-        task = await self._db.lookup(
-            partial(queries.get_task, task_id=task_id, account_id=key.account_id)
-        )
+        task = await self._store.get_task(task_id, key.account_id)
         if task is None:
             raise NotFoundError(f"task {task_id} not found")
         return task
 
     async def cancel(self, key: ApiKey, task_id: str) -> Task:
-        task = await self._db.write(
-            partial(
-                queries.cancel_task, task_id=task_id, account_id=key.account_id, now_ms=now_ms()
-            )
-        )
+        task = await self._store.cancel_task(task_id, key.account_id, CANCELED)
         if task is None:
             raise NotFoundError(f"task {task_id} not found")
         self.watch.nudge((task_id,))
@@ -263,18 +263,32 @@ class Tasks:
         if not 1 <= limit <= MAX_PAGE:
             raise ValidationError(f"limit: must be between 1 and {MAX_PAGE}")
         before = decode_cursor(cursor) if cursor else None
-        found = await self._db.read(
-            partial(
-                queries.list_tasks,
-                account_id=key.account_id,
-                state=state,
-                limit=limit + 1,
-                before_seq=before,
-            )
+        found = await self._store.list_tasks(
+            key.account_id, state=state, limit=limit + 1, before_seq=before
         )
         more = len(found) > limit
         page = found[:limit]
         return Page(tasks=page, next_cursor=encode_cursor(page[-1].seq) if more else None)
+
+
+def refusal_error(refused: CreateRefusal) -> Exception:
+    """The envelope error of a task the store refused to make (nothing was written)."""
+    match refused:
+        case NotEnoughCredits(cost=cost):
+            return InsufficientCreditsError(f"insufficient credits: this task costs {cost}")
+        case MonthlyCapReached(spent=spent, cap=cap, cost=cost):
+            return InsufficientCreditsError(
+                f"monthly spending cap reached: {spent} of {cap} credits spent "
+                f"this month, this task costs {cost}"
+            )
+        case TooManyWaiting(waiting=waiting, cap=cap):
+            return RateLimitedError(
+                f"too many waiting tasks: this account has {waiting} tasks waiting "
+                f"(at most {cap}); try again when some have started",
+                retry_after=1,
+            )
+        case KeyReused():
+            return ValidationError("Idempotency-Key: already used for a different request body")
 
 
 def version_of(task: Task) -> Version:

@@ -43,13 +43,13 @@ from bananastand.client.webhooks import sign_hosted, sign_standard
 from bananastand.contract import CODE_GENERATION_FAILED, CODE_OK, TaskState
 from bananastand.errors import NotFoundError, ValidationError
 from bananastand.fetch import FetchError, SafeFetcher
-from bananastand.ids import now_ms, random_token
+from bananastand.ids import random_token
 from bananastand.logs import bind_task
 from bananastand.records import Callback, CallbackAttempt, Task, WebhookSecret
 from bananastand.results import TaskRecords
 from bananastand.settings import Settings
-from bananastand.store import callbacks as queries
-from bananastand.store.database import Database
+from bananastand.store import ports
+from bananastand.store.ports import ClaimedCallback, Outbox
 
 log = logging.getLogger(__name__)
 
@@ -166,9 +166,9 @@ def next_delay_s(
 
 class WebhookSender:
     def __init__(
-        self, db: Database, settings: Settings, fetcher: SafeFetcher, records: TaskRecords
+        self, store: Outbox, settings: Settings, fetcher: SafeFetcher, records: TaskRecords
     ) -> None:
-        self._db = db
+        self._store = store
         self._settings = settings
         self._fetcher = fetcher
         self._records = records
@@ -177,7 +177,7 @@ class WebhookSender:
         # write of its attempt with room to spare.
         self._lease_ms = int((settings.webhook_timeout_seconds * 2 + 1) * 1000)
         self._window_ms = int(settings.webhook_secret_rotation_seconds * 1000)
-        self._running: dict[str, tuple[asyncio.Task[None], queries.ClaimedCallback]] = {}
+        self._running: dict[str, tuple[asyncio.Task[None], ClaimedCallback]] = {}
         self._per_host: dict[str, int] = {}
         self._holding_host: set[str] = set()  # claims whose POST has not ended yet
         self._wakeup = asyncio.Event()
@@ -218,17 +218,13 @@ class WebhookSender:
         free = self._settings.webhook_concurrency - len(self._running)
         if free <= 0:
             return 0
-        claims = await self._db.write(
-            partial(
-                queries.claim_due,
-                lease_token=random_token(24),
-                limit=free,
-                per_host=self._settings.webhook_per_host_concurrency,
-                in_flight=dict(self._per_host),
-                now_ms=now_ms(),
-                lease_ms=self._lease_ms,
-                new_secret=new_secret,
-            )
+        claims = await self._store.claim_due(
+            lease_token=random_token(24),
+            limit=free,
+            per_host=self._settings.webhook_per_host_concurrency,
+            in_flight=dict(self._per_host),
+            lease_ms=self._lease_ms,
+            new_secret=new_secret,
         )
         for claim in claims:
             self._per_host[claim.host_key] = self._per_host.get(claim.host_key, 0) + 1
@@ -238,12 +234,12 @@ class WebhookSender:
             runner.add_done_callback(partial(self._finished, claim))
         return len(claims)
 
-    def _finished(self, claim: queries.ClaimedCallback, _runner: asyncio.Task[None]) -> None:
+    def _finished(self, claim: ClaimedCallback, _runner: asyncio.Task[None]) -> None:
         self._running.pop(claim.id, None)
         self._host_done(claim)
         self._wakeup.set()  # a slot is free
 
-    def _host_done(self, claim: queries.ClaimedCallback) -> None:
+    def _host_done(self, claim: ClaimedCallback) -> None:
         """Free the receiver's slot as soon as it has answered: recording the attempt is
         our work, not the receiver's, and must not throttle the next delivery to it."""
         if claim.id not in self._holding_host:
@@ -267,10 +263,10 @@ class WebhookSender:
             with contextlib.suppress(asyncio.CancelledError):
                 await runner
         if held:
-            released = await self._db.write(partial(queries.release, held=held))
+            released = await self._store.release_callbacks(held)
             log.info("handed back %d interrupted callback deliveries", released)
 
-    async def _deliver(self, claim: queries.ClaimedCallback) -> None:
+    async def _deliver(self, claim: ClaimedCallback) -> None:
         with bind_task(claim.task.id):
             try:
                 await self._attempt(claim)
@@ -279,8 +275,8 @@ class WebhookSender:
             except Exception:
                 log.exception("callback delivery crashed", extra={"webhook_id": claim.id})
 
-    async def _attempt(self, claim: queries.ClaimedCallback) -> None:
-        attempted_at = now_ms()
+    async def _attempt(self, claim: ClaimedCallback) -> None:
+        attempted_at = self._store.now_ms()
         started = time.monotonic()
         refusal = denied(self._deny, claim.url)
         if refusal is None:
@@ -297,30 +293,25 @@ class WebhookSender:
                 verdict.retry_after_s,
             )
         if verdict.success:
-            state = queries.DELIVERED
+            state = ports.DELIVERED
         elif refusal is not None:
-            state = queries.REFUSED
+            state = ports.REFUSED
         elif delay is None:
-            state = queries.FAILED
+            state = ports.FAILED
         else:
-            state = queries.PENDING
-        ended = now_ms()
-        owned = await self._db.write(
-            partial(
-                queries.record_attempt,
-                callback_id=claim.id,
-                lease_token=claim.lease_token,
-                attempt=CallbackAttempt(
-                    attempted_at=attempted_at,
-                    duration_ms=duration_ms,
-                    http_status=status,
-                    error=verdict.error,
-                    success=verdict.success,
-                ),
-                state=state,
-                next_attempt_at=None if delay is None else ended + int(delay * 1000),
-                now_ms=ended,
-            )
+            state = ports.PENDING
+        owned = await self._store.record_attempt(
+            callback_id=claim.id,
+            lease_token=claim.lease_token,
+            attempt=CallbackAttempt(
+                attempted_at=attempted_at,
+                duration_ms=duration_ms,
+                http_status=status,
+                error=verdict.error,
+                success=verdict.success,
+            ),
+            state=state,
+            retry_in_ms=None if delay is None else int(delay * 1000),
         )
         fields = {
             "webhook_id": claim.id,
@@ -330,16 +321,14 @@ class WebhookSender:
         }
         if verdict.success:
             log.info("callback delivered", extra=fields)
-        elif state in (queries.FAILED, queries.REFUSED):
+        elif state in (ports.FAILED, ports.REFUSED):
             log.warning("callback %s: %s", state, verdict.error, extra=fields)
         else:
             log.info("callback attempt failed: %s; retrying", verdict.error, extra=fields)
         if owned and delay is not None:
             self._wake_in(delay)
 
-    async def _post(
-        self, claim: queries.ClaimedCallback, attempted_at: int
-    ) -> tuple[int | None, Verdict]:
+    async def _post(self, claim: ClaimedCallback, attempted_at: int) -> tuple[int | None, Verdict]:
         """Sign and send the callback: the answer's status (None: no answer) and verdict."""
         timestamp = int(time.time())
         body = callback_body(claim.task, self._records)
@@ -378,9 +367,9 @@ class Webhooks:
     """The account-facing side: webhook secrets, the attempt log, resending."""
 
     def __init__(
-        self, db: Database, settings: Settings, *, on_resend: Callable[[], None] = lambda: None
+        self, store: Outbox, settings: Settings, *, on_resend: Callable[[], None] = lambda: None
     ) -> None:
-        self._db = db
+        self._store = store
         self._settings = settings
         self._deny = HostList.parse(settings.callback_deny_hosts)
         # Lets a sender in this process send at once rather than at its next poll.
@@ -393,15 +382,7 @@ class Webhooks:
     async def secret(self, account_id: str, *, rotate: bool = False) -> WebhookSecret:
         """The account's secret, made on first use; ``rotate`` replaces it (the old one
         keeps signing, beside the new one, for the rotation window)."""
-        found = await self._db.write(
-            partial(
-                queries.account_secret,
-                account_id=account_id,
-                now_ms=now_ms(),
-                new_secret=new_secret,
-                rotate=rotate,
-            )
-        )
+        found = await self._store.account_secret(account_id, new_secret, rotate=rotate)
         if found is None:
             raise NotFoundError(f"account {account_id} does not exist")
         return found
@@ -409,9 +390,7 @@ class Webhooks:
     async def callback(self, account_id: str, task_id: str) -> Callback:
         """The task's callback and its attempts; a task that has not ended has none yet."""
 
-        task, found = await self._db.read(
-            partial(queries.callback_of_task, task_id=task_id, account_id=account_id)
-        )
+        task, found = await self._store.callback_of_task(task_id, account_id)
         if task is None:
             raise NotFoundError(f"task {task_id} not found")
         if task.callback_url is None:
@@ -439,10 +418,8 @@ class Webhooks:
             raise ValidationError(
                 "taskId: the task has not ended; its callback is sent when it does"
             )
-        if current.state == queries.REFUSED and denied(self._deny, current.url):
+        if current.state == ports.REFUSED and denied(self._deny, current.url):
             return current
-        await self._db.write(
-            partial(queries.resend, task_id=task_id, account_id=account_id, now_ms=now_ms())
-        )
+        await self._store.resend(task_id, account_id)
         self._on_resend()
         return await self.callback(account_id, task_id)

@@ -22,7 +22,7 @@ from functools import partial
 import orjson
 
 from bananastand import imaging
-from bananastand.contract import TaskInput, TaskState
+from bananastand.contract import FAIL_INTERNAL, TaskInput, TaskState
 from bananastand.errors import LeaseLost, TaskFailure, UpstreamTimeout
 from bananastand.fetch import SafeFetcher
 from bananastand.ids import now_ms, random_token
@@ -35,8 +35,7 @@ from bananastand.retention import retention_rules, sweep
 from bananastand.settings import Settings
 from bananastand.storage.base import Storage
 from bananastand.storage.links import LinkSigner
-from bananastand.store import tasks as queries
-from bananastand.store.database import Database
+from bananastand.store.ports import Failure, TaskStore
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +46,7 @@ _PURGE_INTERVAL = 3600.0
 class Worker:
     def __init__(
         self,
-        db: Database,
+        store: TaskStore,
         settings: Settings,
         providers: ProviderRegistry,
         storage: Storage,
@@ -57,7 +56,7 @@ class Worker:
         on_task_ended: Callable[[], None] = lambda: None,
         on_task_changed: Callable[[Iterable[str]], None] = lambda _ids: None,
     ) -> None:
-        self._db = db
+        self._store = store
         # Tells a callback sender in this process that a task with a callBackUrl ended.
         self._on_task_ended = on_task_ended
         # Tells event streams in this process that these tasks changed state (committed).
@@ -120,15 +119,11 @@ class Worker:
         free = self._settings.worker_concurrency - len(self._running)
         if free <= 0:
             return 0
-        claims = await self._db.write(
-            partial(
-                queries.claim_tasks,
-                worker_id=self.worker_id,
-                lease_token=random_token(24),
-                limit=free,
-                now_ms=now_ms(),
-                lease_ms=self._lease_ms,
-            )
+        claims = await self._store.claim_tasks(
+            worker_id=self.worker_id,
+            lease_token=random_token(24),
+            limit=free,
+            lease_ms=self._lease_ms,
         )
         if claims:
             self._on_task_changed([claim.task.id for claim in claims])
@@ -153,14 +148,7 @@ class Worker:
         for runner, claim in leftover:
             with contextlib.suppress(asyncio.CancelledError):
                 await runner
-            released = await self._db.write(
-                partial(
-                    queries.release_task,
-                    task_id=claim.task.id,
-                    lease_token=claim.lease_token,
-                    now_ms=now_ms(),
-                )
-            )
+            released = await self._store.release_task(claim.task.id, claim.lease_token)
             if released:
                 self._on_task_changed((claim.task.id,))
             with bind_task(claim.task.id):
@@ -180,13 +168,13 @@ class Worker:
                 if time.monotonic() >= next_purge:
                     next_purge = time.monotonic() + _PURGE_INTERVAL
                     ttl_ms = self._settings.idempotency_ttl_seconds * 1000
-                    await self._db.write(
-                        partial(queries.purge_idempotency_keys, older_than_ms=now_ms() - ttl_ms)
-                    )
+                    await self._store.purge_idempotency_keys(ttl_ms)
                 sweep_every = self._settings.sweep_interval_seconds
                 if sweep_every > 0 and time.monotonic() >= next_sweep:
                     next_sweep = time.monotonic() + sweep_every
-                    await sweep(self._storage, retention_rules(self._settings), now_ms=now_ms())
+                    await sweep(
+                        self._storage, retention_rules(self._settings), now_ms=self._store.now_ms()
+                    )
             except Exception:
                 log.exception("worker upkeep failed; retrying")
 
@@ -194,9 +182,7 @@ class Worker:
         held = [(task_id, claim.lease_token) for task_id, (_, claim) in self._running.items()]
         if not held:
             return
-        lost = await self._db.write(
-            partial(queries.renew_leases, held=held, now_ms=now_ms(), lease_ms=self._lease_ms)
-        )
+        lost = await self._store.renew_leases(held, self._lease_ms)
         for task_id in lost:
             entry = self._running.get(task_id)
             if entry is not None:
@@ -205,10 +191,12 @@ class Worker:
                 entry[0].cancel()
 
     async def _rescue(self) -> None:
-        rescued = await self._db.write(
-            partial(
-                queries.rescue_expired, now_ms=now_ms(), max_attempts=self._settings.max_attempts
-            )
+        attempts = self._settings.max_attempts
+        rescued = await self._store.rescue_expired(
+            attempts,
+            Failure(
+                FAIL_INTERNAL, f"the worker running this task stopped {attempts} times; giving up"
+            ),
         )
         for task_id in rescued.requeued:
             with bind_task(task_id):
@@ -257,14 +245,7 @@ class Worker:
         provider = self._providers.get(task.provider)
         # Waiting for an upstream slot is still ``queuing``; ``generating`` starts with it.
         async with provider.limiter.slot():
-            marked = await self._db.write(
-                partial(
-                    queries.mark_generating,
-                    task_id=task.id,
-                    lease_token=claim.lease_token,
-                    now_ms=now_ms(),
-                )
-            )
+            marked = await self._store.mark_generating(task.id, claim.lease_token)
             if not marked:
                 raise LeaseLost(task.id)
             self._on_task_changed((task.id,))
@@ -294,18 +275,13 @@ class Worker:
         fail: TaskFailure | None = None,
     ) -> None:
         result_keys, usage = outcome or ("", "{}")
-        written = await self._db.write(
-            partial(
-                queries.finish_task,
-                task_id=claim.task.id,
-                lease_token=claim.lease_token,
-                now_ms=now_ms(),
-                state=state,
-                result_keys=result_keys,
-                fail_code=fail.fail_code if fail else "",
-                fail_msg=fail.message if fail else "",
-                usage=usage,
-            )
+        written = await self._store.finish_task(
+            claim.task.id,
+            claim.lease_token,
+            state=state,
+            result_keys=result_keys,
+            failure=Failure(fail.fail_code, fail.message) if fail else None,
+            usage=usage,
         )
         if written:
             self._on_task_changed((claim.task.id,))

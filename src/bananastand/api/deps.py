@@ -17,7 +17,7 @@ from bananastand.records import ApiKey
 from bananastand.results import TaskRecords
 from bananastand.settings import Settings
 from bananastand.storage.base import Storage
-from bananastand.store.database import Database
+from bananastand.store.ports import Store
 from bananastand.tasks import Tasks
 from bananastand.webhooks import Webhooks
 
@@ -25,7 +25,7 @@ from bananastand.webhooks import Webhooks
 @dataclass(slots=True)
 class Services:
     settings: Settings
-    db: Database
+    store: Store
     accounts: Accounts
     tasks: Tasks
     #: Makes the wire record of a task, its result links made from the public URL of now.

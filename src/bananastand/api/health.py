@@ -14,7 +14,7 @@ router = APIRouter(tags=["health"])
 @router.get("/healthz", summary="Health check: the database answers")
 async def healthz(services: ServicesDep) -> Response:
     try:
-        await services.db.ping()
+        await services.store.ping()
     except Exception as exc:
         return envelope({"database": "down"}, code=CODE_SERVER_ERROR, msg=f"unhealthy: {exc}")
     return envelope({"database": "ok"}, msg="ok")

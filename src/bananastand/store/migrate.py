@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 from sqlalchemy import inspect, text
 
-from bananastand.store.database import Database
+from bananastand.store.sqlite.database import Database
 
 if TYPE_CHECKING:
     from alembic.config import Config

@@ -1,24 +1,43 @@
 """Every query about tasks: the task table is also the queue.
 
-Each function takes a Connection and returns plain values or records; ``Database`` runs it
-in the right place and transaction. Writes about a claimed task are fenced by its lease
-token: a worker that lost its lease changes nothing.
+Writes about a claimed task are fenced by its lease token: a worker that lost its lease
+changes nothing.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, Row, and_, bindparam, delete, func, insert, select, update
+from sqlalchemy import (
+    Connection,
+    Row,
+    RowMapping,
+    and_,
+    bindparam,
+    delete,
+    func,
+    insert,
+    select,
+    update,
+)
 
-from bananastand.contract import CANCELED_MSG, FAIL_INPUT, FAIL_INTERNAL, TaskState
-from bananastand.errors import RateLimitedError
+from bananastand.contract import TaskState
 from bananastand.records import Claim, Task
-from bananastand.store import callbacks, ledger
-from bananastand.store.database import PreparedInsert, PreparedQuery
-from bananastand.store.schema import idempotency_keys, tasks
+from bananastand.store.ports import (
+    Admission,
+    Created,
+    CreateRefusal,
+    Failure,
+    IdempotencyClaim,
+    KeyReused,
+    NewTask,
+    Rescue,
+    TooManyWaiting,
+)
+from bananastand.store.sql import callbacks, ledger
+from bananastand.store.sql.prepared import PreparedInsert, PreparedQuery
+from bananastand.store.tables import idempotency_keys, tasks
 
 _ACTIVE = (TaskState.QUEUING.value, TaskState.GENERATING.value)
 
@@ -74,48 +93,6 @@ def list_tasks(
     return [Task.from_row(row) for row in connection.execute(query).mappings()]
 
 
-@dataclass(frozen=True, slots=True)
-class NewTask:
-    id: str
-    account_id: str
-    key_id: str
-    provider: str
-    model: str
-    param: str
-    input: str
-    callback_url: str | None
-    #: What the task costs, charged in the transaction that creates it (0: free).
-    credits: int = 0
-
-
-@dataclass(frozen=True, slots=True)
-class Admission:
-    """The account's limits that creating a task must respect (``None``: no limit)."""
-
-    max_waiting: int | None = None
-    monthly_cap: int | None = None
-    #: Start of the current calendar month (UTC): the monthly cap counts from here.
-    month_start_ms: int = 0
-
-
-@dataclass(frozen=True, slots=True)
-class IdempotencyClaim:
-    key: str
-    request_hash: str
-    ttl_ms: int
-
-
-@dataclass(frozen=True, slots=True)
-class Created:
-    task_id: str
-    #: False when an earlier request with the same Idempotency-Key made the task.
-    created: bool
-
-
-class IdempotencyConflict(Exception):
-    """The Idempotency-Key was used, within its lifetime, for a different request."""
-
-
 _INSERT_TASK = PreparedInsert(
     tasks,
     (
@@ -140,64 +117,30 @@ def create_task(
     new: NewTask,
     now_ms: int,
     idempotency: IdempotencyClaim | None,
-    admission: Admission | None = None,
-) -> Created:
+    admission: Admission,
+) -> Created | CreateRefusal:
     """Insert the task, or return the one an earlier request with the same key made.
 
     The charge is part of the same transaction: no task without its charge, no charge
-    without its task, and a replayed request is never charged again. Raises
-    InsufficientCreditsError (402) or RateLimitedError (429, too many waiting tasks) with
-    nothing written.
+    without its task, and a replayed request is never charged again. Every check comes
+    first, under the account's row lock, so a refusal returns with nothing written (and
+    nothing to roll back). The lock makes the checks and the writes one step per account
+    with several writers (PostgreSQL): two requests with one Idempotency-Key, or two
+    charges against one balance, take turns; SQLite's single writer already does.
     """
+    ledger.lock_account(connection, new.account_id)
     if idempotency is not None:
-        earlier = (
-            connection.execute(
-                select(idempotency_keys).where(
-                    idempotency_keys.c.account_id == new.account_id,
-                    idempotency_keys.c.key == idempotency.key,
-                )
-            )
-            .mappings()
-            .first()
-        )
-        if earlier is not None and earlier["created_at"] > now_ms - idempotency.ttl_ms:
-            if earlier["request_hash"] != idempotency.request_hash:
-                raise IdempotencyConflict(idempotency.key)
-            return Created(task_id=earlier["task_id"], created=False)
+        earlier = _live_idempotency_key(connection, new.account_id, idempotency, now_ms)
         if earlier is not None:
-            connection.execute(
-                delete(idempotency_keys).where(
-                    idempotency_keys.c.account_id == new.account_id,
-                    idempotency_keys.c.key == idempotency.key,
-                )
-            )
-        connection.execute(
-            insert(idempotency_keys).values(
-                account_id=new.account_id,
-                key=idempotency.key,
-                request_hash=idempotency.request_hash,
-                task_id=new.id,
-                created_at=now_ms,
-            )
-        )
-    admission = admission or Admission()
+            if earlier["request_hash"] != idempotency.request_hash:
+                return KeyReused(idempotency.key)
+            return Created(task_id=earlier["task_id"], created=False)
     if admission.max_waiting is not None:
-        # Counting stops at the cap: an account with a long queue costs no more per create.
-        waiting_rows = (
-            select(tasks.c.seq)
-            .where(tasks.c.account_id == new.account_id, tasks.c.state == TaskState.WAITING.value)
-            .limit(admission.max_waiting)
-            .subquery()
-        )
-        waiting = connection.execute(select(func.count()).select_from(waiting_rows)).scalar_one()
+        waiting = _count_waiting(connection, new.account_id, admission.max_waiting)
         if waiting >= admission.max_waiting:
-            raise RateLimitedError(
-                f"too many waiting tasks: this account has {waiting} tasks waiting "
-                f"(at most {admission.max_waiting}); try again when some have started",
-                retry_after=1,
-            )
+            return TooManyWaiting(waiting=waiting, cap=admission.max_waiting)
     if new.credits > 0:
-        ledger.charge(
+        refused = ledger.charge(
             connection,
             new.account_id,
             new.id,
@@ -206,6 +149,10 @@ def create_task(
             monthly_cap=admission.monthly_cap,
             month_start_ms=admission.month_start_ms,
         )
+        if refused is not None:
+            return refused
+    if idempotency is not None:
+        _claim_idempotency_key(connection, new, idempotency, now_ms)
     _INSERT_TASK.run(
         connection,
         {
@@ -226,6 +173,56 @@ def create_task(
     return Created(task_id=new.id, created=True)
 
 
+def _live_idempotency_key(
+    connection: Connection, account_id: str, idempotency: IdempotencyClaim, now_ms: int
+) -> RowMapping | None:
+    found: RowMapping | None = (
+        connection.execute(
+            select(idempotency_keys).where(
+                idempotency_keys.c.account_id == account_id,
+                idempotency_keys.c.key == idempotency.key,
+                idempotency_keys.c.created_at > now_ms - idempotency.ttl_ms,
+            )
+        )
+        .mappings()
+        .first()
+    )
+    return found
+
+
+def _claim_idempotency_key(
+    connection: Connection, new: NewTask, idempotency: IdempotencyClaim, now_ms: int
+) -> None:
+    """Store the key for this task, replacing an expired use of it (one not yet purged)."""
+    connection.execute(
+        delete(idempotency_keys).where(
+            idempotency_keys.c.account_id == new.account_id,
+            idempotency_keys.c.key == idempotency.key,
+        )
+    )
+    connection.execute(
+        insert(idempotency_keys).values(
+            account_id=new.account_id,
+            key=idempotency.key,
+            request_hash=idempotency.request_hash,
+            task_id=new.id,
+            created_at=now_ms,
+        )
+    )
+
+
+def _count_waiting(connection: Connection, account_id: str, cap: int) -> int:
+    """The account's waiting tasks, counted up to ``cap``: a long queue costs no more."""
+    waiting_rows = (
+        select(tasks.c.seq)
+        .where(tasks.c.account_id == account_id, tasks.c.state == TaskState.WAITING.value)
+        .limit(cap)
+        .subquery()
+    )
+    count: int = connection.execute(select(func.count()).select_from(waiting_rows)).scalar_one()
+    return count
+
+
 def purge_idempotency_keys(connection: Connection, older_than_ms: int) -> int:
     result = connection.execute(
         delete(idempotency_keys).where(idempotency_keys.c.created_at < older_than_ms)
@@ -233,7 +230,9 @@ def purge_idempotency_keys(connection: Connection, older_than_ms: int) -> int:
     return result.rowcount
 
 
-def cancel_task(connection: Connection, task_id: str, account_id: str, now_ms: int) -> Task | None:
+def cancel_task(
+    connection: Connection, task_id: str, account_id: str, now_ms: int, failure: Failure
+) -> Task | None:
     """End a task that is not generating yet; returns it as it is now (``None``: unknown).
 
     Clearing the lease fences out a worker that is still fetching the task's inputs. A
@@ -248,8 +247,8 @@ def cancel_task(connection: Connection, task_id: str, account_id: str, now_ms: i
         ),
         now_ms,
         TaskState.FAIL,
-        fail_code=FAIL_INPUT,
-        fail_msg=CANCELED_MSG,
+        fail_code=failure.code,
+        fail_msg=failure.message,
     )
     return get_task(connection, task_id, account_id)
 
@@ -265,17 +264,17 @@ def claim_tasks(
 ) -> list[Claim]:
     """Take up to ``limit`` waiting tasks, oldest first.
 
-    The one dialect-specific query: PostgreSQL skips rows other workers are claiming;
-    SQLite needs nothing, its writer is serialised.
+    With several writers, rows another worker is claiming are skipped, never waited for
+    or taken twice (``FOR UPDATE SKIP LOCKED``; SQLite, whose writer is serialised, needs
+    nothing and its compiler leaves the clause out).
     """
     oldest = (
         select(tasks.c.seq)
         .where(tasks.c.state == TaskState.WAITING.value)
         .order_by(tasks.c.seq)
         .limit(limit)
+        .with_for_update(skip_locked=True)
     )
-    if connection.dialect.name == "postgresql":
-        oldest = oldest.with_for_update(skip_locked=True)
     rows = (
         connection.execute(
             update(tasks)
@@ -339,8 +338,7 @@ def finish_task(
     *,
     state: TaskState,
     result_keys: str = "",
-    fail_code: str = "",
-    fail_msg: str = "",
+    failure: Failure | None = None,
     usage: str = "{}",
 ) -> bool:
     """Write the outcome once; False when the lease was lost (someone else owns the task).
@@ -353,8 +351,8 @@ def finish_task(
         now_ms,
         state,
         result_keys=result_keys,
-        fail_code=fail_code,
-        fail_msg=fail_msg,
+        fail_code=failure.code if failure else "",
+        fail_msg=failure.message if failure else "",
         usage=usage,
     )
     return len(ended) == 1
@@ -406,13 +404,9 @@ def release_task(connection: Connection, task_id: str, lease_token: str, now_ms:
     return result.rowcount == 1
 
 
-@dataclass(frozen=True, slots=True)
-class Rescue:
-    requeued: list[str]
-    failed: list[str]
-
-
-def rescue_expired(connection: Connection, now_ms: int, max_attempts: int) -> Rescue:
+def rescue_expired(
+    connection: Connection, now_ms: int, max_attempts: int, give_up: Failure
+) -> Rescue:
     """Tasks whose worker stopped renewing: back to ``waiting``, or ``fail`` when out of tries."""
     expired = and_(tasks.c.state.in_(_ACTIVE), tasks.c.lease_expires_at < now_ms)
     failed = _end(
@@ -420,8 +414,8 @@ def rescue_expired(connection: Connection, now_ms: int, max_attempts: int) -> Re
         and_(expired, tasks.c.attempts >= max_attempts),
         now_ms,
         TaskState.FAIL,
-        fail_code=FAIL_INTERNAL,
-        fail_msg=f"the worker running this task stopped {max_attempts} times; giving up",
+        fail_code=give_up.code,
+        fail_msg=give_up.message,
     )
     requeued = (
         connection.execute(

@@ -2,28 +2,33 @@
 
 The balance is the sum of an account's rows. ``accounts.credits`` caches that sum and is
 changed only here, in the same transaction as the row that explains the change; the
-``audit`` query proves the two agree. Charges are conditional updates
-(``credits >= amount``), so concurrent charges can never overdraw, on SQLite (one writer)
-as on PostgreSQL (the row lock of the UPDATE).
+``audit`` query proves the two agree. Charges and grants are conditional updates
+(``credits >= amount``), so concurrent ones can never overdraw, on SQLite (one writer) as
+on PostgreSQL (the row lock of the UPDATE); checks that read other rows first (the
+monthly cap) run under the account's row lock (``lock_account``).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from sqlalchemy import Connection, bindparam, func, insert, select, update
 
-from sqlalchemy import Connection, func, insert, select, update
-
-from bananastand.errors import InsufficientCreditsError, ValidationError
 from bananastand.records import LedgerEntry
 from bananastand.storable import INT64_MAX
-from bananastand.store.schema import accounts, credit_ledger, tasks
+from bananastand.store.ports import (
+    BalanceOverflow,
+    Discrepancy,
+    MonthlyCapReached,
+    NotEnoughCredits,
+)
+from bananastand.store.sql.prepared import PreparedQuery
+from bananastand.store.tables import accounts, credit_ledger, tasks
 
 CHARGE = "charge"
 REFUND = "refund"
 GRANT = "grant"
 
 
-def _record(
+def _insert_row(
     connection: Connection,
     account_id: str,
     amount: int,
@@ -33,6 +38,7 @@ def _record(
     task_id: str | None = None,
     note: str = "",
 ) -> None:
+    """The row that explains a change of ``accounts.credits`` made in the same transaction."""
     connection.execute(
         insert(credit_ledger).values(
             account_id=account_id,
@@ -43,11 +49,22 @@ def _record(
             created_at=now_ms,
         )
     )
-    connection.execute(
-        update(accounts)
-        .where(accounts.c.id == account_id)
-        .values(credits=accounts.c.credits + amount)
-    )
+
+
+_LOCK_ACCOUNT = PreparedQuery(
+    select(accounts.c.credits).where(accounts.c.id == bindparam("account_id")).with_for_update()
+)
+
+
+def lock_account(connection: Connection, account_id: str) -> int | None:
+    """Hold the account's row until the transaction ends; returns its balance.
+
+    What several writers need before reading other rows to decide (the monthly cap, the
+    waiting tasks, an Idempotency-Key). SQLite's compiler leaves ``FOR UPDATE`` out: its
+    writer is serialised, every write transaction already holds the whole database.
+    """
+    row = _LOCK_ACCOUNT.first(connection, account_id=account_id)
+    return None if row is None else int(row["credits"])
 
 
 def balance(connection: Connection, account_id: str) -> int | None:
@@ -57,23 +74,34 @@ def balance(connection: Connection, account_id: str) -> int | None:
     return found
 
 
-def grant(connection: Connection, account_id: str, amount: int, now_ms: int, note: str) -> int:
-    """Add (or, negative, take away) credits by hand; returns the new balance.
+def grant(
+    connection: Connection, account_id: str, amount: int, now_ms: int, note: str
+) -> int | NotEnoughCredits | BalanceOverflow | None:
+    """Add (or, negative, take away) credits by hand; the new balance, or why not (None:
+    no such account), with nothing written.
 
-    A negative grant may not take the balance below zero, nor a grant above what the
-    BIGINT column holds (SQLite would quietly make it a float).
+    One conditional UPDATE: a negative grant may not take the balance below zero, nor a
+    grant above what the BIGINT column holds (SQLite would quietly make it a float).
     """
-    current = balance(connection, account_id)
-    if current is None:
-        raise LookupError(account_id)
-    if current + amount > INT64_MAX:
-        raise ValidationError(f"amount: the balance would be more than {INT64_MAX}")
-    if current + amount < 0:
-        raise InsufficientCreditsError(
-            f"account {account_id} has {current} credits; cannot take away {-amount}"
+    changed = connection.execute(
+        update(accounts)
+        .where(
+            accounts.c.id == account_id,
+            accounts.c.credits + amount >= 0,
+            accounts.c.credits <= INT64_MAX - amount,
         )
-    _record(connection, account_id, amount, GRANT, now_ms, note=note)
-    return current + amount
+        .values(credits=accounts.c.credits + amount)
+        .returning(accounts.c.credits)
+    ).scalar_one_or_none()
+    if changed is None:
+        current = balance(connection, account_id)
+        if current is None:
+            return None
+        if amount < 0:
+            return NotEnoughCredits(balance=current, cost=-amount)
+        return BalanceOverflow(limit=INT64_MAX)
+    _insert_row(connection, account_id, amount, GRANT, now_ms, note=note)
+    return int(changed)
 
 
 def charge(
@@ -85,8 +113,9 @@ def charge(
     *,
     monthly_cap: int | None = None,
     month_start_ms: int = 0,
-) -> None:
-    """Take ``amount`` for a task, or raise InsufficientCreditsError and change nothing."""
+) -> NotEnoughCredits | MonthlyCapReached | None:
+    """Take ``amount`` for a task; or why not, with nothing written. The caller holds the
+    account's row lock when there is a monthly cap (see ``lock_account``)."""
     if monthly_cap is not None:
         spent = -(
             connection.execute(
@@ -98,27 +127,16 @@ def charge(
             ).scalar_one()
         )
         if spent + amount > monthly_cap:
-            raise InsufficientCreditsError(
-                f"monthly spending cap reached: {spent} of {monthly_cap} credits spent "
-                f"this month, this task costs {amount}"
-            )
+            return MonthlyCapReached(spent=spent, cap=monthly_cap, cost=amount)
     taken = connection.execute(
         update(accounts)
         .where(accounts.c.id == account_id, accounts.c.credits >= amount)
         .values(credits=accounts.c.credits - amount)
     )
     if taken.rowcount != 1:
-        raise InsufficientCreditsError(f"insufficient credits: this task costs {amount}")
-    connection.execute(
-        insert(credit_ledger).values(
-            account_id=account_id,
-            amount=-amount,
-            reason=CHARGE,
-            task_id=task_id,
-            note="",
-            created_at=now_ms,
-        )
-    )
+        return NotEnoughCredits(balance=balance(connection, account_id) or 0, cost=amount)
+    _insert_row(connection, account_id, -amount, CHARGE, now_ms, task_id=task_id)
+    return None
 
 
 def refund_task(connection: Connection, task_id: str, now_ms: int) -> int:
@@ -133,7 +151,12 @@ def refund_task(connection: Connection, task_id: str, now_ms: int) -> int:
     if row is None or row.credits_consumed <= 0:
         return 0
     amount = int(row.credits_consumed)
-    _record(connection, row.account_id, amount, REFUND, now_ms, task_id=task_id)
+    connection.execute(
+        update(accounts)
+        .where(accounts.c.id == row.account_id)
+        .values(credits=accounts.c.credits + amount)
+    )
+    _insert_row(connection, row.account_id, amount, REFUND, now_ms, task_id=task_id)
     connection.execute(update(tasks).where(tasks.c.id == task_id).values(credits_consumed=0))
     return amount
 
@@ -147,16 +170,6 @@ def entries(connection: Connection, account_id: str, limit: int) -> list[LedgerE
         .limit(limit)
     )
     return [LedgerEntry.from_row(row) for row in connection.execute(query).mappings()]
-
-
-@dataclass(frozen=True, slots=True)
-class Discrepancy:
-    """A balance (or a task's creditsConsumed) that its ledger rows do not explain."""
-
-    kind: str  # "account" or "task"
-    id: str
-    recorded: int
-    ledger: int
 
 
 def audit(connection: Connection) -> list[Discrepancy]:

@@ -6,8 +6,11 @@ this class decides where it runs:
 - reads run on a small pool of threads, each holding one long-lived connection
   (on SQLite in WAL mode readers never wait for the writer);
 - writes go to one writer thread that commits them in groups: every write that arrives
-  while a commit is in flight shares the next transaction (each in its own SAVEPOINT, so
-  one failing write does not undo its neighbours), and one fsync covers them all.
+  while a commit is in flight shares the next transaction, and one fsync covers them all.
+  A refusal (no credits, a cap) is a value a write returns with nothing written, never an
+  exception; only a real error (a constraint, a bug) undoes the group, whose writes then
+  run again one by one so that the error stays with its caller. Savepoints per write
+  would cost every write two more statements for what should never happen.
 
 Why not ``AsyncEngine``/``AsyncSession``: on SQLite, aiosqlite already runs every connection
 in its own thread and hops to it for each cursor operation, and a session per request adds
@@ -22,26 +25,14 @@ import asyncio
 import logging
 import queue
 import threading
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from sqlalchemy import (
-    ClauseElement,
-    Connection,
-    Engine,
-    Select,
-    Table,
-    create_engine,
-    event,
-    insert,
-    text,
-)
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.pool import NullPool
-from sqlalchemy.sql.compiler import SQLCompiler
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +69,8 @@ class Database:
         self._writer = threading.Thread(target=self._write_loop, name="db-write", daemon=True)
         self._writer_started = False
         self._closed = False
+        #: Groups undone by an error in one of their writes and run again one by one.
+        self.groups_rerun = 0
 
     @property
     def engine(self) -> Engine:
@@ -196,14 +189,15 @@ class Database:
     def _commit_group(self, connection: Connection, group: list[_Job]) -> None:
         """All writes of the group in one transaction; if any of them raises, the group is
         rolled back and each write runs again in a transaction of its own, so a failure
-        stays with its caller and its neighbours still commit. (Failures are rare, and
-        per-write savepoints would cost every write two more statements.)"""
+        stays with its caller and its neighbours still commit."""
         outcomes: list[tuple[_Job, bool, Any]] | None = None
         if len(group) > 1:
             try:
                 with connection.begin():
                     outcomes = [(job, True, job.work(connection)) for job in group]
             except Exception:  # rerun one by one below
+                self.groups_rerun += 1
+                log.warning("a write failed in a group of %d; running them one by one", len(group))
                 outcomes = None
         if outcomes is None:
             outcomes = [self._commit_one(connection, job) for job in group]
@@ -250,65 +244,3 @@ def _settle_all(outcomes: list[tuple[_Job, bool, Any]]) -> None:
             job.future.set_result(value)
         else:
             job.future.set_exception(value)
-
-
-class _Prepared:
-    """A Core statement compiled once per dialect and run straight on the driver's cursor.
-
-    For the few statements on the hottest paths (recordInfo polls, createTask's INSERT):
-    SQLAlchemy's work per execution (cache key, parameter and result processing) costs
-    several times the statement itself on SQLite. The statement is still written in Core,
-    so it stays portable; only columns without type processing (strings, integers) fit.
-    On the writer's connection it runs inside the transaction the writer opened.
-    """
-
-    def __init__(self, statement: ClauseElement, column_keys: Sequence[str] | None = None) -> None:
-        self._statement = statement
-        self._column_keys = list(column_keys) if column_keys is not None else None
-        self._compiled: dict[str, tuple[str, tuple[str, ...] | None]] = {}
-
-    def _execute(self, connection: Connection, params: Mapping[str, Any]) -> Any:
-        dialect = connection.dialect
-        entry = self._compiled.get(dialect.name)
-        if entry is None:
-            compiled = self._statement.compile(dialect=dialect, column_keys=self._column_keys)
-            assert isinstance(compiled, SQLCompiler)
-            order = tuple(compiled.positiontup or ()) if dialect.positional else None
-            entry = self._compiled[dialect.name] = (str(compiled), order)
-        sql, order = entry
-        values = tuple(params[name] for name in order) if order else params
-        cursor = connection.connection.cursor()
-        try:
-            cursor.execute(sql, values)
-        except dialect.loaded_dbapi.Error as exc:
-            cursor.close()
-            # The same exception classes as through ``Connection.execute`` (IntegrityError...).
-            raise DBAPIError.instance(sql, values, exc, dialect.loaded_dbapi.Error) from exc
-        return cursor
-
-
-class PreparedQuery(_Prepared):
-    """A SELECT of one row (see ``_Prepared``)."""
-
-    def __init__(self, statement: Select[Any]) -> None:
-        super().__init__(statement)
-        self._columns = [str(column.key) for column in statement.selected_columns]
-
-    def first(self, connection: Connection, **params: Any) -> dict[str, Any] | None:
-        cursor = self._execute(connection, params)
-        try:
-            row = cursor.fetchone()
-        finally:
-            cursor.close()
-        return dict(zip(self._columns, row, strict=True)) if row is not None else None
-
-
-class PreparedInsert(_Prepared):
-    """An INSERT of one row that sets exactly ``columns`` (see ``_Prepared``); the table's
-    server defaults fill the rest."""
-
-    def __init__(self, table: Table, columns: Sequence[str]) -> None:
-        super().__init__(insert(table), column_keys=columns)
-
-    def run(self, connection: Connection, values: Mapping[str, Any]) -> None:
-        self._execute(connection, values).close()

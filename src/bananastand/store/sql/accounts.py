@@ -7,11 +7,12 @@ from collections.abc import Mapping
 from sqlalchemy import Connection, func, insert, select, update
 
 from bananastand.records import Account, ApiKey
-from bananastand.store import ledger
-from bananastand.store.schema import accounts, api_keys
+from bananastand.store.ports import LIMIT_NAMES
+from bananastand.store.sql import ledger
+from bananastand.store.tables import accounts, api_keys
 
-#: Columns of ``accounts`` an operator may set; ``None`` restores the server default.
-LIMIT_COLUMNS = ("create_rate", "read_rate", "max_waiting", "monthly_cap")
+#: Columns of ``accounts`` an operator may set, named as the limits are.
+LIMIT_COLUMNS = LIMIT_NAMES
 
 
 def create_account(

@@ -9,7 +9,6 @@ claim sends the callback again, with the same webhook-id.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from sqlalchemy import ColumnElement, Connection, and_, insert, or_, select, update
@@ -17,14 +16,9 @@ from sqlalchemy.exc import IntegrityError
 
 from bananastand.ids import random_token
 from bananastand.records import Callback, CallbackAttempt, Task, WebhookSecret
-from bananastand.store.accounts import get_account
-from bananastand.store.schema import callback_attempts, callbacks, tasks, webhook_secrets
-
-PENDING = "pending"
-DELIVERED = "delivered"
-FAILED = "failed"
-#: Final, never sent: the host is in the operator's ``callback_deny_hosts``.
-REFUSED = "refused"
+from bananastand.store.ports import DELIVERED, PENDING, ClaimedCallback
+from bananastand.store.sql.accounts import get_account
+from bananastand.store.tables import callback_attempts, callbacks, tasks, webhook_secrets
 
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 
@@ -59,17 +53,6 @@ def enqueue(
     )
 
 
-@dataclass(frozen=True, slots=True)
-class ClaimedCallback:
-    id: str
-    lease_token: str
-    url: str
-    host_key: str
-    tries: int
-    task: Task
-    secret: WebhookSecret
-
-
 def claim_due(
     connection: Connection,
     *,
@@ -95,9 +78,12 @@ def claim_due(
     query = select(callbacks.c.id, callbacks.c.host_key).where(due)
     if saturated:
         query = query.where(callbacks.c.host_key.not_in(saturated))
-    query = query.order_by(callbacks.c.next_attempt_at).limit(limit * 4)
-    if connection.dialect.name == "postgresql":
-        query = query.with_for_update(skip_locked=True)
+    # Rows another sender is claiming are skipped (SQLite's compiler leaves this out).
+    query = (
+        query.order_by(callbacks.c.next_attempt_at)
+        .limit(limit * 4)
+        .with_for_update(skip_locked=True)
+    )
     counts = dict(in_flight)
     chosen: list[str] = []
     for callback_id, host in connection.execute(query):

@@ -1,0 +1,308 @@
+"""What the domain needs from storage, in the domain's words: small Protocols it owns.
+
+Adapters (``store.sqlite`` today) implement them; the domain (tasks, accounts, billing,
+webhooks, files, events, the worker) never imports a driver, a dialect or a connection.
+A refusal (no credits, a cap, a reused Idempotency-Key) is a value a method returns, not
+an exception: a refused write must never abort the other writes committed with it. The
+adapter owns the clock that decides (lease expiry, retry times, idempotency lifetime):
+on a database server every machine then agrees on "now".
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from bananastand.contract import TaskState
+from bananastand.records import (
+    Account,
+    ApiKey,
+    Callback,
+    CallbackAttempt,
+    Claim,
+    LedgerEntry,
+    Task,
+    WebhookSecret,
+)
+
+# -- values ---------------------------------------------------------------------------------
+
+#: A callback's delivery states.
+PENDING = "pending"
+DELIVERED = "delivered"
+FAILED = "failed"
+#: Final, never sent: the host is in the operator's ``callback_deny_hosts``.
+REFUSED = "refused"
+
+#: The limits an operator may set per account; ``None`` restores the server default.
+LIMIT_NAMES = ("create_rate", "read_rate", "max_waiting", "monthly_cap")
+
+
+@dataclass(frozen=True, slots=True)
+class NewTask:
+    id: str
+    account_id: str
+    key_id: str
+    provider: str
+    model: str
+    param: str
+    input: str
+    callback_url: str | None
+    #: What the task costs, charged in the transaction that creates it (0: free).
+    credits: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Admission:
+    """The account's limits that creating a task must respect (``None``: no limit)."""
+
+    max_waiting: int | None = None
+    monthly_cap: int | None = None
+    #: Start of the current calendar month (UTC) by the store's clock: the cap counts from here.
+    month_start_ms: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class IdempotencyClaim:
+    key: str
+    request_hash: str
+    ttl_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class Created:
+    task_id: str
+    #: False when an earlier request with the same Idempotency-Key made the task.
+    created: bool
+
+
+@dataclass(frozen=True, slots=True)
+class NotEnoughCredits:
+    balance: int
+    cost: int
+
+
+@dataclass(frozen=True, slots=True)
+class MonthlyCapReached:
+    spent: int
+    cap: int
+    cost: int
+
+
+@dataclass(frozen=True, slots=True)
+class TooManyWaiting:
+    waiting: int
+    cap: int
+
+
+@dataclass(frozen=True, slots=True)
+class KeyReused:
+    """The Idempotency-Key was used, within its lifetime, for a different request."""
+
+    key: str
+
+
+#: Why the store made no task (nothing was written).
+CreateRefusal = NotEnoughCredits | MonthlyCapReached | TooManyWaiting | KeyReused
+
+
+@dataclass(frozen=True, slots=True)
+class BalanceOverflow:
+    """A grant would take the balance past what a 64-bit column holds."""
+
+    limit: int
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    """How a task ends as ``fail``: the domain's words, the store only writes them."""
+
+    code: str
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class Rescue:
+    requeued: list[str]
+    failed: list[str]
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimedCallback:
+    id: str
+    lease_token: str
+    url: str
+    host_key: str
+    tries: int
+    task: Task
+    secret: WebhookSecret
+
+
+@dataclass(frozen=True, slots=True)
+class Discrepancy:
+    """A balance (or a task's creditsConsumed) that its ledger rows do not explain."""
+
+    kind: str  # "account" or "task"
+    id: str
+    recorded: int
+    ledger: int
+
+
+# -- ports ----------------------------------------------------------------------------------
+
+
+class Clock(Protocol):
+    def now_ms(self) -> int:
+        """Epoch milliseconds by the store's clock: the one every decision is made by."""
+        ...
+
+
+class TaskStore(Clock, Protocol):
+    """The task table, which is also the queue."""
+
+    async def create_task(
+        self, new: NewTask, idempotency: IdempotencyClaim | None, admission: Admission
+    ) -> Created | CreateRefusal: ...
+
+    async def get_task(self, task_id: str, account_id: str) -> Task | None: ...
+
+    async def list_tasks(
+        self, account_id: str, *, state: TaskState | None, limit: int, before_seq: int | None
+    ) -> list[Task]: ...
+
+    async def task_versions(self, task_ids: Sequence[str]) -> dict[str, tuple[str, int]]:
+        """``(state, updated_at)`` of each task that exists."""
+        ...
+
+    async def cancel_task(self, task_id: str, account_id: str, failure: Failure) -> Task | None:
+        """End a task that is not generating yet; the task as it is now (None: unknown)."""
+        ...
+
+    async def claim_tasks(
+        self, *, worker_id: str, lease_token: str, limit: int, lease_ms: int
+    ) -> list[Claim]: ...
+
+    async def renew_leases(self, held: Iterable[tuple[str, str]], lease_ms: int) -> set[str]:
+        """Extend the leases still held; the task ids whose lease is gone."""
+        ...
+
+    async def mark_generating(self, task_id: str, lease_token: str) -> bool: ...
+
+    async def finish_task(
+        self,
+        task_id: str,
+        lease_token: str,
+        *,
+        state: TaskState,
+        result_keys: str = "",
+        failure: Failure | None = None,
+        usage: str = "{}",
+    ) -> bool:
+        """Write the outcome once; False when the lease was lost."""
+        ...
+
+    async def release_task(self, task_id: str, lease_token: str) -> bool: ...
+
+    async def rescue_expired(self, max_attempts: int, give_up: Failure) -> Rescue: ...
+
+    async def purge_idempotency_keys(self, ttl_ms: int) -> int: ...
+
+
+class Outbox(Clock, Protocol):
+    """Callbacks waiting to be delivered, their attempts, and the accounts' secrets."""
+
+    async def claim_due(
+        self,
+        *,
+        lease_token: str,
+        limit: int,
+        per_host: int,
+        in_flight: Mapping[str, int],
+        lease_ms: int,
+        new_secret: Callable[[], str],
+    ) -> list[ClaimedCallback]: ...
+
+    async def record_attempt(
+        self,
+        *,
+        callback_id: str,
+        lease_token: str,
+        attempt: CallbackAttempt,
+        state: str,
+        retry_in_ms: int | None,
+    ) -> bool:
+        """Store the attempt and the next step; ``retry_in_ms`` from the store's now."""
+        ...
+
+    async def release_callbacks(self, held: Iterable[tuple[str, str]]) -> int: ...
+
+    async def callback_of_task(
+        self, task_id: str, account_id: str
+    ) -> tuple[Task | None, Callback | None]: ...
+
+    async def resend(self, task_id: str, account_id: str) -> bool: ...
+
+    async def account_secret(
+        self, account_id: str, new_secret: Callable[[], str], *, rotate: bool
+    ) -> WebhookSecret | None: ...
+
+
+class AccountStore(Clock, Protocol):
+    async def create_account(
+        self, account_id: str, name: str, starting_credits: int
+    ) -> Account: ...
+
+    async def get_account(self, account_id: str) -> Account | None: ...
+
+    async def list_accounts(self) -> list[Account]: ...
+
+    async def count_accounts(self) -> int: ...
+
+    async def set_limits(self, account_id: str, values: Mapping[str, object]) -> bool: ...
+
+    async def insert_key(
+        self,
+        key: ApiKey,
+        secret_hash: str,
+        new_account_name: str | None,
+        starting_credits: int = 0,
+    ) -> bool: ...
+
+    async def find_key_by_hash(self, secret_hash: str) -> ApiKey | None: ...
+
+    async def get_key(self, key_id: str) -> ApiKey | None: ...
+
+    async def list_keys(self, account_id: str | None = None) -> list[ApiKey]: ...
+
+    async def revoke_key(self, key_id: str) -> bool: ...
+
+
+class Ledger(Clock, Protocol):
+    async def balance(self, account_id: str) -> int | None: ...
+
+    async def grant(
+        self, account_id: str, amount: int, note: str
+    ) -> int | NotEnoughCredits | BalanceOverflow | None:
+        """The new balance, or why not (None: no such account); one atomic statement."""
+        ...
+
+    async def entries(self, account_id: str, limit: int) -> list[LedgerEntry]: ...
+
+    async def audit(self) -> list[Discrepancy]: ...
+
+
+class SwitchStore(Protocol):
+    async def all_switches(self) -> dict[str, str]: ...
+
+    async def put_switch(self, name: str, value: str) -> None: ...
+
+    async def remove_switch(self, name: str) -> bool: ...
+
+
+class Store(TaskStore, Outbox, AccountStore, Ledger, SwitchStore, Protocol):
+    """Everything at once: what an adapter is, and what a process opens."""
+
+    async def ping(self) -> None: ...
+
+    async def close(self) -> None: ...
