@@ -3,7 +3,6 @@ real HTTP."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import threading
 import time
@@ -16,8 +15,7 @@ import httpx
 import pytest
 
 from bananastand.accounts import Accounts
-from bananastand.store.sqlite.database import Database
-from conftest import Server, ServerProcess, make_key, prompt_body
+from conftest import Server, ServerProcess, make_key, prompt_body, with_accounts
 
 ORDER = ["waiting", "queuing", "generating", "success", "fail"]
 STREAM = {"Accept": "text/event-stream"}
@@ -312,16 +310,11 @@ def test_a_client_that_goes_away_stops_being_followed(
 def _revoke(server: Server, secret: str) -> None:
     """Revoke a key through the real domain code, over the server's database."""
 
-    async def run() -> None:
-        db = Database(server.settings.effective_database_url)
-        try:
-            accounts = Accounts(db)
-            key = await accounts.authenticate(f"Bearer {secret}")
-            await accounts.revoke_key(key.id)
-        finally:
-            await db.close()
+    async def revoke(accounts: Accounts) -> None:
+        key = await accounts.authenticate(f"Bearer {secret}")
+        await accounts.revoke_key(key.id)
 
-    asyncio.run(run())
+    with_accounts(server, revoke)
 
 
 def test_a_stream_ends_when_its_key_is_revoked(start_server: Callable[..., Server]) -> None:

@@ -10,16 +10,15 @@ from sqlalchemy import Connection, update
 
 from bananastand.events import TaskWatch
 from bananastand.ids import new_task_id
-from bananastand.store import migrate
-from bananastand.store.sql import tasks as queries
-from bananastand.store.sqlite.database import Database
+from bananastand.store import open_store
+from bananastand.store.ports import Admission, NewTask
 from bananastand.store.tables import tasks
 
 T0 = 1_700_000_000_000
 
 
-def _new_task() -> queries.NewTask:
-    return queries.NewTask(
+def _new_task() -> NewTask:
+    return NewTask(
         id=new_task_id(),
         account_id="acct_watch",
         key_id="key_watch",
@@ -41,19 +40,18 @@ def test_changes_no_nudge_names_still_arrive_while_nudges_keep_coming(tmp_path: 
     tasks it names, so the poll must not wait for a quiet moment)."""
 
     async def scenario() -> bool:
-        db = Database(f"sqlite:///{tmp_path / 'watch.db'}")
-        await asyncio.to_thread(migrate.upgrade, db)
+        store = await open_store(f"sqlite:///{tmp_path / 'watch.db'}", clock=lambda: T0)
         quiet, busy = _new_task(), _new_task()
         for new in (quiet, busy):
-            await db.write(partial(queries.create_task, new=new, now_ms=T0, idempotency=None))
-        watch = TaskWatch(db, poll_seconds=0.2)
+            await store.create_task(new, None, Admission())
+        watch = TaskWatch(store, poll_seconds=0.2)
         stop = asyncio.Event()
 
         async def nudge_busy() -> None:
             at = T0
             while not stop.is_set():
                 at += 1
-                await db.write(partial(_touch, task_id=busy.id, at=at))
+                await store.runner.write(partial(_touch, task_id=busy.id, at=at))
                 watch.nudge((busy.id,))
                 await asyncio.sleep(0.01)
 
@@ -64,34 +62,35 @@ def test_changes_no_nudge_names_still_arrive_while_nudges_keep_coming(tmp_path: 
             ):
                 nudger = asyncio.create_task(nudge_busy())
                 await asyncio.sleep(0.5)  # several polls' worth of nudges, none about quiet
-                await db.write(partial(_touch, task_id=quiet.id, at=T0 + 1))  # "elsewhere"
+                await store.runner.write(
+                    partial(_touch, task_id=quiet.id, at=T0 + 1)
+                )  # "elsewhere"
                 woke = await follower.changed(10)
                 stop.set()
                 await nudger
             return woke
         finally:
             await watch.aclose()
-            await db.close()
+            await store.close()
 
     assert asyncio.run(scenario())
 
 
 def test_a_nudge_about_unfollowed_tasks_wakes_nobody(tmp_path: Path) -> None:
     async def scenario() -> bool:
-        db = Database(f"sqlite:///{tmp_path / 'watch.db'}")
-        await asyncio.to_thread(migrate.upgrade, db)
+        store = await open_store(f"sqlite:///{tmp_path / 'watch.db'}", clock=lambda: T0)
         followed = _new_task()
-        await db.write(partial(queries.create_task, new=followed, now_ms=T0, idempotency=None))
-        watch = TaskWatch(db, poll_seconds=60)
+        await store.create_task(followed, None, Admission())
+        watch = TaskWatch(store, poll_seconds=60)
         try:
             with watch.follow(followed.id, ("waiting", T0)) as follower:
                 watch.nudge(("task_not_followed",))
                 unchanged = not await follower.changed(0.3)
-                await db.write(partial(_touch, task_id=followed.id, at=T0 + 1))
+                await store.runner.write(partial(_touch, task_id=followed.id, at=T0 + 1))
                 watch.nudge((followed.id,))
                 return unchanged and await follower.changed(10)
         finally:
             await watch.aclose()
-            await db.close()
+            await store.close()
 
     assert asyncio.run(scenario())

@@ -1,133 +1,23 @@
-"""Integration: the outbox queries on a real SQLite file, the signing SDK, the schedule, and the
-CLI."""
+"""Integration: the signing SDK, the retry schedule, and the webhook secret CLI.
+
+The outbox's queries are proven with every other query in the store contract suite."""
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import json
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
-from functools import partial
 from pathlib import Path
 
 import pytest
 from standardwebhooks import Webhook
 
 from bananastand.client import CallbackVerificationError, verify_callback
-from bananastand.contract import TaskState
-from bananastand.ids import new_task_id
 from bananastand.settings import Settings
-from bananastand.store.sql import accounts as account_queries
-from bananastand.store.sql import callbacks as outbox
-from bananastand.store.sql import tasks as queries
-from bananastand.store.sqlite.database import Database
 from bananastand.webhooks import judge, new_secret, next_delay_s, parse_retry_after, signed_headers
 from test_cli import cli, create_key
-from test_store import ACCOUNT, T0, claim, finish, open_db, rescue
-
-URL = "https://hooks.example/in"
-
-
-@pytest.fixture
-def db(tmp_path: Path) -> Iterator[Database]:
-    database = open_db(tmp_path / "store.db")
-    asyncio.run(
-        database.write(
-            partial(account_queries.create_account, account_id=ACCOUNT, name="", now_ms=T0)
-        )
-    )
-    yield database
-    asyncio.run(database.close())
-
-
-async def add_task(db: Database, callback_url: str | None = URL) -> str:
-    new = queries.NewTask(
-        id=new_task_id(),
-        account_id=ACCOUNT,
-        key_id="key_x",
-        provider="sandbox",
-        model="nano-banana-pro",
-        param="{}",
-        input='{"prompt":"a banana"}',
-        callback_url=callback_url,
-    )
-    made = await db.write(partial(queries.create_task, new=new, now_ms=T0, idempotency=None))
-    return made.task_id
-
-
-async def state_of(db: Database, task_id: str) -> str | None:
-    found = await db.read(partial(outbox.callback_of_task, task_id=task_id, account_id=ACCOUNT))
-    return found[1].state if found[1] else None
-
-
-async def claim_due(
-    db: Database, *, limit: int = 10, in_flight: dict[str, int] | None = None, now: int = T0 + 200
-) -> list[outbox.ClaimedCallback]:
-    return await db.write(
-        partial(
-            outbox.claim_due,
-            lease_token="t" * 24,
-            limit=limit,
-            per_host=3,
-            in_flight=in_flight or {},
-            now_ms=now,
-            lease_ms=1000,
-            new_secret=new_secret,
-        )
-    )
-
-
-def test_every_way_a_task_ends_writes_its_callback(db: Database) -> None:
-    async def scenario() -> None:
-        done, lost, rescued = [await add_task(db) for _ in range(3)]
-        claims = {c.task.id: c for c in await claim(db, limit=3)}
-        assert await finish(db, done, claims[done].lease_token)
-        assert await state_of(db, done) == "pending"
-        assert await finish(db, lost, "not-the-lease") is False
-        assert await state_of(db, lost) is None  # no outcome, no callback
-
-        canceled = await add_task(db)
-        ended = await db.write(
-            partial(queries.cancel_task, task_id=canceled, account_id=ACCOUNT, now_ms=T0 + 50)
-        )
-        assert ended is not None
-        assert ended.state is TaskState.FAIL
-        assert await state_of(db, canceled) == "pending"
-
-        got = await rescue(db, now=T0 + 10_000, max_attempts=1)
-        assert sorted(got.failed) == sorted([lost, rescued])
-        assert await state_of(db, rescued) == "pending"
-
-        no_url = await add_task(db, callback_url=None)
-        (held,) = await claim(db, limit=1)
-        assert held.task.id == no_url
-        assert await finish(db, no_url, held.lease_token)
-        assert await state_of(db, no_url) is None
-
-    asyncio.run(scenario())
-
-
-def test_claim_is_fair_per_host_and_skips_saturated_hosts(db: Database) -> None:
-    async def scenario() -> None:
-        for url in ["https://a.example/x"] * 8 + ["https://b.example:8443/y"] * 2:
-            task_id = await add_task(db, url)
-            (held,) = await claim(db, limit=1)
-            assert await finish(db, task_id, held.lease_token)
-        first = await claim_due(db, limit=10)
-        hosts = sorted(c.host_key for c in first)
-        assert hosts == ["a.example:443"] * 3 + ["b.example:8443"] * 2
-        assert first[0].secret.secret.startswith("whsec_")
-        # A saturated host is skipped; leased rows are not claimed twice.
-        again = await claim_due(db, limit=10, in_flight={"a.example:443": 3})
-        assert again == []
-        # The lease runs out (the sender was killed): claimed again.
-        later = await claim_due(db, limit=10, now=T0 + 200 + 1001)
-        assert sorted(c.host_key for c in later) == ["a.example:443"] * 3 + ["b.example:8443"] * 2
-
-    asyncio.run(scenario())
 
 
 def test_schedule_retry_after_and_verdicts() -> None:

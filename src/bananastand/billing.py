@@ -19,7 +19,7 @@ from bananastand.errors import (
 )
 from bananastand.records import ApiKey, LedgerEntry
 from bananastand.settings import Settings
-from bananastand.storable import check_text
+from bananastand.storable import INT64_MAX, check_text
 from bananastand.store.ports import BalanceOverflow, Discrepancy, Ledger, NotEnoughCredits
 
 if TYPE_CHECKING:
@@ -59,6 +59,8 @@ class Billing:
         """Add credits (negative: take them away); returns the new balance."""
         if amount == 0:
             raise ValidationError("amount: must not be 0")
+        if abs(amount) > INT64_MAX:  # what no balance can hold, nor a query carry
+            raise ValidationError(f"amount: must be at most {INT64_MAX} either way")
         check_text("note", note)
         granted = await self._store.grant(account_id, amount, note)
         match granted:

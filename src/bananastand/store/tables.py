@@ -15,6 +15,10 @@ from sqlalchemy import (
     Text,
 )
 
+#: A 64-bit key that grows with every row; on SQLite plain INTEGER, the alias of the rowid
+#: (already 64 bits there), which BIGINT would not be.
+SEQUENCE = BigInteger().with_variant(Integer, "sqlite")
+
 metadata = MetaData(
     naming_convention={
         "ix": "ix_%(table_name)s_%(column_0_N_name)s",
@@ -59,7 +63,7 @@ tasks = Table(
     "tasks",
     metadata,
     # ``seq`` orders tasks for the queue and for pagination; ``id`` is the public, opaque one.
-    Column("seq", Integer, primary_key=True, autoincrement=True),
+    Column("seq", SEQUENCE, primary_key=True, autoincrement=True),
     Column("id", String(64), nullable=False, unique=True),
     Column("account_id", String(40), nullable=False),
     Column("key_id", String(40), nullable=False),
@@ -73,7 +77,7 @@ tasks = Table(
     Column("result_keys", Text, nullable=False, server_default=""),
     Column("fail_code", String(8), nullable=False, server_default=""),
     Column("fail_msg", Text, nullable=False, server_default=""),
-    Column("credits_consumed", Integer, nullable=False, server_default="0"),
+    Column("credits_consumed", BigInteger, nullable=False, server_default="0"),
     Column("usage", Text, nullable=False, server_default="{}"),
     Column("created_at", BigInteger, nullable=False),
     Column("updated_at", BigInteger, nullable=False),
@@ -104,7 +108,7 @@ credit_ledger = Table(
     "credit_ledger",
     metadata,
     # Every charge (negative), refund and grant (positive) of credits, never updated.
-    Column("seq", Integer, primary_key=True, autoincrement=True),
+    Column("seq", SEQUENCE, primary_key=True, autoincrement=True),
     Column("account_id", String(40), ForeignKey("accounts.id"), nullable=False),
     Column("amount", BigInteger, nullable=False),
     Column("reason", String(16), nullable=False),
@@ -160,7 +164,7 @@ callbacks = Table(
 callback_attempts = Table(
     "callback_attempts",
     metadata,
-    Column("seq", Integer, primary_key=True, autoincrement=True),
+    Column("seq", SEQUENCE, primary_key=True, autoincrement=True),
     Column("callback_id", String(40), ForeignKey("callbacks.id"), nullable=False, index=True),
     Column("attempted_at", BigInteger, nullable=False),
     Column("duration_ms", Integer, nullable=False),
