@@ -39,10 +39,11 @@ from rich.progress import (
     SpinnerColumn,
     TextColumn,
     TimeElapsedColumn,
+    TimeRemainingColumn,
 )
 
 from bananastand.client._core import DEFAULT_BASE_URL, DEFAULT_WAIT_TIMEOUT_S, RetryPolicy
-from bananastand.client.batch import Batch, BatchFileError, BatchReport
+from bananastand.client.batch import Batch, BatchReport
 from bananastand.client.client import DEFAULT_HTTP_TIMEOUT, AsyncClient, Client
 from bananastand.client.errors import (
     ApiError,
@@ -58,6 +59,7 @@ from bananastand.client.errors import (
     TransportError,
     ValidationError,
 )
+from bananastand.client.manifest import MANIFEST, BatchFileError
 from bananastand.client.models import Task
 
 T = TypeVar("T")
@@ -290,6 +292,15 @@ def batch(
             "may make a second task on servers without Idempotency-Key support).",
         ),
     ] = False,
+    retry_failed: Annotated[
+        bool,
+        typer.Option(
+            "--retry-failed",
+            help="Send again the jobs whose task failed, as new tasks (new Idempotency-Keys, "
+            "local images uploaded again; each is charged). Jobs that ended in a client-side "
+            "error (a refused createTask, an unreadable image) are tried again on every run.",
+        ),
+    ] = False,
     timeout: Annotated[float, typer.Option(help="Seconds to wait per task.")] = (
         DEFAULT_WAIT_TIMEOUT_S
     ),
@@ -324,19 +335,40 @@ def batch(
             max_requests=QUICK_POOL,
         )
         async with client:  # closes both pools
-            job = Batch.open(prompts, out, resubmit_unknown=resubmit_unknown, timeout=timeout)
-            # One cheap call first: a wrong URL or key, or a server that is down, is then
-            # one line before any line of the batch is touched.
-            await client.credits()
-            with Progress(
-                TextColumn("{task.description}"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TimeElapsedColumn(),
-                console=stderr,
-            ) as progress:
-                bar = progress.add_task("batch", total=job.total, completed=job.already_done)
-                return await job.run(client, concurrency, on_done=lambda: progress.advance(bar))
+            with Batch.open(
+                prompts,
+                out,
+                resubmit_unknown=resubmit_unknown,
+                retry_failed=retry_failed,
+                timeout=timeout,
+            ) as job:
+                # One cheap call first: a wrong URL or key, or a server that is down, is
+                # then one line before any line of the batch is touched.
+                await client.credits()
+                # Rich redraws on its own timer (10 a second); a job only sets the
+                # numbers. The ETA is from the rate over the last minute (rich's
+                # speed_estimate_period, at most its last 1000 finished jobs), so it
+                # follows a server that speeds up or slows down.
+                with Progress(
+                    TextColumn("{task.description}"),
+                    BarColumn(),
+                    MofNCompleteColumn(),
+                    TextColumn("{task.fields[counts]}"),
+                    TimeElapsedColumn(),
+                    TextColumn("eta"),
+                    TimeRemainingColumn(),
+                    console=stderr,
+                    speed_estimate_period=60.0,
+                ) as progress:
+                    counts = _counts(job.report)
+                    bar = progress.add_task(
+                        "batch", total=job.total, completed=job.report.settled, counts=counts
+                    )
+
+                    def show(report: BatchReport) -> None:
+                        progress.update(bar, completed=report.settled, counts=_counts(report))
+
+                    return await job.run(client, concurrency, on_change=show)
 
     with _errors():
         report = _run_async(run)
@@ -344,11 +376,19 @@ def batch(
         stderr.print(f"line {line}: {reason}", markup=False)
     stderr.print(
         f"{report.succeeded} succeeded, {len(report.failed)} failed, "
-        f"{len(report.unknown)} unknown; manifest: {out / 'manifest.jsonl'}",
+        f"{len(report.unknown)} unknown; manifest: {out / MANIFEST}",
         markup=False,
     )
     if report.failed or report.unknown:
         raise typer.Exit(TASK_FAILED)
+
+
+def _counts(report: BatchReport) -> str:
+    """The progress bar's numbers ("failed" and "unknown" as the summary counts them)."""
+    return (
+        f"done {report.succeeded}  failed {len(report.failed)}  "
+        f"unknown {len(report.unknown)}  running {report.running}"
+    )
 
 
 def _run_async(factory: Callable[[], Any]) -> Any:
