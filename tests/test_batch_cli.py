@@ -1,5 +1,5 @@
 """Acceptance: ``bananastand batch`` as a child process against a real server: retrying
-failed lines, and its progress bar.
+failed lines, one run per output folder, and its progress bar.
 
 Runs are held mid-batch without sleeps: a server started without a worker takes the tasks
 and leaves them waiting, so a run has its jobs in flight for as long as a test needs; a
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+import socket
 import subprocess
 import time
 from collections.abc import Callable
@@ -150,6 +151,64 @@ def test_each_retry_of_a_line_that_keeps_failing_is_a_new_attempt(
         base + "-retry1",
         base + "-retry2",
     ]
+
+
+def test_a_second_batch_on_a_folder_in_use_is_refused_at_once(
+    start_server: Callable[..., Server], tmp_path: Path
+) -> None:
+    api = start_server(run_worker=False)
+    key = api.key()
+    env = client_env(api, key)
+    lines = 20
+    prompts = write_lines(tmp_path / "prompts.jsonl", *({"prompt": f"n{n}"} for n in range(lines)))
+    out = tmp_path / "out"
+    first = start_batch(env, prompts, out, "--concurrency", "4")
+    try:
+        wait_for(lambda: len(statuses(out, "submitted")) == 4, "4 tasks submitted")
+        manifest = (out / "manifest.jsonl").read_bytes()
+
+        second = run(env, "batch", str(prompts), "-o", str(out), "--concurrency", "4")
+        assert second.returncode == 2
+        [message] = second.stderr.splitlines()
+        assert message.startswith("error: ")
+        assert f"(pid {first.pid} on {socket.gethostname()}, started " in message
+        assert (out / "manifest.jsonl").read_bytes() == manifest
+        assert len(tasks_on(api, key)) == 4
+        assert first.poll() is None
+
+        start_server(data_dir=api.data_dir)  # a worker: the held tasks run
+        assert first.wait(timeout=120) == 0
+    finally:
+        first.kill()
+        first.wait()
+    stderr = (tmp_path / "out-stderr.txt").read_text()
+    assert f"{lines} succeeded, 0 failed, 0 unknown" in stderr
+    assert sorted(entry["line"] for entry in statuses(out, "success")) == list(range(1, lines + 1))
+    assert len(tasks_on(api, key)) == lines
+    assert len(list(out.glob("0*.png"))) == lines
+
+
+def test_a_killed_batch_does_not_hold_its_folder(
+    start_server: Callable[..., Server], tmp_path: Path
+) -> None:
+    api = start_server(run_worker=False)
+    key = api.key()
+    env = client_env(api, key)
+    prompts = write_lines(tmp_path / "prompts.jsonl", *({"prompt": f"n{n}"} for n in range(6)))
+    out = tmp_path / "out"
+    killed = start_batch(env, prompts, out, "--concurrency", "2")
+    wait_for(lambda: len(statuses(out, "submitted")) == 2, "2 tasks submitted")
+    killed.kill()
+    killed.wait()
+    # What it wrote in the lock file is still there, naming a process that is gone.
+    assert json.loads((out / ".batch.lock").read_text())["pid"] == killed.pid
+
+    start_server(data_dir=api.data_dir)
+    done = run(env, "batch", str(prompts), "-o", str(out))
+    assert done.returncode == 0, done.stderr
+    assert "6 succeeded, 0 failed, 0 unknown" in done.stderr
+    assert len(tasks_on(api, key)) == 6
+    assert json.loads((out / ".batch.lock").read_text())["pid"] != killed.pid
 
 
 def test_the_progress_bar_counts_done_failed_and_running_lines(

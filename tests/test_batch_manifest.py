@@ -1,12 +1,15 @@
-"""Unit: folding ``bananastand batch``'s manifest over attempts."""
+"""Unit: folding ``bananastand batch``'s manifest over attempts, and the output folder's lock."""
 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
-from bananastand.client.manifest import fold
+import pytest
+
+from bananastand.client.manifest import LOCK, FolderBusyError, FolderLock, fold
 
 
 def write(path: Path, *entries: dict[str, Any]) -> Path:
@@ -39,3 +42,14 @@ def test_an_earlier_attempt_after_a_later_one_changes_nothing(tmp_path: Path) ->
         {"line": 1, "attempt": 1, "status": "fail", "taskId": "task_1"},
     )
     assert fold(manifest, "b")[1]["taskId"] == "task_2"
+
+
+def test_the_folder_is_held_until_released(tmp_path: Path) -> None:
+    (tmp_path / LOCK).write_text("left by a killed run, not JSON")
+    held = FolderLock.take(tmp_path)
+    assert json.loads((tmp_path / LOCK).read_text())["pid"] == os.getpid()
+    # flock belongs to an open file: a second open is refused, in this process too.
+    with pytest.raises(FolderBusyError, match=f"in use by another batch \\(pid {os.getpid()} on "):
+        FolderLock.take(tmp_path)
+    held.release()
+    FolderLock.take(tmp_path).release()

@@ -3,6 +3,8 @@
 Each line gets an ``Idempotency-Key`` derived from the batch file's identity (absolute
 path and content) and the line number. ``manifest.jsonl`` in the output folder is an
 append-only log of what happened to each line; a re-run folds it and does only what is left.
+One run at a time: a second run on the same folder is refused before it sends or writes
+anything (``client.manifest``).
 
 The one moment that cannot be made safe on every server is a createTask that was sent but
 whose answer never came back (a crash, a dropped connection). The log is written ahead:
@@ -41,6 +43,7 @@ from bananastand.client.errors import BananastandError, ServerError, TransportEr
 from bananastand.client.manifest import (
     MANIFEST,
     BatchFileError,
+    FolderLock,
     apply,
     attempt_of,
     fold,
@@ -78,6 +81,7 @@ class Batch:
     resubmit_unknown: bool
     retry_failed: bool
     timeout: float
+    _lock: FolderLock | None = field(repr=False)
     #: The lines whose outcome the manifest already tells, counted before any request.
     report: BatchReport = field(init=False)
     #: The lines this run works on, in order.
@@ -93,10 +97,10 @@ class Batch:
     def open(
         cls, source: Path, out: Path, *, resubmit_unknown: bool, retry_failed: bool, timeout: float
     ) -> Batch:
-        """Read the batch file and fold its manifest; ``BatchFileError`` if either cannot be
-        used. Every line is checked here, before anything is sent: a typo at line 900 is
-        better found before 899 tasks have been made (and charged). Close the batch
-        (``with``) to close the manifest."""
+        """Read the batch file, take the output folder and fold its manifest;
+        ``BatchFileError`` if any of them cannot be used. Every line is checked here,
+        before anything is sent: a typo at line 900 is better found before 899 tasks have
+        been made (and charged). Close the batch (``with``) to let the folder go."""
         try:
             content = source.read_bytes()
             text = content.decode()
@@ -113,10 +117,17 @@ class Batch:
         manifest = out / MANIFEST
         try:
             out.mkdir(parents=True, exist_ok=True)
-            state = fold(manifest, identity)
+            lock = FolderLock.take(out)  # before the fold, which may mend a torn last line
+            try:
+                state = fold(manifest, identity)
+            except BaseException:
+                lock.release()
+                raise
         except OSError as exc:
             raise BatchFileError(f"{exc.filename or manifest}: {exc.strerror or exc}") from None
-        return cls(source, out, identity, lines, state, resubmit_unknown, retry_failed, timeout)
+        return cls(
+            source, out, identity, lines, state, resubmit_unknown, retry_failed, timeout, lock
+        )
 
     def __enter__(self) -> Batch:
         return self
@@ -169,6 +180,9 @@ class Batch:
         if self._manifest is not None:
             self._manifest.close()
             self._manifest = None
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
 
     async def run(
         self, client: AsyncClient, concurrency: int, on_change: Callable[[BatchReport], None]

@@ -11,7 +11,8 @@ traceback, and the exit status says what kind it was; scripts rely on these:
     1  a task failed: the generation failed, or a batch had failed or unknown lines
        (``credits audit``: a balance disagrees with the ledger)
     2  usage: bad arguments or options, a missing or unreadable file (``-i``, the batch
-       file, its manifest), an unknown task/account/key (404), a refused input (422)
+       file, its manifest), an output folder another ``batch`` is using, an unknown
+       task/account/key (404), a refused input (422)
     3  auth or credits: the key is missing, wrong, revoked or expired (401), not enough
        credits (402)
     4  server or network: cannot connect, timed out, still rate limited after retries
@@ -307,7 +308,8 @@ def batch(
     base_url: BaseUrl = DEFAULT_BASE_URL,
     api_key: ApiKey = None,
 ) -> None:
-    """Run every line of a JSONL file as a task; resumable (see manifest.jsonl in -o)."""
+    """Run every line of a JSONL file as a task; resumable (see manifest.jsonl in -o), one
+    run per -o at a time."""
 
     async def run() -> BatchReport:
         # Two pools. Quick requests (creates, uploads, downloads) share a small one:
