@@ -104,8 +104,10 @@ def test_batch_resumes_after_being_killed_and_makes_one_task_per_line(
     server = start_server(worker_concurrency=4)
     key = server.key()
     env = client_env(server, key)
-    # 4 at a time, 0.6 s each: ~7 lines a second, so three runs killed within 2 s of
-    # their start (the CLI starts in ~0.3 s) cannot finish all 40.
+    # 4 at a time, 0.6 s each: ~7 lines a second, so three runs killed within 1.2 s of
+    # their first write cannot finish all 40. Each is killed only once it has written (it
+    # starts in ~0.3 s, seconds on a busy machine), so that every run is interrupted
+    # mid-batch, never before it began.
     lines = 40
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text(
@@ -124,15 +126,21 @@ def test_batch_resumes_after_being_killed_and_makes_one_task_per_line(
         "4",
     ]
     chance = random.Random(7)
+    manifest_path = out / "manifest.jsonl"
     for _ in range(3):
+        written = manifest_path.stat().st_size if manifest_path.exists() else 0
         child = subprocess.Popen(
             command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
         )
-        time.sleep(chance.uniform(0.8, 2.0))
+        deadline = time.monotonic() + 60
+        while not (manifest_path.exists() and manifest_path.stat().st_size > written):
+            assert time.monotonic() < deadline, "the run wrote nothing in 60 s"
+            time.sleep(0.02)
+        time.sleep(chance.uniform(0.2, 1.2))
         child.send_signal(signal.SIGKILL)
         child.wait()
         assert len(tasks_on(server, key)) <= lines
-    manifest = (out / "manifest.jsonl").read_text().splitlines()
+    manifest = manifest_path.read_text().splitlines()
     done_lines = {json.loads(e)["line"] for e in manifest[:-1] if '"success"' in e}
     assert len(done_lines) < lines, "the kills should have interrupted the batch"
     finished = run(env, "batch", str(prompts), "-o", str(out), "--resubmit-unknown")

@@ -3,6 +3,8 @@
 Each line gets an ``Idempotency-Key`` derived from the batch file's identity (absolute
 path and content) and the line number. ``manifest.jsonl`` in the output folder is an
 append-only log of what happened to each line; a re-run folds it and does only what is left.
+One run at a time: a second run on the same folder is refused before it sends or writes
+anything (``client.manifest``).
 
 The one moment that cannot be made safe on every server is a createTask that was sent but
 whose answer never came back (a crash, a dropped connection). The log is written ahead:
@@ -12,6 +14,16 @@ not sent again unless ``--resubmit-unknown``: the hosted API ignores ``Idempoten
 so a second send could make (and charge) a second task there. bananastand honours the key,
 so against it ``--resubmit-unknown`` is always safe: the same key and the very same body
 (re-read from the log, not rebuilt, as upload links change) answer with the first task.
+
+A line whose task failed (``fail``: the server said so) stays failed unless
+``--retry-failed``, since each retry is a new task, charged again. A retry is a new
+attempt: a new key (``...-retry1``, ``-retry2``, ...; under the first one bananastand
+would answer with the failed task), a new body (local images uploaded again: the user may
+have fixed one), and the same ``sending``/``submitted`` steps. A line that ended in
+``error`` made no task that failed - createTask was refused (a bad value, no credits) or a
+local file could not be read, or the wait or download broke off - so every run tries it
+again, without a flag: with the same key when no task was made, by waiting for its task
+again when one was.
 """
 
 from __future__ import annotations
@@ -28,19 +40,35 @@ from typing import Any, TextIO
 from bananastand.client._core import create_body, is_url
 from bananastand.client.client import AsyncClient
 from bananastand.client.errors import BananastandError, ServerError, TransportError
+from bananastand.client.manifest import (
+    MANIFEST,
+    BatchFileError,
+    FolderLock,
+    apply,
+    attempt_of,
+    fold,
+)
 
-MANIFEST = "manifest.jsonl"
+_UNKNOWN = "createTask was sent but its answer was lost; --resubmit-unknown sends it again"
 
 
 @dataclass
 class BatchReport:
+    """How the lines stand; the progress bar shows it as it changes."""
+
     succeeded: int = 0
     failed: list[tuple[int, str]] = field(default_factory=list)
     unknown: list[tuple[int, str]] = field(default_factory=list)
+    #: Lines in flight right now.
+    running: int = 0
 
     @property
     def problems(self) -> list[tuple[int, str]]:
         return sorted(self.failed + self.unknown)
+
+    @property
+    def settled(self) -> int:
+        return self.succeeded + len(self.failed) + len(self.unknown)
 
 
 @dataclass
@@ -51,16 +79,28 @@ class Batch:
     lines: dict[int, dict[str, Any]]
     state: dict[int, dict[str, Any]]
     resubmit_unknown: bool
+    retry_failed: bool
     timeout: float
+    _lock: FolderLock | None = field(repr=False)
+    #: The lines whose outcome the manifest already tells, counted before any request.
+    report: BatchReport = field(init=False)
+    #: The lines this run works on, in order.
+    todo: list[int] = field(init=False)
     _manifest: TextIO | None = field(default=None, init=False, repr=False)
     #: Set when the server could not be reached: the batch stops taking new lines.
     _unreachable: TransportError | None = field(default=None, init=False, repr=False)
 
+    def __post_init__(self) -> None:
+        self.report, self.todo = self._settled()
+
     @classmethod
-    def open(cls, source: Path, out: Path, *, resubmit_unknown: bool, timeout: float) -> Batch:
-        """Read the batch file and fold its manifest; ``BatchFileError`` if either cannot be
-        used. Every line is checked here, before anything is sent: a typo at line 900 is
-        better found before 899 tasks have been made (and charged)."""
+    def open(
+        cls, source: Path, out: Path, *, resubmit_unknown: bool, retry_failed: bool, timeout: float
+    ) -> Batch:
+        """Read the batch file, take the output folder and fold its manifest;
+        ``BatchFileError`` if any of them cannot be used. Every line is checked here,
+        before anything is sent: a typo at line 900 is better found before 899 tasks have
+        been made (and charged). Close the batch (``with``) to let the folder go."""
         try:
             content = source.read_bytes()
             text = content.decode()
@@ -77,27 +117,61 @@ class Batch:
         manifest = out / MANIFEST
         try:
             out.mkdir(parents=True, exist_ok=True)
-            state = _fold(manifest, identity)
+            lock = FolderLock.take(out)  # before the fold, which may mend a torn last line
+            try:
+                state = fold(manifest, identity)
+            except BaseException:
+                lock.release()
+                raise
         except OSError as exc:
             raise BatchFileError(f"{exc.filename or manifest}: {exc.strerror or exc}") from None
-        return cls(source, out, identity, lines, state, resubmit_unknown, timeout)
+        return cls(
+            source, out, identity, lines, state, resubmit_unknown, retry_failed, timeout, lock
+        )
+
+    def __enter__(self) -> Batch:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
 
     @property
     def total(self) -> int:
         return len(self.lines)
 
-    @property
-    def already_done(self) -> int:
-        return sum(1 for entry in self.state.values() if entry.get("status") == "success")
+    def key(self, line: int, attempt: int) -> str:
+        """The first attempt's key is the one manifests had before retries existed."""
+        key = f"batch-{self.identity}-{line}"
+        return key if attempt == 1 else f"{key}-retry{attempt - 1}"
 
-    def key(self, line: int) -> str:
-        return f"batch-{self.identity}-{line}"
+    def _settled(self) -> tuple[BatchReport, list[int]]:
+        """Lines whose outcome this run will not change, and the others. Counted up front
+        so that they do not show as a burst of finished jobs in the progress bar's rate."""
+        report, todo = BatchReport(), []
+        for line in sorted(self.lines):
+            entry = self.state.get(line, {})
+            status = entry.get("status")
+            if status == "success":
+                report.succeeded += 1
+            elif status == "fail" and not self.retry_failed:
+                report.failed.append((line, _failure(entry)))
+            elif status in ("sending", "unknown") and not self.resubmit_unknown:
+                report.unknown.append((line, _UNKNOWN))
+            else:
+                todo.append(line)
+        return report, todo
 
-    def _log(self, line: int, **fields: Any) -> None:
+    def _log(self, line: int, attempt: int, **fields: Any) -> None:
         """Append one event; flushed before anything that depends on it happens (the file
         is line-buffered, so each event reaches the OS whole, and survives a killed run)."""
-        entry = {"batch": self.identity, "line": line, "time": int(time.time() * 1000), **fields}
-        self.state.setdefault(line, {}).update(entry)
+        entry = {
+            "batch": self.identity,
+            "line": line,
+            "attempt": attempt,
+            "time": int(time.time() * 1000),
+            **fields,
+        }
+        apply(self.state, entry)
         if self._manifest is None:
             self._manifest = (self.out / MANIFEST).open("a", buffering=1)
         self._manifest.write(json.dumps(entry, ensure_ascii=False) + "\n")
@@ -106,84 +180,78 @@ class Batch:
         if self._manifest is not None:
             self._manifest.close()
             self._manifest = None
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
 
     async def run(
-        self, client: AsyncClient, concurrency: int, on_done: Callable[[], None]
+        self, client: AsyncClient, concurrency: int, on_change: Callable[[BatchReport], None]
     ) -> BatchReport:
-        report = BatchReport()
-        pending = iter(sorted(self.lines))
+        """Do the lines left (``todo``); ``on_change`` hears of each start and end."""
+        pending = iter(self.todo)
 
         async def worker() -> None:
             for line in pending:
                 if self._unreachable is not None:
                     return
-                await self._job(client, line, report, on_done)
+                await self._job(client, line, on_change)
 
-        try:
-            await asyncio.gather(*(worker() for _ in range(concurrency)))
-        finally:
-            self.close()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
         if self._unreachable is not None:
             # Every other line would fail the same way; a re-run does what is left.
             raise self._unreachable
-        return report
+        return self.report
 
     async def _job(
-        self, client: AsyncClient, line: int, report: BatchReport, on_done: Callable[[], None]
+        self, client: AsyncClient, line: int, on_change: Callable[[BatchReport], None]
     ) -> None:
+        report = self.report
         entry = self.state.get(line, {})
-        status = entry.get("status")
-        if status == "success":
-            report.succeeded += 1
-            return
+        attempt = attempt_of(entry)
+        if entry.get("status") == "fail":  # only with --retry-failed: else it is settled
+            attempt, entry = attempt + 1, {}
+        report.running += 1
+        on_change(report)
         try:
-            outcome = await self._advance(client, line, entry)
+            outcome = await self._advance(client, line, attempt, entry)
         except (BananastandError, OSError) as exc:
             if isinstance(exc, TransportError) and exc.unreachable is not None:
                 self._unreachable = exc  # the line stays as the manifest has it
-                return
-            self._log(line, status="error", error=str(exc))
-            outcome = ("failed", str(exc))
-        if outcome[0] == "success":
+                outcome = ("left", "")
+            else:
+                self._log(line, attempt, status="error", error=str(exc))
+                outcome = ("failed", str(exc))
+        report.running -= 1
+        kind, reason = outcome
+        if kind == "success":
             report.succeeded += 1
-        elif outcome[0] == "unknown":
-            report.unknown.append((line, outcome[1]))
-        else:
-            report.failed.append((line, outcome[1]))
-        on_done()
+        elif kind == "unknown":
+            report.unknown.append((line, reason))
+        elif kind == "failed":
+            report.failed.append((line, reason))
+        on_change(report)
 
     async def _advance(
-        self, client: AsyncClient, line: int, entry: dict[str, Any]
+        self, client: AsyncClient, line: int, attempt: int, entry: dict[str, Any]
     ) -> tuple[str, str]:
-        if entry.get("status") == "fail":
-            return (
-                "failed",
-                f"task {entry['taskId']} failed ({entry['failCode']}): {entry['failMsg']}",
-            )
         task_id = entry.get("taskId")
+        key = self.key(line, attempt)
         if task_id is None:
-            if entry.get("status") in ("sending", "unknown"):
-                if not self.resubmit_unknown:
-                    return "unknown", (
-                        "createTask was sent but its answer was lost; "
-                        "--resubmit-unknown sends it again"
-                    )
+            if entry.get("status") in ("sending", "unknown"):  # with --resubmit-unknown
                 body = entry["body"]
             else:
                 body = await self._body(client, line)
-                self._log(line, status="sending", idempotencyKey=self.key(line), body=body)
+                self._log(line, attempt, status="sending", idempotencyKey=key, body=body)
             try:
-                task_id = await client.create(
-                    body, self.key(line), resend_lost=self.resubmit_unknown
-                )
+                task_id = await client.create(body, key, resend_lost=self.resubmit_unknown)
             except (ServerError, TransportError) as exc:
                 # Even a refused connection proves nothing: an earlier attempt may have
                 # arrived.
-                self._log(line, status="unknown", error=str(exc))
+                self._log(line, attempt, status="unknown", error=str(exc))
                 if isinstance(exc, TransportError) and exc.unreachable is not None:
                     raise
                 return "unknown", f"createTask answer lost: {exc}"
-            self._log(line, status="submitted", taskId=task_id)
+            self._log(line, attempt, status="submitted", taskId=task_id)
             fresh = True
         else:
             fresh = False  # resumed: it may have ended long ago
@@ -191,18 +259,12 @@ class Batch:
             task_id, timeout=self.timeout, raise_on_fail=False, just_created=fresh
         )
         if task.state == "fail":
-            self._log(
-                line,
-                status="fail",
-                taskId=task_id,
-                state="fail",
-                failCode=task.failCode,
-                failMsg=task.failMsg,
-            )
-            return "failed", f"task {task_id} failed ({task.failCode}): {task.failMsg}"
+            failed = {"taskId": task_id, "failCode": task.failCode, "failMsg": task.failMsg}
+            self._log(line, attempt, status="fail", state="fail", **failed)
+            return "failed", _failure(failed)
         result = await client.result(task)
         files = [str(path) for path in result.save(self.out, stem=f"{line:05d}")]
-        self._log(line, status="success", taskId=task_id, state="success", files=files)
+        self._log(line, attempt, status="success", taskId=task_id, state="success", files=files)
         return "success", ""
 
     async def _body(self, client: AsyncClient, line: int) -> dict[str, Any]:
@@ -226,10 +288,6 @@ class Batch:
         return create_body(fields, model=spec.get("model"), callback_url=spec.get("callBackUrl"))
 
 
-class BatchFileError(BananastandError):
-    """The batch file or its manifest cannot be read or used; nothing was sent."""
-
-
 def _spec(text: str, where: str) -> dict[str, Any]:
     """One line of the batch file: a JSON object with a string prompt."""
     try:
@@ -246,29 +304,5 @@ def _spec(text: str, where: str) -> dict[str, Any]:
     return spec
 
 
-def _fold(manifest: Path, identity: str) -> dict[int, dict[str, Any]]:
-    """The last known state of each line of batch ``identity`` from its manifest.
-
-    Lines that are not JSON are the torn last writes of killed runs (a torn multi-byte
-    character included); a JSON entry of this batch without a line number is not ours.
-    """
-    state: dict[int, dict[str, Any]] = {}
-    if not manifest.exists():
-        return state
-    raw = manifest.read_text(errors="replace")
-    for number, entry_text in enumerate(raw.splitlines(), start=1):
-        try:
-            entry = json.loads(entry_text)
-        except ValueError:
-            continue
-        if isinstance(entry, dict) and entry.get("batch") == identity:
-            if not isinstance(entry.get("line"), int):
-                raise BatchFileError(
-                    f"{manifest} line {number}: not a manifest entry: "
-                    "move the file away to start the batch over"
-                )
-            state.setdefault(entry["line"], {}).update(entry)
-    if raw and not raw.endswith("\n"):
-        with manifest.open("a") as file:
-            file.write("\n")
-    return state
+def _failure(entry: dict[str, Any]) -> str:
+    return f"task {entry['taskId']} failed ({entry['failCode']}): {entry['failMsg']}"

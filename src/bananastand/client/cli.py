@@ -11,7 +11,8 @@ traceback, and the exit status says what kind it was; scripts rely on these:
     1  a task failed: the generation failed, or a batch had failed or unknown lines
        (``credits audit``: a balance disagrees with the ledger)
     2  usage: bad arguments or options, a missing or unreadable file (``-i``, the batch
-       file, its manifest), an unknown task/account/key (404), a refused input (422)
+       file, its manifest), an output folder another ``batch`` is using, an unknown
+       task/account/key (404), a refused input (422)
     3  auth or credits: the key is missing, wrong, revoked or expired (401), not enough
        credits (402)
     4  server or network: cannot connect, timed out, still rate limited after retries
@@ -39,10 +40,11 @@ from rich.progress import (
     SpinnerColumn,
     TextColumn,
     TimeElapsedColumn,
+    TimeRemainingColumn,
 )
 
 from bananastand.client._core import DEFAULT_BASE_URL, DEFAULT_WAIT_TIMEOUT_S, RetryPolicy
-from bananastand.client.batch import Batch, BatchFileError, BatchReport
+from bananastand.client.batch import Batch, BatchReport
 from bananastand.client.client import DEFAULT_HTTP_TIMEOUT, AsyncClient, Client
 from bananastand.client.errors import (
     ApiError,
@@ -58,6 +60,7 @@ from bananastand.client.errors import (
     TransportError,
     ValidationError,
 )
+from bananastand.client.manifest import MANIFEST, BatchFileError
 from bananastand.client.models import Task
 
 T = TypeVar("T")
@@ -290,13 +293,23 @@ def batch(
             "may make a second task on servers without Idempotency-Key support).",
         ),
     ] = False,
+    retry_failed: Annotated[
+        bool,
+        typer.Option(
+            "--retry-failed",
+            help="Send again the jobs whose task failed, as new tasks (new Idempotency-Keys, "
+            "local images uploaded again; each is charged). Jobs that ended in a client-side "
+            "error (a refused createTask, an unreadable image) are tried again on every run.",
+        ),
+    ] = False,
     timeout: Annotated[float, typer.Option(help="Seconds to wait per task.")] = (
         DEFAULT_WAIT_TIMEOUT_S
     ),
     base_url: BaseUrl = DEFAULT_BASE_URL,
     api_key: ApiKey = None,
 ) -> None:
-    """Run every line of a JSONL file as a task; resumable (see manifest.jsonl in -o)."""
+    """Run every line of a JSONL file as a task; resumable (see manifest.jsonl in -o), one
+    run per -o at a time."""
 
     async def run() -> BatchReport:
         # Two pools. Quick requests (creates, uploads, downloads) share a small one:
@@ -324,19 +337,40 @@ def batch(
             max_requests=QUICK_POOL,
         )
         async with client:  # closes both pools
-            job = Batch.open(prompts, out, resubmit_unknown=resubmit_unknown, timeout=timeout)
-            # One cheap call first: a wrong URL or key, or a server that is down, is then
-            # one line before any line of the batch is touched.
-            await client.credits()
-            with Progress(
-                TextColumn("{task.description}"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TimeElapsedColumn(),
-                console=stderr,
-            ) as progress:
-                bar = progress.add_task("batch", total=job.total, completed=job.already_done)
-                return await job.run(client, concurrency, on_done=lambda: progress.advance(bar))
+            with Batch.open(
+                prompts,
+                out,
+                resubmit_unknown=resubmit_unknown,
+                retry_failed=retry_failed,
+                timeout=timeout,
+            ) as job:
+                # One cheap call first: a wrong URL or key, or a server that is down, is
+                # then one line before any line of the batch is touched.
+                await client.credits()
+                # Rich redraws on its own timer (10 a second); a job only sets the
+                # numbers. The ETA is from the rate over the last minute (rich's
+                # speed_estimate_period, at most its last 1000 finished jobs), so it
+                # follows a server that speeds up or slows down.
+                with Progress(
+                    TextColumn("{task.description}"),
+                    BarColumn(),
+                    MofNCompleteColumn(),
+                    TextColumn("{task.fields[counts]}"),
+                    TimeElapsedColumn(),
+                    TextColumn("eta"),
+                    TimeRemainingColumn(),
+                    console=stderr,
+                    speed_estimate_period=60.0,
+                ) as progress:
+                    counts = _counts(job.report)
+                    bar = progress.add_task(
+                        "batch", total=job.total, completed=job.report.settled, counts=counts
+                    )
+
+                    def show(report: BatchReport) -> None:
+                        progress.update(bar, completed=report.settled, counts=_counts(report))
+
+                    return await job.run(client, concurrency, on_change=show)
 
     with _errors():
         report = _run_async(run)
@@ -344,11 +378,19 @@ def batch(
         stderr.print(f"line {line}: {reason}", markup=False)
     stderr.print(
         f"{report.succeeded} succeeded, {len(report.failed)} failed, "
-        f"{len(report.unknown)} unknown; manifest: {out / 'manifest.jsonl'}",
+        f"{len(report.unknown)} unknown; manifest: {out / MANIFEST}",
         markup=False,
     )
     if report.failed or report.unknown:
         raise typer.Exit(TASK_FAILED)
+
+
+def _counts(report: BatchReport) -> str:
+    """The progress bar's numbers ("failed" and "unknown" as the summary counts them)."""
+    return (
+        f"done {report.succeeded}  failed {len(report.failed)}  "
+        f"unknown {len(report.unknown)}  running {report.running}"
+    )
 
 
 def _run_async(factory: Callable[[], Any]) -> Any:
