@@ -22,7 +22,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from bananastand.errors import BananastandError
+from bananastand.client.errors import BananastandError
 
 MANIFEST = "manifest.jsonl"
 LOCK = ".batch.lock"
