@@ -81,27 +81,32 @@ def grant(
     no such account), with nothing written.
 
     One conditional UPDATE: a negative grant may not take the balance below zero, nor a
-    grant above what the BIGINT column holds (SQLite would quietly make it a float).
+    grant above what the BIGINT column holds (SQLite would quietly make it a float). Each
+    bound compares the balance with a value that itself fits in 64 bits: ``INT64_MAX -
+    amount`` would not for a negative amount, and the driver refuses such a parameter.
     """
-    changed = connection.execute(
-        update(accounts)
-        .where(
-            accounts.c.id == account_id,
-            accounts.c.credits + amount >= 0,
-            accounts.c.credits <= INT64_MAX - amount,
+    if -INT64_MAX <= amount <= INT64_MAX:
+        fits = (
+            accounts.c.credits <= INT64_MAX - amount
+            if amount >= 0
+            else accounts.c.credits >= -amount
         )
-        .values(credits=accounts.c.credits + amount)
-        .returning(accounts.c.credits)
-    ).scalar_one_or_none()
-    if changed is None:
-        current = balance(connection, account_id)
-        if current is None:
-            return None
-        if amount < 0:
-            return NotEnoughCredits(balance=current, cost=-amount)
-        return BalanceOverflow(limit=INT64_MAX)
-    _insert_row(connection, account_id, amount, GRANT, now_ms, note=note)
-    return int(changed)
+        changed = connection.execute(
+            update(accounts)
+            .where(accounts.c.id == account_id, fits)
+            .values(credits=accounts.c.credits + amount)
+            .returning(accounts.c.credits)
+        ).scalar_one_or_none()
+        if changed is not None:
+            _insert_row(connection, account_id, amount, GRANT, now_ms, note=note)
+            return int(changed)
+    # Refused (or more than any balance could give or take): say why, with nothing written.
+    current = balance(connection, account_id)
+    if current is None:
+        return None
+    if amount < 0:
+        return NotEnoughCredits(balance=current, cost=-amount)
+    return BalanceOverflow(limit=INT64_MAX)
 
 
 def charge(

@@ -1,0 +1,116 @@
+"""Helpers for the store's tests: a clock the test sets, one entry per store adapter, and
+ways to run scenarios (an event loop per test, real parallel callers in threads).
+
+The contract suite (``test_store_contract.py``) runs each of its tests once per entry of
+``ADAPTERS``. An adapter says how to make a fresh, migrated, empty database for one test
+and how to open a store on it; opening a second store on the same database stands for a
+second process. A new adapter (PostgreSQL) is one more entry here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import shutil
+import threading
+from collections.abc import Callable, Coroutine
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, ParamSpec, Protocol, TypeVar
+
+from bananastand.store import migrate
+from bananastand.store.ports import Store
+from bananastand.store.sqlite.database import Database
+from bananastand.store.sqlstore import SqlStore
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+#: Only a guard against a deadlock: no test waits on it, a passing one never comes close.
+DEADLOCK_GUARD_S = 60.0
+
+#: Where every fake clock starts: a fixed instant, far from the real one.
+T0 = 1_800_000_000_000
+
+
+class FakeClock:
+    """Epoch milliseconds that move only when the test says so."""
+
+    def __init__(self, now: int = T0) -> None:
+        self.now = now
+
+    def __call__(self) -> int:
+        return self.now
+
+    def advance(self, ms: int) -> int:
+        self.now += ms
+        return self.now
+
+
+class Adapter(Protocol):
+    def new_database(self, tmp_path: Path) -> str:
+        """The URL of a fresh database, migrated and empty, for one test."""
+        ...
+
+    def open(self, url: str, clock: Callable[[], int]) -> Store:
+        """A store on ``url`` deciding by ``clock``; the caller closes it."""
+        ...
+
+
+class SqliteAdapter:
+    """``open_store`` for a SQLite file (``Database`` + ``SqlStore``), with a fake clock.
+
+    Migrating a file costs about a tenth of a second; each test gets a copy of one file
+    migrated once per session, which costs nothing.
+    """
+
+    def __init__(self, workdir: Path) -> None:
+        template = workdir / "migrated.db"
+        db = Database(f"sqlite:///{template}")
+        try:
+            migrate.upgrade(db)
+        finally:
+            asyncio.run(db.close())
+        self._template = template
+
+    def new_database(self, tmp_path: Path) -> str:
+        path = tmp_path / "store.db"
+        for suffix in ("", "-wal"):
+            source = self._template.with_name(self._template.name + suffix)
+            if source.exists():
+                shutil.copyfile(source, path.with_name(path.name + suffix))
+        return f"sqlite:///{path}"
+
+    def open(self, url: str, clock: Callable[[], int]) -> Store:
+        return SqlStore(Database(url), clock=clock)
+
+
+#: name -> how to set the adapter up once per session, in a folder of its own.
+ADAPTERS: dict[str, Callable[[Path], Adapter]] = {
+    "sqlite": SqliteAdapter,
+}
+
+
+def scenario(test: Callable[P, Coroutine[Any, Any, None]]) -> Callable[P, None]:
+    """Run an ``async def`` test in an event loop of its own, as ``asyncio.run`` does."""
+
+    @functools.wraps(test)
+    def run(*args: P.args, **kwargs: P.kwargs) -> None:
+        asyncio.run(asyncio.wait_for(test(*args, **kwargs), DEADLOCK_GUARD_S))
+
+    return run
+
+
+def in_threads(count: int, call: Callable[[int], Coroutine[Any, Any, R]]) -> list[R]:
+    """``call(0)`` ... ``call(count - 1)`` at once, each in a thread and an event loop of
+    its own (as separate clients are), released together by a barrier; their answers in
+    order. Blocks: from a scenario, run it with ``asyncio.to_thread``."""
+    barrier = threading.Barrier(count)
+
+    def one(index: int) -> R:
+        barrier.wait(DEADLOCK_GUARD_S)
+        return asyncio.run(call(index))
+
+    with ThreadPoolExecutor(max_workers=count, thread_name_prefix="caller") as pool:
+        futures = [pool.submit(one, index) for index in range(count)]
+        return [future.result(DEADLOCK_GUARD_S) for future in futures]
