@@ -40,7 +40,7 @@ from bananastand.store.ports import (
 from bananastand.store.sqlite.database import MAX_GROUP, Database
 from bananastand.store.sqlstore import SqlStore
 from bananastand.store.tables import switches
-from store_helpers import DEADLOCK_GUARD_S, T0, FakeClock, SqliteAdapter, scenario
+from store_helpers import DEADLOCK_GUARD_S, T0, FakeClock, SqliteAdapter, in_threads, scenario
 
 ACCOUNT = "acct_sqlite"
 LEASE_MS = 1_000
@@ -439,3 +439,13 @@ async def test_audit_finds_what_the_ledger_does_not_explain(store: SqlStore, db_
         Discrepancy("account", ACCOUNT, recorded=12, ledger=7),
         Discrepancy("task", new.id, recorded=7, ledger=3),
     ]
+
+
+def test_first_writes_from_many_threads_at_once_start_one_writer(db: Database) -> None:
+    """The writer thread starts on the first write; first writes racing from several
+    threads (each with its own event loop) must neither start it twice nor be lost."""
+
+    async def one_write(index: int) -> int:
+        return await db.write(lambda connection: index)
+
+    assert in_threads(16, one_write) == list(range(16))

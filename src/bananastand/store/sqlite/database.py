@@ -68,6 +68,7 @@ class Database:
         self._queue: queue.SimpleQueue[_Job | object] = queue.SimpleQueue()
         self._writer = threading.Thread(target=self._write_loop, name="db-write", daemon=True)
         self._writer_started = False
+        self._writer_lock = threading.Lock()
         self._closed = False
         #: Groups undone by an error in one of their writes and run again one by one.
         self.groups_rerun = 0
@@ -155,8 +156,10 @@ class Database:
         if self._closed:
             raise RuntimeError("database is closed")
         if not self._writer_started:
-            self._writer_started = True
-            self._writer.start()
+            with self._writer_lock:  # first writes may come from several threads at once
+                if not self._writer_started:
+                    self._writer.start()
+                    self._writer_started = True
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
         self._queue.put(_Job(work, future, loop))
