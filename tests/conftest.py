@@ -1,4 +1,4 @@
-"""Shared fixtures: a real bananastand server over real HTTP on loopback, real SQLite.
+"""Shared fixtures: a real bananastand server over real HTTP on loopback, on a real database.
 
 ``server`` runs the app in-process (uvicorn in a thread, its own event loop), which is
 quick to start; ``spawn_server`` starts ``bananastand serve`` as a real child process for
@@ -11,6 +11,15 @@ Each test file's docstring starts with the layer it proves:
   servers (fakes of outside services that speak their wire format), without our server;
 - ``Acceptance:`` the real server over HTTP, real child processes, the real client and
   CLI, a real browser: the product as people and programs use it.
+
+The database of a run is ``BANANASTAND_TEST_DATABASE``: ``sqlite`` (the default: each data
+folder's own file) or ``postgresql`` (a throwaway server per xdist worker, see
+``postgres.py``, and a database of its own per data folder). ``make test`` runs the suite
+once per database of ``BANANASTAND_TEST_DATABASES``. Every server, child process and CLI
+call made here gets the database of its data folder; ``database_env``, ``database_of`` and
+``rows_of`` are for tests that start one themselves or look at rows no API shows. What only
+one database does is marked ``sqlite_only`` or ``postgresql_only`` (with a reason) and is
+skipped on the other.
 """
 
 from __future__ import annotations
@@ -33,7 +42,11 @@ from typing import TYPE_CHECKING, Any
 import httpx
 import pytest
 import uvicorn
+from sqlalchemy import Connection, create_engine
+from sqlalchemy.pool import NullPool
 
+import databases
+import postgres
 from bananastand.accounts import Accounts
 from bananastand.app import create_app
 from bananastand.server import AppServer
@@ -69,11 +82,136 @@ def free_port() -> int:
     raise RuntimeError("no free port in this worker's slice")
 
 
+# -- the database of this run ----------------------------------------------------------------
+
+try:
+    #: The database every server, child process and CLI call of this run uses.
+    DATABASE = databases.for_this_run(os.environ)
+    _DATABASE_REFUSED = ""
+except databases.UnknownDatabase as error:
+    DATABASE, _DATABASE_REFUSED = "sqlite", str(error)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if _DATABASE_REFUSED:
+        raise pytest.UsageError(_DATABASE_REFUSED)
+
+
+#: Markers of tests that run on one database only, by the database they run on.
+ONLY_ON = {"sqlite_only": "sqlite", "postgresql_only": "postgresql"}
+
+
+def pytest_report_header() -> str:
+    return f"database: {DATABASE} (BANANASTAND_TEST_DATABASE)"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests of one database's own mechanics are skipped, with their reason, on the other."""
+    for item in items:
+        for name, database in ONLY_ON.items():
+            marker = item.get_closest_marker(name)
+            if marker is None:
+                continue
+            reason = marker.kwargs.get("reason")
+            if not reason:
+                raise pytest.UsageError(f"{item.nodeid}: @pytest.mark.{name} needs a reason=")
+            if database != DATABASE:
+                item.add_marker(pytest.mark.skip(reason=f"{database} only: {reason}"))
+
+
+_postgres: postgres.PostgresServer | None = None
+_postgres_stack = contextlib.ExitStack()
+_postgres_lock = threading.Lock()
+#: Why this worker's PostgreSQL did not start, once it did not: no test tries again.
+_postgres_failed: list[str] = []
+#: Each data folder's PostgreSQL database (its URL), made on the folder's first use.
+_databases: dict[Path, str] = {}
+
+
+def postgres_server() -> postgres.PostgresServer:
+    """This worker's PostgreSQL server, started on first use and stopped when the session
+    ends. Without PostgreSQL the test is skipped, or fails under CI (``CI`` set), which
+    must never skip silently."""
+    global _postgres
+    with _postgres_lock:
+        if _postgres is None:
+            if postgres.find_binaries() is None:
+                reason = f"PostgreSQL is not installed ({postgres.INSTALL_HINT})"
+                if os.environ.get("CI"):
+                    pytest.fail(f"{reason}; CI must run the suite on PostgreSQL", pytrace=False)
+                pytest.skip(reason)
+            if _postgres_failed:
+                raise RuntimeError(f"this worker's PostgreSQL did not start: {_postgres_failed}")
+            for attempt in range(3):  # a free port is free only until someone takes it
+                try:
+                    _postgres = _postgres_stack.enter_context(
+                        postgres.running_postgres(free_port())
+                    )
+                    break
+                except postgres.PortInUse:
+                    if attempt < 2:
+                        continue
+                    _postgres_failed.append("three ports in a row were taken")
+                    raise
+                except Exception as error:
+                    _postgres_failed.append(str(error))
+                    raise
+        assert _postgres is not None
+        return _postgres
+
+
+def database_settings(data_dir: Path) -> dict[str, str]:
+    """The settings that put ``data_dir``'s server on this run's database: none on SQLite
+    (the folder's own file), else a PostgreSQL database of the folder's own, made on the
+    folder's first use and shared by every server and command on it."""
+    if DATABASE == "sqlite":
+        return {}
+    folder = data_dir.resolve()
+    with _postgres_lock:
+        url = _databases.get(folder)
+    if url is None:
+        url = postgres_server().new_database()
+        with _postgres_lock:
+            url = _databases.setdefault(folder, url)
+    return {"database_url": url}
+
+
+def database_env(data_dir: Path) -> dict[str, str]:
+    """``database_settings`` as the environment of a ``bananastand`` child process."""
+    settings = database_settings(data_dir)
+    return {f"BANANASTAND_{name.upper()}": value for name, value in settings.items()}
+
+
+def database_of(data_dir: Path) -> str:
+    """The URL of ``data_dir``'s database in this run."""
+    return Settings(data_dir=data_dir, **database_settings(data_dir)).effective_database_url
+
+
+@contextlib.contextmanager
+def rows_of(data_dir: Path) -> Iterator[Connection]:
+    """A connection to ``data_dir``'s database, in a transaction committed at the end: for
+    tests that look at or change rows no API shows (plain SQLAlchemy, on any database)."""
+    engine = create_engine(database_of(data_dir), poolclass=NullPool)
+    try:
+        with engine.begin() as connection:
+            yield connection
+    finally:
+        engine.dispose()
+
+
+@pytest.fixture
+def empty_database(tmp_path: Path) -> str:
+    """The URL of a new, empty database (no schema) on this run's database."""
+    if DATABASE == "sqlite":
+        return f"sqlite:///{tmp_path / 'empty.db'}"
+    return postgres_server().new_database()
+
+
 def make_key(data_dir: Path, *, test: bool = True, account_id: str | None = None) -> str:
     """A fresh key in ``data_dir``'s database, made by the real domain code."""
 
     async def create() -> str:
-        store = await open_store(Settings(data_dir=data_dir).effective_database_url)
+        store = await open_store(database_of(data_dir))
         try:
             made = await Accounts(store).create_key(account_id=account_id, is_test=test)
             return made.secret
@@ -177,7 +315,7 @@ def running_server(
         data_dir=data_dir,
         access_log=False,
         poll_interval_seconds=0.2,
-        **overrides,
+        **{**database_settings(data_dir), **overrides},
     )
     app = create_app(settings, run_worker=run_worker, resolver=resolver)
     config = uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, access_log=False)
@@ -203,11 +341,13 @@ def running_server(
 
 @pytest.fixture(scope="session", autouse=True)
 def _servers_have_stopped() -> Iterator[None]:
-    """Every server left to stop in the background has stopped when the session ends."""
+    """Every server left to stop in the background has stopped when the session ends; then
+    this worker's PostgreSQL server, if it started one, stops."""
     yield
-    for thread in _STOPPING:
-        thread.join(timeout=60)
-    assert not any(thread.is_alive() for thread in _STOPPING), "a server did not stop"
+    with _postgres_stack:
+        for thread in _STOPPING:
+            thread.join(timeout=60)
+        assert not any(thread.is_alive() for thread in _STOPPING), "a server did not stop"
 
 
 @pytest.fixture
@@ -272,9 +412,11 @@ def spawn(tmp_path: Path) -> Iterator[Callable[..., ServerProcess]]:
     def start(*args: str, env: dict[str, str] | None = None, wait: bool = True) -> ServerProcess:
         # A given BANANASTAND_PORT restarts a server where its clients expect it.
         port = int((env or {}).get("BANANASTAND_PORT") or free_port())
+        data_dir = Path((env or {}).get("BANANASTAND_DATA_DIR") or tmp_path / "data")
         full_env = {
             **os.environ,
-            "BANANASTAND_DATA_DIR": str(tmp_path / "data"),
+            "BANANASTAND_DATA_DIR": str(data_dir),
+            **database_env(data_dir),
             "BANANASTAND_PORT": str(port),
             "BANANASTAND_LOG_FORMAT": "json",
             "BANANASTAND_POLL_INTERVAL_SECONDS": "0.2",
@@ -363,6 +505,7 @@ def cli(data_dir: Path, *args: str, **env: str) -> subprocess.CompletedProcess[s
         env={
             **os.environ,
             "BANANASTAND_DATA_DIR": str(data_dir),
+            **database_env(data_dir),
             "BANANASTAND_LOG_FORMAT": "json",
             **env,
         },

@@ -42,10 +42,11 @@ class PostgresServer:
     def url(self, database: str = "postgres") -> str:
         return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/{database}"
 
-    def new_database(self) -> str:
-        """A fresh, empty database; its URL."""
+    def new_database(self, template: str = "template0") -> str:
+        """A fresh database, a copy of ``template`` (by default empty); its URL. A template
+        must have no connections open while it is copied."""
         name = f"test_{os.getpid()}_{next(self._names)}"
-        self.psql(f'CREATE DATABASE "{name}" TEMPLATE template0')
+        self.psql(f'CREATE DATABASE "{name}" TEMPLATE "{template}"')
         return self.url(name)
 
     def psql(self, sql: str, database: str = "postgres") -> str:
@@ -57,6 +58,10 @@ class PostgresServer:
         if done.returncode != 0:
             raise RuntimeError(f"psql failed: {done.stderr.strip()}")
         return done.stdout
+
+
+class PortInUse(RuntimeError):
+    """Something else took the port between choosing it and the server binding it."""
 
 
 def _as_postgres(args: list[str]) -> list[str]:
@@ -83,12 +88,17 @@ def running_postgres(port: int) -> Iterator[PostgresServer]:
             f"-c listen_addresses=127.0.0.1 -c port={port} -c unix_socket_directories={top}"
             " -c fsync=off -c full_page_writes=off -c max_connections=300"
         )
-        subprocess.run(
-            _as_postgres([str(binaries / "pg_ctl"), "-D", str(data), "-o", options,
-                          "-l", str(top / "log"), "-w", "-t", "60", "start"]),
-            capture_output=True, check=True, timeout=120,
-        )  # fmt: skip
+        log = top / "log"
         try:
+            started = subprocess.run(
+                _as_postgres([str(binaries / "pg_ctl"), "-D", str(data), "-o", options,
+                              "-l", str(log), "-w", "-t", "60", "start"]),
+                capture_output=True, text=True, check=False, timeout=120,
+            )  # fmt: skip
+            if started.returncode != 0:
+                said = log.read_text(errors="replace") if log.exists() else started.stderr
+                error = PortInUse if "could not bind" in said else RuntimeError
+                raise error(f"PostgreSQL did not start on port {port}:\n{said[-2000:]}")
             yield PostgresServer(port, itertools.count(1))
         finally:
             subprocess.run(
