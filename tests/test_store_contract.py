@@ -1,9 +1,10 @@
 """Integration: the store contract: what every adapter of ``store.ports`` must do.
 
 Each test speaks only the ports' language (the methods of ``Store``: no query function, no
-SQL), against a fresh database, and runs once per adapter of ``store_helpers.ADAPTERS``
-(SQLite today). The store decides by a clock the test sets: leases expire, retries fall
-due and Idempotency-Keys age when the test moves it, never by waiting. Concurrent callers
+SQL), against a fresh database, on the adapter of ``store_helpers.ADAPTERS`` for this run's
+database (``BANANASTAND_TEST_DATABASE``: SQLite or PostgreSQL; ``make test`` runs both).
+The store decides by a clock the test sets: leases expire, retries fall due and
+Idempotency-Keys age when the test moves it, never by waiting. Concurrent callers
 are real ones (threads, each with its own event loop, over two stores on one database as
 two processes); each concurrent test asserts only what must hold whatever the
 interleaving. What only SQLite's runner does is in ``test_store_sqlite.py``.
@@ -42,6 +43,8 @@ from bananastand.store.ports import (
     Store,
     TooManyWaiting,
 )
+from conftest import DATABASE
+from databases import DATABASES
 from store_helpers import ADAPTERS, T0, Adapter, FakeClock, in_threads, scenario
 
 ACCOUNT = "acct_contract"
@@ -71,7 +74,11 @@ def test_every_method_of_every_port_is_called_here() -> None:
 # -- fixtures: one store per adapter ---------------------------------------------------------
 
 
-@pytest.fixture(scope="session", params=sorted(ADAPTERS))
+def test_every_database_of_a_run_has_an_adapter() -> None:
+    assert sorted(ADAPTERS) == sorted(DATABASES)
+
+
+@pytest.fixture(scope="session", params=[DATABASE])
 def adapter(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Adapter:
     name: str = request.param
     return ADAPTERS[name](tmp_path_factory.mktemp(name))
