@@ -18,8 +18,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+from sqlalchemy import update
 
-from conftest import BIN, Server, ServerProcess, cli, free_port
+from bananastand.store.tables import accounts
+from conftest import BIN, Server, ServerProcess, cli, free_port, rows_of
 from test_cli import create_key
 
 Answer = Callable[..., str]
@@ -259,6 +261,7 @@ def test_admin_refusals_are_usage_errors(tmp_path: Path) -> None:
         assert shows in one_line(cli(data_dir, *args), USAGE), args
 
 
+@pytest.mark.sqlite_only(reason="a corrupt SQLite file and a SQLite path that cannot be opened")
 def test_databases_that_cannot_be_used(tmp_path: Path) -> None:
     corrupt = tmp_path / "corrupt"
     corrupt.mkdir()
@@ -275,12 +278,12 @@ def test_databases_that_cannot_be_used(tmp_path: Path) -> None:
 
 
 def test_a_disagreeing_audit_stays_1(tmp_path: Path) -> None:
-    import sqlite3
-
     data_dir = tmp_path / "data"
     _, account, _ = create_key(data_dir)
-    with sqlite3.connect(data_dir / "bananastand.db") as db:
-        db.execute("UPDATE accounts SET credits = credits + 7 WHERE id = ?", (account,))
+    with rows_of(data_dir) as connection:
+        connection.execute(
+            update(accounts).where(accounts.c.id == account).values(credits=accounts.c.credits + 7)
+        )
     done = cli(data_dir, "credits", "audit")
     assert account in done.stdout
     assert "do not match" in one_line(done, TASK_FAILED)

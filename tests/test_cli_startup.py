@@ -12,7 +12,7 @@ import pytest
 
 from bananastand.client import Client, RetryPolicy, TransportError
 from bananastand.client.cli import RETRY
-from conftest import free_port
+from conftest import database_env, free_port
 from test_cli import create_key
 
 REFUSED = TransportError("refused", url="http://127.0.0.1:9", unreachable="connection refused")
@@ -65,7 +65,11 @@ def loaded_by(data_dir: Path, *args: str) -> set[str]:
     )
     done = subprocess.run(
         [sys.executable, "-c", script],
-        env={"BANANASTAND_DATA_DIR": str(data_dir), "PATH": "/usr/bin:/bin"},
+        env={
+            "BANANASTAND_DATA_DIR": str(data_dir),
+            **database_env(data_dir),
+            "PATH": "/usr/bin:/bin",
+        },
         capture_output=True,
         text=True,
         timeout=60,

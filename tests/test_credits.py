@@ -5,15 +5,16 @@ from __future__ import annotations
 
 import asyncio
 import random
-import sqlite3
 from collections.abc import Callable
 from typing import Any
 
 import httpx
 import pytest
+from sqlalchemy import update
 
 from accounts_helpers import ADMIN_TOKEN, admin_ok, balance, call, new_account
-from conftest import Server, cli, prompt_body
+from bananastand.store.tables import accounts
+from conftest import Server, cli, prompt_body, rows_of
 
 PRICE = 18
 
@@ -187,8 +188,12 @@ def test_ledger_adds_up_after_random_failures_and_audit_catches_tampering(
     assert checked.returncode == 0, checked.stderr
     assert checked.stdout.startswith("ok:")
 
-    with sqlite3.connect(billed.data_dir / "bananastand.db") as db:
-        db.execute("UPDATE accounts SET credits = credits + 7 WHERE id = ?", (account_id,))
+    with rows_of(billed.data_dir) as connection:
+        connection.execute(
+            update(accounts)
+            .where(accounts.c.id == account_id)
+            .values(credits=accounts.c.credits + 7)
+        )
     tampered = cli(billed.data_dir, "credits", "audit")
     assert tampered.returncode == 1
     assert account_id in tampered.stdout

@@ -1,10 +1,9 @@
-"""Integration: ``TaskWatch`` on a real database: what it rereads, and when."""
+"""Integration: ``TaskWatch`` on a real database (this run's): what it rereads, and when."""
 
 from __future__ import annotations
 
 import asyncio
 from functools import partial
-from pathlib import Path
 
 from sqlalchemy import Connection, update
 
@@ -34,13 +33,15 @@ def _touch(connection: Connection, task_id: str, at: int) -> None:
     connection.execute(update(tasks).where(tasks.c.id == task_id).values(updated_at=at))
 
 
-def test_changes_no_nudge_names_still_arrive_while_nudges_keep_coming(tmp_path: Path) -> None:
+def test_changes_no_nudge_names_still_arrive_while_nudges_keep_coming(
+    empty_database: str,
+) -> None:
     """Another process's change reaches its stream at the next poll even while this
     process's worker nudges about other tasks all the time (each nudge rereads only the
     tasks it names, so the poll must not wait for a quiet moment)."""
 
     async def scenario() -> bool:
-        store = await open_store(f"sqlite:///{tmp_path / 'watch.db'}", clock=lambda: T0)
+        store = await open_store(empty_database, clock=lambda: T0)
         quiet, busy = _new_task(), _new_task()
         for new in (quiet, busy):
             await store.create_task(new, None, Admission())
@@ -76,9 +77,9 @@ def test_changes_no_nudge_names_still_arrive_while_nudges_keep_coming(tmp_path: 
     assert asyncio.run(scenario())
 
 
-def test_a_nudge_about_unfollowed_tasks_wakes_nobody(tmp_path: Path) -> None:
+def test_a_nudge_about_unfollowed_tasks_wakes_nobody(empty_database: str) -> None:
     async def scenario() -> bool:
-        store = await open_store(f"sqlite:///{tmp_path / 'watch.db'}", clock=lambda: T0)
+        store = await open_store(empty_database, clock=lambda: T0)
         followed = _new_task()
         await store.create_task(followed, None, Admission())
         watch = TaskWatch(store, poll_seconds=60)

@@ -24,7 +24,7 @@ import pytest
 from PIL import Image
 
 from bananastand.storage.links import LinkSigner, load_secret
-from conftest import BIN, S3Server, Server, prompt_body
+from conftest import BIN, S3Server, Server, database_env, prompt_body
 
 STREAM = "/api/file-stream-upload"
 URL_UPLOAD = "/api/file-url-upload"
@@ -502,6 +502,7 @@ def test_files_sweep_command_deletes_only_expired_files_from_two_processes(
     env = {
         **os.environ,
         "BANANASTAND_DATA_DIR": str(server.data_dir),
+        **database_env(server.data_dir),
         "BANANASTAND_LOG_LEVEL": "WARNING",
     }
     sweepers = [

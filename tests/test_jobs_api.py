@@ -26,7 +26,7 @@ import pytest
 from PIL import Image
 
 from bananastand.accounts import NewKey
-from conftest import BIN, Server, prompt_body, with_accounts
+from conftest import BIN, Server, database_env, prompt_body, with_accounts
 
 JOBS = "/api/v1/jobs"
 CREATE = f"{JOBS}/createTask"
@@ -1018,7 +1018,11 @@ def test_a_key_revoked_with_the_cli_is_401(start_server: Callable[..., Server]) 
     server = start_server(run_worker=False, key_cache_seconds=0)
     secret = server.key()
     assert list_page(server, secret)["code"] == 200
-    env = {**os.environ, "BANANASTAND_DATA_DIR": str(server.data_dir)}
+    env = {
+        **os.environ,
+        "BANANASTAND_DATA_DIR": str(server.data_dir),
+        **database_env(server.data_dir),
+    }
     listing = subprocess.run(
         [str(BIN / "bananastand"), "keys", "list"],
         env=env,

@@ -9,14 +9,15 @@ from __future__ import annotations
 
 import contextlib
 import json
-import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
+from sqlalchemy import inspect, text, update
 
-from conftest import Server, make_key, prompt_body, running_server
+from bananastand.store.tables import callbacks
+from conftest import Server, make_key, prompt_body, rows_of, running_server
 from receiver import Answer, Receiver
 from test_files_api import (
     URL_UPLOAD,
@@ -132,9 +133,8 @@ def test_a_callback_retried_after_a_move_carries_the_new_links(tmp_path: Path) -
             first = wait_info(before, key, task_id, lambda info: len(info["attempts"]) == 1)
             assert first["deliveryState"] == "pending"
         # The hour has passed (the retry is due) when the server comes back elsewhere.
-        with contextlib.closing(sqlite3.connect(data_dir / "bananastand.db")) as connection:
-            connection.execute("UPDATE callbacks SET next_attempt_at = 0")
-            connection.commit()
+        with rows_of(data_dir) as connection:
+            connection.execute(update(callbacks).values(next_attempt_at=0))
         with serving(data_dir, **HOUR_LATER) as after:
             info = wait_info(after, key, task_id, lambda info: info["deliveryState"] == "delivered")
             assert info["webhookId"] == first["webhookId"]
@@ -158,25 +158,26 @@ def test_stored_links_are_migrated_to_keys(tmp_path: Path) -> None:
         key = make_key(data_dir)
         task_id = before.create(key, prompt_body())["data"]["taskId"]
         [old_link] = result_urls(before.wait(key, task_id))
-    database = data_dir / "bananastand.db"
-    with contextlib.closing(sqlite3.connect(database)) as connection:
-        [stored_keys] = connection.execute("SELECT result_keys FROM tasks").fetchone()
+    with rows_of(data_dir) as connection:
+        stored_keys = connection.execute(text("SELECT result_keys FROM tasks")).scalar_one()
         assert json.loads(stored_keys) == [old_link.split("/", 6)[-1]]
         # What revision 0006 stored: the link itself, made for the server of the time.
-        connection.execute("ALTER TABLE tasks ADD COLUMN result_json TEXT NOT NULL DEFAULT ''")
         connection.execute(
-            "UPDATE tasks SET result_json = ?", (json.dumps({"resultUrls": [old_link]}),)
+            text("ALTER TABLE tasks ADD COLUMN result_json TEXT NOT NULL DEFAULT ''")
         )
-        connection.execute("ALTER TABLE tasks DROP COLUMN result_keys")
-        connection.execute("UPDATE alembic_version SET version_num = '0006'")
-        connection.commit()
+        connection.execute(
+            text("UPDATE tasks SET result_json = :links"),
+            {"links": json.dumps({"resultUrls": [old_link]})},
+        )
+        connection.execute(text("ALTER TABLE tasks DROP COLUMN result_keys"))
+        connection.execute(text("UPDATE alembic_version SET version_num = '0006'"))
 
     with serving(data_dir) as after:
         [new_link] = result_urls(after.record(key, task_id)["data"])
         assert new_link == after.base_url + old_link.removeprefix(before.base_url)
         assert downloads(new_link)
-    with contextlib.closing(sqlite3.connect(database)) as connection:
-        columns = [row[1] for row in connection.execute("PRAGMA table_info(tasks)")]
+    with rows_of(data_dir) as connection:
+        columns = [column["name"] for column in inspect(connection).get_columns("tasks")]
     assert "result_json" not in columns
 
 

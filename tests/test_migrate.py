@@ -1,11 +1,10 @@
 """Integration: ``migrate.upgrade`` brings a database to head, and costs next to nothing when it
-is."""
+is (on this run's database: a SQLite file, or a PostgreSQL database)."""
 
 from __future__ import annotations
 
 import subprocess
 import sys
-from pathlib import Path
 
 from alembic.script import ScriptDirectory
 from sqlalchemy import inspect
@@ -19,8 +18,8 @@ def test_the_heads_read_from_the_scripts_are_alembics() -> None:
     assert migrate.head_revisions() == frozenset(scripts.get_heads())
 
 
-def test_a_new_database_is_brought_to_head(tmp_path: Path) -> None:
-    db = Database(f"sqlite:///{tmp_path / 'new.db'}")
+def test_a_new_database_is_brought_to_head(empty_database: str) -> None:
+    db = Database(empty_database)
     try:
         assert migrate.current_revisions(db) == frozenset()
         migrate.upgrade(db)
@@ -32,16 +31,15 @@ def test_a_new_database_is_brought_to_head(tmp_path: Path) -> None:
         db.engine.dispose()
 
 
-def test_a_database_at_head_does_not_load_alembic(tmp_path: Path) -> None:
-    path = tmp_path / "at-head.db"
-    db = Database(f"sqlite:///{path}")
+def test_a_database_at_head_does_not_load_alembic(empty_database: str) -> None:
+    db = Database(empty_database)
     migrate.upgrade(db)
     db.engine.dispose()
     script = (
         "import sys\n"
         "from bananastand.store import migrate\n"
         "from bananastand.store.sqlite.database import Database\n"
-        f"migrate.upgrade(Database({f'sqlite:///{path}'!r}))\n"
+        f"migrate.upgrade(Database({empty_database!r}))\n"
         "print(sorted(name for name in sys.modules if name.startswith('alembic')))\n"
     )
     done = subprocess.run(

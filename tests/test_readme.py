@@ -26,7 +26,7 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from conftest import make_key, running_server, with_accounts
+from conftest import database_env, make_key, running_server, with_accounts
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 VENV = Path(sys.executable).parent.parent
@@ -203,6 +203,7 @@ def context(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Context]:
             "BANANASTAND_BASE_URL": server.base_url,
             "BANANASTAND_API_KEY": key,
             "BANANASTAND_DATA_DIR": str(server.data_dir),
+            **database_env(server.data_dir),
             "BANANASTAND_LOG_FORMAT": "json",
             "KEY": key,
         }

@@ -7,9 +7,7 @@ check, in the database file itself, that the task ends exactly once.
 
 from __future__ import annotations
 
-import contextlib
 import json
-import sqlite3
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -17,8 +15,10 @@ from typing import Any
 
 import httpx
 import pytest
+from sqlalchemy import select
 
-from conftest import ServerProcess, make_key, prompt_body
+from bananastand.store.tables import tasks
+from conftest import ServerProcess, make_key, prompt_body, rows_of
 
 Spawn = Callable[..., ServerProcess]
 
@@ -31,10 +31,9 @@ def data_dir(tmp_path: Path) -> Path:
 
 
 def db_row(data_dir: Path, task_id: str) -> dict[str, Any]:
-    """The task's row, read with plain sqlite3 (lease columns and attempts included)."""
-    with contextlib.closing(sqlite3.connect(data_dir / "bananastand.db", timeout=10)) as db:
-        db.row_factory = sqlite3.Row
-        row = db.execute("SELECT * FROM tasks WHERE id = ?", (task_id,)).fetchone()
+    """The task's row, read straight from the database (lease columns and attempts included)."""
+    with rows_of(data_dir) as connection:
+        row = connection.execute(select(tasks).where(tasks.c.id == task_id)).mappings().first()
     assert row is not None, f"no row for {task_id}"
     return dict(row)
 

@@ -48,6 +48,8 @@ NO_LIMITS = Admission()
 CANCELED = Failure("400", "canceled")
 GIVE_UP = Failure("500", "giving up")
 
+pytestmark = pytest.mark.sqlite_only(reason="SQLite's runner and file")
+
 
 @pytest.fixture(scope="session")
 def sqlite(tmp_path_factory: pytest.TempPathFactory) -> SqliteAdapter:
