@@ -28,10 +28,18 @@ $(DEV): pyproject.toml | $(BIN)/python
 run: $(RUNTIME)
 	$(BIN)/bananastand serve --allow-loopback
 
+# The suite runs once per database: BANANASTAND_TEST_DATABASES=sqlite (or postgresql, or
+# sqlite,postgresql); unset, both where PostgreSQL is installed (and under CI), else SQLite
+# (tests/databases.py). Every run goes ahead; the target fails if any of them failed.
 test: $(DEV)
 	$(BIN)/ruff check src tests bench
 	$(BIN)/mypy
-	$(BIN)/pytest
+	@databases="$$($(BIN)/python tests/databases.py)" || exit 2; failed=""; \
+	for database in $$databases; do \
+	  echo "pytest on $$database (BANANASTAND_TEST_DATABASE=$$database)"; \
+	  BANANASTAND_TEST_DATABASE=$$database $(BIN)/pytest || failed="$$failed $$database"; \
+	done; \
+	if [ -n "$$failed" ]; then echo "the suite failed on:$$failed"; exit 1; fi
 
 lint: $(DEV)
 	$(BIN)/ruff check src tests bench
