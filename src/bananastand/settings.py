@@ -124,6 +124,13 @@ class Settings(BaseSettings):
     data_dir: Path = Path("var")
     database_url: str = ""  # empty: sqlite under data_dir
     sqlite_synchronous: str = "FULL"  # FULL survives power loss; NORMAL survives kill -9
+    # PostgreSQL: connections per process (as many again may open under load), and how
+    # long one statement may run before the server cancels it.
+    database_pool_size: int = Field(default=10, ge=1, le=1000)
+    database_statement_timeout_seconds: float = Field(default=30.0, gt=0)
+    # `serve` and `worker` bring the schema to the newest version at start (False: they
+    # refuse a schema that is not theirs; `bananastand migrate` runs the migrations).
+    auto_migrate: bool = True
 
     # Requests.
     max_body_bytes: int = 256 * 1024
