@@ -147,7 +147,7 @@ class GroupCommitRunner:
         with self._reader_lock:
             if connection in self._reader_connections:
                 self._reader_connections.remove(connection)
-        connection.close()
+        _close_quietly(connection)
 
     async def ping(self) -> None:
         await self.read(lambda connection: connection.execute(text("SELECT 1")))
@@ -196,7 +196,7 @@ class GroupCommitRunner:
                     return
         finally:
             if connection is not None:
-                connection.close()
+                _close_quietly(connection)
 
     def _usable(self, connection: Connection | None, group: list[_Job]) -> Connection | None:
         """The writer's connection, a new one if it was lost; when none can be had (the
@@ -204,7 +204,7 @@ class GroupCommitRunner:
         if connection is not None and not connection.invalidated:
             return connection
         if connection is not None:
-            connection.close()
+            _close_quietly(connection)
         try:
             return self._writer_connection()
         except Exception as exc:
@@ -251,9 +251,18 @@ class GroupCommitRunner:
         self._readers.shutdown(wait=True)
         with self._reader_lock:
             for connection in self._reader_connections:
-                connection.close()
+                _close_quietly(connection)
             self._reader_connections.clear()
         self._engine.dispose()
+
+
+def _close_quietly(connection: Connection) -> None:
+    """Close a connection that may be broken (the server restarted, the backend was
+    terminated): there is nothing left to save on it, and closing must not fail."""
+    try:
+        connection.close()
+    except Exception as exc:
+        log.debug("closing a broken database connection: %s", exc)
 
 
 def _settle_by_loop(outcomes: list[tuple[_Job, bool, Any]]) -> None:
