@@ -260,6 +260,22 @@ class Settings(BaseSettings):
             )
         return value
 
+    @field_validator("database_url")
+    @classmethod
+    def _known_database(cls, value: str) -> str:
+        if not value:
+            return value
+        from sqlalchemy.engine import make_url
+        from sqlalchemy.exc import ArgumentError
+
+        try:
+            backend = make_url(value).get_backend_name()
+        except ArgumentError:
+            raise ValueError("not a database URL (sqlite:///PATH or postgresql://...)") from None
+        if backend not in ("sqlite", "postgresql", "postgres"):
+            raise ValueError(f"{backend} is not supported: use sqlite:///PATH or postgresql://...")
+        return value
+
     @field_validator("sqlite_synchronous")
     @classmethod
     def _known_synchronous(cls, value: str) -> str:
