@@ -293,3 +293,20 @@ def test_a_target_that_cannot_be_used_is_one_line_without_its_password(
     line = assert_refused(refused, status, "--to" if status == 2 else "127.0.0.1")
     assert "pa55word" not in line
     assert digest(source.path) == before
+
+
+def test_a_copy_that_fails_half_way_leaves_the_target_empty(
+    source: Source, postgres: PostgresServer, tmp_path: Path
+) -> None:
+    """PostgreSQL holds strings to their length, SQLite never did: a webhook secret too
+    long for its column (copied after the accounts and the ledger) undoes the copy."""
+    damaged = tmp_path / "damaged.db"
+    with sqlite3.connect(source.path) as reading, sqlite3.connect(damaged) as writing:
+        reading.backup(writing)
+        writing.execute("UPDATE webhook_secrets SET secret = ?", ("x" * 65,))
+    target = postgres.new_database()
+    refused = cli(
+        tmp_path, "db", "copy", "--from", f"sqlite:///{damaged}", "--to", target, "--with-tasks"
+    )
+    assert_refused(refused, 4, "character varying(64)", "nothing was copied")
+    assert set(row_counts(target).values()) == {0}

@@ -35,7 +35,7 @@ from urllib.parse import quote
 
 from sqlalchemy import Connection, Table, func, insert, inspect, select
 from sqlalchemy.engine import URL, make_url
-from sqlalchemy.exc import ArgumentError, SQLAlchemyError
+from sqlalchemy.exc import ArgumentError, OperationalError, SQLAlchemyError
 
 from bananastand.client.cli import SERVER, USAGE, fail
 from bananastand.store import migrate, tables
@@ -92,16 +92,19 @@ def _read_only(url: URL) -> URL:
 
 @contextmanager
 def _blame(role: str, option: str, url: URL) -> Iterator[None]:
-    """A database error inside becomes one line naming the database (never its password)."""
+    """A database error inside becomes one line naming the database (never its password):
+    one that cannot be reached or used, or a row the target refused (PostgreSQL holds
+    strings to their declared length, SQLite never did), which undoes the whole copy."""
     try:
         yield
     except SQLAlchemyError as exc:
         said = " ".join(str(getattr(exc, "orig", None) or exc).split())
         if url.password:
             said = said.replace(str(url.password), "***")
-        raise CopyFailed(
-            f"{role} {shown(url)}: {said}: check {option}, and that the database is up", SERVER
-        ) from exc
+        message = f"{role} {shown(url)}: {said}: nothing was copied"
+        if isinstance(exc, OperationalError):
+            message += f"; check {option}, and that the database is up"
+        raise CopyFailed(message, SERVER) from exc
 
 
 @contextmanager
