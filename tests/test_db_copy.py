@@ -209,7 +209,9 @@ def test_a_copy_serves_the_old_keys_balances_and_tasks(
     source: Source, new_target: str, with_tasks: bool, start_server: Callable[..., Server]
 ) -> None:
     before = digest(source.path)
-    done = copy(source, new_target, *(["--with-tasks"] if with_tasks else []))
+    # Typed as people type it: a plain postgresql:// URL means psycopg 3 to the copy.
+    typed = new_target.replace("postgresql+psycopg://", "postgresql://")
+    done = copy(source, typed, *(["--with-tasks"] if with_tasks else []))
     assert done.returncode == 0, done.stderr
     copied = ALWAYS + (WITH_TASKS if with_tasks else ())
     expected = {name: source.rows[name] if name in copied else 0 for name in source.rows}
