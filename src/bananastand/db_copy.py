@@ -44,9 +44,15 @@ from bananastand.store.sqlite.database import Database
 #: Rows read and inserted at a time: memory stays small, round trips few.
 BATCH = 1000
 
-#: What is always copied, and what ``--with-tasks`` adds (each copied in foreign-key order).
-ALWAYS = (tables.accounts, tables.api_keys, tables.credit_ledger, tables.webhook_secrets,
-          tables.switches)  # fmt: skip
+#: What is always copied, and what ``--with-tasks`` adds (copied in foreign-key order,
+#: the order of ``metadata.sorted_tables``).
+ALWAYS = (
+    tables.accounts,
+    tables.api_keys,
+    tables.credit_ledger,
+    tables.webhook_secrets,
+    tables.switches,
+)
 WITH_TASKS = (tables.tasks, tables.idempotency_keys, tables.callbacks, tables.callback_attempts)
 
 _EXPECTED = "expected sqlite:///PATH or postgresql://USER:PASSWORD@HOST:PORT/NAME"
