@@ -47,6 +47,7 @@ class Source:
     #: Task id -> (the key that made it, its recordInfo data as the source server had it).
     tasks: dict[str, tuple[str, dict[str, Any]]]
     callbacks: dict[str, dict[str, Any]]  # task id -> its callback, delivered
+    idempotent: str  # the task made with ``Idempotency-Key: first``
     rows: dict[str, int]
 
     @property
@@ -155,7 +156,7 @@ def source(tmp_path_factory: pytest.TempPathFactory) -> Source:
     assert cli(data_dir, "maintenance", "on", "--message", "moving").returncode == 0
     assert cli(data_dir, "models", "disable", "nano-banana-2").returncode == 0
     rows = row_counts(f"sqlite:///{data_dir / 'bananastand.db'}")
-    found = Source(data_dir, key, left, secret, tasks, callbacks, rows)
+    found = Source(data_dir, key, left, secret, tasks, callbacks, ids["idempotent"], rows)
     # What the copies must carry: a refund, a charge of each kind, one of everything.
     assert left == 100 + EXTRA_GRANTS - 2 * 18
     assert all(found.rows[name] > 0 for name in (*ALWAYS, *WITH_TASKS)), found.rows
@@ -247,6 +248,10 @@ def test_a_copy_serves_the_old_keys_balances_and_tasks(
     task_id = create_when_open(server, source.key)
     assert server.wait(source.key, task_id)["state"] == "success"
     assert balance(server, source.key) == source.balance - 18
+    if with_tasks:  # the Idempotency-Key still answers its task, charging nothing again
+        again = server.create(source.key, prompt_body(), **{"Idempotency-Key": "first"})
+        assert again["data"]["taskId"] == source.idempotent
+        assert balance(server, source.key) == source.balance - 18
     disabled = server.create(source.key, {**prompt_body(), "model": "nano-banana-2"})
     assert disabled["code"] == 505, disabled
     audit = cli(source.data_dir, "credits", "audit", **on_copy)
