@@ -533,6 +533,25 @@ def webhook_secret(
     print(_with_services(_settings(), action))
 
 
+db_app = typer.Typer(help="Whole databases: copy one into another.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+
+
+@db_app.command("copy")
+def copy_database(
+    source: Annotated[str, typer.Option("--from", help="The database URL to copy (read only).")],
+    target: Annotated[str, typer.Option("--to", help="A new, empty database URL to copy into.")],
+    with_tasks: Annotated[
+        bool, typer.Option("--with-tasks", help="Tasks, callbacks, Idempotency-Keys too.")
+    ] = False,
+) -> None:
+    """Copy accounts, keys, the ledger, webhook secrets and switches (and with --with-tasks
+    the tasks) into an empty database, migrated first: e.g. SQLite to PostgreSQL."""
+    from bananastand.db_copy import run
+
+    run(source, target, with_tasks=with_tasks)
+
+
 register_client_commands(app, credits_app)
 
 

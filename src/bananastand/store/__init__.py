@@ -31,6 +31,23 @@ def is_postgres(url: str) -> bool:
     return url.startswith(("postgresql:", "postgresql+", "postgres:"))
 
 
+def open_runner(
+    url: str,
+    *,
+    sqlite_synchronous: str = "FULL",
+    pool_size: int = 10,
+    statement_timeout_ms: int = 30_000,
+) -> GroupCommitRunner:
+    """The runner of ``url``'s adapter; nothing connects until it is used."""
+    if is_postgres(url):
+        from bananastand.store.postgres.database import PostgresDatabase
+
+        return PostgresDatabase(url, pool_size=pool_size, statement_timeout_ms=statement_timeout_ms)
+    from bananastand.store.sqlite.database import Database
+
+    return Database(url, sqlite_synchronous=sqlite_synchronous)
+
+
 async def open_store(
     url: str,
     *,
@@ -45,15 +62,12 @@ async def open_store(
 
     ``clock`` (epoch ms) is the one every decision is made by: the database's on
     PostgreSQL, this machine's on SQLite; tests set their own."""
-    db: GroupCommitRunner
-    if is_postgres(url):
-        from bananastand.store.postgres.database import PostgresDatabase
-
-        db = PostgresDatabase(url, pool_size=pool_size, statement_timeout_ms=statement_timeout_ms)
-    else:
-        from bananastand.store.sqlite.database import Database
-
-        db = Database(url, sqlite_synchronous=sqlite_synchronous)
+    db = open_runner(
+        url,
+        sqlite_synchronous=sqlite_synchronous,
+        pool_size=pool_size,
+        statement_timeout_ms=statement_timeout_ms,
+    )
     try:
         await asyncio.to_thread(migrate.upgrade if upgrade else migrate.check, db)
         await asyncio.to_thread(db.sync_clock)
