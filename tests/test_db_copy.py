@@ -278,7 +278,7 @@ def test_a_source_behind_the_schema_is_refused_and_nothing_written(
     refused = cli(
         tmp_path, "db", "copy", "--from", f"sqlite:///{old}", "--to", f"sqlite:///{target}"
     )
-    assert_refused(refused, 2, "schema revision 0007", "bananastand serve")
+    assert_refused(refused, 2, "schema revision 0007", "bananastand migrate")
     assert digest(old) == before
     assert not target.exists()
 
