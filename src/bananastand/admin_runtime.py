@@ -30,7 +30,8 @@ from bananastand.client.cli import SERVER, USAGE, fail
 from bananastand.errors import ApiError, ConfigurationError
 from bananastand.ops import Switches
 from bananastand.settings import Settings
-from bananastand.store import open_store
+from bananastand.store import is_postgres, open_settings_store
+from bananastand.store.migrate import SchemaMismatch
 from bananastand.store.ports import Store
 
 if TYPE_CHECKING:
@@ -87,15 +88,26 @@ def load_settings(**overrides: object) -> Settings:
     return settings
 
 
-def run_admin(settings: Settings, action: Callable[[AdminServices], Awaitable[T]]) -> T:
-    """Run one admin action on the database; errors end the command with one line."""
+def run_admin(
+    settings: Settings,
+    action: Callable[[AdminServices], Awaitable[T]],
+    *,
+    migrate: bool | None = None,
+) -> T:
+    """Run one admin action on the database; errors end the command with one line.
+
+    ``migrate`` (None: the default of admin commands) brings the schema to the newest
+    version first. By default only the embedded SQLite file is migrated, so that a new
+    data folder works with any first command; a database server's schema is changed
+    only by ``bananastand migrate`` and by ``serve``/``worker`` (unless told not to).
+    """
+    if migrate is None:
+        migrate = not is_postgres(settings.effective_database_url)
 
     async def run() -> T:
         if not settings.database_url:
             settings.data_dir.mkdir(parents=True, exist_ok=True)
-        store = await open_store(
-            settings.effective_database_url, sqlite_synchronous=settings.sqlite_synchronous
-        )
+        store = await open_settings_store(settings, migrate=migrate)
         try:
             return await action(AdminServices(settings, store))
         finally:
@@ -107,6 +119,8 @@ def run_admin(settings: Settings, action: Callable[[AdminServices], Awaitable[T]
         fail(exc.msg, USAGE)
     except ConfigurationError as exc:
         fail(f"{exc}: fix the setting", USAGE)
+    except SchemaMismatch as exc:
+        fail(str(exc), SERVER)
     except SQLAlchemyError as exc:
         fail(database_trouble(settings, exc), SERVER)
     except ImportError as exc:  # a database URL whose driver is not installed

@@ -31,7 +31,7 @@ from bananastand.results import TaskRecords
 from bananastand.settings import Settings
 from bananastand.storage import open_storage
 from bananastand.storage.links import LinkSigner, load_secret
-from bananastand.store import open_store
+from bananastand.store import open_settings_store
 from bananastand.tasks import Tasks
 from bananastand.webhooks import Webhooks, WebhookSender
 from bananastand.worker import Worker
@@ -66,9 +66,7 @@ async def open_runtime(
 ) -> Runtime:
     """``resolver`` replaces the system's name resolution for outbound fetches (tests)."""
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    store = await open_store(
-        settings.effective_database_url, sqlite_synchronous=settings.sqlite_synchronous
-    )
+    store = await open_settings_store(settings, migrate=settings.auto_migrate)
     providers = ProviderRegistry.from_settings(settings)
     storage = open_storage(settings)
     secret = await asyncio.to_thread(load_secret, settings.signing_secret, settings.data_dir)

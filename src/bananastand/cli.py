@@ -73,15 +73,32 @@ def _settings(**overrides: object) -> Settings:
     return load_settings(**overrides)
 
 
-def _with_accounts(settings: Settings, action: Callable[[Accounts], Awaitable[T]]) -> T:
-    return _with_services(settings, lambda services: action(services.accounts))
+def _with_accounts(
+    settings: Settings, action: Callable[[Accounts], Awaitable[T]], *, migrate: bool | None = None
+) -> T:
+    return _with_services(settings, lambda services: action(services.accounts), migrate=migrate)
 
 
-def _with_services(settings: Settings, action: Callable[[AdminServices], Awaitable[T]]) -> T:
+def _with_services(
+    settings: Settings,
+    action: Callable[[AdminServices], Awaitable[T]],
+    *,
+    migrate: bool | None = None,
+) -> T:
     """Run one admin action on the database alone; errors are one line (``run_admin``)."""
     from bananastand.admin_runtime import run_admin
 
-    return run_admin(settings, action)
+    return run_admin(settings, action, migrate=migrate)
+
+
+NoMigrate = Annotated[
+    bool,
+    typer.Option(
+        "--no-migrate",
+        help="Do not migrate the schema at start (refuse one that is not this version's); "
+        "for deploys that run `bananastand migrate` alone. Also BANANASTAND_AUTO_MIGRATE=false.",
+    ),
+]
 
 
 def _banner(
@@ -144,6 +161,7 @@ def serve(
             "`make run` passes it."
         ),
     ] = False,
+    no_migrate: NoMigrate = False,
 ) -> None:
     """Serve the API (and, by default, a worker) on the configured database."""
     import uvicorn
@@ -152,7 +170,7 @@ def serve(
     from bananastand.providers.registry import describe_live
     from bananastand.server import DrainingServer
 
-    settings = _settings(host=host, port=port)
+    settings = _settings(host=host, port=port, auto_migrate=False if no_migrate else None)
     loopback: bool | None = None
     if allow_loopback:
         opened = settings.allowing_loopback()
@@ -163,7 +181,7 @@ def serve(
             return None
         return await accounts.create_key(name="first test key", is_test=True)
 
-    first_key = _with_accounts(settings, first_start)
+    first_key = _with_accounts(settings, first_start, migrate=settings.auto_migrate)
     _banner(settings, first_key, describe_live(settings), loopback=loopback)
     api = create_app(settings, run_worker=worker)
     config = uvicorn.Config(
@@ -178,11 +196,13 @@ def serve(
 
 
 @app.command("worker")
-def run_worker() -> None:
+def run_worker(no_migrate: NoMigrate = False) -> None:
     """Run tasks only (no HTTP); run as many as you like beside `serve --no-worker`."""
     from bananastand.app import close_runtime, open_runtime
 
-    settings = _settings()
+    settings = _settings(auto_migrate=False if no_migrate else None)
+    # Migrated (or checked) here, so that a schema error is one line, not a traceback.
+    _with_services(settings, _nothing, migrate=settings.auto_migrate)
 
     async def main() -> None:
         runtime = await open_runtime(settings, run_worker=True)
@@ -200,6 +220,24 @@ def run_worker() -> None:
             await close_runtime(runtime)
 
     asyncio.run(main())
+
+
+async def _nothing(_services: AdminServices) -> None:
+    return None
+
+
+@app.command("migrate")
+def migrate_database() -> None:
+    """Bring the database's schema to this version (the only command that changes a
+    database server's schema besides `serve`/`worker` at start)."""
+
+    async def revision(_services: AdminServices) -> str:
+        from bananastand.store import migrate
+
+        return ", ".join(sorted(migrate.head_revisions()))
+
+    at = _with_services(_settings(), revision, migrate=True)
+    print(f"the database is at revision {at}")
 
 
 @app.command("fake-gemini")
@@ -493,6 +531,25 @@ def webhook_secret(
         return found.secret
 
     print(_with_services(_settings(), action))
+
+
+db_app = typer.Typer(help="Whole databases: copy one into another.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+
+
+@db_app.command("copy")
+def copy_database(
+    source: Annotated[str, typer.Option("--from", help="The database URL to copy (read only).")],
+    target: Annotated[str, typer.Option("--to", help="A new, empty database URL to copy into.")],
+    with_tasks: Annotated[
+        bool, typer.Option("--with-tasks", help="Tasks, callbacks, Idempotency-Keys too.")
+    ] = False,
+) -> None:
+    """Copy accounts, keys, the ledger, webhook secrets and switches (and with --with-tasks
+    the tasks) into an empty database, migrated first: e.g. SQLite to PostgreSQL."""
+    from bananastand.db_copy import run
+
+    run(source, target, with_tasks=with_tasks)
 
 
 register_client_commands(app, credits_app)

@@ -124,6 +124,13 @@ class Settings(BaseSettings):
     data_dir: Path = Path("var")
     database_url: str = ""  # empty: sqlite under data_dir
     sqlite_synchronous: str = "FULL"  # FULL survives power loss; NORMAL survives kill -9
+    # PostgreSQL: connections per process (as many again may open under load), and how
+    # long one statement may run before the server cancels it.
+    database_pool_size: int = Field(default=10, ge=1, le=1000)
+    database_statement_timeout_seconds: float = Field(default=30.0, gt=0)
+    # `serve` and `worker` bring the schema to the newest version at start (False: they
+    # refuse a schema that is not theirs; `bananastand migrate` runs the migrations).
+    auto_migrate: bool = True
 
     # Requests.
     max_body_bytes: int = 256 * 1024
@@ -251,6 +258,22 @@ class Settings(BaseSettings):
                 "must list delays in seconds, none negative, starting with 0 (the first "
                 "attempt is made as the task ends)"
             )
+        return value
+
+    @field_validator("database_url")
+    @classmethod
+    def _known_database(cls, value: str) -> str:
+        if not value:
+            return value
+        from sqlalchemy.engine import make_url
+        from sqlalchemy.exc import ArgumentError
+
+        try:
+            backend = make_url(value).get_backend_name()
+        except ArgumentError:
+            raise ValueError("not a database URL (sqlite:///PATH or postgresql://...)") from None
+        if backend not in ("sqlite", "postgresql", "postgres"):
+            raise ValueError(f"{backend} is not supported: use sqlite:///PATH or postgresql://...")
         return value
 
     @field_validator("sqlite_synchronous")

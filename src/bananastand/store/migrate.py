@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 from sqlalchemy import inspect, text
 
-from bananastand.store.sqlite.database import Database
+from bananastand.store.runner import GroupCommitRunner as Database
 
 if TYPE_CHECKING:
     from alembic.config import Config
@@ -35,8 +35,8 @@ def alembic_config() -> Config:
 
 
 @cache
-def head_revisions() -> frozenset[str]:
-    """The revisions no other script builds on (one, unless branches were made)."""
+def _revision_graph() -> tuple[frozenset[str], frozenset[str]]:
+    """(every revision of the scripts, every revision a script builds on)."""
     revisions: set[str] = set()
     parents: set[str] = set()
     for script in (MIGRATIONS / "versions").glob("*.py"):
@@ -44,7 +44,13 @@ def head_revisions() -> frozenset[str]:
             parsed = ast.literal_eval(value)
             found = parsed if isinstance(parsed, tuple | list) else (parsed,)
             (revisions if name == "revision" else parents).update(v for v in found if v)
-    return frozenset(revisions - parents)
+    return frozenset(revisions), frozenset(parents)
+
+
+def head_revisions() -> frozenset[str]:
+    """The revisions no other script builds on (one, unless branches were made)."""
+    revisions, parents = _revision_graph()
+    return revisions - parents
 
 
 def current_revisions(db: Database) -> frozenset[str]:
@@ -56,9 +62,30 @@ def current_revisions(db: Database) -> frozenset[str]:
         return frozenset(str(row) for row in rows.scalars())
 
 
+class SchemaMismatch(Exception):
+    """The database's schema is not the one this code was written for."""
+
+
+def check(db: Database) -> None:
+    """``SchemaMismatch`` unless the database is at the code's newest revision (for
+    processes told not to migrate: they must not run on a schema they do not know)."""
+    current = current_revisions(db)
+    if current == head_revisions():
+        return
+    at = ", ".join(sorted(current))
+    if not current:
+        state = "has no bananastand tables yet"
+    elif current - _revision_graph()[0]:
+        state = f"is at revision {at}, newer than this version of bananastand"
+    else:
+        state = f"is at revision {at}, older than this version's {', '.join(head_revisions())}"
+    raise SchemaMismatch(f"the database {state}: run `bananastand migrate`")
+
+
 def upgrade(db: Database) -> None:
-    """Idempotent; safe when several processes start at once (the write lock serialises,
-    and Alembic, once it holds it, finds the work done)."""
+    """Idempotent; safe when several processes start at once: the adapter's exclusive
+    connection holds its lock (SQLite's write lock, PostgreSQL's advisory lock), and
+    Alembic, once it holds it, finds the work done."""
     if current_revisions(db) == head_revisions():
         return
     from alembic import command

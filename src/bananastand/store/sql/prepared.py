@@ -34,13 +34,21 @@ class _Prepared:
             entry = self._compiled[dialect.name] = (str(compiled), order)
         sql, order = entry
         values = tuple(params[name] for name in order) if order else params
-        cursor = connection.connection.cursor()
+        dbapi_connection = connection.connection
+        cursor = dbapi_connection.cursor()
         try:
             cursor.execute(sql, values)
         except dialect.loaded_dbapi.Error as exc:
+            # What ``Connection.execute`` does on a lost connection, which this path skips:
+            # drop the connection, so that the runner's next unit of work gets a new one.
+            lost = dialect.is_disconnect(exc, dbapi_connection, cursor)
             cursor.close()
+            if lost:
+                connection.invalidate(exc)
             # The same exception classes as through ``Connection.execute`` (IntegrityError...).
-            raise DBAPIError.instance(sql, values, exc, dialect.loaded_dbapi.Error) from exc
+            raise DBAPIError.instance(
+                sql, values, exc, dialect.loaded_dbapi.Error, connection_invalidated=lost
+            ) from exc
         return cursor
 
 

@@ -268,17 +268,21 @@ def claim_tasks(
     or taken twice (``FOR UPDATE SKIP LOCKED``; SQLite, whose writer is serialised, needs
     nothing and its compiler leaves the clause out).
     """
+    # A CTE, not ``IN (subquery)``: a planner may run a LIMIT subquery inside an UPDATE
+    # more than once and update more rows than asked for; a CTE with FOR UPDATE is run
+    # once (it has a side effect, so PostgreSQL never inlines it).
     oldest = (
         select(tasks.c.seq)
         .where(tasks.c.state == TaskState.WAITING.value)
         .order_by(tasks.c.seq)
         .limit(limit)
         .with_for_update(skip_locked=True)
+        .cte("oldest")
     )
     rows = (
         connection.execute(
             update(tasks)
-            .where(tasks.c.seq.in_(oldest.scalar_subquery()))
+            .where(tasks.c.seq.in_(select(oldest.c.seq)))
             .values(
                 state=TaskState.QUEUING.value,
                 attempts=tasks.c.attempts + 1,

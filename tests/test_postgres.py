@@ -1,0 +1,168 @@
+"""Acceptance: the PostgreSQL adapter's own mechanics, with `bananastand` child processes.
+
+Many processes migrating one new database at once, every connection terminated under
+load, a schema that is not the code's, `bananastand migrate`, and the database's clock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import pytest
+
+from bananastand.store import open_store
+from conftest import BIN, ServerProcess, postgres_server, prompt_body
+
+pytestmark = pytest.mark.postgresql_only(reason="the PostgreSQL adapter's own mechanics")
+
+
+def bananastand(url: str, data_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "BANANASTAND_DATABASE_URL": url, "BANANASTAND_DATA_DIR": str(data_dir)}
+    return subprocess.run(
+        [str(BIN / "bananastand"), *args], env=env, capture_output=True, text=True, timeout=120
+    )
+
+
+def database_name(url: str) -> str:
+    return url.rsplit("/", 1)[1]
+
+
+def serving(spawn: Callable[..., ServerProcess], url: str, data_dir: Path) -> ServerProcess:
+    return spawn(
+        "serve",
+        env={
+            "BANANASTAND_DATABASE_URL": url,
+            "BANANASTAND_DATA_DIR": str(data_dir),
+            "BANANASTAND_SIGNING_SECRET": "a secret every server of the test shares",
+        },
+        wait=False,
+    )
+
+
+def healthy(server: ServerProcess, timeout: float = 90) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if httpx.get(f"{server.base_url}/healthz", timeout=2).json()["code"] == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        if server.process.poll() is not None or time.monotonic() > deadline:
+            raise AssertionError(f"server did not start:\n{server.log()}")
+        time.sleep(0.1)
+
+
+def test_five_servers_started_at_once_on_a_new_database_migrate_it_once(
+    spawn: Callable[..., ServerProcess], tmp_path: Path
+) -> None:
+    pg = postgres_server()
+    url = pg.new_database()
+    servers = [serving(spawn, url, tmp_path / f"data-{n}") for n in range(5)]
+    for server in servers:
+        healthy(server)
+    assert pg.psql("SELECT version_num FROM alembic_version", database_name(url)).split() == [
+        "0008"
+    ]
+    for server in servers:
+        assert server.process.poll() is None, server.log()
+
+
+def test_a_server_whose_connections_are_all_terminated_carries_on(
+    spawn: Callable[..., ServerProcess], tmp_path: Path
+) -> None:
+    """Every backend of the database killed while clients create and read: the process
+    reconnects by itself; every createTask answered 200 has its task; answers during
+    the cut are envelopes (500 with a request id at worst), never a hang."""
+    pg = postgres_server()
+    url = pg.new_database()
+    data_dir = tmp_path / "data"
+    migrated = bananastand(url, data_dir, "migrate")
+    assert migrated.returncode == 0, migrated.stderr
+    made = bananastand(url, data_dir, "keys", "create", "--test", "--name", "load")
+    assert made.returncode == 0, made.stderr
+    key = next(word for word in made.stdout.split() if word.startswith("bs_test_"))
+    server = serving(spawn, url, data_dir)
+    healthy(server)
+    headers = {"Authorization": f"Bearer {key}"}
+    acknowledged: list[str] = []
+    codes: list[int] = []
+    stop = threading.Event()
+
+    def client() -> None:
+        with httpx.Client(base_url=server.base_url, headers=headers, timeout=30) as http:
+            while not stop.is_set():
+                answer = http.post("/api/v1/jobs/createTask", json=prompt_body()).json()
+                codes.append(answer["code"])
+                if answer["code"] == 200:
+                    task_id = answer["data"]["taskId"]
+                    acknowledged.append(task_id)
+                    record = http.get("/api/v1/jobs/recordInfo", params={"taskId": task_id})
+                    codes.append(record.json()["code"])
+                else:
+                    assert answer["code"] == 500, answer
+                    assert "request id" in answer["msg"], answer
+
+    with ThreadPoolExecutor(4) as pool:
+        clients = [pool.submit(client) for _ in range(4)]
+        while len(acknowledged) < 50:
+            time.sleep(0.05)
+        killed = pg.psql(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+            f"WHERE datname = '{database_name(url)}' AND pid <> pg_backend_pid()"
+        )
+        assert int(killed) >= 1
+        before = len(acknowledged)
+        while len(acknowledged) < before + 50:  # it carries on: 50 more after the cut
+            time.sleep(0.05)
+        stop.set()
+        for done in clients:
+            done.result(timeout=60)
+    assert server.process.poll() is None, server.log()
+    stored = pg.psql("SELECT id FROM tasks", database_name(url)).split()
+    assert set(acknowledged) <= set(stored)
+    assert codes.count(200) >= 100
+
+
+def test_a_schema_that_is_not_the_codes_is_one_line_naming_migrate(tmp_path: Path) -> None:
+    pg = postgres_server()
+    url = pg.new_database()
+    data_dir = tmp_path / "data"
+    for args in (("keys", "list"), ("serve", "--no-migrate"), ("worker", "--no-migrate")):
+        refused = bananastand(url, data_dir, *args)
+        assert refused.returncode != 0
+        [line] = refused.stderr.strip().splitlines()
+        assert "no bananastand tables" in line, line
+        assert "bananastand migrate" in line, line
+    assert bananastand(url, data_dir, "migrate").returncode == 0
+    assert bananastand(url, data_dir, "keys", "list").returncode == 0
+    pg.psql("UPDATE alembic_version SET version_num = '9999'", database_name(url))
+    newer = bananastand(url, data_dir, "worker", "--no-migrate")
+    [line] = newer.stderr.strip().splitlines()
+    assert "newer than this version" in line, line
+    assert "bananastand migrate" in line, line
+
+
+def test_the_stores_clock_is_the_databases() -> None:
+    pg = postgres_server()
+    url = pg.new_database()
+
+    async def offset() -> int:
+        store = await open_store(url)
+        try:
+            database_ms = int(
+                pg.psql("SELECT (extract(epoch from clock_timestamp()) * 1000)::bigint")
+            )
+            return store.now_ms() - database_ms
+        finally:
+            await store.close()
+
+    # The same machine: the clocks agree to within the psql round trip.
+    assert abs(asyncio.run(offset())) < 2_000
