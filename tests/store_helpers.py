@@ -19,7 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, ParamSpec, Protocol, TypeVar
 
-from bananastand.store import migrate
+from bananastand.store import migrate, open_runner
 from bananastand.store.ports import Store
 from bananastand.store.sqlite.database import Database
 from bananastand.store.sqlstore import SqlStore
@@ -88,8 +88,9 @@ class SqliteAdapter:
 
 
 class PostgresqlAdapter:
-    """``open_store`` for a PostgreSQL database (``Database`` + ``SqlStore``), with a fake
-    clock, on this worker's throwaway server (conftest's ``postgres_server``).
+    """``open_store`` for a PostgreSQL database (its runner, ``PostgresDatabase``, and
+    ``SqlStore``), with a fake clock, on this worker's throwaway server (conftest's
+    ``postgres_server``).
 
     Each test gets a database of its own, copied by ``CREATE DATABASE ... TEMPLATE`` from one
     migrated once per session: as quick as an empty one, where migrating each would cost
@@ -99,7 +100,7 @@ class PostgresqlAdapter:
     def __init__(self, workdir: Path) -> None:
         self._server = postgres_server()
         template = self._server.new_database()
-        db = Database(template)
+        db = open_runner(template)
         try:
             migrate.upgrade(db)
         finally:
@@ -110,7 +111,7 @@ class PostgresqlAdapter:
         return self._server.new_database(template=self._template)
 
     def open(self, url: str, clock: Callable[[], int]) -> Store:
-        return SqlStore(Database(url), clock=clock)
+        return SqlStore(open_runner(url), clock=clock)
 
 
 #: name (a ``BANANASTAND_TEST_DATABASE``) -> how to set the adapter up once per session, in

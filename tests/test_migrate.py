@@ -9,8 +9,7 @@ import sys
 from alembic.script import ScriptDirectory
 from sqlalchemy import inspect
 
-from bananastand.store import migrate
-from bananastand.store.sqlite.database import Database
+from bananastand.store import migrate, open_runner
 
 
 def test_the_heads_read_from_the_scripts_are_alembics() -> None:
@@ -19,7 +18,7 @@ def test_the_heads_read_from_the_scripts_are_alembics() -> None:
 
 
 def test_a_new_database_is_brought_to_head(empty_database: str) -> None:
-    db = Database(empty_database)
+    db = open_runner(empty_database)
     try:
         assert migrate.current_revisions(db) == frozenset()
         migrate.upgrade(db)
@@ -32,14 +31,13 @@ def test_a_new_database_is_brought_to_head(empty_database: str) -> None:
 
 
 def test_a_database_at_head_does_not_load_alembic(empty_database: str) -> None:
-    db = Database(empty_database)
+    db = open_runner(empty_database)
     migrate.upgrade(db)
     db.engine.dispose()
     script = (
         "import sys\n"
-        "from bananastand.store import migrate\n"
-        "from bananastand.store.sqlite.database import Database\n"
-        f"migrate.upgrade(Database({empty_database!r}))\n"
+        "from bananastand.store import migrate, open_runner\n"
+        f"migrate.upgrade(open_runner({empty_database!r}))\n"
         "print(sorted(name for name in sys.modules if name.startswith('alembic')))\n"
     )
     done = subprocess.run(
