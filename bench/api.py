@@ -320,6 +320,27 @@ def pinning(no_pin: bool, *, database: bool = False) -> Pinning:
     )
 
 
+#: A fixed pure-Python loop timed on the servers' CPU while they idle.
+PROBE = (
+    "import time\nt = time.perf_counter()\n"
+    "for i in range(2_000_000): pass\nprint(time.perf_counter() - t)"
+)
+
+
+def speed_probe(pin: Pinning) -> float | None:
+    """Seconds the probe loop took on the servers' CPU: the same on a machine at rest,
+    whatever the run. Contention from outside this machine (other tenants of a VM's host)
+    shows here but not in /proc/stat, so others@srv can read 0 % while every figure of the
+    run is slower; compare the probe with a quiet run's before comparing req/s."""
+    done = subprocess.run(
+        [*pin.server_prefix, sys.executable, "-c", PROBE], capture_output=True, text=True
+    )
+    try:
+        return float(done.stdout.strip())
+    except ValueError:
+        return None
+
+
 def cpu_busy_seconds(cpu: int | None) -> float | None:
     """Seconds one CPU ran processes (user, nice, system) or was taken by the hypervisor
     (steal). Interrupt and softirq time is left out: on loopback most of it is the network
@@ -1008,9 +1029,14 @@ def run(args: argparse.Namespace, workdir: Path, stack: contextlib.ExitStack) ->
             )
     rounds: list[list[Result]] = []
     all_runs: list[Result] = []
+    probes: list[float] = []
     for number in range(1, args.rounds + 1):
+        probe = speed_probe(pin)
+        probes += [probe] if probe is not None else []
         if args.rounds > 1:
             print(f"  round {number} of {args.rounds}", flush=True)
+        if probe is not None:
+            print(f"  speed probe: {probe:.3f} s", flush=True)
         measured, warmups = run_round(targets, args=args, pin=pin, profile=number == 1)
         rounds.append(measured)
         all_runs += measured + warmups
@@ -1056,6 +1082,15 @@ def run(args: argparse.Namespace, workdir: Path, stack: contextlib.ExitStack) ->
             "range: lowest-highest round):"
         )
         print_medians(summaries, databases=extra)
+    probe = speed_probe(pin)
+    probes += [probe] if probe is not None else []
+    if probes:
+        cpu = f"CPU {pin.server_cpu}" if pin.server_cpu is not None else "any CPU"
+        print(
+            f"\nspeed probe (a fixed Python loop on {cpu} between rounds, servers idle): "
+            f"{min(probes):.3f}-{max(probes):.3f} s; slower than a quiet run's, the machine "
+            "itself was slower."
+        )
     busy = [f"{r.name} (round {n})" for n, rnd in enumerate(rounds, 1) for r in rnd if disturbed(r)]
     if busy:
         print(
