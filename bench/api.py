@@ -320,16 +320,18 @@ def pinning(no_pin: bool, *, database: bool = False) -> Pinning:
     )
 
 
-#: A fixed pure-Python loop timed on the servers' CPU while they idle.
+#: A fixed pure-Python loop timed on the servers' CPU while they idle (the best of 3).
 PROBE = (
-    "import time\nt = time.perf_counter()\n"
-    "for i in range(2_000_000): pass\nprint(time.perf_counter() - t)"
+    "import time\nbest = 1e9\nfor _ in range(3):\n    t = time.perf_counter()\n"
+    "    for i in range(1_000_000): pass\n    best = min(best, time.perf_counter() - t)\n"
+    "print(best)"
 )
 
 
 def speed_probe(pin: Pinning) -> float | None:
     """Seconds the probe loop took on the servers' CPU: the same on a machine at rest,
-    whatever the run. Contention from outside this machine (other tenants of a VM's host)
+    whatever the run (the best of three, so a preemption does not count; others@srv
+    counts those). Contention from outside this machine (other tenants of a VM's host)
     shows here but not in /proc/stat, so others@srv can read 0 % while every figure of the
     run is slower; compare the probe with a quiet run's before comparing req/s."""
     done = subprocess.run(
@@ -1036,7 +1038,7 @@ def run(args: argparse.Namespace, workdir: Path, stack: contextlib.ExitStack) ->
         if args.rounds > 1:
             print(f"  round {number} of {args.rounds}", flush=True)
         if probe is not None:
-            print(f"  speed probe: {probe:.3f} s", flush=True)
+            print(f"  speed probe: {probe * 1000:.1f} ms", flush=True)
         measured, warmups = run_round(targets, args=args, pin=pin, profile=number == 1)
         rounds.append(measured)
         all_runs += measured + warmups
@@ -1088,8 +1090,10 @@ def run(args: argparse.Namespace, workdir: Path, stack: contextlib.ExitStack) ->
         cpu = f"CPU {pin.server_cpu}" if pin.server_cpu is not None else "any CPU"
         print(
             f"\nspeed probe (a fixed Python loop on {cpu} between rounds, servers idle): "
-            f"{min(probes):.3f}-{max(probes):.3f} s; slower than a quiet run's, the machine "
-            "itself was slower."
+            f"{min(probes) * 1000:.1f}-{max(probes) * 1000:.1f} ms. Compare it with a quiet "
+            "run's on this machine\n(docs/benchmarks.md): a slower probe means a slower CPU "
+            "for every figure, even where others@srv\nreads 0 % (a VM's host busy with other "
+            "guests does not show in /proc/stat)."
         )
     busy = [f"{r.name} (round {n})" for n, rnd in enumerate(rounds, 1) for r in rnd if disturbed(r)]
     if busy:
