@@ -42,6 +42,9 @@ def serving(spawn: Callable[..., ServerProcess], url: str, data_dir: Path) -> Se
             "BANANASTAND_DATABASE_URL": url,
             "BANANASTAND_DATA_DIR": str(data_dir),
             "BANANASTAND_SIGNING_SECRET": "a secret every server of the test shares",
+            # Clients here call as fast as they can: 20 a second per key would refuse them.
+            "BANANASTAND_CREATE_RATE": "unlimited",
+            "BANANASTAND_READ_RATE": "unlimited",
         },
         wait=False,
     )
@@ -112,16 +115,24 @@ def test_a_server_whose_connections_are_all_terminated_carries_on(
 
     with ThreadPoolExecutor(4) as pool:
         clients = [pool.submit(client) for _ in range(4)]
-        while len(acknowledged) < 50:
-            time.sleep(0.05)
+
+        def until(count: int) -> None:
+            """Until ``count`` tasks are acknowledged; a client that stopped says why."""
+            while len(acknowledged) < count:
+                for done in clients:
+                    if done.done():
+                        done.result()
+                        raise AssertionError("a client stopped")
+                time.sleep(0.05)
+
+        until(50)
         killed = pg.psql(
             "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
             f"WHERE datname = '{database_name(url)}' AND pid <> pg_backend_pid()"
         )
         assert int(killed) >= 1
         before = len(acknowledged)
-        while len(acknowledged) < before + 50:  # it carries on: 50 more after the cut
-            time.sleep(0.05)
+        until(before + 50)  # it carries on: 50 more after the cut
         stop.set()
         for done in clients:
             done.result(timeout=60)
