@@ -874,6 +874,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.profile is not None:
         py_spy()
         args.profile.mkdir(parents=True, exist_ok=True)
+    # A SIGTERM unwinds like an exception: the servers and a local PostgreSQL are stopped.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
     workdir = Path(tempfile.mkdtemp(prefix="bananastand-bench-"))
     try:
         # Unwound last in, first out: the servers stop before the database server they use.
