@@ -31,14 +31,15 @@ counts as the server's). After kill -9 the local PostgreSQL is also stopped as a
 
 On a machine with two or more CPUs the servers (and ``--postgres``'s database server) are
 pinned to one CPU and wrk to another (``taskset``), so the load generator is not what limits
-the numbers, and SQLite (in the server's process) and PostgreSQL have the same one CPU for
-the server and its database; the table shows the
-CPU each side used, and how much of each CPU other processes took. It prints requests/s,
-p50 and p99 per endpoint and the ratio of each to the bare endpoint measured in the same
-run, and the server's CPU time per answer with the same ratio: on a shared machine req/s
-swings with the neighbours' load while CPU per answer hardly moves. Results and the
-machine are in docs/benchmarks.md. It never fails on speed; it exits 1 only when requests
-failed or the durability check does not hold, 2 when it could not run.
+the numbers, and SQLite (in the server's process) and PostgreSQL get the same one CPU for
+the server and its database. The table shows the CPU each side used, and how much of each
+CPU other processes took; a speed probe (a fixed Python loop on the servers' CPU before each
+round) shows contention that /proc/stat does not (a VM's host busy with other guests). It
+prints requests/s, p50 and p99 per endpoint and the ratio of each to the bare endpoint
+measured in the same run, and the server's CPU time per answer with the same ratio: on a
+shared machine req/s swings with the neighbours' load while CPU per answer moves less.
+Results and the machine are in docs/benchmarks.md. It never fails on speed; it exits 1 only
+when requests failed or the durability check does not hold, 2 when it could not run.
 """
 
 from __future__ import annotations
@@ -873,6 +874,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.profile is not None:
         py_spy()
         args.profile.mkdir(parents=True, exist_ok=True)
+    # A SIGTERM unwinds like an exception: the servers and a local PostgreSQL are stopped.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
     workdir = Path(tempfile.mkdtemp(prefix="bananastand-bench-"))
     try:
         # Unwound last in, first out: the servers stop before the database server they use.
