@@ -19,8 +19,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, ParamSpec, Protocol, TypeVar
 
+from bananastand.ids import new_task_id
 from bananastand.store import migrate, open_runner
-from bananastand.store.ports import Store
+from bananastand.store.ports import NewTask, Store
 from bananastand.store.sqlite.database import Database
 from bananastand.store.sqlstore import SqlStore
 from conftest import postgres_server
@@ -145,3 +146,23 @@ def in_threads(count: int, call: Callable[[int], Coroutine[Any, Any, R]]) -> lis
     with ThreadPoolExecutor(max_workers=count, thread_name_prefix="caller") as pool:
         futures = [pool.submit(one, index) for index in range(count)]
         return [future.result(DEADLOCK_GUARD_S) for future in futures]
+
+
+#: The account the store tests make their tasks in.
+ACCOUNT = "acct_store"
+
+
+def new_task(
+    account_id: str = ACCOUNT, *, credits: int = 0, callback_url: str | None = None
+) -> NewTask:
+    return NewTask(
+        id=new_task_id(),
+        account_id=account_id,
+        key_id="key_store",
+        provider="sandbox",
+        model="nano-banana-pro",
+        param='{"model":"nano-banana-pro"}',
+        input='{"prompt":"a banana"}',
+        callback_url=callback_url,
+        credits=credits,
+    )

@@ -20,7 +20,6 @@ from pathlib import Path
 import pytest
 
 from bananastand.contract import TaskState
-from bananastand.ids import new_task_id
 from bananastand.records import ApiKey, Callback, CallbackAttempt, Claim, Task, WebhookSecret
 from bananastand.storable import INT64_MAX
 from bananastand.store import ports
@@ -37,7 +36,6 @@ from bananastand.store.ports import (
     IdempotencyClaim,
     KeyReused,
     MonthlyCapReached,
-    NewTask,
     NotEnoughCredits,
     Rescue,
     Store,
@@ -45,9 +43,8 @@ from bananastand.store.ports import (
 )
 from conftest import DATABASE
 from databases import DATABASES
-from store_helpers import ADAPTERS, T0, Adapter, FakeClock, in_threads, scenario
+from store_helpers import ACCOUNT, ADAPTERS, T0, Adapter, FakeClock, in_threads, new_task, scenario
 
-ACCOUNT = "acct_contract"
 OTHER = "acct_other"
 LEASE_MS = 1_000
 NO_LIMITS = Admission()
@@ -110,22 +107,6 @@ def store(connect: Callable[[], Store]) -> Store:
 
 
 # -- helpers ---------------------------------------------------------------------------------
-
-
-def new_task(
-    account_id: str = ACCOUNT, *, credits: int = 0, callback_url: str | None = None
-) -> NewTask:
-    return NewTask(
-        id=new_task_id(),
-        account_id=account_id,
-        key_id="key_contract",
-        provider="sandbox",
-        model="nano-banana-pro",
-        param='{"model":"nano-banana-pro"}',
-        input='{"prompt":"a banana"}',
-        callback_url=callback_url,
-        credits=credits,
-    )
 
 
 def key(name: str, request_hash: str = "hash-a", ttl_ms: int = 60_000) -> IdempotencyClaim:

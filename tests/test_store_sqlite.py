@@ -22,7 +22,6 @@ from sqlalchemy import Connection, event, insert
 from sqlalchemy.exc import IntegrityError
 
 from bananastand.contract import TaskState
-from bananastand.ids import new_task_id
 from bananastand.store.ports import (
     Admission,
     Created,
@@ -40,9 +39,17 @@ from bananastand.store.ports import (
 from bananastand.store.sqlite.database import MAX_GROUP, Database
 from bananastand.store.sqlstore import SqlStore
 from bananastand.store.tables import switches
-from store_helpers import DEADLOCK_GUARD_S, T0, FakeClock, SqliteAdapter, in_threads, scenario
+from store_helpers import (
+    ACCOUNT,
+    DEADLOCK_GUARD_S,
+    T0,
+    FakeClock,
+    SqliteAdapter,
+    in_threads,
+    new_task,
+    scenario,
+)
 
-ACCOUNT = "acct_sqlite"
 LEASE_MS = 1_000
 NO_LIMITS = Admission()
 CANCELED = Failure("400", "canceled")
@@ -76,20 +83,6 @@ def db(db_path: Path) -> Iterator[Database]:
 @pytest.fixture
 def store(db: Database, clock: FakeClock) -> SqlStore:
     return SqlStore(db, clock=clock)
-
-
-def new_task(account_id: str = ACCOUNT, *, credits: int = 0) -> NewTask:
-    return NewTask(
-        id=new_task_id(),
-        account_id=account_id,
-        key_id="key_sqlite",
-        provider="sandbox",
-        model="nano-banana-pro",
-        param="{}",
-        input="{}",
-        callback_url=None,
-        credits=credits,
-    )
 
 
 def raw_row(path: Path, table: str, where: str, *args: object) -> dict[str, Any]:
