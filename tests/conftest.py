@@ -455,7 +455,9 @@ def spawn(tmp_path: Path) -> Iterator[Callable[..., ServerProcess]]:
         child = ServerProcess(process, f"http://127.0.0.1:{port}", log_path)
         children.append(child)
         if wait and args and args[0] == "serve":
-            deadline = time.monotonic() + 30
+            # Only a guard against a server that never comes up: a busy 2-core machine
+            # has taken more than 30 s to start one (imports, migrations check, banner).
+            deadline = time.monotonic() + 120
             while True:
                 try:
                     if httpx.get(f"{child.base_url}/healthz", timeout=1).json()["code"] == 200:

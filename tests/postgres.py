@@ -1,4 +1,5 @@
-"""A throwaway PostgreSQL server for tests: its own data folder, a loopback port, no auth.
+"""A throwaway PostgreSQL server for tests: its own data folder, a loopback port, no auth
+(but for the role ``PASSWORD_ROLE``, which must give its password).
 
 Debian keeps ``initdb`` and ``pg_ctl`` in ``/usr/lib/postgresql/<version>/bin``, off PATH,
 and both refuse to run as root: as root they run as the ``postgres`` user (``runuser``),
@@ -20,6 +21,8 @@ from pathlib import Path
 
 #: Where a missing server is explained (a local skip; CI installs it).
 INSTALL_HINT = "apt-get install postgresql"
+#: The one role that signs in with a password (scram), for the tests of bad credentials.
+PASSWORD_ROLE = "with_password"
 
 
 def find_binaries() -> Path | None:
@@ -38,6 +41,13 @@ def find_binaries() -> Path | None:
 class PostgresServer:
     port: int
     _names: Iterator[int]
+    _pg_ctl: list[str]
+
+    def restart(self) -> None:
+        """Stop the server (every connection cut, as in a deploy) and start it again on
+        the same port and data."""
+        subprocess.run([*self._pg_ctl, "-m", "fast", "-w", "-t", "60", "restart"],
+                       capture_output=True, check=True, timeout=120)  # fmt: skip
 
     def url(self, database: str = "postgres") -> str:
         return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/{database}"
@@ -84,22 +94,25 @@ def running_postgres(port: int) -> Iterator[PostgresServer]:
                           "-A", "trust", "--no-sync", "-E", "UTF8", "--locale", "C"]),
             capture_output=True, check=True, timeout=120,
         )  # fmt: skip
+        hba = data / "pg_hba.conf"
+        hba.write_text(f"host all {PASSWORD_ROLE} 127.0.0.1/32 scram-sha-256\n" + hba.read_text())
         options = (
             f"-c listen_addresses=127.0.0.1 -c port={port} -c unix_socket_directories={top}"
             " -c fsync=off -c full_page_writes=off -c max_connections=300"
         )
         log = top / "log"
         try:
-            started = subprocess.run(
-                _as_postgres([str(binaries / "pg_ctl"), "-D", str(data), "-o", options,
-                              "-l", str(log), "-w", "-t", "60", "start"]),
-                capture_output=True, text=True, check=False, timeout=120,
-            )  # fmt: skip
+            pg_ctl = _as_postgres(
+                [str(binaries / "pg_ctl"), "-D", str(data), "-o", options, "-l", str(log)]
+            )
+            started = subprocess.run([*pg_ctl, "-w", "-t", "60", "start"],
+                                     capture_output=True, text=True, check=False,
+                                     timeout=120)  # fmt: skip
             if started.returncode != 0:
                 said = log.read_text(errors="replace") if log.exists() else started.stderr
                 error = PortInUse if "could not bind" in said else RuntimeError
                 raise error(f"PostgreSQL did not start on port {port}:\n{said[-2000:]}")
-            yield PostgresServer(port, itertools.count(1))
+            yield PostgresServer(port, itertools.count(1), pg_ctl)
         finally:
             subprocess.run(
                 _as_postgres([str(binaries / "pg_ctl"), "-D", str(data), "-m", "immediate",

@@ -27,6 +27,7 @@ from test_cli import create_key
 Answer = Callable[..., str]
 
 USAGE, TASK_FAILED, AUTH, SERVER = 2, 1, 3, 4
+NOT_STARTED = 1  # serve, worker, migrate
 
 
 def client(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
@@ -275,6 +276,13 @@ def test_databases_that_cannot_be_used(tmp_path: Path) -> None:
     assert "BANANASTAND_DATA_DIR" in one_line(cli(a_file, "keys", "create"), USAGE)
     bad_setting = cli(tmp_path / "d", "keys", "list", BANANASTAND_KEY_CACHE_SECONDS="soon")
     assert "BANANASTAND_KEY_CACHE_SECONDS" in one_line(bad_setting, USAGE)
+    # serve, worker and migrate that cannot start exit 1, whatever stopped them.
+    for command in ("serve", "worker", "migrate"):
+        assert "not a database" in one_line(cli(corrupt, command), NOT_STARTED), command
+    line = one_line(cli(tmp_path / "d", "serve", BANANASTAND_DATABASE_URL=nowhere), NOT_STARTED)
+    assert "unable to open" in line
+    wrong = cli(tmp_path / "d", "serve", BANANASTAND_DATABASE_URL="mysql://db/x")
+    assert "BANANASTAND_DATABASE_URL" in one_line(wrong, NOT_STARTED)
 
 
 def test_a_disagreeing_audit_stays_1(tmp_path: Path) -> None:

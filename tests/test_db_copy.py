@@ -32,6 +32,10 @@ from conftest import Server, cli, free_port, prompt_body, running_server
 from postgres import INSTALL_HINT, PostgresServer, find_binaries, running_postgres
 from receiver import Receiver
 
+#: The source is an embedded SQLite file, copied to SQLite and PostgreSQL in one pass of
+#: the suite (a PostgreSQL pass would give the source folder a database server's).
+pytestmark = pytest.mark.sqlite_only(reason="it copies SQLite to SQLite and PostgreSQL itself")
+
 ALWAYS = ("accounts", "api_keys", "credit_ledger", "webhook_secrets", "switches")
 WITH_TASKS = ("tasks", "idempotency_keys", "callbacks", "callback_attempts")
 #: Grants beyond the first, so that the ledger spans more than one batch of the copy.

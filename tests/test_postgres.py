@@ -1,7 +1,8 @@
 """Acceptance: the PostgreSQL adapter's own mechanics, with `bananastand` child processes.
 
-Many processes migrating one new database at once, every connection terminated under
-load, a schema that is not the code's, `bananastand migrate`, and the database's clock.
+Many processes migrating one new database at once, every connection terminated (and the
+server restarted) under load, a database that cannot be used at start, a schema that is
+not the code's, `bananastand migrate`, and the database's clock.
 """
 
 from __future__ import annotations
@@ -18,8 +19,9 @@ from pathlib import Path
 import httpx
 import pytest
 
+import postgres
 from bananastand.store import open_store
-from conftest import BIN, ServerProcess, postgres_server, prompt_body
+from conftest import BIN, ServerProcess, free_port, postgres_server, prompt_body
 
 pytestmark = pytest.mark.postgresql_only(reason="the PostgreSQL adapter's own mechanics")
 
@@ -78,12 +80,28 @@ def test_five_servers_started_at_once_on_a_new_database_migrate_it_once(
         assert server.process.poll() is None, server.log()
 
 
-def test_a_server_whose_connections_are_all_terminated_carries_on(
-    spawn: Callable[..., ServerProcess], tmp_path: Path
+def terminate_every_connection(pg: postgres.PostgresServer, url: str) -> None:
+    killed = pg.psql(
+        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+        f"WHERE datname = '{database_name(url)}' AND pid <> pg_backend_pid()"
+    )
+    assert int(killed) >= 1
+
+
+def restart_the_server(pg: postgres.PostgresServer, _url: str) -> None:
+    pg.restart()
+
+
+@pytest.mark.parametrize("cut", [terminate_every_connection, restart_the_server])
+def test_a_server_whose_connections_are_all_cut_carries_on(
+    spawn: Callable[..., ServerProcess],
+    tmp_path: Path,
+    cut: Callable[[postgres.PostgresServer, str], None],
 ) -> None:
-    """Every backend of the database killed while clients create and read: the process
-    reconnects by itself; every createTask answered 200 has its task; answers during
-    the cut are envelopes (500 with a request id at worst), never a hang."""
+    """Every backend of the database killed, or the database server restarted, while
+    clients create and read: the process reconnects by itself; every createTask
+    answered 200 has its task; answers during the cut are envelopes (500 with a request
+    id at worst), never a hang."""
     pg = postgres_server()
     url = pg.new_database()
     data_dir = tmp_path / "data"
@@ -126,11 +144,7 @@ def test_a_server_whose_connections_are_all_terminated_carries_on(
                 time.sleep(0.05)
 
         until(50)
-        killed = pg.psql(
-            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
-            f"WHERE datname = '{database_name(url)}' AND pid <> pg_backend_pid()"
-        )
-        assert int(killed) >= 1
+        cut(pg, url)
         before = len(acknowledged)
         until(before + 50)  # it carries on: 50 more after the cut
         stop.set()
@@ -140,6 +154,34 @@ def test_a_server_whose_connections_are_all_terminated_carries_on(
     stored = pg.psql("SELECT id FROM tasks", database_name(url)).split()
     assert set(acknowledged) <= set(stored)
     assert codes.count(200) >= 100
+
+
+def test_a_database_that_cannot_be_used_at_start_is_one_line_and_exit_status_1(
+    tmp_path: Path,
+) -> None:
+    pg = postgres_server()
+    url = pg.new_database()
+    role = postgres.PASSWORD_ROLE
+    pg.psql(f"DO $$ BEGIN CREATE ROLE {role} LOGIN PASSWORD 'right'; "
+            "EXCEPTION WHEN duplicate_object THEN NULL; END $$")  # fmt: skip
+    at = f"127.0.0.1:{pg.port}"
+    cases = {
+        f"postgresql://postgres@127.0.0.1:{free_port()}/x": "refused",
+        f"postgresql://{role}:not-the-password@{at}/postgres": "password authentication failed",
+        f"postgresql://postgres@{at}/no_such_database": 'database "no_such_database"',
+        f"mysql://postgres@{at}/{database_name(url)}": "BANANASTAND_DATABASE_URL",
+    }
+    # Every case with serve; worker and migrate start the same way (one case each).
+    runs = [(wrong, said, "serve") for wrong, said in cases.items()]
+    refused_url = next(iter(cases))
+    runs += [(refused_url, cases[refused_url], command) for command in ("worker", "migrate")]
+    for wrong, said, command in runs:
+        refused = bananastand(wrong, tmp_path / "data", command)
+        assert refused.returncode == 1, (wrong, command, refused.stderr)
+        [line] = refused.stderr.strip().splitlines()
+        assert said in line, (wrong, line)
+        assert "not-the-password" not in line
+    assert bananastand(url, tmp_path / "data", "migrate").returncode == 0
 
 
 def test_a_schema_that_is_not_the_codes_is_one_line_naming_migrate(tmp_path: Path) -> None:

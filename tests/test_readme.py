@@ -4,10 +4,12 @@ Every ``sh`` block of README.md runs in bash, command by command, in a folder th
 like a fresh checkout after ``make run`` (a ``.venv``, the files the examples name), with
 ``bananastand`` on PATH as ``. .venv/bin/activate`` puts it there. Placeholders such as
 ``task_...`` are filled from ``PLACEHOLDERS``; a block that cannot run here says why in a
-``<!-- no-test: reason -->`` line above it. Each command must exit 0, and where a
-``# {...}`` comment follows it, its output must match that JSON: errors come back with
-HTTP 200, so only the body tells a success from a refusal. In the comment, ``...`` inside
-a string stands for any text, and a bare ``...`` for any value or any further members.
+``<!-- no-test: reason -->`` line above it, and one about one database only a
+``<!-- sqlite-only: reason -->`` (or ``postgresql-only``) line. Each command must exit 0,
+and where a ``# {...}`` comment follows it, its output must match that JSON: errors come
+back with HTTP 200, so only the body tells a success from a refusal. In the comment,
+``...`` inside a string stands for any text, and a bare ``...`` for any value or any
+further members.
 """
 
 from __future__ import annotations
@@ -26,13 +28,14 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from conftest import database_env, make_key, running_server, with_accounts
+from conftest import DATABASE, database_env, make_key, running_server, with_accounts
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 VENV = Path(sys.executable).parent.parent
 #: What a bare ``...`` value of an expected output becomes: anything matches it.
 ANY = "<any value>"
 NO_TEST = re.compile(r"<!--\s*no-test:\s*(?P<reason>.*?)\s*-->")
+ONLY_ON = re.compile(r"<!--\s*(?P<database>sqlite|postgresql)-only:\s*(?P<reason>.*?)\s*-->")
 
 
 @dataclass(frozen=True)
@@ -49,6 +52,8 @@ class Block:
     line: int
     commands: list[Command]
     skip_reason: str | None
+    #: (database, reason): the block runs in that database's pass of the suite only.
+    only_on: tuple[str, str] | None = None
 
 
 def sh_blocks(text: str) -> list[Block]:
@@ -63,11 +68,13 @@ def sh_blocks(text: str) -> list[Block]:
         end = lines.index("```", start + 1)
         above = next((line for line in reversed(lines[:start]) if line.strip()), "")
         marker = NO_TEST.search(above)
+        only = ONLY_ON.search(above)
         blocks.append(
             Block(
                 start + 1,
                 split_commands(lines[start + 1 : end], start + 2),
                 marker and marker["reason"],
+                (only["database"], only["reason"]) if only else None,
             )
         )
         index = end + 1
@@ -248,6 +255,8 @@ def test_the_readme_has_runnable_blocks_and_says_why_the_others_are_not() -> Non
     "block", [b for b in BLOCKS if b.skip_reason is None], ids=lambda b: f"README.md:{b.line}"
 )
 def test_readme_block(block: Block, context: Context) -> None:
+    if block.only_on is not None and block.only_on[0] != DATABASE:
+        pytest.skip(f"{block.only_on[0]} only: {block.only_on[1]}")
     outputs = context.folder / "outputs"
     outputs.mkdir(exist_ok=True)
     # One bash for the whole block (its variables carry from command to command), each

@@ -26,7 +26,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from bananastand.accounts import Accounts
 from bananastand.billing import Billing
-from bananastand.client.cli import SERVER, USAGE, fail
+from bananastand.client.cli import NOT_STARTED, SERVER, USAGE, fail
 from bananastand.errors import ApiError, ConfigurationError
 from bananastand.ops import Switches
 from bananastand.settings import Settings
@@ -70,9 +70,10 @@ class AdminServices:
         return Webhooks(self.store, self.settings)
 
 
-def load_settings(**overrides: object) -> Settings:
+def load_settings(*, starting: bool = False, **overrides: object) -> Settings:
     """Settings from the environment (and ``overrides`` that are not ``None``), logging
-    configured; a setting that does not parse is one line and exit status 2."""
+    configured; a setting that does not parse is one line and exit status 2 (1 when
+    ``starting``, as in ``run_admin``)."""
     import pydantic
 
     from bananastand import logs
@@ -83,7 +84,10 @@ def load_settings(**overrides: object) -> Settings:
     except pydantic.ValidationError as exc:
         first = exc.errors()[0]
         where = "_".join(str(part) for part in first["loc"]).upper()
-        fail(f"BANANASTAND_{where}: {first['msg']}: fix the setting", USAGE)
+        fail(
+            f"BANANASTAND_{where}: {first['msg']}: fix the setting",
+            NOT_STARTED if starting else USAGE,
+        )
     logs.configure(settings.log_level, settings.log_format)
     return settings
 
@@ -93,8 +97,13 @@ def run_admin(
     action: Callable[[AdminServices], Awaitable[T]],
     *,
     migrate: bool | None = None,
+    starting: bool = False,
 ) -> T:
     """Run one admin action on the database; errors end the command with one line.
+
+    ``starting``: this is the start of ``serve``, ``worker`` or ``migrate``, which exit
+    with status 1 whatever stops them (as service managers expect of a process that
+    could not start); admin commands use the table of ``bananastand.client.cli``.
 
     ``migrate`` (None: the default of admin commands) brings the schema to the newest
     version first. By default only the embedded SQLite file is migrated, so that a new
@@ -113,22 +122,23 @@ def run_admin(
         finally:
             await store.close()
 
+    usage, server = (NOT_STARTED, NOT_STARTED) if starting else (USAGE, SERVER)
     try:
         return asyncio.run(run())
     except ApiError as exc:
-        fail(exc.msg, USAGE)
+        fail(exc.msg, usage)
     except ConfigurationError as exc:
-        fail(f"{exc}: fix the setting", USAGE)
+        fail(f"{exc}: fix the setting", usage)
     except SchemaMismatch as exc:
-        fail(str(exc), SERVER)
+        fail(str(exc), server)
     except SQLAlchemyError as exc:
-        fail(database_trouble(settings, exc), SERVER)
+        fail(database_trouble(settings, exc), server)
     except ImportError as exc:  # a database URL whose driver is not installed
-        fail(f"database: {exc}: install the database's driver", USAGE)
+        fail(f"database: {exc}: install the database's driver", usage)
     except OSError as exc:
         fail(
             f"data folder {settings.data_dir}: {exc.strerror or exc}: set BANANASTAND_DATA_DIR",
-            USAGE,
+            usage,
         )
 
 
@@ -136,7 +146,8 @@ def database_trouble(settings: Settings, exc: SQLAlchemyError) -> str:
     """The line for a database that cannot be used: which one (never its password), what
     the driver said, what to do."""
     url = make_url(settings.effective_database_url).render_as_string(hide_password=True)
-    said = str(getattr(exc, "orig", None) or exc).strip()
+    # psycopg's messages run over lines ("...refused\n\tIs the server running..."): one.
+    said = " ".join(str(getattr(exc, "orig", None) or exc).split())
     if "locked" in said:
         hint = "another process is writing to it: try again in a moment"
     elif "not a database" in said or "malformed" in said:

@@ -67,10 +67,10 @@ app.add_typer(webhooks_app, name="webhooks")
 console = Console(highlight=False, soft_wrap=True)
 
 
-def _settings(**overrides: object) -> Settings:
+def _settings(*, starting: bool = False, **overrides: object) -> Settings:
     from bananastand.admin_runtime import load_settings
 
-    return load_settings(**overrides)
+    return load_settings(starting=starting, **overrides)
 
 
 def _with_accounts(
@@ -84,11 +84,12 @@ def _with_services(
     action: Callable[[AdminServices], Awaitable[T]],
     *,
     migrate: bool | None = None,
+    starting: bool = False,
 ) -> T:
     """Run one admin action on the database alone; errors are one line (``run_admin``)."""
     from bananastand.admin_runtime import run_admin
 
-    return run_admin(settings, action, migrate=migrate)
+    return run_admin(settings, action, migrate=migrate, starting=starting)
 
 
 NoMigrate = Annotated[
@@ -170,7 +171,9 @@ def serve(
     from bananastand.providers.registry import describe_live
     from bananastand.server import DrainingServer
 
-    settings = _settings(host=host, port=port, auto_migrate=False if no_migrate else None)
+    settings = _settings(
+        starting=True, host=host, port=port, auto_migrate=False if no_migrate else None
+    )
     loopback: bool | None = None
     if allow_loopback:
         opened = settings.allowing_loopback()
@@ -181,7 +184,12 @@ def serve(
             return None
         return await accounts.create_key(name="first test key", is_test=True)
 
-    first_key = _with_accounts(settings, first_start, migrate=settings.auto_migrate)
+    first_key = _with_services(
+        settings,
+        lambda services: first_start(services.accounts),
+        migrate=settings.auto_migrate,
+        starting=True,
+    )
     _banner(settings, first_key, describe_live(settings), loopback=loopback)
     api = create_app(settings, run_worker=worker)
     config = uvicorn.Config(
@@ -200,9 +208,9 @@ def run_worker(no_migrate: NoMigrate = False) -> None:
     """Run tasks only (no HTTP); run as many as you like beside `serve --no-worker`."""
     from bananastand.app import close_runtime, open_runtime
 
-    settings = _settings(auto_migrate=False if no_migrate else None)
+    settings = _settings(starting=True, auto_migrate=False if no_migrate else None)
     # Migrated (or checked) here, so that a schema error is one line, not a traceback.
-    _with_services(settings, _nothing, migrate=settings.auto_migrate)
+    _with_services(settings, _nothing, migrate=settings.auto_migrate, starting=True)
 
     async def main() -> None:
         runtime = await open_runtime(settings, run_worker=True)
@@ -236,7 +244,7 @@ def migrate_database() -> None:
 
         return ", ".join(sorted(migrate.head_revisions()))
 
-    at = _with_services(_settings(), revision, migrate=True)
+    at = _with_services(_settings(starting=True), revision, migrate=True, starting=True)
     print(f"the database is at revision {at}")
 
 

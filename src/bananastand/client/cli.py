@@ -18,6 +18,10 @@ traceback, and the exit status says what kind it was; scripts rely on these:
     4  server or network: cannot connect, timed out, still rate limited after retries
        (429), maintenance (455), a server error (5xx, 505 included), a database that
        cannot be used (admin commands)
+
+``serve``, ``worker`` and ``migrate`` exit 1 when they cannot start (a setting that does
+not parse, a database that is refused, wrong or at another schema), as service managers
+expect.
 """
 
 from __future__ import annotations
@@ -69,6 +73,8 @@ QUICK_POOL = 8
 
 #: Exit statuses (the table in the module docstring).
 OK, TASK_FAILED, USAGE, AUTH, SERVER = 0, 1, 2, 3, 4
+#: ``serve``, ``worker`` and ``migrate`` that could not start, whatever the reason.
+NOT_STARTED = 1
 
 #: The SDK's policy, but for a person at a prompt: a server that cannot be reached is
 #: said so within a second (the SDK's default retries it for ~10 s), and a Retry-After
