@@ -21,6 +21,7 @@ from bananastand.records import Task
 from bananastand.store.ports import Admission, Created
 from bananastand.store.postgres.database import PostgresDatabase
 from bananastand.store.runner import MAX_LOOKUP_BATCH
+from bananastand.store.sql import lookups
 from bananastand.store.sqlstore import SqlStore
 from conftest import postgres_server
 from store_helpers import ACCOUNT, FakeClock, PostgresqlAdapter, new_task, scenario
@@ -162,3 +163,33 @@ async def test_a_batch_that_lost_its_connection_runs_again_on_a_new_one(
         " WHERE datname = current_database() AND pid <> pg_backend_pid()",
     )
     assert await ids_of(store, asks[:1]) == [mine[0]]
+
+
+@scenario
+async def test_the_batch_query_answers_any_number_of_keys_in_their_order(
+    connect: Callable[..., tuple[SqlStore, PostgresDatabase]],
+) -> None:
+    """``tasks_of_accounts`` alone, over more ids than one statement takes."""
+    store, runner = connect()
+    mine = await add_tasks(store, 3)
+    [theirs] = await add_tasks(store, 1, OTHER)
+    missing = [(f"task_missing_{n}", ACCOUNT) for n in range(2 * lookups.MAX_IDS)]
+    keys = [
+        (mine[0], ACCOUNT),
+        *missing[: lookups.MAX_IDS],
+        (mine[1], ACCOUNT),
+        (theirs, ACCOUNT),
+        *missing[lookups.MAX_IDS :],
+        (mine[2], ACCOUNT),
+        (theirs, OTHER),
+        (mine[0], ACCOUNT),
+    ]
+    answers = await runner.read(lambda connection: lookups.tasks_of_accounts(connection, keys))
+    expected = [
+        task_id if task_id in mine or (task_id, account) == (theirs, OTHER) else None
+        for task_id, account in keys
+    ]
+    assert [None if answer is None else answer.id for answer in answers] == expected
+    for (task_id, account), answer in zip(keys, answers, strict=True):
+        if answer is not None:
+            assert answer == await store.get_task(task_id, account)
