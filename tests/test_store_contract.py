@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import random
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -236,6 +237,30 @@ async def test_a_created_task_reads_back_as_written(store: Store, clock: FakeClo
     # Another account's task is as unknown as a missing one.
     assert await store.get_task(new.id, OTHER) is None
     assert await store.get_task("task_unknown", ACCOUNT) is None
+
+
+@scenario
+async def test_lookups_asked_at_once_each_get_exactly_their_own_answer(store: Store) -> None:
+    """recordInfo's lookups, many at once (a runner may answer them together): each caller
+    gets its task, and None for a missing one or another account's, however they mix."""
+    mine = await add_tasks(store, 4)
+    theirs = await add_tasks(store, 3, OTHER)
+    asks = (
+        [(task_id, ACCOUNT) for task_id in mine] * 3  # each asked for three times
+        + [(task_id, OTHER) for task_id in theirs]
+        + [(task_id, OTHER) for task_id in mine[:2]]  # another account's, by its id
+        + [(task_id, ACCOUNT) for task_id in theirs]
+        + [("task_unknown", ACCOUNT), ("task_unknown", OTHER), ("task_unknown", ACCOUNT)]
+    )
+    random.Random(7).shuffle(asks)
+    answers = await asyncio.gather(*(store.get_task(t, account) for t, account in asks))
+    owner = {**dict.fromkeys(mine, ACCOUNT), **dict.fromkeys(theirs, OTHER)}
+    expected = {task_id: await get(store, task_id, account) for task_id, account in owner.items()}
+    for (task_id, account), answer in zip(asks, answers, strict=True):
+        if owner.get(task_id) == account:
+            assert answer == expected[task_id], (task_id, account)
+        else:
+            assert answer is None, (task_id, account)
 
 
 @scenario

@@ -4,6 +4,9 @@ A unit of work is a plain function ``fn(connection) -> value`` built from SQLAlc
 this class decides where it runs:
 
 - reads run on a small pool of threads, each holding one long-lived connection;
+- lookups by key (``lookup_keyed``: recordInfo's task) that wait at the same moment are
+  one read: one thread hop, one round trip and one statement for all of them
+  (``store.coalesce``), at most ``LOOKUP_BATCHES`` at once;
 - writes go to one writer thread that commits them in groups: every write that arrives
   while a commit is in flight shares the next transaction, and one durable commit (an
   fsync, a WAL flush) covers them all. A refusal (no credits, a cap) is a value a write
@@ -31,22 +34,42 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Hashable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from functools import partial
+from typing import Any, Generic, TypeVar
 
 from sqlalchemy import Connection, Engine, text
 from sqlalchemy.exc import DBAPIError
 
+from bananastand.store.coalesce import Coalescer
+
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+K = TypeVar("K", bound=Hashable)
+V = TypeVar("V")
 Work = Callable[[Connection], T]
 
 #: Most writes committed together; bounds the latency a large group adds to its first write.
 MAX_GROUP = 256
+#: Batches of keyed lookups in flight at once: while they run, the next batch gathers
+#: callers; the other reader threads stay free for the other reads.
+LOOKUP_BATCHES = 2
+#: Most keys in one batch of lookups (one ``IN`` list).
+MAX_LOOKUP_BATCH = 256
+
+
+@dataclass(frozen=True, slots=True)
+class KeyedLookup(Generic[K, V]):
+    """A point read by key in two shapes: ``one(connection, key)`` and ``many(connection,
+    keys)``, one value per key in their order, where a key with no row has the value that
+    ``one`` gives it. A runner runs whichever is cheaper where it runs them."""
+
+    one: Callable[[Connection, K], V]
+    many: Callable[[Connection, Sequence[K]], list[V]]
 
 
 @dataclass(slots=True)
@@ -80,8 +103,11 @@ class GroupCommitRunner:
         self._writer_started = False
         self._writer_lock = threading.Lock()
         self._closed = False
+        self._coalescers: dict[KeyedLookup[Any, Any], Coalescer[Any, Any]] = {}
         #: Groups undone by an error in one of their writes and run again one by one.
         self.groups_rerun = 0
+        #: Reads that answered keyed lookups (``lookup_keyed``), each one batch of them.
+        self.lookup_batches = 0
 
     @property
     def engine(self) -> Engine:
@@ -118,6 +144,35 @@ class GroupCommitRunner:
         """A read of a row or two by an index (recordInfo, key lookups): on a thread here;
         an adapter may run it where it is cheaper."""
         return await self.read(work)
+
+    async def lookup_keyed(self, lookup: KeyedLookup[K, V], key: K) -> V:
+        """``lookup.one(connection, key)``, run with the lookups of the same kind that wait
+        now as one read (``lookup.many``, or ``one`` for a batch of one), at most
+        ``LOOKUP_BATCHES`` at once. An error reaches every caller of its batch; a batch
+        that lost its connection runs again once, as every read does."""
+        if self._closed:
+            raise RuntimeError("database is closed")
+        loop = asyncio.get_running_loop()
+        coalescer = self._coalescers.get(lookup)
+        if coalescer is None or coalescer.loop is not loop:
+            # One per event loop: a store shared by threads with loops of their own (tests,
+            # tools) batches each loop's callers apart.
+            coalescer = Coalescer(
+                partial(self._lookup_batch, lookup),
+                loop=loop,
+                max_in_flight=LOOKUP_BATCHES,
+                max_batch=MAX_LOOKUP_BATCH,
+            )
+            self._coalescers[lookup] = coalescer
+        value: V = await coalescer.get(key)
+        return value
+
+    async def _lookup_batch(self, lookup: KeyedLookup[K, V], keys: Sequence[K]) -> list[V]:
+        self.lookup_batches += 1
+        if len(keys) == 1:
+            [key] = keys
+            return [await self.read(lambda connection: lookup.one(connection, key))]
+        return await self.read(lambda connection: lookup.many(connection, keys))
 
     def _run_read(self, work: Work[T]) -> T:
         try:

@@ -3,12 +3,13 @@
 The queries are portable; what differs between databases is how units of work run: where
 (a thread, the event loop), in which transactions (SQLite commits writes in groups), and
 which clock decides. That is a ``Runner``, which each adapter brings. This class only
-chooses, per query, whether it is a point read (``lookup``), a read, or a write.
+chooses, per query, whether it is a point read (``lookup``, or ``lookup_keyed`` where the
+runner may batch the callers waiting at once), a read, or a write.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from functools import partial
 from typing import Protocol, TypeVar
 
@@ -38,10 +39,16 @@ from bananastand.store.ports import (
     NotEnoughCredits,
     Rescue,
 )
-from bananastand.store.sql import accounts, callbacks, ledger, switches, tasks
+from bananastand.store.runner import KeyedLookup
+from bananastand.store.sql import accounts, callbacks, ledger, lookups, switches, tasks
 
 T = TypeVar("T")
+K = TypeVar("K", bound=Hashable)
+V = TypeVar("V")
 Work = Callable[[Connection], T]
+
+#: recordInfo's lookup: every polling client runs it over and over.
+TASK_OF_ACCOUNT = KeyedLookup(one=lookups.task_of_account, many=lookups.tasks_of_accounts)
 
 
 class Runner(Protocol):
@@ -49,6 +56,11 @@ class Runner(Protocol):
 
     async def lookup(self, work: Work[T]) -> T:
         """A read of a row or two by an index, run wherever that is cheapest."""
+        ...
+
+    async def lookup_keyed(self, lookup: KeyedLookup[K, V], key: K) -> V:
+        """A lookup by key; the runner may answer the callers waiting at once with one
+        read of all their keys (``lookup.many``)."""
         ...
 
     async def write(self, work: Work[T]) -> T:
@@ -90,9 +102,7 @@ class SqlStore:
         )
 
     async def get_task(self, task_id: str, account_id: str) -> Task | None:
-        return await self.runner.lookup(
-            partial(tasks.get_task, task_id=task_id, account_id=account_id)
-        )
+        return await self.runner.lookup_keyed(TASK_OF_ACCOUNT, (task_id, account_id))
 
     async def list_tasks(
         self, account_id: str, *, state: TaskState | None, limit: int, before_seq: int | None

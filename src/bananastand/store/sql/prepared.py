@@ -53,7 +53,7 @@ class _Prepared:
 
 
 class PreparedQuery(_Prepared):
-    """A SELECT of one row (see ``_Prepared``)."""
+    """A SELECT of one row (``first``) or a few (``all``) (see ``_Prepared``)."""
 
     def __init__(self, statement: Select[Any]) -> None:
         super().__init__(statement)
@@ -66,6 +66,14 @@ class PreparedQuery(_Prepared):
         finally:
             cursor.close()
         return dict(zip(self._columns, row, strict=True)) if row is not None else None
+
+    def all(self, connection: Connection, **params: Any) -> list[dict[str, Any]]:
+        cursor = self._execute(connection, params)
+        try:
+            rows = cursor.fetchall()
+        finally:
+            cursor.close()
+        return [dict(zip(self._columns, row, strict=True)) for row in rows]
 
 
 class PreparedInsert(_Prepared):

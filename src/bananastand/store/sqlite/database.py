@@ -3,16 +3,19 @@ and point reads on the event loop."""
 
 from __future__ import annotations
 
+from collections.abc import Hashable
 from typing import Any, TypeVar
 
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.pool import NullPool
 
-from bananastand.store.runner import MAX_GROUP, WRITER_OPTION, GroupCommitRunner, Work
+from bananastand.store.runner import MAX_GROUP, WRITER_OPTION, GroupCommitRunner, KeyedLookup, Work
 
 __all__ = ["MAX_GROUP", "Database"]
 
 T = TypeVar("T")
+K = TypeVar("K", bound=Hashable)
+V = TypeVar("V")
 
 
 class Database(GroupCommitRunner):
@@ -29,6 +32,15 @@ class Database(GroupCommitRunner):
         if self._closed:
             raise RuntimeError("database is closed")
         return self._run_read(work)
+
+    async def lookup_keyed(self, lookup: KeyedLookup[K, V], key: K) -> V:
+        """On the event loop too, one by one: a lookup here never waits, so there is
+        little for callers to meet in, and a batch makes each wait for the next turn of
+        the loop (batched on the loop, recordInfo measured 0.93 of this one's req/s and
+        0.97 of its CPU efficiency, both servers in one run of bench/api.py)."""
+        if self._closed:
+            raise RuntimeError("database is closed")
+        return self._run_read(lambda connection: lookup.one(connection, key))
 
 
 def _engine(url: str, sqlite_synchronous: str) -> Engine:
