@@ -837,6 +837,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "loopback port, fsync=on, synchronous_commit=on, on the servers' CPU), removed after",
     )
     parser.add_argument(
+        "--against",
+        metavar="GITREF",
+        help="also run a SQLite server of the code at this commit (its src/ taken with git "
+        "archive into the temporary folder), to compare a change with its base in one run",
+    )
+    parser.add_argument(
         "--database",
         action="append",
         default=[],
@@ -905,6 +911,8 @@ def backends_of(
             server_env(sqlite_dir, args.synchronous),
         )
     ]
+    if args.against:
+        backends.append(against_backend(args.against, workdir, args.synchronous))
     urls: list[tuple[str, LocalPostgres | None]] = []
     if args.postgres:
         try:
@@ -947,6 +955,33 @@ def backends_of(
     return backends
 
 
+def against_backend(ref: str, workdir: Path, synchronous: str) -> Backend:
+    """SQLite served by the code of ``ref``: its ``src/`` exported beside the data folders and
+    put first on the server's PYTHONPATH (the installed dependencies are this checkout's)."""
+    source = workdir / "against"
+    source.mkdir()
+    repo = Path(__file__).resolve().parent.parent
+    archive = subprocess.run(
+        ["git", "-C", str(repo), "archive", ref, "src"], capture_output=True, check=False
+    )
+    if archive.returncode != 0:
+        raise BenchError(f"--against {ref}: {archive.stderr.decode(errors='replace').strip()}")
+    subprocess.run(["tar", "-x", "-C", str(source)], input=archive.stdout, check=True)
+    commit = subprocess.run(
+        ["git", "-C", str(repo), "rev-parse", "--short", ref], capture_output=True, text=True
+    ).stdout.strip()
+    data_dir = workdir / "data-ref"
+    env = server_env(data_dir, synchronous)
+    env["PYTHONPATH"] = str(source / "src")
+    return Backend(
+        commit,
+        "ref",
+        f"sqlite:///{data_dir / 'bananastand.db'}",
+        f"SQLite synchronous={synchronous}, the code of {ref} (git {commit}), {data_dir}",
+        env,
+    )
+
+
 def start_backend(
     backend: Backend,
     args: argparse.Namespace,
@@ -955,7 +990,7 @@ def start_backend(
     stack: contextlib.ExitStack,
 ) -> None:
     """Its schema and key, its server (on the servers' CPU), the tasks recordInfo reads."""
-    if backend.tag:
+    if is_postgres(backend.url):  # admin commands migrate an embedded SQLite file themselves
         migrate(backend.env)
     backend.key = create_key(backend.env)
     port = free_port()
@@ -977,7 +1012,7 @@ def start_backend(
 
 
 def run(args: argparse.Namespace, workdir: Path, stack: contextlib.ExitStack) -> int:
-    extra = bool(args.postgres or args.database)
+    extra = bool(args.postgres or args.database or args.against)
     pin = pinning(args.no_pin, database=args.postgres)
     print("bananastand API benchmark")
     print(f"  machine: {os.cpu_count()} CPUs, {cpu_model()}, Python {platform.python_version()}")
@@ -1116,6 +1151,16 @@ def run(args: argparse.Namespace, workdir: Path, stack: contextlib.ExitStack) ->
         verdict = "met" if ratio >= aim else "NOT met"
         print(f"aim {name} >= {aim:.1f} x bare req/s: {ratio:.2f} -> {verdict}")
     for backend in backends[1:]:
+        if backend.tag == "ref":
+            for endpoint in AIMS_VS_SQLITE:
+                s = summaries[backend.name(endpoint)]
+                print(
+                    f"{endpoint}: the code at {backend.label} made "
+                    f"{_median(s.x_sqlite):.2f} x this code's req/s (rounds "
+                    f"{_spread(s.x_sqlite)}) and {_median(s.cpu_x_sqlite):.2f} x its CPU "
+                    "efficiency: below 1.00, this code is faster"
+                )
+            continue
         for endpoint, aim in AIMS_VS_SQLITE.items():
             s = summaries[backend.name(endpoint)]
             ratio = _median(s.x_sqlite)
