@@ -1,0 +1,245 @@
+"""Integration: createTask in the writer's groups, on this run's database (SQLite or
+PostgreSQL, ``BANANASTAND_TEST_DATABASE``): what a group of creates sends, and that its
+decisions and its failures stay each write's own.
+
+A group's transaction locks each account once, however many of its creates are for it;
+the next transaction (the next group, or each write of a group run again one by one)
+locks again. What reached the database is counted with its own means: SQLite's trace of
+the writer's connection, PostgreSQL's ``pg_stat_statements``. Groups are made by holding
+the writer until their writes are queued (``one_group``), never by timing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any, cast
+
+import pytest
+from sqlalchemy import Connection
+from sqlalchemy.exc import IntegrityError
+
+from bananastand.store.ports import (
+    Admission,
+    Created,
+    CreateRefusal,
+    IdempotencyClaim,
+    MonthlyCapReached,
+    NotEnoughCredits,
+    TooManyWaiting,
+)
+from bananastand.store.runner import GroupCommitRunner
+from bananastand.store.sqlstore import SqlStore
+from conftest import DATABASE, postgres_server
+from store_helpers import (
+    ACCOUNT,
+    ADAPTERS,
+    T0,
+    Adapter,
+    FakeClock,
+    in_threads,
+    new_task,
+    one_group,
+    scenario,
+)
+
+OTHER = "acct_other"
+NO_LIMITS = Admission()
+#: The account lock's statement (``ledger.lock_account``): on SQLite without FOR UPDATE,
+#: the same text as a balance read, so the counted scenarios refuse nothing.
+LOCK_ON = {
+    "sqlite": "SELECT accounts.credits FROM accounts WHERE",
+    "postgresql": "%FROM accounts%FOR UPDATE%",
+}
+
+
+@pytest.fixture(scope="session")
+def adapter(tmp_path_factory: pytest.TempPathFactory) -> Adapter:
+    return ADAPTERS[DATABASE](tmp_path_factory.mktemp(DATABASE))
+
+
+@pytest.fixture
+def url(adapter: Adapter, tmp_path: Path) -> str:
+    return adapter.new_database(tmp_path)
+
+
+@pytest.fixture
+def connect(adapter: Adapter, url: str) -> Iterator[Callable[[], SqlStore]]:
+    """Opens a store on this test's database; each one more stands for one more process."""
+    opened: list[SqlStore] = []
+
+    def open_one() -> SqlStore:
+        opened.append(cast(SqlStore, adapter.open(url, FakeClock())))
+        return opened[-1]
+
+    yield open_one
+    for store in opened:
+        asyncio.run(store.close())
+
+
+@pytest.fixture
+def store(connect: Callable[[], SqlStore]) -> SqlStore:
+    return connect()
+
+
+@pytest.fixture
+def db(store: SqlStore) -> GroupCommitRunner:
+    return cast(GroupCommitRunner, store.runner)
+
+
+@pytest.fixture
+def locks(db: GroupCommitRunner, url: str) -> Callable[[], Awaitable[int]]:
+    """The account locks that reached the database so far, from this store's writer."""
+    if DATABASE == "postgresql":
+        name = url.rsplit("/", 1)[1]
+        server = postgres_server()
+        return lambda: asyncio.to_thread(server.statement_calls, name, LOCK_ON[DATABASE])
+    traced: list[str] = []
+
+    def trace(connection: Connection) -> None:
+        connection.connection.driver_connection.set_trace_callback(traced.append)  # type: ignore[union-attr]
+
+    async def count() -> int:
+        if not traced:
+            await db.write(trace)
+            traced.append("-- traced")
+        texts = (" ".join(statement.split()) for statement in traced)
+        return sum(text.startswith(LOCK_ON[DATABASE]) for text in texts)
+
+    return count
+
+
+def key(name: str, request_hash: str = "hash-a") -> IdempotencyClaim:
+    return IdempotencyClaim(key=name, request_hash=request_hash, ttl_ms=60_000)
+
+
+@scenario
+async def test_a_group_locks_each_of_its_accounts_once(
+    store: SqlStore, db: GroupCommitRunner, locks: Callable[[], Awaitable[int]]
+) -> None:
+    """Thirty charged creates for two accounts in one group: two locks, exact charges;
+    the next group locks again (the commit ended the first one's locks)."""
+    await store.create_account(ACCOUNT, "a", 100)
+    await store.create_account(OTHER, "b", 100)
+    before = await locks()
+    news = [new_task(ACCOUNT if n % 3 else OTHER, credits=1) for n in range(30)]
+    async with one_group(db):
+        answers = asyncio.gather(*(store.create_task(new, None, NO_LIMITS) for new in news))
+    assert await answers == [Created(new.id, True) for new in news]
+    assert await locks() - before == 2
+    assert db.groups_rerun == 0
+    later = new_task(OTHER, credits=1)
+    assert await store.create_task(later, None, NO_LIMITS) == Created(later.id, True)
+    assert await locks() - before == 3
+    assert await store.balance(ACCOUNT) == 100 - 20
+    assert await store.balance(OTHER) == 100 - 10 - 1
+    assert await store.audit() == []
+
+
+@scenario
+async def test_each_decision_in_a_group_sees_the_groups_earlier_writes(
+    store: SqlStore, db: GroupCommitRunner
+) -> None:
+    """Under one lock per account, every check still reads the rows as the group's
+    earlier writes left them: the balance, the month's spending, the waiting tasks and
+    the Idempotency-Keys; each refusal writes nothing and reruns nothing."""
+    await store.create_account(ACCOUNT, "poor", 3)
+    await store.create_account(OTHER, "capped", 1_000)
+    await store.create_account("acct_busy", "busy", 0)
+    capped = Admission(monthly_cap=4, month_start_ms=T0)
+    busy = Admission(max_waiting=2)
+    calls: list[tuple[Any, IdempotencyClaim | None, Admission, Created | CreateRefusal]] = []
+    first_keyed = new_task()  # free: no credits needed
+    for n in range(6):
+        poor = new_task(ACCOUNT, credits=1)
+        calls.append(
+            (poor, None, NO_LIMITS, Created(poor.id, True) if n < 3 else NotEnoughCredits(0, 1))
+        )
+        spend = new_task(OTHER, credits=2)
+        calls.append(
+            (spend, None, capped, Created(spend.id, True) if n < 2 else MonthlyCapReached(4, 4, 2))
+        )
+        queued = new_task("acct_busy")
+        calls.append(
+            (queued, None, busy, Created(queued.id, True) if n < 2 else TooManyWaiting(2, 2))
+        )
+        keyed = first_keyed if n == 0 else new_task()
+        calls.append((keyed, key("k"), NO_LIMITS, Created(first_keyed.id, n == 0)))
+    async with one_group(db):
+        answers = asyncio.gather(*(store.create_task(new, k, a) for new, k, a, _ in calls))
+    assert await answers == [expected for *_, expected in calls]
+    assert db.groups_rerun == 0
+    assert await store.balance(ACCOUNT) == 0
+    assert await store.balance(OTHER) == 1_000 - 4
+    assert await store.audit() == []
+
+
+@pytest.mark.parametrize("credits", [0, 1], ids=["free", "charged"])
+@scenario
+async def test_a_failing_create_in_a_group_fails_alone(
+    store: SqlStore, db: GroupCommitRunner, locks: Callable[[], Awaitable[int]], credits: int
+) -> None:
+    """A create whose task id is taken (the primary key refuses its INSERT) among good
+    ones: the group is undone and each runs again alone; the failure is its caller's, its
+    neighbours commit, its charge is undone with it, and each rerun locks anew."""
+    await store.create_account(ACCOUNT, "a", 100)
+    taken = new_task(credits=credits)
+    assert await store.create_task(taken, None, NO_LIMITS) == Created(taken.id, True)
+    before = await locks()
+    news = [new_task(credits=credits) for _ in range(5)]
+    news[2] = dataclasses.replace(news[2], id=taken.id)
+    async with one_group(db):
+        answers = asyncio.gather(
+            *(store.create_task(new, None, NO_LIMITS) for new in news), return_exceptions=True
+        )
+    done = await answers
+    assert isinstance(done[2], IntegrityError), done[2]
+    assert [done[n] for n in (0, 1, 3, 4)] == [Created(news[n].id, True) for n in (0, 1, 3, 4)]
+    assert db.groups_rerun == 1
+    assert await locks() - before == 1 + 5  # the group's, then each write's alone
+    listed = await store.list_tasks(ACCOUNT, state=None, limit=10, before_seq=None)
+    assert sorted(task.id for task in listed) == sorted(
+        [taken.id, *(news[n].id for n in (0, 1, 3, 4))]
+    )
+    assert await store.balance(ACCOUNT) == 100 - 5 * credits
+    assert await store.audit() == []
+    # The writer carries on: the next group commits whole.
+    after = [new_task(credits=credits) for _ in range(3)]
+    async with one_group(db):
+        answers = asyncio.gather(*(store.create_task(new, None, NO_LIMITS) for new in after))
+    assert await answers == [Created(new.id, True) for new in after]
+    assert db.groups_rerun == 1
+
+
+@scenario
+async def test_charges_stay_exact_with_two_processes_writing_in_groups(
+    store: SqlStore, connect: Callable[[], SqlStore]
+) -> None:
+    """Eight clients, half through a second process, each sending ten creates at once (so
+    each process writes them in groups): one account pays for 25 of its 40, the other's
+    monthly cap allows 20 of its 40; nothing more, whatever the interleaving."""
+    second = connect()
+    await store.create_account(ACCOUNT, "a", 25)
+    await second.create_account(OTHER, "b", 1_000)
+    stores = [store, second]
+    capped = Admission(monthly_cap=20, month_start_ms=T0)
+
+    async def client(n: int) -> list[Created | CreateRefusal]:
+        account, limits = (ACCOUNT, NO_LIMITS) if n % 4 < 2 else (OTHER, capped)
+        creates = (
+            stores[n % 2].create_task(new_task(account, credits=1), None, limits) for _ in range(10)
+        )
+        return list(await asyncio.gather(*creates))
+
+    answers = [answer for sent in await asyncio.to_thread(in_threads, 8, client) for answer in sent]
+    made = [answer for answer in answers if isinstance(answer, Created)]
+    assert len(made) == 45
+    refused = sorted((answer for answer in answers if not isinstance(answer, Created)), key=repr)
+    assert refused == sorted(
+        [MonthlyCapReached(20, 20, 1)] * 20 + [NotEnoughCredits(0, 1)] * 15, key=repr
+    )
+    assert await store.balance(ACCOUNT) == 0
+    assert await store.balance(OTHER) == 1_000 - 20
+    assert await store.audit() == []
