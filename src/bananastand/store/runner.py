@@ -220,7 +220,10 @@ class GroupCommitRunner:
         if len(group) > 1:
             try:
                 with connection.begin():
-                    outcomes = [(job, True, job.work(connection)) for job in group]
+                    done = [(job, True, job.work(connection)) for job in group]
+                # Only now: an error may come after the last write returned, as the
+                # transaction ends (results sent ahead, a constraint checked at COMMIT).
+                outcomes = done
             except Exception as exc:
                 if lost_connection(exc):  # it may have committed: never run it twice
                     log.error("the database connection was lost writing a group of %d", len(group))
