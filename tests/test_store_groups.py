@@ -17,20 +17,24 @@ from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any, cast
 
+import psycopg
 import pytest
 from sqlalchemy import Connection
 from sqlalchemy.exc import IntegrityError
 
+from bananastand.contract import TaskState
 from bananastand.store.ports import (
     Admission,
     Created,
     CreateRefusal,
+    Failure,
     IdempotencyClaim,
     MonthlyCapReached,
     NotEnoughCredits,
     TooManyWaiting,
 )
 from bananastand.store.runner import GroupCommitRunner
+from bananastand.store.sql import ledger, tasks
 from bananastand.store.sqlstore import SqlStore
 from conftest import DATABASE, postgres_server
 from store_helpers import (
@@ -243,3 +247,84 @@ async def test_charges_stay_exact_with_two_processes_writing_in_groups(
     assert await store.balance(ACCOUNT) == 0
     assert await store.balance(OTHER) == 1_000 - 20
     assert await store.audit() == []
+
+
+@scenario
+async def test_a_write_reads_what_the_groups_earlier_inserts_wrote(
+    store: SqlStore, db: GroupCommitRunner
+) -> None:
+    """A task created and canceled in one group: the cancel (through SQLAlchemy) finds the
+    row the create's INSERT wrote (on PostgreSQL sent ahead of its result) and refunds it."""
+    await store.create_account(ACCOUNT, "a", 10)
+    new = new_task(credits=4)
+    async with one_group(db):
+        made = asyncio.ensure_future(store.create_task(new, None, NO_LIMITS))
+        canceled = asyncio.ensure_future(store.cancel_task(new.id, ACCOUNT, Failure("400", "no")))
+    assert await made == Created(new.id, True)
+    task = await canceled
+    assert task is not None
+    assert task.state is TaskState.FAIL
+    assert db.groups_rerun == 0  # in the group, not alone after it failed
+    assert await store.balance(ACCOUNT) == 10
+    assert await store.audit() == []
+
+
+def pipeline_status(connection: Connection) -> int:
+    """The writer's connection's pipeline mode now (psycopg: 0 off, 1 on)."""
+    driver = connection.connection.driver_connection
+    assert isinstance(driver, psycopg.Connection)
+    return int(driver.pgconn.pipeline_status)
+
+
+@pytest.mark.postgresql_only(reason="psycopg's pipeline mode")
+@scenario
+async def test_a_groups_inserts_are_sent_without_waiting_until_the_transaction_ends(
+    store: SqlStore, db: GroupCommitRunner
+) -> None:
+    """After a create, later writes of its group find the connection in pipeline mode
+    (the INSERT went out, its result not waited for); a statement through SQLAlchemy
+    ends the mode first, and the next transaction starts without it."""
+    await store.create_account(ACCOUNT, "a", 10)
+    first, second = new_task(), new_task()
+    async with one_group(db):
+        before = asyncio.ensure_future(db.write(pipeline_status))
+        made = asyncio.gather(
+            store.create_task(first, None, NO_LIMITS), store.create_task(second, None, NO_LIMITS)
+        )
+        during = asyncio.ensure_future(db.write(pipeline_status))
+        balance = asyncio.ensure_future(
+            db.write(lambda c: (ledger.balance(c, ACCOUNT), pipeline_status(c)))
+        )
+    assert await made == [Created(first.id, True), Created(second.id, True)]
+    assert (await before, await during, await balance) == (0, 1, (10, 0))
+    assert db.groups_rerun == 0
+    assert await db.write(pipeline_status) == 0
+
+
+@pytest.mark.postgresql_only(reason="psycopg's pipeline mode")
+@scenario
+async def test_a_write_that_swallows_an_error_sent_ahead_still_fails(
+    store: SqlStore, db: GroupCommitRunner
+) -> None:
+    """A write whose INSERT failed, sent ahead, sees the error at its next statement; if
+    it catches it and returns, its transaction still fails (PostgreSQL would quietly
+    turn the COMMIT into a ROLLBACK): the caller is told, never answered a task that
+    is not there."""
+    await store.create_account(ACCOUNT, "a", 10)
+    taken = new_task()
+    assert await store.create_task(taken, None, NO_LIMITS) == Created(taken.id, True)
+
+    def swallow(connection: Connection) -> str:
+        tasks.create_task(
+            connection, dataclasses.replace(new_task(), id=taken.id), T0, None, NO_LIMITS
+        )
+        try:
+            ledger.balance(connection, ACCOUNT)
+        except IntegrityError:
+            return "carried on"
+        return "no error"
+
+    with pytest.raises(IntegrityError, match="uq_tasks_id"):
+        await db.write(swallow)
+    listed = await store.list_tasks(ACCOUNT, state=None, limit=10, before_seq=None)
+    assert [task.id for task in listed] == [taken.id]

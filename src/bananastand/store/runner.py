@@ -33,7 +33,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -219,7 +219,7 @@ class GroupCommitRunner:
         outcomes: list[tuple[_Job, bool, Any]] | None = None
         if len(group) > 1:
             try:
-                with connection.begin():
+                with connection.begin(), self._sending(connection):
                     done = [(job, True, job.work(connection)) for job in group]
                 # Only now: an error may come after the last write returned, as the
                 # transaction ends (results sent ahead, a constraint checked at COMMIT).
@@ -235,13 +235,20 @@ class GroupCommitRunner:
             outcomes = [self._commit_one(connection, job) for job in group]
         _settle_by_loop(outcomes)
 
-    @staticmethod
-    def _commit_one(connection: Connection, job: _Job) -> tuple[_Job, bool, Any]:
+    def _commit_one(self, connection: Connection, job: _Job) -> tuple[_Job, bool, Any]:
         try:
-            with connection.begin():
+            with connection.begin(), self._sending(connection):
                 return job, True, job.work(connection)
         except Exception as exc:  # handed to its caller
             return job, False, exc
+
+    def _sending(self, connection: Connection) -> AbstractContextManager[None]:
+        """Around the writes of one transaction, inside it: where an adapter may send
+        statements without waiting for each one's result (PostgreSQL's pipeline mode).
+        Every error among them is raised before this ends, while the transaction can
+        still be rolled back: the group is undone and rerun one by one as for any other
+        error. Here every statement waits for its own result."""
+        return nullcontext()
 
     async def close(self) -> None:
         """Finish queued writes, then close every connection."""

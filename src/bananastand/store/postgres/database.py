@@ -15,10 +15,11 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 
 from sqlalchemy import Connection, Engine, create_engine, text
 
+from bananastand.store.postgres.pipeline import end_before_sqlalchemy, sending_ahead
 from bananastand.store.runner import WRITER_OPTION, GroupCommitRunner
 
 #: ``pg_advisory_lock`` key held while migrating: any number of processes starting at once
@@ -49,6 +50,10 @@ class PostgresDatabase(GroupCommitRunner):
 
     def _reader_options(self) -> dict[str, object]:
         return {"isolation_level": "AUTOCOMMIT"}
+
+    def _sending(self, connection: Connection) -> AbstractContextManager[None]:
+        """The INSERTs of a write transaction in pipeline mode (``pipeline``)."""
+        return sending_ahead(connection)
 
     @contextmanager
     def exclusive_connection(self) -> Iterator[Connection]:
@@ -82,10 +87,12 @@ class PostgresDatabase(GroupCommitRunner):
 
 
 def _engine(url: str, pool_size: int, statement_timeout_ms: int) -> Engine:
-    return create_engine(
+    engine = create_engine(
         url,
         pool_size=pool_size,
         max_overflow=pool_size,
         pool_pre_ping=True,
         connect_args={"options": f"-c statement_timeout={statement_timeout_ms}"},
     )
+    end_before_sqlalchemy(engine)
+    return engine
