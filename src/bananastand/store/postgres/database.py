@@ -51,6 +51,11 @@ class PostgresDatabase(GroupCommitRunner):
     def _reader_options(self) -> dict[str, object]:
         return {"isolation_level": "AUTOCOMMIT"}
 
+    def _writer_connection(self) -> Connection:
+        connection = super()._writer_connection()
+        end_before_sqlalchemy(connection)
+        return connection
+
     def _sending(self, connection: Connection) -> AbstractContextManager[None]:
         """The INSERTs of a write transaction in pipeline mode (``pipeline``)."""
         return sending_ahead(connection)
@@ -87,12 +92,10 @@ class PostgresDatabase(GroupCommitRunner):
 
 
 def _engine(url: str, pool_size: int, statement_timeout_ms: int) -> Engine:
-    engine = create_engine(
+    return create_engine(
         url,
         pool_size=pool_size,
         max_overflow=pool_size,
         pool_pre_ping=True,
         connect_args={"options": f"-c statement_timeout={statement_timeout_ms}"},
     )
-    end_before_sqlalchemy(engine)
-    return engine

@@ -27,7 +27,7 @@ from contextlib import AbstractContextManager, contextmanager
 from typing import Any
 
 import psycopg
-from sqlalchemy import Connection, Engine, event
+from sqlalchemy import Connection, event
 from sqlalchemy.exc import DBAPIError
 
 from bananastand.store.sql.prepared import SEND_AHEAD, driver_error
@@ -101,12 +101,13 @@ def sending_ahead(connection: Connection) -> Iterator[None]:
         info.pop(SEND_AHEAD, None)
 
 
-def end_before_sqlalchemy(engine: Engine) -> None:
-    """Every statement SQLAlchemy executes on ``engine`` first ends its connection's
+def end_before_sqlalchemy(writer: Connection) -> None:
+    """Every statement SQLAlchemy executes on the ``writer`` connection first ends its
     pipeline mode, if on (SQLAlchemy reads results as soon as the driver returns). An
-    error raised here is the driver's, which SQLAlchemy wraps as for the statement."""
+    error raised here is the driver's, which SQLAlchemy wraps as for the statement. Only
+    the writer's connection listens: readers never send ahead, and pay nothing for it."""
 
-    @event.listens_for(engine, "before_cursor_execute")
+    @event.listens_for(writer, "before_cursor_execute")
     def _end(connection: Connection, *_args: Any) -> None:
         pipeline: Pipeline | None = connection.info.get(SEND_AHEAD)
         if pipeline is not None:
