@@ -14,7 +14,7 @@ from __future__ import annotations
 import weakref
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, func, insert, select, update
+from sqlalchemy import Connection, bindparam, func, select, update
 
 from bananastand.records import LedgerEntry
 from bananastand.storable import INT64_MAX
@@ -24,12 +24,17 @@ from bananastand.store.ports import (
     MonthlyCapReached,
     NotEnoughCredits,
 )
-from bananastand.store.sql.prepared import PreparedQuery
+from bananastand.store.sql.prepared import PreparedInsert, PreparedQuery
 from bananastand.store.tables import accounts, credit_ledger, tasks
 
 CHARGE = "charge"
 REFUND = "refund"
 GRANT = "grant"
+
+
+_INSERT_ROW = PreparedInsert(
+    credit_ledger, ("account_id", "amount", "reason", "task_id", "note", "created_at")
+)
 
 
 def _insert_row(
@@ -42,16 +47,20 @@ def _insert_row(
     task_id: str | None = None,
     note: str = "",
 ) -> None:
-    """The row that explains a change of ``accounts.credits`` made in the same transaction."""
-    connection.execute(
-        insert(credit_ledger).values(
-            account_id=account_id,
-            amount=amount,
-            reason=reason,
-            task_id=task_id,
-            note=note,
-            created_at=now_ms,
-        )
+    """The row that explains a change of ``accounts.credits`` made in the same transaction.
+
+    On the driver's cursor, as the task's INSERT: nothing waits for its answer, so a
+    charged create sends both ahead of their results where the runner allows it."""
+    _INSERT_ROW.run(
+        connection,
+        {
+            "account_id": account_id,
+            "amount": amount,
+            "reason": reason,
+            "task_id": task_id,
+            "note": note,
+            "created_at": now_ms,
+        },
     )
 
 
