@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import threading
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any, cast
@@ -20,7 +21,7 @@ from typing import Any, cast
 import psycopg
 import pytest
 from sqlalchemy import Connection
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from bananastand.contract import TaskState
 from bananastand.store.ports import (
@@ -40,6 +41,7 @@ from conftest import DATABASE, postgres_server
 from store_helpers import (
     ACCOUNT,
     ADAPTERS,
+    DEADLOCK_GUARD_S,
     T0,
     Adapter,
     FakeClock,
@@ -328,3 +330,45 @@ async def test_a_write_that_swallows_an_error_sent_ahead_still_fails(
         await db.write(swallow)
     listed = await store.list_tasks(ACCOUNT, state=None, limit=10, before_seq=None)
     assert [task.id for task in listed] == [taken.id]
+
+
+@pytest.mark.postgresql_only(reason="psycopg's pipeline mode, a backend terminated")
+@scenario
+async def test_a_connection_lost_with_inserts_sent_ahead_fails_the_group_once(
+    store: SqlStore, db: GroupCommitRunner, url: str
+) -> None:
+    """The writer's backend is terminated while its group's INSERTs are sent ahead and
+    not yet answered: the loss comes where the group waits for them. Every write of the
+    group gets it and none runs again (never twice what may have committed; here it
+    could not have: no COMMIT was sent); the next write gets a new connection."""
+    await store.create_account(ACCOUNT, "a", 10)
+    pid = await db.write(lambda c: c.exec_driver_sql("SELECT pg_backend_pid()").scalar_one())
+    held, release = threading.Event(), threading.Event()
+
+    def hold(_connection: Connection) -> None:
+        held.set()
+        assert release.wait(DEADLOCK_GUARD_S)
+
+    news = [new_task(credits=1) for _ in range(3)]
+    async with one_group(db):
+        answers = asyncio.gather(
+            *(store.create_task(new, None, NO_LIMITS) for new in news),
+            db.write(hold),
+            return_exceptions=True,
+        )
+    assert await asyncio.to_thread(held.wait, DEADLOCK_GUARD_S)
+    name = url.rsplit("/", 1)[1]
+    ended = await asyncio.to_thread(
+        postgres_server().psql, f"SELECT pg_terminate_backend({pid}, 30000)", name
+    )
+    assert ended.strip() == "t"
+    release.set()
+    done = await answers
+    assert all(
+        isinstance(answer, DBAPIError) and answer.connection_invalidated for answer in done
+    ), done
+    assert db.groups_rerun == 0
+    assert await store.list_tasks(ACCOUNT, state=None, limit=10, before_seq=None) == []
+    later = new_task(credits=1)
+    assert await store.create_task(later, None, NO_LIMITS) == Created(later.id, True)
+    assert await store.balance(ACCOUNT) == 9

@@ -57,7 +57,9 @@ class _Prepared:
         self._column_keys = list(column_keys) if column_keys is not None else None
         self._compiled: dict[str, tuple[str, tuple[str, ...] | None]] = {}
 
-    def _execute(self, connection: Connection, params: Mapping[str, Any]) -> Any:
+    def _execute(
+        self, connection: Connection, params: Mapping[str, Any], ahead: SendAhead | None = None
+    ) -> Any:
         dialect = connection.dialect
         entry = self._compiled.get(dialect.name)
         if entry is None:
@@ -69,6 +71,8 @@ class _Prepared:
         values = tuple(params[name] for name in order) if order else params
         cursor = connection.connection.cursor()
         try:
+            if ahead is not None:
+                ahead.start()
             cursor.execute(sql, values)
         except dialect.loaded_dbapi.Error as exc:
             cursor.close()
@@ -104,7 +108,4 @@ class PreparedInsert(_Prepared):
 
     def run(self, connection: Connection, values: Mapping[str, Any]) -> None:
         """Sent ahead of its result where the runner allows it (see the module's doc)."""
-        send_ahead: SendAhead | None = connection.info.get(SEND_AHEAD)
-        if send_ahead is not None:
-            send_ahead.start()
-        self._execute(connection, values).close()
+        self._execute(connection, values, connection.info.get(SEND_AHEAD)).close()
