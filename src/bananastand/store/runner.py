@@ -10,7 +10,9 @@ this class decides where it runs:
   returns with nothing written, never an exception; only a real error (a constraint, a
   bug) undoes the group, whose writes then run again one by one so that the error stays
   with its caller. Savepoints per write would cost every write two more statements for
-  what should never happen.
+  what should never happen. An error may also come as the transaction ends (at COMMIT,
+  or for statements an adapter sent ahead of their results, ``_sending``): a group is
+  written only once its transaction has ended well.
 - a lost connection (a restarted database server, a terminated backend) is the
   adapter's to heal: the connection is dropped and the next unit of work gets a new one.
   A read that lost its connection runs once more on a fresh one; writes do not: a group

@@ -5,7 +5,8 @@ Writes still go through one writer thread per process, one transaction per group
 Many processes write at once, each with its own group, which the queries allow (row
 locks, ``SKIP LOCKED`` claims). Readers are in autocommit: a statement sees what was
 committed when it began, and no reader connection idles inside a transaction (where it
-would hold locks that a migration waits for).
+would hold locks that a migration waits for). Within a write transaction, INSERTs go out
+in pipeline mode, not waited for one by one (``pipeline``).
 
 Reconnecting is the pool's (``pool_pre_ping`` checks a connection when it is taken) and
 the runner's (a lost connection is dropped; the next unit of work gets a new one).
