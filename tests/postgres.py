@@ -59,6 +59,19 @@ class PostgresServer:
         self.psql(f'CREATE DATABASE "{name}" TEMPLATE "{template}"')
         return self.url(name)
 
+    def statement_calls(self, database: str, like: str) -> int:
+        """How many times statements whose text is ``LIKE like`` ran in ``database`` so
+        far (``pg_stat_statements``, made in that database on first use): what reached
+        the server, whatever path the client sent it by."""
+        self.psql("CREATE EXTENSION IF NOT EXISTS pg_stat_statements", database)
+        found = self.psql(
+            "SELECT coalesce(sum(calls), 0) FROM pg_stat_statements"
+            " WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database())"
+            f" AND query LIKE '{like}'",
+            database,
+        )
+        return int(found)
+
     def psql(self, sql: str, database: str = "postgres") -> str:
         done = subprocess.run(
             ["psql", "-X", "-q", "-At", "-v", "ON_ERROR_STOP=1", "-c", sql,
@@ -99,6 +112,8 @@ def running_postgres(port: int) -> Iterator[PostgresServer]:
         options = (
             f"-c listen_addresses=127.0.0.1 -c port={port} -c unix_socket_directories={top}"
             " -c fsync=off -c full_page_writes=off -c max_connections=300"
+            # For tests that count what reached the database (``statement_calls``).
+            " -c shared_preload_libraries=pg_stat_statements"
         )
         log = top / "log"
         try:

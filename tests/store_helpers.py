@@ -11,10 +11,11 @@ conftest.py): the contract suite runs that database's adapter.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import shutil
 import threading
-from collections.abc import Callable, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, ParamSpec, Protocol, TypeVar
@@ -22,6 +23,7 @@ from typing import Any, ParamSpec, Protocol, TypeVar
 from bananastand.ids import new_task_id
 from bananastand.store import migrate, open_runner
 from bananastand.store.ports import NewTask, Store
+from bananastand.store.runner import GroupCommitRunner
 from bananastand.store.sqlite.database import Database
 from bananastand.store.sqlstore import SqlStore
 from conftest import postgres_server
@@ -146,6 +148,27 @@ def in_threads(count: int, call: Callable[[int], Coroutine[Any, Any, R]]) -> lis
     with ThreadPoolExecutor(max_workers=count, thread_name_prefix="caller") as pool:
         futures = [pool.submit(one, index) for index in range(count)]
         return [future.result(DEADLOCK_GUARD_S) for future in futures]
+
+
+@contextlib.asynccontextmanager
+async def one_group(runner: GroupCommitRunner) -> AsyncIterator[None]:
+    """Writes started in the block share one transaction: the writer is held (by a write
+    that waits) until the block ends and every write started in it is in the queue; then
+    it takes them all as its next group (up to ``MAX_GROUP``)."""
+    holding, release = threading.Event(), threading.Event()
+
+    def hold(_connection: Any) -> None:
+        holding.set()
+        assert release.wait(DEADLOCK_GUARD_S)
+
+    blocker = asyncio.ensure_future(runner.write(hold))
+    try:
+        assert await asyncio.to_thread(holding.wait, DEADLOCK_GUARD_S)
+        yield
+        await asyncio.sleep(0)  # one turn of the loop: each write puts itself in the queue
+    finally:
+        release.set()
+        await blocker
 
 
 #: The account the store tests make their tasks in.

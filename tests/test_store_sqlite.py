@@ -38,7 +38,7 @@ from bananastand.store.ports import (
 )
 from bananastand.store.sqlite.database import MAX_GROUP, Database
 from bananastand.store.sqlstore import SqlStore
-from bananastand.store.tables import switches
+from bananastand.store.tables import switches, webhook_secrets
 from store_helpers import (
     ACCOUNT,
     DEADLOCK_GUARD_S,
@@ -47,6 +47,7 @@ from store_helpers import (
     SqliteAdapter,
     in_threads,
     new_task,
+    one_group,
     scenario,
 )
 
@@ -176,6 +177,36 @@ async def test_a_failing_write_fails_only_itself(db: Database, store: SqlStore) 
     assert runs[3:] == ["before", "duplicate", "after"]
     assert db.groups_rerun == 1
     assert await store.all_switches() == {"taken": "", "before": "", "after": ""}
+
+
+@scenario
+async def test_a_write_whose_error_comes_at_commit_fails_only_itself(
+    db: Database, store: SqlStore, db_path: Path
+) -> None:
+    """An error may come after every write of the group returned: here a foreign key
+    checked only at COMMIT (``defer_foreign_keys``). The group is not committed, so
+    nobody may be told it was: each runs again alone and only the culprit fails."""
+
+    def orphan(connection: Connection) -> str:
+        connection.exec_driver_sql("PRAGMA defer_foreign_keys = ON")  # until the COMMIT
+        connection.execute(
+            insert(webhook_secrets).values(account_id="acct_nobody", secret="s", created_at=T0)
+        )
+        return "orphan"
+
+    async with one_group(db):
+        queued = asyncio.gather(
+            db.write(lambda connection: put_raw_switch(connection, "before")),
+            db.write(orphan),
+            db.write(lambda connection: put_raw_switch(connection, "after")),
+            return_exceptions=True,
+        )
+    before, failed, after = await queued
+    assert (before, after) == ("before", "after")
+    assert isinstance(failed, IntegrityError), failed
+    assert db.groups_rerun == 1
+    assert await store.all_switches() == {"before": "", "after": ""}
+    assert count_rows(db_path, "webhook_secrets") == 0
 
 
 @scenario

@@ -13,7 +13,9 @@ this class decides where it runs:
   returns with nothing written, never an exception; only a real error (a constraint, a
   bug) undoes the group, whose writes then run again one by one so that the error stays
   with its caller. Savepoints per write would cost every write two more statements for
-  what should never happen.
+  what should never happen. An error may also come as the transaction ends (at COMMIT,
+  or for statements an adapter sent ahead of their results, ``_sending``): a group is
+  written only once its transaction has ended well.
 - a lost connection (a restarted database server, a terminated backend) is the
   adapter's to heal: the connection is dropped and the next unit of work gets a new one.
   A read that lost its connection runs once more on a fresh one; writes do not: a group
@@ -36,7 +38,7 @@ import threading
 import time
 from collections.abc import Callable, Hashable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from functools import partial
 from typing import Any, Generic, TypeVar
@@ -274,8 +276,11 @@ class GroupCommitRunner:
         outcomes: list[tuple[_Job, bool, Any]] | None = None
         if len(group) > 1:
             try:
-                with connection.begin():
-                    outcomes = [(job, True, job.work(connection)) for job in group]
+                with connection.begin(), self._sending(connection):
+                    done = [(job, True, job.work(connection)) for job in group]
+                # Only now: an error may come after the last write returned, as the
+                # transaction ends (results sent ahead, a constraint checked at COMMIT).
+                outcomes = done
             except Exception as exc:
                 if lost_connection(exc):  # it may have committed: never run it twice
                     log.error("the database connection was lost writing a group of %d", len(group))
@@ -287,13 +292,20 @@ class GroupCommitRunner:
             outcomes = [self._commit_one(connection, job) for job in group]
         _settle_by_loop(outcomes)
 
-    @staticmethod
-    def _commit_one(connection: Connection, job: _Job) -> tuple[_Job, bool, Any]:
+    def _commit_one(self, connection: Connection, job: _Job) -> tuple[_Job, bool, Any]:
         try:
-            with connection.begin():
+            with connection.begin(), self._sending(connection):
                 return job, True, job.work(connection)
         except Exception as exc:  # handed to its caller
             return job, False, exc
+
+    def _sending(self, connection: Connection) -> AbstractContextManager[None]:
+        """Around the writes of one transaction, inside it: where an adapter may send
+        statements without waiting for each one's result (PostgreSQL's pipeline mode).
+        Every error among them is raised before this ends, while the transaction can
+        still be rolled back: the group is undone and rerun one by one as for any other
+        error. Here every statement waits for its own result."""
+        return nullcontext()
 
     async def close(self) -> None:
         """Finish queued writes, then close every connection."""

@@ -5,7 +5,8 @@ Writes still go through one writer thread per process, one transaction per group
 Many processes write at once, each with its own group, which the queries allow (row
 locks, ``SKIP LOCKED`` claims). Readers are in autocommit: a statement sees what was
 committed when it began, and no reader connection idles inside a transaction (where it
-would hold locks that a migration waits for).
+would hold locks that a migration waits for). Within a write transaction, INSERTs go out
+in pipeline mode, not waited for one by one (``pipeline``).
 
 Reconnecting is the pool's (``pool_pre_ping`` checks a connection when it is taken) and
 the runner's (a lost connection is dropped; the next unit of work gets a new one).
@@ -15,10 +16,11 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 
 from sqlalchemy import Connection, Engine, create_engine, text
 
+from bananastand.store.postgres.pipeline import end_before_sqlalchemy, sending_ahead
 from bananastand.store.runner import WRITER_OPTION, GroupCommitRunner
 
 #: ``pg_advisory_lock`` key held while migrating: any number of processes starting at once
@@ -49,6 +51,15 @@ class PostgresDatabase(GroupCommitRunner):
 
     def _reader_options(self) -> dict[str, object]:
         return {"isolation_level": "AUTOCOMMIT"}
+
+    def _writer_connection(self) -> Connection:
+        connection = super()._writer_connection()
+        end_before_sqlalchemy(connection)
+        return connection
+
+    def _sending(self, connection: Connection) -> AbstractContextManager[None]:
+        """The INSERTs of a write transaction in pipeline mode (``pipeline``)."""
+        return sending_ahead(connection)
 
     @contextmanager
     def exclusive_connection(self) -> Iterator[Connection]:

@@ -5,12 +5,16 @@ changed only here, in the same transaction as the row that explains the change; 
 ``audit`` query proves the two agree. Charges and grants are conditional updates
 (``credits >= amount``), so concurrent ones can never overdraw, on SQLite (one writer) as
 on PostgreSQL (the row lock of the UPDATE); checks that read other rows first (the
-monthly cap) run under the account's row lock (``lock_account``).
+monthly cap) run under the account's row lock (``lock_account``), taken once per
+transaction.
 """
 
 from __future__ import annotations
 
-from sqlalchemy import Connection, bindparam, func, insert, select, update
+import weakref
+from typing import Any
+
+from sqlalchemy import Connection, bindparam, func, select, update
 
 from bananastand.records import LedgerEntry
 from bananastand.storable import INT64_MAX
@@ -20,12 +24,17 @@ from bananastand.store.ports import (
     MonthlyCapReached,
     NotEnoughCredits,
 )
-from bananastand.store.sql.prepared import PreparedQuery
+from bananastand.store.sql.prepared import PreparedInsert, PreparedQuery
 from bananastand.store.tables import accounts, credit_ledger, tasks
 
 CHARGE = "charge"
 REFUND = "refund"
 GRANT = "grant"
+
+
+_INSERT_ROW = PreparedInsert(
+    credit_ledger, ("account_id", "amount", "reason", "task_id", "note", "created_at")
+)
 
 
 def _insert_row(
@@ -38,33 +47,70 @@ def _insert_row(
     task_id: str | None = None,
     note: str = "",
 ) -> None:
-    """The row that explains a change of ``accounts.credits`` made in the same transaction."""
-    connection.execute(
-        insert(credit_ledger).values(
-            account_id=account_id,
-            amount=amount,
-            reason=reason,
-            task_id=task_id,
-            note=note,
-            created_at=now_ms,
-        )
+    """The row that explains a change of ``accounts.credits`` made in the same transaction.
+
+    On the driver's cursor, as the task's INSERT: nothing waits for its answer, so a
+    charged create sends both ahead of their results where the runner allows it."""
+    _INSERT_ROW.run(
+        connection,
+        {
+            "account_id": account_id,
+            "amount": amount,
+            "reason": reason,
+            "task_id": task_id,
+            "note": note,
+            "created_at": now_ms,
+        },
     )
 
 
 _LOCK_ACCOUNT = PreparedQuery(
     select(accounts.c.credits).where(accounts.c.id == bindparam("account_id")).with_for_update()
 )
+#: Key of ``Connection.info``: the transaction whose account locks ``_held_accounts`` knows.
+_HELD = "bananastand_held_accounts"
 
 
-def lock_account(connection: Connection, account_id: str) -> int | None:
-    """Hold the account's row until the transaction ends; returns its balance.
+def lock_account(connection: Connection, account_id: str) -> None:
+    """Hold the account's row until the transaction ends.
 
     What several writers need before reading other rows to decide (the monthly cap, the
     waiting tasks, an Idempotency-Key). SQLite's compiler leaves ``FOR UPDATE`` out: its
     writer is serialised, every write transaction already holds the whole database.
+
+    A lock is taken once per transaction: the writer commits its writes in groups, and
+    every later create of the group for the same account would lock the row its own
+    transaction already holds (a round trip that waits for nothing). Only the lock is
+    remembered, never the balance: each charge still decides on the row as it is then
+    (a conditional UPDATE), whatever the group's earlier writes did to it.
     """
-    row = _LOCK_ACCOUNT.first(connection, account_id=account_id)
-    return None if row is None else int(row["credits"])
+    held = _held_accounts(connection)
+    if held is not None and account_id in held:
+        return
+    found = _LOCK_ACCOUNT.first(connection, account_id=account_id)
+    if held is not None and found is not None:  # no row, no lock: look again next time
+        held.add(account_id)
+
+
+def _held_accounts(connection: Connection) -> set[str] | None:
+    """The accounts locked in the connection's innermost transaction (None: not in one).
+
+    Kept with the transaction object itself, not cleared by events: a new transaction (the
+    next group, each write of a group rerun one by one) is a new object and starts with
+    none, so a lock released by a commit or a rollback is never taken for held. A
+    savepoint counts as a transaction of its own: rolling back to it releases the locks
+    taken since, and locks taken before it are merely taken again.
+    """
+    transaction: Any = connection.get_nested_transaction() or connection.get_transaction()
+    if transaction is None:
+        return None
+    info = connection.info
+    entry: tuple[weakref.ref[Any], set[str]] | None = info.get(_HELD)
+    if entry is None or entry[0]() is not transaction:
+        # A weak reference: it keeps nothing alive, and once its transaction is gone it
+        # answers None, so a later transaction at the same address is not taken for it.
+        entry = info[_HELD] = (weakref.ref(transaction), set())
+    return entry[1]
 
 
 def balance(connection: Connection, account_id: str) -> int | None:

@@ -64,6 +64,11 @@ def _engine(url: str, sqlite_synchronous: str) -> Engine:
         # up front, so two processes never deadlock upgrading a read lock, and a migration
         # holds the whole database. Readers stay autocommit.
         if connection.get_execution_options().get(WRITER_OPTION):
+            driver = connection.connection.driver_connection
+            if driver is not None and driver.in_transaction:
+                # A COMMIT that failed (a foreign key checked at COMMIT) leaves SQLite's
+                # transaction open, where SQLAlchemy counts it ended: end it for good.
+                driver.rollback()
             connection.exec_driver_sql("BEGIN IMMEDIATE")
 
     return engine
