@@ -22,7 +22,7 @@ from typing import Any, ParamSpec, Protocol, TypeVar
 
 from bananastand.ids import new_task_id
 from bananastand.store import migrate, open_runner
-from bananastand.store.ports import NewTask, Store
+from bananastand.store.ports import Admission, Created, NewTask, Store
 from bananastand.store.runner import GroupCommitRunner
 from bananastand.store.sqlite.database import Database
 from bananastand.store.sqlstore import SqlStore
@@ -189,3 +189,20 @@ def new_task(
         callback_url=callback_url,
         credits=credits,
     )
+
+
+async def add_tasks(
+    store: Store,
+    count: int,
+    account_id: str = ACCOUNT,
+    *,
+    credits: int = 0,
+    callback_url: str | None = None,
+) -> list[str]:
+    """``count`` waiting tasks, made one after the other (so oldest first)."""
+    ids = []
+    for _ in range(count):
+        new = new_task(account_id, credits=credits, callback_url=callback_url)
+        assert await store.create_task(new, None, Admission()) == Created(new.id, created=True)
+        ids.append(new.id)
+    return ids

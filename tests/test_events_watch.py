@@ -8,25 +8,12 @@ from functools import partial
 from sqlalchemy import Connection, update
 
 from bananastand.events import TaskWatch
-from bananastand.ids import new_task_id
 from bananastand.store import open_store
-from bananastand.store.ports import Admission, NewTask
+from bananastand.store.ports import Admission
 from bananastand.store.tables import tasks
+from store_helpers import new_task
 
 T0 = 1_700_000_000_000
-
-
-def _new_task() -> NewTask:
-    return NewTask(
-        id=new_task_id(),
-        account_id="acct_watch",
-        key_id="key_watch",
-        provider="sandbox",
-        model="nano-banana-pro",
-        param="{}",
-        input="{}",
-        callback_url=None,
-    )
 
 
 def _touch(connection: Connection, task_id: str, at: int) -> None:
@@ -42,7 +29,7 @@ def test_changes_no_nudge_names_still_arrive_while_nudges_keep_coming(
 
     async def scenario() -> bool:
         store = await open_store(empty_database, clock=lambda: T0)
-        quiet, busy = _new_task(), _new_task()
+        quiet, busy = new_task("acct_watch"), new_task("acct_watch")
         for new in (quiet, busy):
             await store.create_task(new, None, Admission())
         watch = TaskWatch(store, poll_seconds=0.2)
@@ -80,7 +67,7 @@ def test_changes_no_nudge_names_still_arrive_while_nudges_keep_coming(
 def test_a_nudge_about_unfollowed_tasks_wakes_nobody(empty_database: str) -> None:
     async def scenario() -> bool:
         store = await open_store(empty_database, clock=lambda: T0)
-        followed = _new_task()
+        followed = new_task("acct_watch")
         await store.create_task(followed, None, Admission())
         watch = TaskWatch(store, poll_seconds=60)
         try:

@@ -44,7 +44,17 @@ from bananastand.store.ports import (
 )
 from conftest import DATABASE
 from databases import DATABASES
-from store_helpers import ACCOUNT, ADAPTERS, T0, Adapter, FakeClock, in_threads, new_task, scenario
+from store_helpers import (
+    ACCOUNT,
+    ADAPTERS,
+    T0,
+    Adapter,
+    FakeClock,
+    add_tasks,
+    in_threads,
+    new_task,
+    scenario,
+)
 
 OTHER = "acct_other"
 LEASE_MS = 1_000
@@ -112,23 +122,6 @@ def store(connect: Callable[[], Store]) -> Store:
 
 def key(name: str, request_hash: str = "hash-a", ttl_ms: int = 60_000) -> IdempotencyClaim:
     return IdempotencyClaim(key=name, request_hash=request_hash, ttl_ms=ttl_ms)
-
-
-async def add_tasks(
-    store: Store,
-    count: int,
-    account_id: str = ACCOUNT,
-    *,
-    credits: int = 0,
-    callback_url: str | None = None,
-) -> list[str]:
-    """``count`` waiting tasks, made one after the other (so oldest first)."""
-    ids = []
-    for _ in range(count):
-        new = new_task(account_id, credits=credits, callback_url=callback_url)
-        assert await store.create_task(new, None, NO_LIMITS) == Created(new.id, created=True)
-        ids.append(new.id)
-    return ids
 
 
 async def claim(

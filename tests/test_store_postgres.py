@@ -18,13 +18,12 @@ import pytest
 from sqlalchemy.exc import ProgrammingError
 
 from bananastand.records import Task
-from bananastand.store.ports import Admission, Created
 from bananastand.store.postgres.database import PostgresDatabase
 from bananastand.store.runner import MAX_LOOKUP_BATCH
 from bananastand.store.sql import lookups
 from bananastand.store.sqlstore import SqlStore
 from conftest import postgres_server
-from store_helpers import ACCOUNT, FakeClock, PostgresqlAdapter, new_task, scenario
+from store_helpers import ACCOUNT, FakeClock, PostgresqlAdapter, add_tasks, scenario
 
 OTHER = "acct_other"
 
@@ -58,15 +57,6 @@ def connect(url: str) -> Iterator[Callable[..., tuple[SqlStore, PostgresDatabase
 
 def psql(url: str, sql: str) -> str:
     return postgres_server().psql(sql, database=url.rsplit("/", 1)[1])
-
-
-async def add_tasks(store: SqlStore, count: int, account_id: str = ACCOUNT) -> list[str]:
-    ids = []
-    for _ in range(count):
-        new = new_task(account_id)
-        assert await store.create_task(new, None, Admission()) == Created(new.id, created=True)
-        ids.append(new.id)
-    return ids
 
 
 async def ids_of(store: SqlStore, asks: list[tuple[str, str]]) -> list[str | None]:

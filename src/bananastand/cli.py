@@ -74,9 +74,15 @@ def _settings(*, starting: bool = False, **overrides: object) -> Settings:
 
 
 def _with_accounts(
-    settings: Settings, action: Callable[[Accounts], Awaitable[T]], *, migrate: bool | None = None
+    settings: Settings,
+    action: Callable[[Accounts], Awaitable[T]],
+    *,
+    migrate: bool | None = None,
+    starting: bool = False,
 ) -> T:
-    return _with_services(settings, lambda services: action(services.accounts), migrate=migrate)
+    return _with_services(
+        settings, lambda services: action(services.accounts), migrate=migrate, starting=starting
+    )
 
 
 def _with_services(
@@ -184,12 +190,7 @@ def serve(
             return None
         return await accounts.create_key(name="first test key", is_test=True)
 
-    first_key = _with_services(
-        settings,
-        lambda services: first_start(services.accounts),
-        migrate=settings.auto_migrate,
-        starting=True,
-    )
+    first_key = _with_accounts(settings, first_start, migrate=settings.auto_migrate, starting=True)
     _banner(settings, first_key, describe_live(settings), loopback=loopback)
     api = create_app(settings, run_worker=worker)
     config = uvicorn.Config(
