@@ -242,7 +242,7 @@ def test_split_roles_serve_without_worker_and_a_worker_process(
     assert row["attempts"] == 1
     assert f":{worker.process.pid}:" in row["worker_id"]
     assert len(result_files(data_dir, task_id)) == 1
-    # Tasks made later are picked up too (by polling: the API cannot wake the worker).
+    # Tasks made later are picked up too (the API's wake-up reaches the worker process).
     second = create(api, key, "another banana")
     assert wait_record(api, key, second, {"success", "fail"})["state"] == "success"
     assert worker.terminate(timeout=30) == 0

@@ -10,6 +10,7 @@ import hashlib
 import re
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from bananastand.errors import AuthenticationError, NotFoundError, ValidationError
@@ -50,13 +51,21 @@ class Accounts:
     """Domain operations on accounts and keys; shared by the CLI, the API and the admin."""
 
     def __init__(
-        self, store: AccountStore, *, key_cache_seconds: float = 5.0, starting_credits: int = 0
+        self,
+        store: AccountStore,
+        *,
+        key_cache_seconds: float = 5.0,
+        starting_credits: int = 0,
+        on_change: Callable[[], None] = lambda: None,
     ) -> None:
         self._store = store
         self._cache_ttl = key_cache_seconds
         self._starting_credits = starting_credits
+        # Tells every process that keys or limits changed (``Topic.CONFIG``), so that
+        # theirs drop what they cached (``forget_cached``).
+        self._on_change = on_change
         # secret hash -> (key or None, monotonic expiry). Revocations reach every process
-        # within ``key_cache_seconds``.
+        # at once by a wake-up, or within ``key_cache_seconds`` without one.
         self._cache: OrderedDict[str, tuple[ApiKey | None, float]] = OrderedDict()
         # account id -> (account, monotonic expiry): its limits, read once per TTL, not
         # once per request. Limit changes reach every process within the same time.
@@ -109,7 +118,13 @@ class Accounts:
         if not found:
             raise NotFoundError(f"account {account_id} not found")
         self._accounts.pop(account_id, None)
+        self._on_change()
         return await self.get_account(account_id)
+
+    def forget_cached(self) -> None:
+        """Keys or limits changed somewhere: look them up again."""
+        self._cache.clear()
+        self._accounts.clear()
 
     async def account_of_key(self, key: str) -> str:
         """The account id of a key given by its id (``key_...``) or its secret."""
@@ -163,6 +178,7 @@ class Accounts:
         )
         if not inserted:
             raise NotFoundError(f"account {account_id} does not exist")
+        self._on_change()  # a process may have cached the secret as unknown
         return NewKey(key=key, secret=secret)
 
     async def list_keys(self, account_id: str | None = None) -> list[ApiKey]:
@@ -171,6 +187,7 @@ class Accounts:
     async def revoke_key(self, key_id: str) -> None:
         if not await self._store.revoke_key(key_id):
             raise NotFoundError(f"no active key {key_id}")
+        self._on_change()
 
     async def authenticate(self, authorization: str | None) -> ApiKey:
         """The key of an ``Authorization: Bearer`` header, or AuthenticationError (401)."""

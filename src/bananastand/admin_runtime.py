@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from functools import cached_property
+from functools import cached_property, partial
 from typing import TYPE_CHECKING, TypeVar
 
 from sqlalchemy.engine import make_url
@@ -33,6 +33,8 @@ from bananastand.settings import Settings
 from bananastand.store import is_postgres, open_settings_store
 from bananastand.store.migrate import SchemaMismatch
 from bananastand.store.ports import Store
+from bananastand.wakeups import Topic, Wakeups
+from bananastand.wakeups.buses import bus_for
 
 if TYPE_CHECKING:
     from bananastand.webhooks import Webhooks
@@ -46,6 +48,14 @@ class AdminServices:
     def __init__(self, settings: Settings, store: Store) -> None:
         self.settings = settings
         self.store = store
+        #: Tells the running servers what changed (their caches drop it); made on first
+        #: use, sent as the command ends.
+        self.wakeups: Wakeups | None = None
+
+    def _changed(self, topic: Topic) -> None:
+        if self.wakeups is None:
+            self.wakeups = Wakeups(bus_for(self.settings))
+        self.wakeups.publish(topic)
 
     @cached_property
     def accounts(self) -> Accounts:
@@ -53,6 +63,7 @@ class AdminServices:
             self.store,
             key_cache_seconds=self.settings.key_cache_seconds,
             starting_credits=self.settings.starting_credits,
+            on_change=partial(self._changed, Topic.CONFIG),
         )
 
     @cached_property
@@ -61,13 +72,19 @@ class AdminServices:
 
     @cached_property
     def switches(self) -> Switches:
-        return Switches(self.store, poll_seconds=self.settings.switch_poll_seconds)
+        return Switches(
+            self.store,
+            poll_seconds=self.settings.switch_poll_seconds,
+            on_change=partial(self._changed, Topic.CONFIG),
+        )
 
     @cached_property
     def webhooks(self) -> Webhooks:
         from bananastand.webhooks import Webhooks  # the outbound fetcher comes with it
 
-        return Webhooks(self.store, self.settings)
+        return Webhooks(
+            self.store, self.settings, on_resend=partial(self._changed, Topic.CALLBACKS)
+        )
 
 
 def load_settings(*, starting: bool = False, **overrides: object) -> Settings:
@@ -117,9 +134,12 @@ def run_admin(
         if not settings.database_url:
             settings.data_dir.mkdir(parents=True, exist_ok=True)
         store = await open_settings_store(settings, migrate=migrate)
+        services = AdminServices(settings, store)
         try:
-            return await action(AdminServices(settings, store))
+            return await action(services)
         finally:
+            if services.wakeups is not None:
+                await services.wakeups.aclose()
             await store.close()
 
     usage, server = (NOT_STARTED, NOT_STARTED) if starting else (USAGE, SERVER)

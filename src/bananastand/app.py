@@ -8,7 +8,8 @@ import gc
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import partial
 
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
@@ -33,6 +34,8 @@ from bananastand.storage import open_storage
 from bananastand.storage.links import LinkSigner, load_secret
 from bananastand.store import open_settings_store
 from bananastand.tasks import Tasks
+from bananastand.wakeups import Topic, Wakeups
+from bananastand.wakeups.buses import bus_for
 from bananastand.webhooks import Webhooks, WebhookSender
 from bananastand.worker import Worker
 
@@ -59,6 +62,7 @@ class Runtime:
     worker: Worker | None
     #: Runs wherever a worker runs (the worker's process ends the tasks).
     sender: WebhookSender | None = None
+    wakeups: Wakeups = field(default_factory=Wakeups)
 
 
 async def open_runtime(
@@ -80,8 +84,11 @@ async def open_runtime(
         ),
         resolver=resolver,
     )
-    # Follows the tasks of open event streams; the worker and cancel nudge it.
+    # What this process commits, every other process of the deployment hears of at once.
+    wakeups = Wakeups(bus_for(settings))
+    # Follows the tasks of open event streams; told of changes made by any process.
     watch = TaskWatch(store, poll_seconds=settings.events_poll_ms / 1000)
+    wakeups.subscribe(Topic.TASKS, watch.nudge)
     sender = None
     worker = None
     if run_worker:
@@ -100,16 +107,23 @@ async def open_runtime(
             storage,
             fetcher,
             links=links,
-            on_task_ended=sender.wake,
-            on_task_changed=watch.nudge,
+            wakeups=wakeups,
         )
+        wakeups.subscribe(Topic.CALLBACKS, lambda _ids: sender.wake())
     accounts = Accounts(
         store,
         key_cache_seconds=settings.key_cache_seconds,
         starting_credits=settings.starting_credits,
+        on_change=partial(wakeups.publish, Topic.CONFIG),
     )
     billing = Billing(store, settings)
-    switches = Switches(store, poll_seconds=settings.switch_poll_seconds)
+    switches = Switches(
+        store,
+        poll_seconds=settings.switch_poll_seconds,
+        on_change=partial(wakeups.publish, Topic.CONFIG),
+    )
+    wakeups.subscribe(Topic.CONFIG, lambda _ids: accounts.forget_cached())
+    wakeups.subscribe(Topic.CONFIG, lambda _ids: switches.forget())
     tasks = Tasks(
         store,
         settings,
@@ -119,7 +133,7 @@ async def open_runtime(
         switches=switches,
         watch=watch,
         links=links,
-        on_created=worker.wake if worker else lambda: None,
+        wakeups=wakeups,
     )
     services = Services(
         settings=settings,
@@ -133,13 +147,17 @@ async def open_runtime(
         billing=billing,
         switches=switches,
         limiter=RateLimiter(settings.redis_url),
-        webhooks=Webhooks(store, settings, on_resend=sender.wake if sender else lambda: None),
+        webhooks=Webhooks(store, settings, on_resend=partial(wakeups.publish, Topic.CALLBACKS)),
     )
-    return Runtime(services=services, fetcher=fetcher, worker=worker, sender=sender)
+    await wakeups.start()
+    return Runtime(
+        services=services, fetcher=fetcher, worker=worker, sender=sender, wakeups=wakeups
+    )
 
 
 async def close_runtime(runtime: Runtime) -> None:
     await runtime.services.tasks.watch.aclose()
+    await runtime.wakeups.aclose()
     await runtime.fetcher.aclose()
     if runtime.sender is not None:
         await runtime.sender.aclose()

@@ -6,12 +6,12 @@ watch rereads the versions of every followed task from the database - one narrow
 however many streams are open - and wakes the streams whose task has moved on; they read
 the whole record and send it.
 
-It rereads when nudged, which the worker and cancel in this process do right after they
-commit, so a stream hears of a change at once; and otherwise every ``events_poll_ms``
-while anything is followed, which is how changes made by other processes reach it
-(``bananastand worker`` beside ``serve --no-worker``, a cancel sent to another API
-process). The database is the truth: a nudge only says when to look, and a missed or
-spurious one costs at most one poll interval or one query.
+It rereads when nudged: a wake-up (``Topic.TASKS``, ``bananastand.wakeups``) that a
+worker or a cancel sends right after it commits, from this process or any other, so a
+stream hears of a change at once; and otherwise every ``events_poll_ms`` while anything
+is followed, for what a lost wake-up would have said. The database is the truth: a nudge
+only says when to look, and a missed or spurious one costs at most one poll interval or
+one query.
 """
 
 from __future__ import annotations
@@ -83,7 +83,7 @@ class TaskWatch:
         return sum(len(followers) for followers in self._followers.values())
 
     def nudge(self, task_ids: Iterable[str] | None = None) -> None:
-        """Tasks changed (a commit in this process): look now rather than at the next poll.
+        """Tasks changed (a commit in some process): look now rather than at the next poll.
 
         With ``task_ids``, only when one of them is followed, and the look rereads only
         those: with many streams open, every change of every task would otherwise reread

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from bananastand.errors import FeatureDisabledError, MaintenanceError
@@ -57,9 +58,17 @@ class SwitchState:
 
 
 class Switches:
-    def __init__(self, store: SwitchStore, *, poll_seconds: float = 1.0) -> None:
+    def __init__(
+        self,
+        store: SwitchStore,
+        *,
+        poll_seconds: float = 1.0,
+        on_change: Callable[[], None] = lambda: None,
+    ) -> None:
         self._store = store
         self._poll_seconds = poll_seconds
+        # Tells every process (``Topic.CONFIG``): theirs reread at once (``forget``).
+        self._on_change = on_change
         self._state = SwitchState()
         self._fresh_until = 0.0
         self._lock = asyncio.Lock()
@@ -94,6 +103,11 @@ class Switches:
         else:
             await self._store.remove_switch(MAINTENANCE)
         log.warning("maintenance switched", extra={"on": on, "maintenance_message": message})
+        self.forget()
+        self._on_change()
+
+    def forget(self) -> None:
+        """The switches changed somewhere: reread them at the next check."""
         self._fresh_until = 0.0
 
     async def set_model(self, model: str, *, enabled: bool, account_id: str | None = None) -> None:
@@ -108,4 +122,5 @@ class Switches:
             "model switched",
             extra={"model": model, "enabled": enabled, "account_id": account_id},
         )
-        self._fresh_until = 0.0
+        self.forget()
+        self._on_change()

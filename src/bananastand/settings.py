@@ -141,7 +141,9 @@ class Settings(BaseSettings):
     worker_concurrency: int = 16
     lease_seconds: float = 60.0
     max_attempts: int = 3
-    poll_interval_seconds: float = 1.0
+    # How often an idle worker (and callback sender) looks without a wake-up: wake-ups
+    # (``bananastand.wakeups``) tell it of new work at once, so this is only the fallback.
+    poll_interval_seconds: float = Field(default=5.0, gt=0)
     shutdown_grace_seconds: float = 30.0
     task_timeout_seconds: float = 900.0
 
@@ -198,12 +200,16 @@ class Settings(BaseSettings):
     read_rate: str = "20/second"  # per key, for every other API call
     max_waiting_tasks: int = 1000  # per account; 0: no cap
     redis_url: str = ""  # empty: rate limits counted in each process's memory
+    # PostgreSQL: LISTEN/NOTIFY wakes the other processes at once; off behind PgBouncer
+    # in transaction mode (which drops LISTEN), where processes poll.
+    pg_notify: bool = True
     switch_poll_seconds: float = 1.0  # how stale maintenance/model switches may be
 
     # Event streams (recordInfo with ``Accept: text/event-stream``).
-    # How often the tasks that open streams follow are reread while any stream is open:
-    # what tells a stream of changes made by another process (``bananastand worker``).
-    events_poll_ms: int = Field(default=500, gt=0)
+    # How often the tasks that open streams follow are reread while any stream is open,
+    # without a wake-up: the fallback for a change made by another process that no
+    # wake-up announced (a lost message, BANANASTAND_PG_NOTIFY=off).
+    events_poll_ms: int = Field(default=5000, gt=0)
     events_heartbeat_seconds: float = Field(default=15.0, gt=0)  # a comment line when quiet
     events_max_stream_seconds: float = Field(default=600.0, gt=0)  # then the client reconnects
 

@@ -54,6 +54,7 @@ from bananastand.store.ports import (
     TaskStore,
     TooManyWaiting,
 )
+from bananastand.wakeups import Topic, Wakeups
 
 MAX_IDEMPOTENCY_KEY = 255
 MAX_PAGE = 100
@@ -80,7 +81,7 @@ class Tasks:
         switches: Switches,
         watch: TaskWatch,
         links: LinkSigner,
-        on_created: Callable[[], None] = lambda: None,
+        wakeups: Wakeups,
     ) -> None:
         self._store = store
         self._settings = settings
@@ -90,8 +91,9 @@ class Tasks:
         self._accounts = accounts
         self._billing = billing
         self._switches = switches
-        # Lets a worker in this process start at once instead of at its next poll.
-        self._on_created = on_created
+        # Lets workers anywhere start at once instead of at their next poll, and streams
+        # anywhere hear of a cancel.
+        self._wakeups = wakeups
         #: Where event streams learn that their task changed.
         self.watch = watch
 
@@ -190,7 +192,7 @@ class Tasks:
         if not isinstance(created, Created):
             raise refusal_error(created)
         if created.created:
-            self._on_created()
+            self._wakeups.publish(Topic.WORK)
         return created.task_id
 
     async def get(self, key: ApiKey, task_id: str) -> Task:
@@ -204,10 +206,12 @@ class Tasks:
         task = await self._store.cancel_task(task_id, key.account_id, CANCELED)
         if task is None:
             raise NotFoundError(f"task {task_id} not found")
-        self.watch.nudge((task_id,))
+        self._wakeups.publish(Topic.TASKS, (task_id,))
         if task.fail_msg != CANCELED_MSG or task.state is not TaskState.FAIL:
             status = _TOO_LATE.get(task.state, f"is already {task.state.value}")
             raise ValidationError(f"taskId: the task {status}; it cannot be canceled")
+        if task.callback_url:
+            self._wakeups.publish(Topic.CALLBACKS)
         return task
 
     async def follow(

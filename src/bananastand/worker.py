@@ -16,7 +16,6 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Callable, Iterable
 from functools import partial
 
 import orjson
@@ -36,6 +35,7 @@ from bananastand.settings import Settings
 from bananastand.storage.base import Storage
 from bananastand.storage.links import LinkSigner
 from bananastand.store.ports import Failure, TaskStore
+from bananastand.wakeups import Topic, Wakeups
 
 log = logging.getLogger(__name__)
 
@@ -53,14 +53,13 @@ class Worker:
         fetcher: SafeFetcher,
         *,
         links: LinkSigner,
-        on_task_ended: Callable[[], None] = lambda: None,
-        on_task_changed: Callable[[Iterable[str]], None] = lambda _ids: None,
+        wakeups: Wakeups | None = None,
     ) -> None:
         self._store = store
-        # Tells a callback sender in this process that a task with a callBackUrl ended.
-        self._on_task_ended = on_task_ended
-        # Tells event streams in this process that these tasks changed state (committed).
-        self._on_task_changed = on_task_changed
+        # Where it tells every process what it committed (tasks changed, callbacks due,
+        # tasks handed back) and hears that tasks were created anywhere.
+        self._wakeups = wakeups or Wakeups()
+        self._wakeups.subscribe(Topic.WORK, lambda _ids: self.wake())
         self._settings = settings
         self._providers = providers
         self._storage = storage
@@ -79,7 +78,7 @@ class Worker:
         self._stopping = asyncio.Event()
 
     def wake(self) -> None:
-        """A task was created: look for work now rather than at the next poll."""
+        """Tasks became claimable: look for work now rather than at the next poll."""
         self._wakeup.set()
 
     def stop(self) -> None:
@@ -126,7 +125,7 @@ class Worker:
             lease_ms=self._lease_ms,
         )
         if claims:
-            self._on_task_changed([claim.task.id for claim in claims])
+            self._wakeups.publish(Topic.TASKS, [claim.task.id for claim in claims])
         for claim in claims:
             runner = asyncio.create_task(self._run(claim), name=f"task-{claim.task.id}")
             self._running[claim.task.id] = (runner, claim)
@@ -150,7 +149,8 @@ class Worker:
                 await runner
             released = await self._store.release_task(claim.task.id, claim.lease_token)
             if released:
-                self._on_task_changed((claim.task.id,))
+                self._wakeups.publish(Topic.TASKS, (claim.task.id,))
+                self._wakeups.publish(Topic.WORK)  # for another worker to take it now
             with bind_task(claim.task.id):
                 log.info("handed back unfinished task" if released else "task lease was gone")
 
@@ -205,11 +205,11 @@ class Worker:
             with bind_task(task_id):
                 log.error("task failed: its worker stopped too many times")
         if rescued.requeued or rescued.failed:
-            self._on_task_changed([*rescued.requeued, *rescued.failed])
+            self._wakeups.publish(Topic.TASKS, [*rescued.requeued, *rescued.failed])
         if rescued.requeued:
-            self._wakeup.set()
+            self._wakeups.publish(Topic.WORK)
         if rescued.failed:
-            self._on_task_ended()
+            self._wakeups.publish(Topic.CALLBACKS)
 
     async def _run(self, claim: Claim) -> None:
         task = claim.task
@@ -248,7 +248,7 @@ class Worker:
             marked = await self._store.mark_generating(task.id, claim.lease_token)
             if not marked:
                 raise LeaseLost(task.id)
-            self._on_task_changed((task.id,))
+            self._wakeups.publish(Topic.TASKS, (task.id,))
             started = now_ms()
             image = await provider.generate(
                 GenerationRequest(
@@ -284,9 +284,9 @@ class Worker:
             usage=usage,
         )
         if written:
-            self._on_task_changed((claim.task.id,))
+            self._wakeups.publish(Topic.TASKS, (claim.task.id,))
         if written and claim.task.callback_url:
-            self._on_task_ended()
+            self._wakeups.publish(Topic.CALLBACKS)
         if not written:
             log.warning("outcome dropped: the lease was lost (canceled or rescued meanwhile)")
         elif fail is not None:

@@ -1,0 +1,193 @@
+"""Wake-ups: telling every process of a deployment that something changed, at once.
+
+The database is the truth and every role still polls it, slowly, as a fallback; a
+wake-up only says *look now*. Four things are worth telling (``Topic``): tasks became
+claimable (workers look), tasks changed state (event streams reread them), callbacks
+became due (senders look), and keys, limits or switches changed (caches drop what they
+hold).
+
+``Wakeups`` is the process's hub. A change made here reaches this process's subscribers
+at once, by a plain call, as before. It also goes to the other processes through a
+``Bus`` (PostgreSQL's LISTEN/NOTIFY, or datagram sockets between processes on one SQLite
+file): what is published while one message is being sent is merged into the next one,
+so a burst of commits costs one message per round trip, not one per change, and nothing
+waits on purpose (no debounce). A lost message costs one fallback poll; a bus that
+reconnects wakes every local subscriber once, since it may have missed some.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Protocol
+
+import orjson
+
+from bananastand.ids import random_token
+
+log = logging.getLogger(__name__)
+
+
+class Topic(StrEnum):
+    #: Tasks became claimable (created, rescued, handed back): workers look for work.
+    WORK = "work"
+    #: These tasks changed state: event streams following them reread them.
+    TASKS = "tasks"
+    #: A callback became due (its task ended, or it was re-sent): senders look.
+    CALLBACKS = "callbacks"
+    #: Keys, account limits or switches changed: caches drop what they hold.
+    CONFIG = "config"
+
+
+#: Task ids one message names at most; past this it says "some tasks" and streams reread
+#: all they follow (PostgreSQL's NOTIFY payload is under 8000 bytes).
+MAX_NAMED_TASKS = 150
+
+#: Subscribers get the task ids a message named, or None for "any of them".
+Subscriber = Callable[[frozenset[str] | None], None]
+
+
+@dataclass(slots=True)
+class Message:
+    """What one process tells the others: topics, and for ``TASKS`` which tasks."""
+
+    sender: str
+    topics: set[Topic] = field(default_factory=set)
+    #: The changed tasks; None: too many to name, or not known.
+    task_ids: set[str] | None = field(default_factory=set)
+
+    def encode(self) -> bytes:
+        ids = None if self.task_ids is None else sorted(self.task_ids)
+        return orjson.dumps({"from": self.sender, "topics": sorted(self.topics), "tasks": ids})
+
+    @classmethod
+    def decode(cls, payload: bytes | str) -> Message | None:
+        """None for a payload that is not ours (another program on the channel)."""
+        try:
+            data = orjson.loads(payload)
+            topics = {Topic(name) for name in data["topics"]}
+            ids = data["tasks"]
+            return cls(str(data["from"]), topics, None if ids is None else set(map(str, ids)))
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+            return None
+
+
+class Bus(Protocol):
+    """Carries messages between the processes of one deployment (an adapter)."""
+
+    async def start(
+        self, receive: Callable[[bytes | str], None], reconnected: Callable[[], None]
+    ) -> None:
+        """Begin receiving: ``receive`` gets each payload another process sent (maybe ours
+        too; the hub drops those), ``reconnected`` is called after a gap in listening."""
+
+    async def send(self, payload: bytes) -> None:
+        """Deliver to every listening process (also before ``start``, or without it:
+        admin commands only send); raises when it cannot."""
+
+    async def aclose(self) -> None: ...
+
+
+class Wakeups:
+    """The process's hub: ``publish`` here, ``subscribe`` there, across processes."""
+
+    def __init__(self, bus: Bus | None = None) -> None:
+        self._bus = bus
+        self._me = random_token(8)
+        self._subscribers: dict[Topic, list[Subscriber]] = {topic: [] for topic in Topic}
+        self._pending = Message(self._me)
+        self._has_pending = asyncio.Event()
+        self._sender: asyncio.Task[None] | None = None
+        self._closing = False
+
+    @property
+    def shared(self) -> bool:
+        """Whether other processes hear of this one's changes (a bus is running)."""
+        return self._bus is not None
+
+    def subscribe(self, topic: Topic, callback: Subscriber) -> None:
+        self._subscribers[topic].append(callback)
+
+    def publish(self, topic: Topic, task_ids: Iterable[str] | None = None) -> None:
+        """Something of ``topic`` was committed (``task_ids``: which tasks, for ``TASKS``).
+
+        Costs nothing but a set update when no bus runs; never blocks and never raises:
+        the fallback poll covers a message that could not be sent."""
+        ids = None if task_ids is None else frozenset(task_ids)
+        self._deliver(topic, ids)
+        if self._bus is None or self._closing:
+            return
+        pending = self._pending
+        pending.topics.add(topic)
+        if topic is Topic.TASKS and pending.task_ids is not None:
+            if ids is None:
+                pending.task_ids = None
+            else:
+                pending.task_ids.update(ids)
+                if len(pending.task_ids) > MAX_NAMED_TASKS:
+                    pending.task_ids = None
+        self._has_pending.set()
+
+    async def start(self) -> None:
+        """Start listening and sending (a no-op without a bus)."""
+        if self._bus is None:
+            return
+        await self._bus.start(self._received, self._wake_all)
+        self._sender = asyncio.get_running_loop().create_task(self._send_loop(), name="wakeups")
+
+    async def aclose(self) -> None:
+        """Send what is pending (a last change should still reach the others), then stop.
+        A hub never started (an admin command) sends it here."""
+        self._closing = True
+        if self._sender is not None:
+            self._has_pending.set()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sender
+        elif self._pending.topics:
+            await self._send(self._take_pending())
+        if self._bus is not None:
+            await self._bus.aclose()
+
+    def _take_pending(self) -> Message:
+        message, self._pending = self._pending, Message(self._me)
+        return message
+
+    async def _send(self, message: Message) -> None:
+        assert self._bus is not None
+        try:
+            await self._bus.send(message.encode())
+        except Exception as exc:  # the fallback poll covers it
+            log.warning("could not send a wake-up: %s", exc)
+
+    def _deliver(self, topic: Topic, ids: frozenset[str] | None) -> None:
+        for callback in self._subscribers[topic]:
+            try:
+                callback(ids)
+            except Exception:
+                log.exception("a wake-up subscriber failed", extra={"topic": topic.value})
+
+    def _received(self, payload: bytes | str) -> None:
+        message = Message.decode(payload)
+        if message is None or message.sender == self._me:
+            return
+        named = None if message.task_ids is None else frozenset(message.task_ids)
+        for topic in message.topics:
+            self._deliver(topic, named if topic is Topic.TASKS else None)
+
+    def _wake_all(self) -> None:
+        for topic in Topic:
+            self._deliver(topic, None)
+
+    async def _send_loop(self) -> None:
+        while True:
+            await self._has_pending.wait()
+            self._has_pending.clear()
+            message = self._take_pending()
+            if message.topics:
+                await self._send(message)
+            if self._closing and not self._has_pending.is_set():
+                return

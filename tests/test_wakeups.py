@@ -1,0 +1,290 @@
+"""Wake-ups between processes: the hub, each bus, and real processes that only they wake.
+
+The process tests set every fallback poll to a minute: what happens within their
+deadlines can only have been started by a wake-up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+import pytest
+from sqlalchemy import create_engine, select, text
+
+from bananastand.accounts import hash_secret
+from bananastand.store.tables import api_keys
+from bananastand.wakeups import MAX_NAMED_TASKS, Message, Topic, Wakeups
+from bananastand.wakeups.postgres import PostgresBus
+from bananastand.wakeups.sockets import SocketBus
+from conftest import (
+    DATABASE,
+    ServerProcess,
+    cli,
+    make_key,
+    postgres_server,
+    prompt_body,
+    rows_of,
+)
+from store_helpers import scenario
+from test_events import in_lifecycle_order, items, records, stream
+
+Spawn = Callable[..., ServerProcess]
+Heard = list[tuple[Topic, frozenset[str] | None]]
+
+#: No fallback poll within a test's time: only a wake-up makes things happen.
+NO_POLLS = {
+    "BANANASTAND_POLL_INTERVAL_SECONDS": "60",
+    "BANANASTAND_EVENTS_POLL_MS": "60000",
+    "BANANASTAND_KEY_CACHE_SECONDS": "600",
+    "BANANASTAND_SWITCH_POLL_SECONDS": "600",
+}
+
+
+class RecordingBus:
+    """A bus that keeps what it was asked to send, and can hold a send back."""
+
+    def __init__(self) -> None:
+        self.sent: list[Message] = []
+        self.gate = asyncio.Event()
+        self.gate.set()
+
+    async def start(self, receive: Callable[[bytes | str], None], reconnected: object) -> None:
+        self.receive = receive
+
+    async def send(self, payload: bytes) -> None:
+        await self.gate.wait()
+        message = Message.decode(payload)
+        assert message is not None
+        self.sent.append(message)
+
+    async def aclose(self) -> None:
+        pass
+
+
+def listening(hub: Wakeups) -> Heard:
+    heard: Heard = []
+    for topic in Topic:
+        hub.subscribe(topic, lambda ids, topic=topic: heard.append((topic, ids)))
+    return heard
+
+
+async def until(condition: Callable[[], bool], timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "the condition did not come true"
+        await asyncio.sleep(0.01)
+
+
+# -- the hub -------------------------------------------------------------------------------
+
+
+@scenario
+async def test_what_is_published_during_a_send_goes_out_as_one_message() -> None:
+    bus = RecordingBus()
+    hub = Wakeups(bus)
+    heard = listening(hub)
+    await hub.start()
+    bus.gate.clear()  # the first send waits
+    hub.publish(Topic.WORK)
+    await asyncio.sleep(0.05)
+    for task_id in ("t1", "t2", "t3"):
+        hub.publish(Topic.TASKS, [task_id])
+    hub.publish(Topic.CALLBACKS)
+    bus.gate.set()
+    await until(lambda: len(bus.sent) == 2)
+    await hub.aclose()
+    first, second = bus.sent
+    assert first.topics == {Topic.WORK}
+    assert second.topics == {Topic.TASKS, Topic.CALLBACKS}
+    assert second.task_ids == {"t1", "t2", "t3"}
+    assert len(bus.sent) == 2
+    # This process's subscribers heard every change at once, one by one.
+    assert [topic for topic, _ in heard] == [Topic.WORK, *[Topic.TASKS] * 3, Topic.CALLBACKS]
+
+
+@scenario
+async def test_too_many_tasks_are_sent_as_any_task() -> None:
+    bus = RecordingBus()
+    hub = Wakeups(bus)
+    await hub.start()
+    bus.gate.clear()
+    hub.publish(Topic.CONFIG)
+    await asyncio.sleep(0.05)
+    hub.publish(Topic.TASKS, [f"task-{n}" for n in range(MAX_NAMED_TASKS + 1)])
+    bus.gate.set()
+    await hub.aclose()
+    assert bus.sent[-1].topics == {Topic.TASKS}
+    assert bus.sent[-1].task_ids is None
+
+
+@scenario
+async def test_messages_from_others_reach_subscribers_and_our_own_are_dropped() -> None:
+    bus = RecordingBus()
+    hub = Wakeups(bus)
+    heard = listening(hub)
+    await hub.start()
+    other = Message("someone-else", {Topic.TASKS, Topic.WORK}, {"t9"})
+    bus.receive(other.encode())
+    bus.receive(b"not ours at all")
+    hub.publish(Topic.CONFIG)
+    await until(lambda: len(bus.sent) == 1)
+    bus.receive(bus.sent[0].encode())  # our own, echoed back by the bus
+    await hub.aclose()
+    assert sorted(heard, key=lambda item: item[0].value) == [
+        (Topic.CONFIG, None),
+        (Topic.TASKS, frozenset({"t9"})),
+        (Topic.WORK, None),
+    ]
+
+
+@scenario
+async def test_a_hub_never_started_sends_what_it_has_when_it_closes() -> None:
+    """An admin command publishes and ends: it never listens, but its change goes out."""
+    bus = RecordingBus()
+    hub = Wakeups(bus)
+    hub.publish(Topic.CONFIG)
+    assert bus.sent == []
+    await hub.aclose()
+    assert [message.topics for message in bus.sent] == [{Topic.CONFIG}]
+
+
+# -- the buses -----------------------------------------------------------------------------
+
+
+@scenario
+async def test_sockets_carry_wakeups_between_processes_of_one_file(tmp_path: Path) -> None:
+    folder = tmp_path / "wakeups"
+    first, second = Wakeups(SocketBus(folder)), Wakeups(SocketBus(folder))
+    heard_first, heard_second = listening(first), listening(second)
+    await first.start()
+    await second.start()
+    # A socket whose process died (nobody reads it) is dropped by the next sender.
+    alive = set(folder.glob("*.sock"))
+    dead = SocketBus(folder)
+    await dead.start(lambda _payload: None, lambda: None)
+    [dead_path] = set(folder.glob("*.sock")) - alive
+    dead._socket.close()  # as a killed process's would be; its file stays behind
+    first.publish(Topic.TASKS, ["a-task"])
+    await until(lambda: (Topic.TASKS, frozenset({"a-task"})) in heard_second)
+    second.publish(Topic.WORK)
+    await until(lambda: (Topic.WORK, None) in heard_first)
+    await first.aclose()
+    await second.aclose()
+    assert not dead_path.exists()
+    assert [topic for topic, _ in heard_first].count(Topic.TASKS) == 1  # its own, not echoed
+    assert list(folder.glob("*.sock")) == []
+
+
+@pytest.mark.skipif(DATABASE != "postgresql", reason="LISTEN/NOTIFY is PostgreSQL's")
+@scenario
+async def test_notify_carries_wakeups_and_a_lost_listener_comes_back() -> None:
+    url = postgres_server().new_database()
+    first, second = Wakeups(PostgresBus(url)), Wakeups(PostgresBus(url))
+    heard_first, heard_second = listening(first), listening(second)
+    await first.start()
+    await second.start()
+    first.publish(Topic.CALLBACKS)
+    await until(lambda: (Topic.CALLBACKS, None) in heard_second)
+    assert (Topic.CALLBACKS, None) in heard_first  # its own, locally, once
+    assert heard_first.count((Topic.CALLBACKS, None)) == 1
+
+    # Every connection cut: the listener reconnects, and tells its subscribers to look
+    # (what was sent meanwhile is lost).
+    heard_second.clear()
+    engine = create_engine(url.replace("postgresql://", "postgresql+psycopg://"))
+    with engine.begin() as connection:
+        connection.execute(
+            text(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
+        )
+    engine.dispose()
+    await until(lambda: set(Topic) <= {topic for topic, ids in heard_second if ids is None})
+    heard_second.clear()
+    first.publish(Topic.TASKS, ["after"])  # its sending connection was cut too
+    await until(lambda: (Topic.TASKS, frozenset({"after"})) in heard_second)
+    await first.aclose()
+    await second.aclose()
+
+
+# -- real processes ------------------------------------------------------------------------
+
+
+def create(base_url: str, key: str, prompt: str = "a banana") -> str:
+    answer = httpx.post(
+        f"{base_url}/api/v1/jobs/createTask",
+        json=prompt_body(prompt),
+        headers={"Authorization": f"Bearer {key}"},
+        timeout=30,
+    ).json()
+    assert answer["code"] == 200, answer
+    return str(answer["data"]["taskId"])
+
+
+def answer_of(base_url: str, key: str, task_id: str) -> dict[str, object]:
+    reply: dict[str, object] = httpx.get(
+        f"{base_url}/api/v1/jobs/recordInfo",
+        params={"taskId": task_id},
+        headers={"Authorization": f"Bearer {key}"},
+        timeout=30,
+    ).json()
+    return reply
+
+
+def wait_for(condition: Callable[[], bool], what: str, timeout: float = 40) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"{what}: not within {timeout} s"
+        time.sleep(0.05)
+
+
+def state(base_url: str, key: str, task_id: str) -> object:
+    data = answer_of(base_url, key, task_id)["data"]
+    assert isinstance(data, dict)
+    return data["state"]
+
+
+def test_two_apis_and_a_worker_wake_each_other(spawn: Spawn, tmp_path: Path) -> None:
+    """A task created on either API is run by the worker process at once, a stream on one
+    API follows what the worker does, and a key revoked by the CLI is refused by both APIs
+    at once; nobody polls meanwhile."""
+    data_dir = tmp_path / "data"
+    first = spawn("serve", "--no-worker", env=NO_POLLS)
+    second = spawn("serve", "--no-worker", env=NO_POLLS)
+    key = make_key(data_dir)
+    # A stream on the first API, of a task made on the second before any worker runs: all
+    # it hears after "waiting" comes from the worker process.
+    task_id = create(second.base_url, key, "[sandbox:delay=300] followed elsewhere")
+    with stream(first.base_url, key, task_id) as response:
+        events = items(response)
+        assert [record["state"] for record in records([next(events)])] == ["waiting"]
+        worker = spawn("worker", env=NO_POLLS)
+        states = ["waiting"] + [record["state"] for record in records(list(events))]
+    assert states[-1] == "success", states
+    assert in_lifecycle_order(states), states
+
+    # The worker is idle now, its next poll a minute away: only a wake-up runs these.
+    for api, other in ((first, second), (second, first)):
+        task_id = create(api.base_url, key)
+        wait_for(
+            lambda url=other.base_url, made=task_id: state(url, key, made) == "success",
+            "the task ran",
+        )
+
+    for api in (first, second):  # both have the key cached now
+        assert answer_of(api.base_url, key, task_id)["code"] == 200
+    with rows_of(data_dir) as connection:
+        key_id = connection.execute(
+            select(api_keys.c.id).where(api_keys.c.secret_hash == hash_secret(key))
+        ).scalar_one()
+    assert cli(data_dir, "keys", "revoke", key_id).returncode == 0
+    for api in (first, second):
+        wait_for(
+            lambda url=api.base_url: answer_of(url, key, task_id)["code"] == 401, "key refused"
+        )
+    assert worker.terminate() == 0
