@@ -49,6 +49,8 @@ class LocalPostgres:
     cpu: int | None
     folder: Path
     binaries: Path
+    #: Load ``pg_stat_statements`` (counting statements costs a little on every one).
+    statements: bool = False
 
     @property
     def data(self) -> Path:
@@ -74,6 +76,7 @@ class LocalPostgres:
                 f"-c port={self.port}",
                 f"-c unix_socket_directories={self.folder}",
                 "-c max_connections=100",
+                *(["-c shared_preload_libraries=pg_stat_statements"] if self.statements else []),
                 *(f"-c {name}={value}" for name, value in DURABLE.items()),
             ]
         )
@@ -120,15 +123,16 @@ class LocalPostgres:
 
 @contextlib.contextmanager
 def running_postgres(
-    port: int, *, cpu: int | None = None, keep: bool = False
+    port: int, *, cpu: int | None = None, keep: bool = False, statements: bool = False
 ) -> Iterator[LocalPostgres]:
-    """Initialise and start a server on ``port`` (on ``cpu`` alone when given); stop it
-    and delete its folder (``keep``: leave the folder) at the end."""
+    """Initialise and start a server on ``port`` (on ``cpu`` alone when given; with
+    ``pg_stat_statements`` loaded for ``statements``); stop it and delete its folder
+    (``keep``: leave the folder) at the end."""
     binaries = find_binaries()
     if binaries is None:
         raise FileNotFoundError(f"PostgreSQL is not installed ({INSTALL_HINT})")
     folder = Path(tempfile.mkdtemp(prefix="bananastand-bench-pg-"))
-    server = LocalPostgres(port, cpu, folder, binaries)
+    server = LocalPostgres(port, cpu, folder, binaries, statements)
     try:
         if os.geteuid() == 0:
             shutil.chown(folder, "postgres")

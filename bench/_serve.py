@@ -8,7 +8,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import httpx
@@ -48,14 +48,23 @@ def on_cpu(cpu: int | None) -> Callable[[], None] | None:
 
 
 def start_serve(
-    env: dict[str, str], log_path: Path, port: int, *, cpu: int | None = None
+    env: dict[str, str],
+    log_path: Path,
+    port: int,
+    *,
+    cpu: int | None = None,
+    options: Sequence[str] = (),
 ) -> subprocess.Popen[bytes]:
-    """``bananastand serve`` in a child process (on ``cpu`` alone when given), once
-    ``/healthz`` answers; raises RuntimeError (with the child stopped) when it does not
-    within 30 s."""
+    """``bananastand serve [options]`` in a child process (on ``cpu`` alone when given),
+    once ``/healthz`` answers; raises RuntimeError (with the child stopped) when it does
+    not within 30 s."""
     with log_path.open("wb") as log:
         server = subprocess.Popen(
-            [*bananastand(), "serve"], env=env, stdout=log, stderr=log, preexec_fn=on_cpu(cpu)
+            [*bananastand(), "serve", *options],
+            env=env,
+            stdout=log,
+            stderr=log,
+            preexec_fn=on_cpu(cpu),
         )
     deadline = time.monotonic() + 30
     while True:

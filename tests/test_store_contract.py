@@ -38,6 +38,7 @@ from bananastand.store.ports import (
     KeyReused,
     MonthlyCapReached,
     NotEnoughCredits,
+    PendingWork,
     Rescue,
     Store,
     TooManyWaiting,
@@ -358,14 +359,19 @@ async def test_claim_skips_tasks_that_are_not_waiting(store: Store, clock: FakeC
 
 @scenario
 async def test_rescue_fences_out_the_old_lease(store: Store, clock: FakeClock) -> None:
+    assert await store.pending_work() == PendingWork(waiting=False, expired=False)
     [task_id] = await add_tasks(store, 1)
+    assert await store.pending_work() == PendingWork(waiting=True, expired=False)
     await claim(store, token="lease-old")
     assert await store.mark_generating(task_id, "lease-old")
     # The lease ends at T0 + LEASE_MS: until then rescue leaves it alone.
     clock.now = T0 + LEASE_MS
+    assert await store.pending_work() == PendingWork(waiting=False, expired=False)
     assert await store.rescue_expired(3, GIVE_UP) == Rescue(requeued=[], failed=[])
     clock.now = T0 + LEASE_MS + 1
+    assert await store.pending_work() == PendingWork(waiting=False, expired=True)
     assert await store.rescue_expired(3, GIVE_UP) == Rescue(requeued=[task_id], failed=[])
+    assert await store.pending_work() == PendingWork(waiting=True, expired=False)
     rescued = await get(store, task_id)
     assert rescued.state is TaskState.WAITING
     assert rescued.attempts == 1  # the lost attempt counts
@@ -869,10 +875,12 @@ async def test_claim_due_hands_out_due_callbacks_under_a_lease(
 ) -> None:
     await store.create_account(ACCOUNT, "a", 0)
     ids = await add_tasks(store, 3, callback_url=URL_A)
+    assert not await store.callbacks_due()  # nothing ended yet
     for n, task_id in enumerate(ids):
         clock.now = T0 + 10 * n
         assert await store.cancel_task(task_id, ACCOUNT, CANCELED) is not None
     clock.now = T0 + 100
+    assert await store.callbacks_due()
     secrets = Secrets()
     first = await claim_callbacks(store, "cb-1", limit=2, secrets=secrets)
     assert [c.task.id for c in first] == ids[:2]  # the longest due first
@@ -887,9 +895,11 @@ async def test_claim_due_hands_out_due_callbacks_under_a_lease(
     assert [c.task.id for c in second] == ids[2:]
     assert await claim_callbacks(store, "cb-3") == []
     clock.now = T0 + 100 + LEASE_MS
+    assert not await store.callbacks_due()
     assert await claim_callbacks(store, "cb-3") == []
     # A sender that stopped: once the lease ran out the callbacks go out again, same ids.
     clock.advance(1)
+    assert await store.callbacks_due()
     again = await claim_callbacks(store, "cb-4", secrets=secrets)
     assert [(c.id, c.tries, c.lease_token) for c in again] == [
         (c.id, 0, "cb-4") for c in first + second

@@ -1,4 +1,5 @@
-"""Wake-ups between processes: the hub, each bus, and real processes that only they wake.
+"""Acceptance: wake-ups between processes: the hub, each bus, and real processes that only
+wake-ups can set going.
 
 The process tests set every fallback poll to a minute: what happens within their
 deadlines can only have been started by a wake-up.
@@ -21,7 +22,6 @@ from bananastand.wakeups import MAX_NAMED_TASKS, Message, Topic, Wakeups
 from bananastand.wakeups.postgres import PostgresBus
 from bananastand.wakeups.sockets import SocketBus
 from conftest import (
-    DATABASE,
     ServerProcess,
     cli,
     make_key,
@@ -179,7 +179,7 @@ async def test_sockets_carry_wakeups_between_processes_of_one_file(tmp_path: Pat
     assert list(folder.glob("*.sock")) == []
 
 
-@pytest.mark.skipif(DATABASE != "postgresql", reason="LISTEN/NOTIFY is PostgreSQL's")
+@pytest.mark.postgresql_only(reason="LISTEN/NOTIFY is PostgreSQL's")
 @scenario
 async def test_notify_carries_wakeups_and_a_lost_listener_comes_back() -> None:
     url = postgres_server().new_database()

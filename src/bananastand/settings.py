@@ -143,7 +143,7 @@ class Settings(BaseSettings):
     max_attempts: int = 3
     # How often an idle worker (and callback sender) looks without a wake-up: wake-ups
     # (``bananastand.wakeups``) tell it of new work at once, so this is only the fallback.
-    poll_interval_seconds: float = Field(default=5.0, gt=0)
+    poll_interval_seconds: float = Field(default=10.0, gt=0)
     shutdown_grace_seconds: float = 30.0
     task_timeout_seconds: float = 900.0
 

@@ -199,16 +199,20 @@ class WebhookSender:
         """Deliver until ``stop()``; deliveries still in flight then are handed back."""
         log.info("webhook sender started")
         try:
+            woken = True
             while not self._stopping.is_set():
                 try:
-                    if await self._claim():
+                    # A poll first asks whether anything is due (one read, not a claim).
+                    if (woken or await self._store.callbacks_due()) and await self._claim():
                         continue  # there may be more due
                 except Exception:
                     log.exception("claiming callbacks failed; retrying")
+                woken = False
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(
                         self._wakeup.wait(), self._settings.poll_interval_seconds
                     )
+                    woken = True
                 self._wakeup.clear()
         finally:
             await self._halt()

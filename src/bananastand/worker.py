@@ -98,14 +98,22 @@ class Worker:
         upkeep = asyncio.create_task(self._upkeep(), name="worker-upkeep")
         try:
             await self._rescue()
+            woken = True
             while not self._stopping.is_set():
-                claimed = await self._claim()
-                if claimed:
+                # A poll (no wake-up) first asks whether there is anything: one read,
+                # where a claim finding nothing would be a write transaction.
+                if (
+                    self._free_slots() > 0
+                    and (woken or (await self._store.pending_work()).waiting)
+                    and await self._claim()
+                ):
                     continue  # there may be more waiting
+                woken = False
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(
                         self._wakeup.wait(), self._settings.poll_interval_seconds
                     )
+                    woken = True
                 self._wakeup.clear()
             await self._drain()
         finally:
@@ -114,8 +122,11 @@ class Worker:
                 await upkeep
             log.info("worker stopped", extra={"worker_id": self.worker_id})
 
+    def _free_slots(self) -> int:
+        return self._settings.worker_concurrency - len(self._running)
+
     async def _claim(self) -> int:
-        free = self._settings.worker_concurrency - len(self._running)
+        free = self._free_slots()
         if free <= 0:
             return 0
         claims = await self._store.claim_tasks(
@@ -164,7 +175,8 @@ class Worker:
             await asyncio.sleep(interval)
             try:
                 await self._renew()
-                await self._rescue()
+                if (await self._store.pending_work()).expired:
+                    await self._rescue()
                 if time.monotonic() >= next_purge:
                     next_purge = time.monotonic() + _PURGE_INTERVAL
                     ttl_ms = self._settings.idempotency_ttl_seconds * 1000

@@ -129,6 +129,16 @@ class Rescue:
 
 
 @dataclass(frozen=True, slots=True)
+class PendingWork:
+    """What an idle worker's poll finds, before it writes anything."""
+
+    #: Some task is waiting to be claimed.
+    waiting: bool
+    #: Some task's lease ran out (its worker stopped): a rescue pass has work.
+    expired: bool
+
+
+@dataclass(frozen=True, slots=True)
 class ClaimedCallback:
     id: str
     lease_token: str
@@ -206,11 +216,21 @@ class TaskStore(Clock, Protocol):
 
     async def rescue_expired(self, max_attempts: int, give_up: Failure) -> Rescue: ...
 
+    async def pending_work(self) -> PendingWork:
+        """One cheap read: whether a claim or a rescue would find anything. An idle
+        worker's poll asks this first, so that finding nothing costs one statement, not a
+        write transaction."""
+        ...
+
     async def purge_idempotency_keys(self, ttl_ms: int) -> int: ...
 
 
 class Outbox(Clock, Protocol):
     """Callbacks waiting to be delivered, their attempts, and the accounts' secrets."""
+
+    async def callbacks_due(self) -> bool:
+        """One cheap read: whether ``claim_due`` would find anything (an idle poll's)."""
+        ...
 
     async def claim_due(
         self,

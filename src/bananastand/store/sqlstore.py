@@ -37,10 +37,11 @@ from bananastand.store.ports import (
     IdempotencyClaim,
     NewTask,
     NotEnoughCredits,
+    PendingWork,
     Rescue,
 )
 from bananastand.store.runner import KeyedLookup
-from bananastand.store.sql import accounts, callbacks, ledger, lookups, switches, tasks
+from bananastand.store.sql import accounts, callbacks, ledger, lookups, probes, switches, tasks
 
 T = TypeVar("T")
 K = TypeVar("K", bound=Hashable)
@@ -190,6 +191,12 @@ class SqlStore:
                 tasks.release_task, task_id=task_id, lease_token=lease_token, now_ms=self._clock()
             )
         )
+
+    async def pending_work(self) -> PendingWork:
+        return await self.runner.read(partial(probes.pending_work, now_ms=self._clock()))
+
+    async def callbacks_due(self) -> bool:
+        return await self.runner.read(partial(probes.callbacks_due, now_ms=self._clock()))
 
     async def rescue_expired(self, max_attempts: int, give_up: Failure) -> Rescue:
         return await self.runner.write(

@@ -53,6 +53,15 @@ def enqueue(
     )
 
 
+def due(now_ms: int) -> ColumnElement[bool]:
+    """Callbacks a sender may take now: pending, their attempt due, no live lease."""
+    return and_(
+        callbacks.c.state == PENDING,
+        callbacks.c.next_attempt_at <= now_ms,
+        or_(callbacks.c.lease_expires_at.is_(None), callbacks.c.lease_expires_at < now_ms),
+    )
+
+
 def claim_due(
     connection: Connection,
     *,
@@ -70,12 +79,7 @@ def claim_due(
     skipped in the query itself, so a receiver with a long backlog never hides the others.
     """
     saturated = [host for host, count in in_flight.items() if count >= per_host]
-    due = and_(
-        callbacks.c.state == PENDING,
-        callbacks.c.next_attempt_at <= now_ms,
-        or_(callbacks.c.lease_expires_at.is_(None), callbacks.c.lease_expires_at < now_ms),
-    )
-    query = select(callbacks.c.id, callbacks.c.host_key).where(due)
+    query = select(callbacks.c.id, callbacks.c.host_key).where(due(now_ms))
     if saturated:
         query = query.where(callbacks.c.host_key.not_in(saturated))
     # Rows another sender is claiming are skipped (SQLite's compiler leaves this out).

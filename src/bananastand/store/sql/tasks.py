@@ -10,6 +10,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from sqlalchemy import (
+    ColumnElement,
     Connection,
     Row,
     RowMapping,
@@ -39,7 +40,7 @@ from bananastand.store.sql import callbacks, ledger
 from bananastand.store.sql.prepared import PreparedInsert, PreparedQuery
 from bananastand.store.tables import idempotency_keys, tasks
 
-_ACTIVE = (TaskState.QUEUING.value, TaskState.GENERATING.value)
+ACTIVE = (TaskState.QUEUING.value, TaskState.GENERATING.value)
 
 
 _TASK_BY_ID = select(tasks).where(tasks.c.id == bindparam("task_id"))
@@ -305,7 +306,7 @@ def _fenced(task_id: str, lease_token: str) -> Any:
     return and_(
         tasks.c.id == task_id,
         tasks.c.lease_token == lease_token,
-        tasks.c.state.in_(_ACTIVE),
+        tasks.c.state.in_(ACTIVE),
     )
 
 
@@ -408,11 +409,16 @@ def release_task(connection: Connection, task_id: str, lease_token: str, now_ms:
     return result.rowcount == 1
 
 
+def lease_expired(now_ms: int) -> ColumnElement[bool]:
+    """Tasks held by a worker that stopped renewing their lease."""
+    return and_(tasks.c.state.in_(ACTIVE), tasks.c.lease_expires_at < now_ms)
+
+
 def rescue_expired(
     connection: Connection, now_ms: int, max_attempts: int, give_up: Failure
 ) -> Rescue:
     """Tasks whose worker stopped renewing: back to ``waiting``, or ``fail`` when out of tries."""
-    expired = and_(tasks.c.state.in_(_ACTIVE), tasks.c.lease_expires_at < now_ms)
+    expired = lease_expired(now_ms)
     failed = _end(
         connection,
         and_(expired, tasks.c.attempts >= max_attempts),
