@@ -1,5 +1,6 @@
 """Unit: the in-process upstream limiter keeps its share of the budget when several worker
-processes split it (no Redis), and follows the count of live workers as it changes."""
+processes split it (no Redis), and follows the count of live workers as it changes; the
+providers' construction picks the limiter from the settings."""
 
 from __future__ import annotations
 
@@ -9,6 +10,9 @@ import pytest
 
 from bananastand.errors import ConfigurationError
 from bananastand.providers.local_limiter import LocalLimiter
+from bananastand.providers.redis_limiter import RedisLimiter
+from bananastand.providers.registry import ProviderRegistry
+from bananastand.settings import Settings
 
 
 def test_the_budget_is_split_among_the_workers_sharing_it() -> None:
@@ -63,3 +67,22 @@ def test_caps_are_checked() -> None:
         LocalLimiter(concurrency=0)
     with pytest.raises(ConfigurationError):
         LocalLimiter(per_minute=-1)
+
+
+def test_the_registry_shares_the_budget_in_redis_when_there_is_one() -> None:
+    async def limiters() -> tuple[object, object]:
+        alone = ProviderRegistry.from_settings(
+            Settings(GEMINI_API_KEY="k", upstream_concurrency=6), live_workers=lambda: 3
+        )
+        shared = ProviderRegistry.from_settings(
+            Settings(GEMINI_API_KEY="k", redis_url="redis://127.0.0.1:1")  # never reached
+        )
+        found = alone.get("gemini").limiter, shared.get("gemini").limiter
+        await alone.aclose()
+        await shared.aclose()
+        return found
+
+    local, redis = asyncio.run(limiters())
+    assert isinstance(local, LocalLimiter)
+    assert local.concurrency_share() == 2  # the live-worker count reaches the limiter
+    assert isinstance(redis, RedisLimiter)

@@ -5,6 +5,7 @@ one holder is a real process that is killed without releasing its slot."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 import signal
@@ -12,6 +13,8 @@ import sys
 
 import coredis
 import pytest
+from coredis.exceptions import RedisError
+from coredis.tokens import PureToken
 
 from bananastand.providers.redis_limiter import RedisLimiter
 from conftest import free_port
@@ -104,6 +107,27 @@ def test_starts_are_spaced_across_instances(redis_url: str) -> None:
             await limiter.aclose()
 
     asyncio.run(scenario())
+
+
+def test_redis_going_away_mid_call_fails_no_call(
+    redis_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def scenario() -> None:
+        limiter = RedisLimiter(redis_url, SCOPE, concurrency=1, per_minute=6000)
+        async with asyncio.timeout(60):
+            async with limiter.slot():
+                # Redis stops while the call holds its slot; the release cannot reach it.
+                with contextlib.suppress(RedisError):
+                    await coredis.Redis.from_url(redis_url).shutdown(PureToken.NOSAVE)
+            for _ in range(3):
+                async with limiter.slot():
+                    await limiter.pace()
+        await limiter.aclose()
+
+    with caplog.at_level(logging.WARNING, logger="bananastand.providers.redis_limiter"):
+        asyncio.run(scenario())
+    warnings = [record for record in caplog.records if "Redis is unreachable" in record.message]
+    assert len(warnings) == 1  # once per outage, not once per call
 
 
 def test_without_redis_calls_go_through_the_local_share(caplog: pytest.LogCaptureFixture) -> None:

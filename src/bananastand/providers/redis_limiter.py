@@ -8,7 +8,8 @@ releasing gives it back within one lease (`SLOT_LEASE_SECONDS`). Calls per minut
 spaced by a reservation: the next free start time is kept in one key and each start
 reserves it and pushes it one interval on, so the cluster starts calls as evenly as one
 process did. Every script reads Redis's own clock (``TIME``), so machines whose clocks
-disagree still share one schedule.
+disagree still share one schedule (Redis 5 or later: a script that reads ``TIME`` may
+write only since scripts replicate their effects).
 
 When Redis cannot be reached, calls go through this process's share of the budget
 (`LocalLimiter` with the live-worker split) rather than failing or waiting: a task that
@@ -160,6 +161,7 @@ class RedisLimiter:
             await self.pace()
             yield
         finally:
+            # Not awaited: waiting here could swallow a cancellation meant for the call.
             renewing.cancel()
             await self._release(holder)
 
@@ -227,11 +229,11 @@ class RedisLimiter:
                 log.warning("upstream slot had expired while its call ran; taken again")
 
     async def _release(self, holder: str) -> None:
-        self._released.set()
         try:
             await self._redis.zrem(self._holders_key, [holder])
         except RedisError as exc:
             self._went_away(exc)  # the slot comes back when its lease ends
+        self._released.set()  # this process's next waiter asks at once
 
     def _reachable(self) -> bool:
         return time.monotonic() >= self._away_until
