@@ -41,7 +41,7 @@ from bananastand.fetch import FetchPolicy, SafeFetcher
 from bananastand.inputs import InputLoader
 from bananastand.providers.base import GenerationRequest
 from bananastand.providers.google import GoogleProvider, RetryPolicy
-from bananastand.providers.limits import UpstreamLimiter
+from bananastand.providers.local_limiter import LocalLimiter
 from bananastand.settings import Settings
 from bananastand.storage.local import LocalStorage
 
@@ -103,7 +103,7 @@ class Ours:
             settings.models,
             base_url=fake.base_url,
             retry=RetryPolicy(),
-            limiter=UpstreamLimiter(concurrency=8),
+            limiter=LocalLimiter(concurrency=8),
         )
 
     async def task(self, urls: list[str], i: int) -> float:

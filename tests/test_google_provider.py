@@ -20,7 +20,7 @@ from bananastand.errors import InputError, SafetyBlocked, TaskFailure, UpstreamE
 from bananastand.fake_gemini import FakeGemini, Reply
 from bananastand.providers.base import GenerationRequest, InputImage
 from bananastand.providers.google import GEMINI_LIMITS, GoogleProvider, InlineLimits, RetryPolicy
-from bananastand.providers.limits import UpstreamLimiter
+from bananastand.providers.local_limiter import LocalLimiter
 from bananastand.settings import Settings
 
 
@@ -42,7 +42,7 @@ def _provider(
         Settings().models,
         base_url=fake.base_url,
         retry=policy,
-        limiter=UpstreamLimiter(),
+        limiter=LocalLimiter(),
     )
     if limits is not GEMINI_LIMITS:
         provider._limits = limits

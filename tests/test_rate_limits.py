@@ -4,9 +4,7 @@ against a controllable clock (no sleeping)."""
 from __future__ import annotations
 
 import asyncio
-import shutil
-import subprocess
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import limits.storage.memory
@@ -14,7 +12,7 @@ import pytest
 
 from accounts_helpers import ADMIN_TOKEN, admin_ok, call, new_account
 from bananastand.ratelimit import RateLimiter
-from conftest import Server, free_port, prompt_body
+from conftest import Server, prompt_body
 
 HEADERS = ("ratelimit-limit", "ratelimit-remaining", "ratelimit-reset")
 
@@ -142,24 +140,6 @@ def test_waiting_tasks_are_capped_per_account(start_server: Callable[..., Server
     admin_ok(server, "POST", f"/admin/accounts/{account_id}/limits", {"maxWaiting": 3})
     assert server.create(key, prompt_body())["code"] == 200
     assert server.create(key, prompt_body())["code"] == 429
-
-
-@pytest.fixture
-def redis_url() -> Iterator[str]:
-    binary = shutil.which("redis-server")
-    if binary is None:
-        pytest.skip("redis-server is not installed")
-    pytest.importorskip("coredis", reason="limits needs coredis for async Redis")
-    port = free_port()
-    process = subprocess.Popen(
-        [binary, "--port", str(port), "--save", "", "--appendonly", "no"],
-        stdout=subprocess.DEVNULL,
-    )
-    try:
-        yield f"redis://127.0.0.1:{port}"
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
 
 
 def test_two_servers_share_limits_in_redis(

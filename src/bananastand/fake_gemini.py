@@ -9,7 +9,8 @@ image, safety answers as HTTP 200, errors as ``{"error": {"code", "status", "mes
 Images are real and have the pixel size Google returns for the requested aspect ratio and
 ``imageSize`` (1K when none is sent; ``auto`` follows the first input image). Tests script
 outcomes with `FakeGemini.script`; a script is used up one reply per request, after which
-the fake answers with success. Every request is kept in `FakeGemini.requests`.
+the fake answers with success. Every request is kept in `FakeGemini.requests`, with the
+time it came in.
 
 Run it alone with ``bananastand fake-gemini --port 8089`` and start bananastand with
 ``GEMINI_API_KEY=fake GOOGLE_GEMINI_BASE_URL=http://127.0.0.1:8089``.
@@ -76,6 +77,8 @@ class SeenRequest:
     model: str
     api_key: str
     body: dict[str, Any]
+    #: ``time.monotonic()`` on arrival: how many calls came in a window of time.
+    received_at: float = field(default_factory=time.monotonic)
 
     @property
     def parts(self) -> list[dict[str, Any]]:

@@ -164,8 +164,9 @@ class Settings(BaseSettings):
     upstream_retry_budget_seconds: float = 120.0  # time spent waiting between retries
     upstream_max_attempts: int = 5
     upstream_backoff_seconds: float = 2.0  # first retry delay, doubled each time, jittered
-    upstream_concurrency: int = 8  # calls in flight per provider; more tasks queue
-    upstream_requests_per_minute: float = 60.0  # per provider; 0: no cap
+    # Per provider, for the whole cluster: shared in Redis, else split among live workers.
+    upstream_concurrency: int = 8  # calls in flight; more tasks queue
+    upstream_requests_per_minute: float = 60.0  # 0: no cap
 
     # Outbound fetches (image_input): networks or host names allowed although private.
     allow_private_networks: Annotated[list[str], NoDecode] = Field(default_factory=list)
@@ -199,7 +200,7 @@ class Settings(BaseSettings):
     create_rate: str = "20/second"  # per key, for createTask; "unlimited" allowed
     read_rate: str = "20/second"  # per key, for every other API call
     max_waiting_tasks: int = 1000  # per account; 0: no cap
-    redis_url: str = ""  # empty: rate limits counted in each process's memory
+    redis_url: str = ""  # empty: rate limits and upstream budgets kept in each process
     # PostgreSQL: LISTEN/NOTIFY wakes the other processes at once; off behind PgBouncer
     # in transaction mode (which drops LISTEN), where processes poll.
     pg_notify: bool = True

@@ -164,6 +164,7 @@ class GoogleProvider:
 
     async def aclose(self) -> None:
         await self._client.aio.aclose()
+        await self.limiter.aclose()
 
     async def generate(self, request: GenerationRequest) -> GeneratedImage:
         spec = self._models.get(request.model)

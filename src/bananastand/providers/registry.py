@@ -7,7 +7,8 @@ from typing import TYPE_CHECKING
 
 from bananastand.errors import FeatureDisabledError
 from bananastand.providers.base import Provider
-from bananastand.providers.limits import UpstreamLimiter
+from bananastand.providers.limits import UpstreamLimiter, WorkerCount, one_process
+from bananastand.providers.local_limiter import LocalLimiter
 from bananastand.providers.sandbox import SandboxProvider
 from bananastand.settings import LiveProvider, Settings
 
@@ -27,12 +28,16 @@ class ProviderRegistry:
         self.live = live
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> ProviderRegistry:
+    def from_settings(
+        cls, settings: Settings, *, live_workers: WorkerCount = one_process
+    ) -> ProviderRegistry:
+        """``live_workers``: how many worker processes share the upstream budgets (the
+        live-worker registry's count); it splits them where Redis does not share them."""
         sandbox = SandboxProvider(delay_ms=settings.sandbox_delay_ms)
         providers: dict[str, Provider] = {sandbox.name: sandbox}
         live = choose_live(settings)
         if live in (LiveProvider.GEMINI, LiveProvider.VERTEX):
-            google = _google_provider(settings, live)
+            google = _google_provider(settings, live, live_workers)
             providers[google.name] = google
         elif live is None and settings.live_provider is not LiveProvider.AUTO:
             log.error(
@@ -88,7 +93,28 @@ def describe_live(settings: Settings) -> str | None:
     return live.value if live else None
 
 
-def _google_provider(settings: Settings, live: LiveProvider) -> GoogleProvider:
+def upstream_limiter(settings: Settings, scope: str, live_workers: WorkerCount) -> UpstreamLimiter:
+    """The budget of one upstream (``scope``: its name): shared in Redis when there is
+    one, else this process's share of it."""
+    concurrency = settings.upstream_concurrency
+    per_minute = settings.upstream_requests_per_minute
+    if settings.redis_url:
+        # coredis is imported only by servers that share their limits in Redis.
+        from bananastand.providers.redis_limiter import RedisLimiter
+
+        return RedisLimiter(
+            settings.redis_url,
+            scope,
+            concurrency=concurrency,
+            per_minute=per_minute,
+            workers=live_workers,
+        )
+    return LocalLimiter(concurrency=concurrency, per_minute=per_minute, workers=live_workers)
+
+
+def _google_provider(
+    settings: Settings, live: LiveProvider, live_workers: WorkerCount
+) -> GoogleProvider:
     # google-genai takes ~0.6 s to import: only servers whose live keys use it pay for it.
     from bananastand.providers.google import GoogleProvider, RetryPolicy
 
@@ -98,10 +124,7 @@ def _google_provider(settings: Settings, live: LiveProvider) -> GoogleProvider:
         budget_s=settings.upstream_retry_budget_seconds,
         backoff_s=settings.upstream_backoff_seconds,
     )
-    limiter = UpstreamLimiter(
-        concurrency=settings.upstream_concurrency,
-        per_minute=settings.upstream_requests_per_minute,
-    )
+    limiter = upstream_limiter(settings, live.value, live_workers)
     if live is LiveProvider.VERTEX:
         return GoogleProvider.vertex(
             settings.google_cloud_project,

@@ -65,6 +65,7 @@ from bananastand.errors import (
 )
 from bananastand.providers.base import GeneratedImage, GenerationRequest, InputImage
 from bananastand.providers.limits import UpstreamLimiter
+from bananastand.providers.local_limiter import LocalLimiter
 
 __all__ = ["MAX_MAGIC_DELAY_MS", "SandboxProvider"]
 
@@ -126,7 +127,7 @@ class SandboxProvider:
         self.delay_ms = delay_ms
         self.cache_size = cache_size
         #: No upstream to protect: never waits.
-        self.limiter = UpstreamLimiter()
+        self.limiter: UpstreamLimiter = LocalLimiter()
         #: How many renders actually ran (cache misses); lets tests and metrics see reuse.
         self.renders = 0
         self._cache: OrderedDict[bytes, _Render] = OrderedDict()
