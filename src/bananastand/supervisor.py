@@ -72,12 +72,14 @@ class Supervisor:
         grace_s: float,
         env: Mapping[str, str] | None = None,
         backoff: Backoff = Backoff(),
+        stop_margin_s: float = STOP_MARGIN_S,
     ) -> None:
         self._count = count
         self._command = list(command)
         self._env = dict(env) if env is not None else None
         self._grace_s = grace_s
         self._backoff = backoff
+        self._stop_margin_s = stop_margin_s
         self._children: dict[int, asyncio.subprocess.Process] = {}
         self._slots: list[asyncio.Task[None]] = []
         self._stopping = asyncio.Event()
@@ -100,7 +102,7 @@ class Supervisor:
             _signal(process, signal.SIGTERM)
         if not self._slots:
             return
-        _done, late = await asyncio.wait(self._slots, timeout=self._grace_s + STOP_MARGIN_S)
+        _done, late = await asyncio.wait(self._slots, timeout=self._grace_s + self._stop_margin_s)
         for process in self._children.values():
             log.error(
                 "worker process outlived the grace period; killing it",
@@ -145,8 +147,11 @@ class Supervisor:
             status = await process.wait()
         finally:
             del self._children[slot]
+        # Stopping, SIGTERM is what was asked for: it ends a child still starting, whose
+        # handlers (drain, exit 0) are not in place yet.
+        expected = self._stopping.is_set() and status in (0, -signal.SIGTERM)
         log.log(
-            logging.INFO if self._stopping.is_set() and status == 0 else logging.WARNING,
+            logging.INFO if expected else logging.WARNING,
             "worker process exited",
             extra={"slot": slot, "pid": process.pid, **_describe(status)},
         )
