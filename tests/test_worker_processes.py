@@ -107,6 +107,7 @@ def test_the_children_run_the_tasks_and_one_killed_is_started_again(
     spawn: Spawn, data_dir: Path
 ) -> None:
     serve = spawn(*SUPERVISED)
+    assert "tasks run: in 2 worker processes" in serve.log()  # the banner says so
     first = wait_working(serve, 2)
     assert children_of(serve.process.pid) == set(first)
     key = make_key(data_dir)
