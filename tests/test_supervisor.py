@@ -51,6 +51,7 @@ def test_a_child_that_keeps_dying_is_restarted_ever_later_up_to_the_cap(
     restarts = asyncio.run(run())
     assert [record.delay_seconds for record in restarts] == [0.01, 0.02, 0.04, 0.04, 0.04]
     assert {record.exit_status for record in restarts} == {3}
+    assert len({record.pid for record in restarts}) == 5  # each names the child that died
     # (The last child may end by the SIGTERM of ``stop`` instead.)
     deaths = [r for r in records_of(caplog, "worker process exited") if r.exit_status == 3]
     assert len({record.pid for record in deaths}) >= 5  # a new process each time

@@ -116,20 +116,21 @@ class Supervisor:
         deaths = 0
         while not self._stopping.is_set():
             started = loop.time()
-            status = await self._run_once(slot)
+            ended = await self._run_once(slot)
             if self._stopping.is_set():
                 return
             deaths = 1 if loop.time() - started >= self._backoff.steady_s else deaths + 1
             delay = self._backoff.delay(deaths)
             log.warning(
                 "restarting worker process",
-                extra={"slot": slot, "exit_status": status, "delay_seconds": delay},
+                extra={"slot": slot, **ended, "delay_seconds": delay},
             )
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stopping.wait(), delay)
 
-    async def _run_once(self, slot: int) -> int | None:
-        """Start the slot's child and wait for it to exit: its status (None: no start)."""
+    async def _run_once(self, slot: int) -> dict[str, object]:
+        """Start the slot's child and wait for it to exit: how it ended, as log fields
+        (its pid and exit status; none when it did not start)."""
         try:
             # A session of its own, hence a process group of its own (uvloop, which
             # uvicorn runs on, has no ``process_group``).
@@ -138,7 +139,7 @@ class Supervisor:
             )
         except Exception:  # whatever it was, the slot lives on and tries again later
             log.exception("worker process did not start", extra={"slot": slot})
-            return None
+            return {}
         self._children[slot] = process
         log.info("worker process started", extra={"slot": slot, "pid": process.pid})
         if self._stopping.is_set():  # ``stop`` came while it was starting
@@ -150,12 +151,13 @@ class Supervisor:
         # Stopping, SIGTERM is what was asked for: it ends a child still starting, whose
         # handlers (drain, exit 0) are not in place yet.
         expected = self._stopping.is_set() and status in (0, -signal.SIGTERM)
+        ended = {"pid": process.pid, **_describe(status)}
         log.log(
             logging.INFO if expected else logging.WARNING,
             "worker process exited",
-            extra={"slot": slot, "pid": process.pid, **_describe(status)},
+            extra={"slot": slot, **ended},
         )
-        return status
+        return ended
 
 
 def _describe(status: int) -> dict[str, object]:
