@@ -199,7 +199,7 @@ def serve(
     from bananastand.app import create_app
     from bananastand.providers.registry import describe_live
     from bananastand.server import DrainingServer
-    from bananastand.supervisor import worker_processes as supervised_workers
+    from bananastand.supervisor import worker_supervisor
 
     if not worker and worker_processes:
         raise typer.BadParameter("--no-worker runs no worker: leave out --worker-processes")
@@ -229,7 +229,7 @@ def serve(
     api = create_app(
         settings,
         run_worker=processes == 0,
-        supervisor=supervised_workers(settings, processes) if processes else None,
+        supervisor=worker_supervisor(settings, processes) if processes else None,
     )
     config = uvicorn.Config(
         api,

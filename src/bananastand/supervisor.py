@@ -135,7 +135,10 @@ class Supervisor:
             # A session of its own, hence a process group of its own (uvloop, which
             # uvicorn runs on, has no ``process_group``).
             process = await asyncio.create_subprocess_exec(
-                *self._command, env=self._env, start_new_session=True
+                *self._command,
+                env=self._env,
+                start_new_session=True,
+                stdin=asyncio.subprocess.DEVNULL,  # it has no terminal to read from
             )
         except Exception:  # whatever it was, the slot lives on and tries again later
             log.exception("worker process did not start", extra={"slot": slot})
@@ -172,7 +175,7 @@ def _signal(process: asyncio.subprocess.Process, signum: signal.Signals) -> None
         process.send_signal(signum)
 
 
-def worker_processes(settings: Settings, count: int) -> Supervisor:
+def worker_supervisor(settings: Settings, count: int) -> Supervisor:
     """``count`` supervised ``bananastand worker`` processes for the API of ``settings``.
 
     The parent has migrated the schema (``--no-migrate``). The children read the same
