@@ -1,4 +1,4 @@
-"""Helpers of the tests that drive ``bananastand`` child processes (``spawn``): tasks
+"""What the tests that drive ``bananastand`` child processes (``spawn``) share: tasks
 made and read over HTTP, and their rows read straight from the database, which shows
 what no API does (leases, attempts, the worker that ran a task)."""
 
