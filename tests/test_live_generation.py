@@ -4,6 +4,7 @@ server; input images from loopback servers reached through an injected resolver 
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import socket
@@ -12,16 +13,20 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 from PIL import Image
+from sqlalchemy import select
 
+from bananastand.app import close_runtime, open_runtime
 from bananastand.fake_gemini import FakeGemini, Reply
-from bananastand.providers.registry import choose_live, describe_live
+from bananastand.providers.registry import ProviderRegistry, choose_live, describe_live
 from bananastand.settings import LiveProvider, Settings
-from conftest import Server, prompt_body
+from bananastand.store.tables import tasks
+from conftest import Server, database_settings, prompt_body, rows_of
 
 
 def _png(width: int = 60, height: int = 40) -> bytes:
@@ -266,6 +271,29 @@ def test_the_provider_choice(tmp_path: Any) -> None:
     assert "location global" in (describe_live(vertex) or "")
     assert choose_live(Settings(live_provider="gemini")) is None  # no key: 505
     assert choose_live(Settings(live_provider="sandbox")) is LiveProvider.SANDBOX
+
+
+def test_an_api_without_a_worker_settles_the_provider_without_building_its_client(
+    start_server: Callable[..., Server], fake: FakeGemini, tmp_path: Path
+) -> None:
+    google = {"live_provider": "gemini", "GOOGLE_API_KEY": fake.api_key}
+    api = start_server(run_worker=False, billing=False, **google)
+    answer = api.create(api.key(test=False), prompt_body())
+    assert answer["code"] == 200, answer
+    with rows_of(api.data_dir) as connection:
+        provider = connection.execute(
+            select(tasks.c.provider).where(tasks.c.id == answer["data"]["taskId"])
+        ).scalar_one()
+    assert provider == "gemini"
+
+    async def providers_built(*, run_worker: bool) -> ProviderRegistry | None:
+        settings = Settings(data_dir=tmp_path, **google, **database_settings(tmp_path))
+        runtime = await open_runtime(settings, run_worker=run_worker)
+        await close_runtime(runtime)
+        return runtime.providers
+
+    assert asyncio.run(providers_built(run_worker=False)) is None
+    assert asyncio.run(providers_built(run_worker=True)) is not None
 
 
 def test_no_provider_answers_505(start_server: Callable[..., Server]) -> None:

@@ -26,13 +26,14 @@ from bananastand.events import TaskWatch
 from bananastand.fetch import FetchPolicy, Resolver, SafeFetcher
 from bananastand.files import Files
 from bananastand.ops import Switches
-from bananastand.providers.registry import ProviderRegistry
+from bananastand.providers.registry import ProviderChoice, ProviderRegistry
 from bananastand.ratelimit import RateLimiter
 from bananastand.results import TaskRecords
 from bananastand.settings import Settings
 from bananastand.storage import open_storage
 from bananastand.storage.links import LinkSigner, load_secret
 from bananastand.store import open_settings_store
+from bananastand.supervisor import Supervisor
 from bananastand.tasks import Tasks
 from bananastand.wakeups import Topic, Wakeups
 from bananastand.wakeups.buses import bus_for
@@ -63,6 +64,8 @@ class Runtime:
     #: Runs wherever a worker runs (the worker's process ends the tasks).
     sender: WebhookSender | None = None
     wakeups: Wakeups = field(default_factory=Wakeups)
+    #: The worker's clients of the upstreams: only a process that runs tasks builds them.
+    providers: ProviderRegistry | None = None
 
 
 async def open_runtime(
@@ -71,7 +74,6 @@ async def open_runtime(
     """``resolver`` replaces the system's name resolution for outbound fetches (tests)."""
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     store = await open_settings_store(settings, migrate=settings.auto_migrate)
-    providers = ProviderRegistry.from_settings(settings)
     storage = open_storage(settings)
     secret = await asyncio.to_thread(load_secret, settings.signing_secret, settings.data_dir)
     links = LinkSigner(secret, settings.effective_public_url)
@@ -91,7 +93,9 @@ async def open_runtime(
     wakeups.subscribe(Topic.TASKS, watch.nudge)
     sender = None
     worker = None
+    providers = None
     if run_worker:
+        providers = ProviderRegistry.from_settings(settings)
         # Its own fetcher: slow receivers never hold connections that image inputs need.
         webhook_policy = FetchPolicy(
             allow=tuple(settings.allow_private_networks),
@@ -127,7 +131,7 @@ async def open_runtime(
     tasks = Tasks(
         store,
         settings,
-        providers,
+        ProviderChoice.from_settings(settings),
         accounts=accounts,
         billing=billing,
         switches=switches,
@@ -142,7 +146,6 @@ async def open_runtime(
         tasks=tasks,
         records=records,
         storage=storage,
-        providers=providers,
         files=Files(store, settings, storage, links, fetcher),
         billing=billing,
         switches=switches,
@@ -151,7 +154,12 @@ async def open_runtime(
     )
     await wakeups.start()
     return Runtime(
-        services=services, fetcher=fetcher, worker=worker, sender=sender, wakeups=wakeups
+        services=services,
+        fetcher=fetcher,
+        worker=worker,
+        sender=sender,
+        wakeups=wakeups,
+        providers=providers,
     )
 
 
@@ -161,7 +169,8 @@ async def close_runtime(runtime: Runtime) -> None:
     await runtime.fetcher.aclose()
     if runtime.sender is not None:
         await runtime.sender.aclose()
-    await runtime.services.providers.aclose()
+    if runtime.providers is not None:
+        await runtime.providers.aclose()
     await runtime.services.storage.aclose()
     await runtime.services.store.close()
 
@@ -179,18 +188,35 @@ def end_streams(app: FastAPI) -> None:
         services.tasks.watch.close()
 
 
+def freeze_startup_objects() -> None:
+    """Called by each role's entry point once its runtime is built.
+
+    What start-up made lives as long as the process: keep it out of the collector's full
+    passes, which otherwise walk ~200k objects and stall every request (55-94 ms measured,
+    the whole p99 of createTask under load) or every task of a worker.
+    """
+    gc.collect()
+    gc.freeze()
+
+
 def create_app(
-    settings: Settings, *, run_worker: bool = True, resolver: Resolver | None = None
+    settings: Settings,
+    *,
+    run_worker: bool = True,
+    supervisor: Supervisor | None = None,
+    resolver: Resolver | None = None,
 ) -> FastAPI:
+    """``supervisor``: worker processes started once the API's runtime is open and
+    drained after its last request (``serve --worker-processes N``, with ``run_worker``
+    off: tasks then run in those processes only)."""
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         runtime = await open_runtime(settings, run_worker=run_worker, resolver=resolver)
         app.state.services = runtime.services
-        # What start-up made lives as long as the process: keep it out of the collector's
-        # full passes, which otherwise walk ~200k objects and stall every request (55-94 ms
-        # measured, the whole p99 of createTask under load).
-        gc.collect()
-        gc.freeze()
+        freeze_startup_objects()
+        if supervisor is not None:
+            await supervisor.start()
         worker_task = None
         if runtime.worker is not None:
             worker_task = asyncio.create_task(runtime.worker.run(), name="worker")
@@ -200,6 +226,8 @@ def create_app(
         try:
             yield
         finally:
+            if supervisor is not None:
+                await supervisor.stop()
             if runtime.worker is not None and worker_task is not None:
                 runtime.worker.stop()
                 with contextlib.suppress(asyncio.CancelledError):

@@ -30,7 +30,7 @@ import orjson
 import typer
 from rich.console import Console
 
-from bananastand.client.cli import TASK_FAILED, fail
+from bananastand.client.cli import NOT_STARTED, TASK_FAILED, fail
 from bananastand.client.cli import register as register_client_commands
 from bananastand.client.cli import run as run_app
 from bananastand.ids import now_ms
@@ -109,12 +109,25 @@ NoMigrate = Annotated[
 
 
 def _banner(
-    settings: Settings, first_key: NewKey | None, live: str | None, *, loopback: bool | None
+    settings: Settings,
+    first_key: NewKey | None,
+    live: str | None,
+    *,
+    loopback: bool | None,
+    worker_processes: int | None,
 ) -> None:
-    """``loopback``: whether ``--allow-loopback`` opened this machine (None: not asked)."""
+    """``loopback``: whether ``--allow-loopback`` opened this machine (None: not asked).
+    ``worker_processes``: how many supervised worker processes run tasks (0: this process
+    does; None: none here, ``--no-worker``)."""
     base = settings.effective_public_url
     console.print(f"[bold]bananastand[/] serving on {base}  (docs: {base}/docs)")
     console.print(f"data folder: {settings.data_dir.resolve()}")
+    if worker_processes is None:
+        console.print("tasks run: not here (--no-worker); start `bananastand worker` beside it")
+    elif worker_processes == 0:
+        console.print("tasks run: in this process (--worker-processes N: in N processes)")
+    else:
+        console.print(f"tasks run: in {worker_processes} worker processes, restarted if they die")
     console.print(
         f"live keys run on: {live}"
         if live
@@ -159,7 +172,17 @@ def _banner(
 def serve(
     host: Annotated[str | None, typer.Option(help="Address to listen on.")] = None,
     port: Annotated[int | None, typer.Option(help="Port to listen on.")] = None,
-    worker: Annotated[bool, typer.Option(help="Also run tasks in this process.")] = True,
+    worker: Annotated[
+        bool, typer.Option(help="Run tasks (in this process, or in --worker-processes).")
+    ] = True,
+    worker_processes: Annotated[
+        int | None,
+        typer.Option(
+            min=0,
+            help="Run tasks in this many supervised `bananastand worker` processes instead "
+            "of this one (0: in this one). Also BANANASTAND_WORKER_PROCESSES.",
+        ),
+    ] = None,
     allow_loopback: Annotated[
         bool,
         typer.Option(
@@ -176,9 +199,16 @@ def serve(
     from bananastand.app import create_app
     from bananastand.providers.registry import describe_live
     from bananastand.server import DrainingServer
+    from bananastand.supervisor import worker_supervisor
 
+    if not worker and worker_processes:
+        raise typer.BadParameter("--no-worker runs no worker: leave out --worker-processes")
     settings = _settings(
-        starting=True, host=host, port=port, auto_migrate=False if no_migrate else None
+        starting=True,
+        host=host,
+        port=port,
+        auto_migrate=False if no_migrate else None,
+        worker_processes=worker_processes,
     )
     loopback: bool | None = None
     if allow_loopback:
@@ -190,9 +220,17 @@ def serve(
             return None
         return await accounts.create_key(name="first test key", is_test=True)
 
+    # Migrated here, once, before any worker process starts (they start with --no-migrate).
     first_key = _with_accounts(settings, first_start, migrate=settings.auto_migrate, starting=True)
-    _banner(settings, first_key, describe_live(settings), loopback=loopback)
-    api = create_app(settings, run_worker=worker)
+    processes = settings.worker_processes if worker else None
+    _banner(
+        settings, first_key, describe_live(settings), loopback=loopback, worker_processes=processes
+    )
+    api = create_app(
+        settings,
+        run_worker=processes == 0,
+        supervisor=worker_supervisor(settings, processes) if processes else None,
+    )
     config = uvicorn.Config(
         api,
         host=settings.host,
@@ -205,10 +243,21 @@ def serve(
 
 
 @app.command("worker")
-def run_worker(no_migrate: NoMigrate = False) -> None:
+def run_worker(
+    no_migrate: NoMigrate = False,
+    supervisor_pid: Annotated[
+        int | None,
+        typer.Option(hidden=True, help="Set by `serve --worker-processes`: exit with it."),
+    ] = None,
+) -> None:
     """Run tasks only (no HTTP); run as many as you like beside `serve --no-worker`."""
-    from bananastand.app import close_runtime, open_runtime
+    from bananastand.app import close_runtime, freeze_startup_objects, open_runtime
 
+    if supervisor_pid is not None:
+        from bananastand.supervisor import die_with_parent
+
+        if not die_with_parent(supervisor_pid):
+            fail("the serve process that started this worker is gone", NOT_STARTED)
     settings = _settings(starting=True, auto_migrate=False if no_migrate else None)
     # Migrated (or checked) here, so that a schema error is one line, not a traceback.
     _with_services(settings, _nothing, migrate=settings.auto_migrate, starting=True)
@@ -217,6 +266,7 @@ def run_worker(no_migrate: NoMigrate = False) -> None:
         runtime = await open_runtime(settings, run_worker=True)
         assert runtime.worker is not None
         assert runtime.sender is not None
+        freeze_startup_objects()
         sender = asyncio.create_task(runtime.sender.run(), name="webhook-sender")
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):

@@ -138,6 +138,9 @@ class Settings(BaseSettings):
     key_cache_seconds: float = 5.0
 
     # Workers.
+    # `serve` runs tasks in this many supervised `bananastand worker` processes, none in
+    # its own (0: in its own, the embedded default).
+    worker_processes: int = Field(default=0, ge=0, le=256)
     worker_concurrency: int = 16
     lease_seconds: float = 60.0
     max_attempts: int = 3

@@ -37,7 +37,7 @@ from bananastand.events import TaskWatch, Version
 from bananastand.ids import new_task_id
 from bananastand.models import check_model_rules, in_clients_words, spec_input
 from bananastand.ops import Switches
-from bananastand.providers.registry import ProviderRegistry
+from bananastand.providers.registry import ProviderChoice
 from bananastand.records import ApiKey, Task
 from bananastand.settings import Settings
 from bananastand.storage.links import LinkSigner
@@ -74,7 +74,7 @@ class Tasks:
         self,
         store: TaskStore,
         settings: Settings,
-        providers: ProviderRegistry,
+        provider_choice: ProviderChoice,
         *,
         accounts: Accounts,
         billing: Billing,
@@ -85,7 +85,7 @@ class Tasks:
     ) -> None:
         self._store = store
         self._settings = settings
-        self._providers = providers
+        self._provider_choice = provider_choice
         self._allow = AllowList.parse(settings.allow_private_networks)
         self._links = links
         self._accounts = accounts
@@ -165,7 +165,7 @@ class Tasks:
             monthly_cap=account.monthly_cap,
             month_start_ms=month_start_ms(self._store.now_ms()),
         )
-        provider = self._providers.provider_name_for(request.model, is_test=key.is_test)
+        provider = self._provider_choice.provider_name_for(request.model, is_test=key.is_test)
         idempotency = None
         if idempotency_key is not None:
             if not 0 < len(idempotency_key) <= MAX_IDEMPOTENCY_KEY:

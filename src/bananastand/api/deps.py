@@ -11,7 +11,6 @@ from bananastand.accounts import Accounts
 from bananastand.billing import Billing
 from bananastand.files import Files
 from bananastand.ops import Switches
-from bananastand.providers.registry import ProviderRegistry
 from bananastand.ratelimit import RateLimiter
 from bananastand.records import ApiKey
 from bananastand.results import TaskRecords
@@ -31,7 +30,6 @@ class Services:
     #: Makes the wire record of a task, its result links made from the public URL of now.
     records: TaskRecords
     storage: Storage
-    providers: ProviderRegistry
     files: Files
     billing: Billing
     switches: Switches

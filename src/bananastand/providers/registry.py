@@ -1,4 +1,5 @@
-"""Which provider runs a task: settled when the task is accepted, looked up by the worker."""
+"""Which provider runs a task: settled when the task is accepted (``ProviderChoice``),
+looked up by the worker among the clients it built (``ProviderRegistry``)."""
 
 from __future__ import annotations
 
@@ -18,14 +19,41 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-class ProviderRegistry:
-    """Holds one instance per provider; test keys always use the sandbox."""
+class ProviderChoice:
+    """Which provider a new task runs on: configuration alone, no client.
 
-    def __init__(self, providers: dict[str, Provider], live: str | None) -> None:
-        if live is not None and live not in providers:
-            raise ValueError(f"live provider {live!r} is not among {sorted(providers)}")
-        self._providers = providers
+    The API settles it as it accepts a task; only a worker builds the providers that run
+    them (``ProviderRegistry``), so an API process without a worker opens no connection
+    to Google and never imports google-genai.
+    """
+
+    def __init__(self, live: str | None) -> None:
         self.live = live
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> ProviderChoice:
+        live = choose_live(settings)
+        if live is None and settings.live_provider is not LiveProvider.AUTO:
+            log.error(
+                "live provider %s lacks its settings; live keys are disabled",
+                settings.live_provider.value,
+            )
+        return cls(live.value if live else None)
+
+    def provider_name_for(self, model: str, *, is_test: bool) -> str:
+        """The provider a new task will run on, or 505 when live keys have none."""
+        if is_test:
+            return "sandbox"
+        if self.live is None:
+            raise FeatureDisabledError(f"no provider configured for {model}")
+        return self.live
+
+
+class ProviderRegistry:
+    """The clients of a worker, one per provider; test keys always use the sandbox."""
+
+    def __init__(self, providers: dict[str, Provider]) -> None:
+        self._providers = providers
 
     @classmethod
     def from_settings(
@@ -39,20 +67,7 @@ class ProviderRegistry:
         if live in (LiveProvider.GEMINI, LiveProvider.VERTEX):
             google = _google_provider(settings, live, live_workers)
             providers[google.name] = google
-        elif live is None and settings.live_provider is not LiveProvider.AUTO:
-            log.error(
-                "live provider %s lacks its settings; live keys are disabled",
-                settings.live_provider.value,
-            )
-        return cls(providers, live.value if live else None)
-
-    def provider_name_for(self, model: str, *, is_test: bool) -> str:
-        """The provider a new task will run on, or 505 when live keys have none."""
-        if is_test:
-            return "sandbox"
-        if self.live is None:
-            raise FeatureDisabledError(f"no provider configured for {model}")
-        return self.live
+        return cls(providers)
 
     def get(self, name: str) -> Provider:
         return self._providers[name]

@@ -1,0 +1,164 @@
+"""Acceptance: ``bananastand serve --worker-processes 2`` as a real process: its tasks run
+in the two ``bananastand worker`` children it supervises (the rows name a child's pid,
+never the API's), a child killed with -9 is started again and tasks still complete,
+SIGTERM drains the children and exits 0 with nothing lost, and a supervisor killed with
+-9 takes its children with it. The children's pids come from the supervisor's own log
+lines and the kernel's list of its children."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+
+from conftest import ServerProcess, make_key
+from processes import Spawn, create, db_row, generating, wait_row
+
+T = TypeVar("T")
+
+SUPERVISED = ("serve", "--worker-processes", "2")
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path) -> Path:
+    return tmp_path / "data"  # the folder the ``spawn`` fixture gives every child
+
+
+def log_lines(serve: ServerProcess, logger: str, message: str) -> list[dict[str, Any]]:
+    """The JSON log lines of ``logger`` saying ``message``, oldest first (the children
+    write to the supervisor's output)."""
+    lines = [json.loads(line) for line in serve.log().splitlines() if line.startswith("{")]
+    return [line for line in lines if (line["logger"], line["msg"]) == (logger, message)]
+
+
+def supervisor_lines(serve: ServerProcess, message: str) -> list[dict[str, Any]]:
+    return log_lines(serve, "bananastand.supervisor", message)
+
+
+def working_pids(serve: ServerProcess) -> list[int]:
+    """The children the supervisor started whose worker is running (claiming tasks), in
+    the order they were started."""
+    started = [line["pid"] for line in supervisor_lines(serve, "worker process started")]
+    working = log_lines(serve, "bananastand.worker", "worker started")
+    workers = {pid_of(line["worker_id"]) for line in working}
+    return [pid for pid in started if pid in workers]
+
+
+def pid_of(worker_id: str) -> int:
+    """Worker ids are ``host:pid:token``."""
+    return int(worker_id.split(":")[-2])
+
+
+def children_of(pid: int) -> set[int]:
+    """What the kernel lists as the process's children (its main thread's)."""
+    return {int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()}
+
+
+def running(pid: int) -> bool:
+    """Whether ``pid`` is a live process (an exited one not yet reaped is not)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def wait_for(what: str, check: Callable[[], T | None], timeout: float = 120) -> T:
+    """``check``'s first truthy answer; generous deadlines: each child start costs seconds
+    of CPU on a busy machine."""
+    deadline = time.monotonic() + timeout
+    while True:
+        found = check()
+        if found:
+            return found
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: not within {timeout}s")
+        time.sleep(0.1)
+
+
+def wait_working(serve: ServerProcess, count: int) -> list[int]:
+    """``working_pids`` once there are ``count``."""
+    return wait_for(
+        f"{count} worker processes working",
+        lambda: (pids := working_pids(serve)) and len(pids) >= count and pids,
+    )
+
+
+def ran_by(data_dir: Path, task_id: str) -> int:
+    """The pid of the worker that ran the task."""
+    return pid_of(db_row(data_dir, task_id)["worker_id"])
+
+
+def succeeded(data_dir: Path, task_ids: list[str]) -> set[int]:
+    """Waits for each task to succeed; the pids of the workers that ran them."""
+    for task_id in task_ids:
+        row = wait_row(data_dir, task_id, lambda row: row["state"] in ("success", "fail"), 120)
+        assert row["state"] == "success", row
+    return {ran_by(data_dir, task_id) for task_id in task_ids}
+
+
+def test_the_children_run_the_tasks_and_one_killed_is_started_again(
+    spawn: Spawn, data_dir: Path
+) -> None:
+    serve = spawn(*SUPERVISED)
+    assert "tasks run: in 2 worker processes" in serve.log()  # the banner says so
+    first = wait_working(serve, 2)
+    assert children_of(serve.process.pid) == set(first)
+    key = make_key(data_dir)
+
+    runners = succeeded(data_dir, [create(serve, key, f"banana {n}") for n in range(4)])
+    assert runners <= set(first)
+    assert serve.process.pid not in runners
+
+    victim, survivor = first
+    os.kill(victim, signal.SIGKILL)
+    replacement = wait_working(serve, 3)[2]
+    [exited] = supervisor_lines(serve, "worker process exited")
+    assert exited["pid"] == victim
+    assert exited["signal"] == "SIGKILL"
+    [restart] = supervisor_lines(serve, "restarting worker process")
+    assert restart["pid"] == victim
+    assert children_of(serve.process.pid) == {survivor, replacement}
+
+    later = [create(serve, key, f"banana after {n}") for n in range(4)]
+    assert succeeded(data_dir, later) <= {survivor, replacement}
+
+    # Killed with -9 (it runs no code of its own), the supervisor takes its children along.
+    serve.kill()
+    wait_for(
+        "no worker process left",
+        lambda: not running(survivor) and not running(replacement),
+    )
+
+
+def test_sigterm_drains_every_child_and_exits_0_with_nothing_lost(
+    spawn: Spawn, data_dir: Path
+) -> None:
+    serve = spawn(*SUPERVISED, env={"BANANASTAND_SHUTDOWN_GRACE_SECONDS": "8"})
+    pids = wait_working(serve, 2)
+    key = make_key(data_dir)
+    quick = create(serve, key, "[sandbox:delay=2000] done within the grace period")
+    slow = create(serve, key, "[sandbox:delay=120000] handed back")
+    wait_row(data_dir, quick, generating(1), 120)
+    wait_row(data_dir, slow, generating(1), 120)
+
+    assert serve.terminate(timeout=120) == 0, serve.log()[-3000:]
+    assert not any(running(pid) for pid in pids)
+    exits = supervisor_lines(serve, "worker process exited")
+    assert {line["pid"]: line["exit_status"] for line in exits} == dict.fromkeys(pids, 0)
+    assert supervisor_lines(serve, "restarting worker process") == []
+
+    finished = db_row(data_dir, quick)
+    assert finished["state"] == "success", finished
+    assert ran_by(data_dir, quick) in pids
+    handed_back = db_row(data_dir, slow)
+    assert handed_back["state"] == "waiting", handed_back
+    assert handed_back["attempts"] == 0  # released, not counted as an attempt
+    assert handed_back["worker_id"] is None
+    assert handed_back["lease_token"] is None
