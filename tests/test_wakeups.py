@@ -288,3 +288,16 @@ def test_two_apis_and_a_worker_wake_each_other(spawn: Spawn, tmp_path: Path) -> 
             lambda url=api.base_url: answer_of(url, key, task_id)["code"] == 401, "key refused"
         )
     assert worker.terminate() == 0
+
+
+def test_the_workers_of_one_supervisor_are_woken_by_its_api(spawn: Spawn, tmp_path: Path) -> None:
+    """``serve --worker-processes 2``: tasks created on the API run in its children at once
+    although no child polls within the test."""
+    api = spawn("serve", "--worker-processes", "2", env=NO_POLLS)
+    wait_for(lambda: api.log().count("worker started") == 2, "both children started")
+    time.sleep(0.5)  # their first looks for work are behind them
+    key = make_key(tmp_path / "data")
+    made = [create(api.base_url, key) for _ in range(4)]
+    for task_id in made:
+        wait_for(lambda made=task_id: state(api.base_url, key, made) == "success", "task ran")
+    assert api.terminate() == 0
