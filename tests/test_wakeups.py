@@ -249,27 +249,30 @@ def state(base_url: str, key: str, task_id: str) -> object:
     return data["state"]
 
 
-def test_two_apis_and_a_worker_wake_each_other(spawn: Spawn, tmp_path: Path) -> None:
-    """A task created on either API is run by the worker process at once, a stream on one
-    API follows what the worker does, and a key revoked by the CLI is refused by both APIs
+def test_two_apis_and_three_workers_wake_each_other(spawn: Spawn, tmp_path: Path) -> None:
+    """A task created on either API is run by a worker process at once, a stream on one
+    API follows what a worker does, and a key revoked by the CLI is refused by both APIs
     at once; nobody polls meanwhile."""
     data_dir = tmp_path / "data"
     first = spawn("serve", "--no-worker", env=NO_POLLS)
     second = spawn("serve", "--no-worker", env=NO_POLLS)
     key = make_key(data_dir)
     # A stream on the first API, of a task made on the second before any worker runs: all
-    # it hears after "waiting" comes from the worker process.
+    # it hears after "waiting" comes from a worker process.
     task_id = create(second.base_url, key, "[sandbox:delay=300] followed elsewhere")
     with stream(first.base_url, key, task_id) as response:
         events = items(response)
         assert [record["state"] for record in records([next(events)])] == ["waiting"]
-        worker = spawn("worker", env=NO_POLLS)
+        workers = [spawn("worker", env=NO_POLLS) for _ in range(3)]
         states = ["waiting"] + [record["state"] for record in records(list(events))]
     assert states[-1] == "success", states
     assert in_lifecycle_order(states), states
 
-    # The worker is idle now, its next poll a minute away: only a wake-up runs these.
-    for api, other in ((first, second), (second, first)):
+    # The workers are idle now, their next polls a minute away: only a wake-up runs these.
+    for worker in workers:
+        wait_for(lambda worker=worker: "worker started" in worker.log(), "a worker started")
+    time.sleep(0.5)  # their first looks for work are behind them
+    for api, other in ((first, second), (second, first)) * 2:
         task_id = create(api.base_url, key)
         wait_for(
             lambda url=other.base_url, made=task_id: state(url, key, made) == "success",
@@ -287,7 +290,7 @@ def test_two_apis_and_a_worker_wake_each_other(spawn: Spawn, tmp_path: Path) -> 
         wait_for(
             lambda url=api.base_url: answer_of(url, key, task_id)["code"] == 401, "key refused"
         )
-    assert worker.terminate() == 0
+    assert [worker.terminate() for worker in workers] == [0, 0, 0]
 
 
 def test_the_workers_of_one_supervisor_are_woken_by_its_api(spawn: Spawn, tmp_path: Path) -> None:
