@@ -10,8 +10,8 @@ hold).
 at once, by a plain call, as before. It also goes to the other processes through a
 ``Bus`` (PostgreSQL's LISTEN/NOTIFY, or datagram sockets between processes on one SQLite
 file): what is published while one message is being sent is merged into the next one,
-so a burst of commits costs one message per round trip, not one per change, and nothing
-waits on purpose (no debounce). A lost message costs one fallback poll; a bus that
+so a burst of commits costs one message per round trip (and at most one per
+``MIN_GAP_S``), not one per change. A lost message costs one fallback poll; a bus that
 reconnects wakes every local subscriber once, since it may have missed some.
 """
 
@@ -46,6 +46,11 @@ class Topic(StrEnum):
 #: Task ids one message names at most; past this it says "some tasks" and streams reread
 #: all they follow (PostgreSQL's NOTIFY payload is under 8000 bytes).
 MAX_NAMED_TASKS = 150
+
+#: Least time between two messages of a process: under load (thousands of commits a
+#: second) it bounds what wake-ups cost the bus (each NOTIFY is a small transaction) while
+#: adding at most this much to a wake-up's latency.
+MIN_GAP_S = 0.002
 
 #: Subscribers get the task ids a message named, or None for "any of them".
 Subscriber = Callable[[frozenset[str] | None], None]
@@ -191,3 +196,5 @@ class Wakeups:
                 await self._send(message)
             if self._closing and not self._has_pending.is_set():
                 return
+            if not self._closing:
+                await asyncio.sleep(MIN_GAP_S)
