@@ -22,6 +22,7 @@ from bananastand.records import (
     CallbackAttempt,
     Claim,
     LedgerEntry,
+    LiveWorker,
     Task,
     WebhookSecret,
 )
@@ -147,6 +148,19 @@ class Discrepancy:
     id: str
     recorded: int
     ledger: int
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerProcess:
+    """Who a worker process is, as it reports itself at each heartbeat."""
+
+    id: str
+    host: str
+    pid: int
+    #: "worker", or "serve" for the API process that runs a worker too.
+    role: str
+    started_at: int
+    concurrency: int
 
 
 # -- ports ----------------------------------------------------------------------------------
@@ -300,7 +314,38 @@ class SwitchStore(Protocol):
     async def remove_switch(self, name: str) -> bool: ...
 
 
-class Store(TaskStore, Outbox, AccountStore, Ledger, SwitchStore, Protocol):
+class WorkerRegistry(Clock, Protocol):
+    """The live worker processes of the cluster, and named leases that let one of them
+    run a periodic job for all. Times are the store's clock, so machines agree on them."""
+
+    async def heartbeat(self, process: WorkerProcess, in_flight: int, live_within_ms: int) -> int:
+        """Write this process's row (its heartbeat now) and answer how many workers are
+        live, this one included: whose heartbeat is at most ``live_within_ms`` old. One
+        transaction: a heartbeat is the registry's whole idle cost."""
+        ...
+
+    async def remove_worker(self, worker_id: str) -> bool: ...
+
+    async def live_workers(self, live_within_ms: int) -> list[LiveWorker]:
+        """The workers whose heartbeat is at most ``live_within_ms`` old, by host and pid."""
+        ...
+
+    async def forget_workers(self, silent_for_ms: int) -> int:
+        """Delete the rows of workers silent for longer than this (they died unclean)."""
+        ...
+
+    async def take_lease(self, name: str, holder: str, ttl_ms: int) -> bool:
+        """Take the lease ``name`` for ``ttl_ms`` from now, or renew it when ``holder``
+        has it already; False while another holder's lease has not expired. Atomic: of
+        any number of callers at once, at most one holds it."""
+        ...
+
+    async def release_lease(self, name: str, holder: str) -> bool:
+        """Let the lease go (only its holder can) so another may take it at once."""
+        ...
+
+
+class Store(TaskStore, Outbox, AccountStore, Ledger, SwitchStore, WorkerRegistry, Protocol):
     """Everything at once: what an adapter is, and what a process opens."""
 
     async def ping(self) -> None: ...

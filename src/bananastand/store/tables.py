@@ -172,3 +172,28 @@ callback_attempts = Table(
     Column("error", Text, nullable=False, server_default=""),
     Column("success", Boolean, nullable=False),
 )
+
+# The live-worker registry: each worker process upserts its row at every heartbeat and
+# deletes it when it stops cleanly; a row whose heartbeat is old is a worker that died.
+workers = Table(
+    "workers",
+    metadata,
+    Column("id", String(300), primary_key=True),  # the worker's worker_id
+    Column("host", String(255), nullable=False),
+    Column("pid", Integer, nullable=False),
+    Column("role", String(32), nullable=False),  # "worker", or "serve" (API + worker)
+    Column("started_at", BigInteger, nullable=False),
+    Column("heartbeat_at", BigInteger, nullable=False),  # by the store's clock
+    Column("concurrency", Integer, nullable=False),
+    Column("in_flight", Integer, nullable=False),
+)
+
+# Named leases for jobs that must run once per cluster: the holder renews its lease while
+# it lives; once ``expires_at`` passes, any process may take it.
+leases = Table(
+    "leases",
+    metadata,
+    Column("name", String(100), primary_key=True),
+    Column("holder", String(300), nullable=False),
+    Column("expires_at", BigInteger, nullable=False),
+)
