@@ -1364,7 +1364,7 @@ async def test_heartbeats_list_the_live_workers_and_a_silent_one_drops_out(
     assert await store.heartbeat(first, 0, LIVE_MS) == 1
     clock.advance(10_000)
     assert await other.heartbeat(second, 3, LIVE_MS) == 2
-    [one, two] = await store.live_workers(LIVE_MS)
+    [one, two] = await store.live_workers()
     assert (one.id, one.host, one.pid, one.role, one.concurrency, one.in_flight) == (
         first.id,
         "host-1",
@@ -1373,39 +1373,41 @@ async def test_heartbeats_list_the_live_workers_and_a_silent_one_drops_out(
         4,
         0,
     )
-    assert (one.started_at, one.heartbeat_at) == (T0, T0)
+    assert (one.started_at, one.heartbeat_at, one.live_until) == (T0, T0, T0 + LIVE_MS)
     assert (two.id, two.role, two.in_flight, two.heartbeat_at) == (
         second.id,
         "serve",
         3,
         T0 + 10_000,
     )
-    # The first one falls silent: a window later only the second is live.
-    clock.advance(LIVE_MS - 5_000)
+    # The first one fell silent: once its time ran out, only the second is live.
+    clock.advance(LIVE_MS - 10_000 + 1)
     assert await other.heartbeat(second, 1, LIVE_MS) == 1
-    assert [w.id for w in await store.live_workers(LIVE_MS)] == [second.id]
-    # Its next heartbeat brings it back, the same row updated, not a second one.
-    assert await store.heartbeat(first, 2, LIVE_MS) == 2
-    assert [(w.id, w.in_flight) for w in await other.live_workers(LIVE_MS)] == [
+    assert [w.id for w in await store.live_workers()] == [second.id]
+    # Its next heartbeat brings it back, the same row updated, at a pace of its own.
+    assert await store.heartbeat(first, 2, 3 * LIVE_MS) == 2
+    assert [(w.id, w.in_flight) for w in await other.live_workers()] == [
         (first.id, 2),
         (second.id, 1),
     ]
-    assert await other.remove_worker(second.id)
-    assert not await other.remove_worker(second.id)
-    assert [w.id for w in await store.live_workers(LIVE_MS)] == [first.id]
+    clock.advance(2 * LIVE_MS)  # the second's time ran out, not the first's
+    assert [w.id for w in await store.live_workers()] == [first.id]
+    assert await other.remove_worker(first.id)
+    assert not await other.remove_worker(first.id)
+    assert await store.live_workers() == []
 
 
 @scenario
-async def test_forget_workers_deletes_only_the_rows_silent_for_longer(
+async def test_forget_workers_deletes_only_the_rows_dead_for_longer(
     store: Store, clock: FakeClock
 ) -> None:
-    await store.heartbeat(worker_process(1), 0, LIVE_MS)
+    await store.heartbeat(worker_process(1), 0, 1_000)  # live until T0 + 1000
     clock.advance(60_000)
-    await store.heartbeat(worker_process(2), 0, LIVE_MS)
-    clock.advance(1)
+    await store.heartbeat(worker_process(2), 0, 1_000)  # live until T0 + 61000
+    clock.advance(1_001)
     assert await store.forget_workers(60_000) == 1
     assert await store.forget_workers(60_000) == 0
-    assert [w.id for w in await store.live_workers(10 * LIVE_MS)] == [worker_process(2).id]
+    assert await store.forget_workers(0) == 1  # the second one, dead for a millisecond
 
 
 @scenario

@@ -62,9 +62,14 @@ class Runtime:
 
 
 async def open_runtime(
-    settings: Settings, *, run_worker: bool, resolver: Resolver | None = None
+    settings: Settings,
+    *,
+    run_worker: bool,
+    resolver: Resolver | None = None,
+    worker_role: str = "serve",
 ) -> Runtime:
-    """``resolver`` replaces the system's name resolution for outbound fetches (tests)."""
+    """``resolver`` replaces the system's name resolution for outbound fetches (tests);
+    ``worker_role``: what the worker registry lists this process's worker as."""
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     store = await open_settings_store(settings, migrate=settings.auto_migrate)
     providers = ProviderRegistry.from_settings(settings)
@@ -102,6 +107,7 @@ async def open_runtime(
             links=links,
             on_task_ended=sender.wake,
             on_task_changed=watch.nudge,
+            role=worker_role,
         )
     accounts = Accounts(
         store,

@@ -251,6 +251,8 @@ class LiveWorker:
     role: str
     started_at: int
     heartbeat_at: int
+    #: Live until then unless it beats again: a few of its heartbeat intervals later.
+    live_until: int
     concurrency: int
     in_flight: int
 
@@ -267,6 +269,7 @@ class LiveWorker:
             "role": self.role,
             "startedAt": self.started_at,
             "heartbeatAt": self.heartbeat_at,
+            "liveUntil": self.live_until,
             "concurrency": self.concurrency,
             "inFlight": self.in_flight,
         }

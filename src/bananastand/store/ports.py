@@ -318,20 +318,22 @@ class WorkerRegistry(Clock, Protocol):
     """The live worker processes of the cluster, and named leases that let one of them
     run a periodic job for all. Times are the store's clock, so machines agree on them."""
 
-    async def heartbeat(self, process: WorkerProcess, in_flight: int, live_within_ms: int) -> int:
-        """Write this process's row (its heartbeat now) and answer how many workers are
-        live, this one included: whose heartbeat is at most ``live_within_ms`` old. One
+    async def heartbeat(self, process: WorkerProcess, in_flight: int, live_for_ms: int) -> int:
+        """Write this process's row: its heartbeat now, live for ``live_for_ms`` unless it
+        beats again; answer how many workers are live, this one included. One
         transaction: a heartbeat is the registry's whole idle cost."""
         ...
 
     async def remove_worker(self, worker_id: str) -> bool: ...
 
-    async def live_workers(self, live_within_ms: int) -> list[LiveWorker]:
-        """The workers whose heartbeat is at most ``live_within_ms`` old, by host and pid."""
+    async def live_workers(self) -> list[LiveWorker]:
+        """The workers whose last heartbeat's ``live_for_ms`` has not run out, by host
+        and pid."""
         ...
 
-    async def forget_workers(self, silent_for_ms: int) -> int:
-        """Delete the rows of workers silent for longer than this (they died unclean)."""
+    async def forget_workers(self, dead_for_ms: int) -> int:
+        """Delete the rows of workers no longer live for longer than this (they died
+        without leaving)."""
         ...
 
     async def take_lease(self, name: str, holder: str, ttl_ms: int) -> bool:

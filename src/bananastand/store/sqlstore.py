@@ -347,23 +347,20 @@ class SqlStore:
 
     # -- the worker registry and leases ---------------------------------------------------
 
-    async def heartbeat(self, process: WorkerProcess, in_flight: int, live_within_ms: int) -> int:
+    async def heartbeat(self, process: WorkerProcess, in_flight: int, live_for_ms: int) -> int:
         now = self._clock()
         beat = partial(workers.heartbeat, process=process, in_flight=in_flight, now_ms=now)
-        return await self.runner.write(partial(beat, live_within_ms=live_within_ms))
+        return await self.runner.write(partial(beat, live_for_ms=live_for_ms))
 
     async def remove_worker(self, worker_id: str) -> bool:
         return await self.runner.write(partial(workers.remove_worker, worker_id=worker_id))
 
-    async def live_workers(self, live_within_ms: int) -> list[LiveWorker]:
-        now = self._clock()
-        return await self.runner.read(
-            partial(workers.live_workers, now_ms=now, live_within_ms=live_within_ms)
-        )
+    async def live_workers(self) -> list[LiveWorker]:
+        return await self.runner.read(partial(workers.live_workers, now_ms=self._clock()))
 
-    async def forget_workers(self, silent_for_ms: int) -> int:
-        since = self._clock() - silent_for_ms
-        return await self.runner.write(partial(workers.forget_workers, silent_since_ms=since))
+    async def forget_workers(self, dead_for_ms: int) -> int:
+        since = self._clock() - dead_for_ms
+        return await self.runner.write(partial(workers.forget_workers, dead_since_ms=since))
 
     async def take_lease(self, name: str, holder: str, ttl_ms: int) -> bool:
         now = self._clock()

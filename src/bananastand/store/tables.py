@@ -174,7 +174,7 @@ callback_attempts = Table(
 )
 
 # The live-worker registry: each worker process upserts its row at every heartbeat and
-# deletes it when it stops cleanly; a row whose heartbeat is old is a worker that died.
+# deletes it when it stops cleanly; a row past its ``live_until`` is a worker that died.
 workers = Table(
     "workers",
     metadata,
@@ -184,6 +184,9 @@ workers = Table(
     Column("role", String(32), nullable=False),  # "worker", or "serve" (API + worker)
     Column("started_at", BigInteger, nullable=False),
     Column("heartbeat_at", BigInteger, nullable=False),  # by the store's clock
+    # Each row says how long it counts as live (a few of its own heartbeat intervals):
+    # a listing needs no setting of the writer's, and workers may beat at different paces.
+    Column("live_until", BigInteger, nullable=False),
     Column("concurrency", Integer, nullable=False),
     Column("in_flight", Integer, nullable=False),
 )

@@ -16,7 +16,7 @@ def heartbeat(
     process: WorkerProcess,
     in_flight: int,
     now_ms: int,
-    live_within_ms: int,
+    live_for_ms: int,
 ) -> int:
     upsert(
         connection,
@@ -29,10 +29,11 @@ def heartbeat(
             "started_at": process.started_at,
             "concurrency": process.concurrency,
             "heartbeat_at": now_ms,
+            "live_until": now_ms + live_for_ms,
             "in_flight": in_flight,
         },
     )
-    live = select(func.count()).where(workers.c.heartbeat_at >= now_ms - live_within_ms)
+    live = select(func.count()).where(workers.c.live_until >= now_ms)
     return int(connection.execute(live).scalar_one())
 
 
@@ -40,19 +41,17 @@ def remove_worker(connection: Connection, worker_id: str) -> bool:
     return connection.execute(delete(workers).where(workers.c.id == worker_id)).rowcount == 1
 
 
-def live_workers(connection: Connection, now_ms: int, live_within_ms: int) -> list[LiveWorker]:
+def live_workers(connection: Connection, now_ms: int) -> list[LiveWorker]:
     rows = connection.execute(
         select(workers)
-        .where(workers.c.heartbeat_at >= now_ms - live_within_ms)
+        .where(workers.c.live_until >= now_ms)
         .order_by(workers.c.host, workers.c.pid, workers.c.id)
     )
     return [LiveWorker.from_row(row._mapping) for row in rows]
 
 
-def forget_workers(connection: Connection, silent_since_ms: int) -> int:
-    return connection.execute(
-        delete(workers).where(workers.c.heartbeat_at < silent_since_ms)
-    ).rowcount
+def forget_workers(connection: Connection, dead_since_ms: int) -> int:
+    return connection.execute(delete(workers).where(workers.c.live_until < dead_since_ms)).rowcount
 
 
 def take_lease(connection: Connection, name: str, holder: str, now_ms: int, ttl_ms: int) -> bool:

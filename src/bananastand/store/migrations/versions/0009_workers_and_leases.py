@@ -3,9 +3,10 @@
 Revision ID: 0009
 Revises: 0008
 
-``workers``: one row per worker process, kept fresh by its heartbeat; a row whose
-heartbeat stopped is a worker that died. ``leases``: named leases that decide which one
-process of the cluster runs a periodic job (the retention sweep, the purges).
+``workers``: one row per worker process, kept fresh by its heartbeat; a row past its
+``live_until`` (three of its own heartbeat intervals) is a worker that died. ``leases``:
+named leases that decide which one process of the cluster runs a periodic job (the
+retention sweep, the purges).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ def upgrade() -> None:
         sa.Column("role", sa.String(length=32), nullable=False),
         sa.Column("started_at", sa.BigInteger(), nullable=False),
         sa.Column("heartbeat_at", sa.BigInteger(), nullable=False),
+        sa.Column("live_until", sa.BigInteger(), nullable=False),
         sa.Column("concurrency", sa.Integer(), nullable=False),
         sa.Column("in_flight", sa.Integer(), nullable=False),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_workers")),
