@@ -19,6 +19,7 @@ DOMAIN = (
     "billing",
     "events",
     "files",
+    "membership",
     "ops",
     "records",
     "results",

@@ -42,6 +42,7 @@ from bananastand.store.ports import (
     Rescue,
     Store,
     TooManyWaiting,
+    WorkerProcess,
 )
 from conftest import DATABASE
 from databases import DATABASES
@@ -1346,6 +1347,118 @@ async def test_switches(store: Store, clock: FakeClock) -> None:
     assert not await store.remove_switch("maintenance")
     assert not await store.remove_switch("never-set")
     assert await store.all_switches() == {"disabled_models": "a,b"}
+
+
+# -- the worker registry and leases ----------------------------------------------------------
+
+LIVE_MS = 30_000
+
+
+def worker_process(n: int, role: str = "worker") -> WorkerProcess:
+    return WorkerProcess(
+        id=f"host-{n}:{100 + n}:abc",
+        host=f"host-{n}",
+        pid=100 + n,
+        role=role,
+        started_at=T0,
+        concurrency=4 * n,
+    )
+
+
+@scenario
+async def test_heartbeats_list_the_live_workers_and_a_silent_one_drops_out(
+    store: Store, connect: Callable[[], Store], clock: FakeClock
+) -> None:
+    other = connect()  # a second process
+    first, second = worker_process(1), worker_process(2, role="serve")
+    assert await store.heartbeat(first, 0, LIVE_MS) == 1
+    clock.advance(10_000)
+    assert await other.heartbeat(second, 3, LIVE_MS) == 2
+    [one, two] = await store.live_workers()
+    assert (one.id, one.host, one.pid, one.role, one.concurrency, one.in_flight) == (
+        first.id,
+        "host-1",
+        101,
+        "worker",
+        4,
+        0,
+    )
+    assert (one.started_at, one.heartbeat_at, one.live_until) == (T0, T0, T0 + LIVE_MS)
+    assert (two.id, two.role, two.in_flight, two.heartbeat_at) == (
+        second.id,
+        "serve",
+        3,
+        T0 + 10_000,
+    )
+    # The first one fell silent: once its time ran out, only the second is live.
+    clock.advance(LIVE_MS - 10_000 + 1)
+    assert await other.heartbeat(second, 1, LIVE_MS) == 1
+    assert [w.id for w in await store.live_workers()] == [second.id]
+    # Its next heartbeat brings it back, the same row updated, at a pace of its own.
+    assert await store.heartbeat(first, 2, 3 * LIVE_MS) == 2
+    assert [(w.id, w.in_flight) for w in await other.live_workers()] == [
+        (first.id, 2),
+        (second.id, 1),
+    ]
+    clock.advance(2 * LIVE_MS)  # the second's time ran out, not the first's
+    assert [w.id for w in await store.live_workers()] == [first.id]
+    assert await other.remove_worker(first.id)
+    assert not await other.remove_worker(first.id)
+    assert await store.live_workers() == []
+
+
+@scenario
+async def test_forget_workers_deletes_only_the_rows_dead_for_longer(
+    store: Store, clock: FakeClock
+) -> None:
+    await store.heartbeat(worker_process(1), 0, 1_000)  # live until T0 + 1000
+    clock.advance(60_000)
+    await store.heartbeat(worker_process(2), 0, 1_000)  # live until T0 + 61000
+    clock.advance(1_001)
+    assert await store.forget_workers(60_000) == 1
+    assert await store.forget_workers(60_000) == 0
+    assert await store.forget_workers(0) == 1  # the second one, dead for a millisecond
+
+
+@scenario
+async def test_a_lease_has_one_holder_until_its_ttl_runs_out(
+    store: Store, connect: Callable[[], Store], clock: FakeClock
+) -> None:
+    other = connect()  # a second process
+    assert await store.take_lease("sweep", "a", ttl_ms=1_000)
+    assert not await other.take_lease("sweep", "b", ttl_ms=1_000)
+    assert await other.take_lease("purge", "b", ttl_ms=1_000)  # leases are by name
+    clock.advance(900)
+    assert await store.take_lease("sweep", "a", ttl_ms=1_000)  # renewed: until T0 + 1900
+    clock.advance(900)
+    assert not await other.take_lease("sweep", "b", ttl_ms=1_000)
+    clock.advance(101)  # a's lease ran out: b takes it, and a cannot take it back
+    assert await other.take_lease("sweep", "b", ttl_ms=1_000)
+    assert not await store.take_lease("sweep", "a", ttl_ms=1_000)
+    assert not await store.release_lease("sweep", "a")  # only the holder lets go
+    assert not await store.take_lease("sweep", "a", ttl_ms=1_000)
+    assert await other.release_lease("sweep", "b")
+    assert not await other.release_lease("sweep", "b")
+    assert await store.take_lease("sweep", "a", ttl_ms=1_000)  # at once, with no wait
+
+
+@scenario
+async def test_of_many_callers_at_once_exactly_one_takes_a_lease(
+    store: Store, connect: Callable[[], Store], clock: FakeClock
+) -> None:
+    """Twenty callers in two processes: once for a lease never taken (the INSERT race),
+    once for one that expired (the UPDATE race)."""
+    second = connect()
+    await second.heartbeat(worker_process(1), 0, LIVE_MS)  # each store has written before
+    stores = [store, second]
+
+    async def take(n: int) -> bool:
+        return await stores[n % 2].take_lease("sweep", f"holder-{n}", ttl_ms=1_000)
+
+    for _ in range(2):
+        taken = await asyncio.to_thread(in_threads, 20, take)
+        assert sum(taken) == 1, taken
+        clock.advance(1_001)
 
 
 # -- concurrent callers ----------------------------------------------------------------------

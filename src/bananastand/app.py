@@ -69,9 +69,14 @@ class Runtime:
 
 
 async def open_runtime(
-    settings: Settings, *, run_worker: bool, resolver: Resolver | None = None
+    settings: Settings,
+    *,
+    run_worker: bool,
+    resolver: Resolver | None = None,
+    worker_role: str = "serve",
 ) -> Runtime:
-    """``resolver`` replaces the system's name resolution for outbound fetches (tests)."""
+    """``resolver`` replaces the system's name resolution for outbound fetches (tests);
+    ``worker_role``: what the worker registry lists this process's worker as."""
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     store = await open_settings_store(settings, migrate=settings.auto_migrate)
     storage = open_storage(settings)
@@ -92,10 +97,15 @@ async def open_runtime(
     watch = TaskWatch(store, poll_seconds=settings.events_poll_ms / 1000)
     wakeups.subscribe(Topic.TASKS, watch.nudge)
     sender = None
-    worker = None
+    worker: Worker | None = None
     providers = None
+
+    def live_workers() -> int:
+        """The worker processes sharing the upstream budgets (as of the last heartbeat)."""
+        return worker.live_workers if worker is not None else 1
+
     if run_worker:
-        providers = ProviderRegistry.from_settings(settings)
+        providers = ProviderRegistry.from_settings(settings, live_workers=live_workers)
         # Its own fetcher: slow receivers never hold connections that image inputs need.
         webhook_policy = FetchPolicy(
             allow=tuple(settings.allow_private_networks),
@@ -112,6 +122,7 @@ async def open_runtime(
             fetcher,
             links=links,
             wakeups=wakeups,
+            role=worker_role,
         )
         wakeups.subscribe(Topic.CALLBACKS, lambda _ids: sender.wake())
     accounts = Accounts(

@@ -263,7 +263,7 @@ def run_worker(
     _with_services(settings, _nothing, migrate=settings.auto_migrate, starting=True)
 
     async def main() -> None:
-        runtime = await open_runtime(settings, run_worker=True)
+        runtime = await open_runtime(settings, run_worker=True, worker_role="worker")
         assert runtime.worker is not None
         assert runtime.sender is not None
         freeze_startup_objects()
@@ -367,6 +367,19 @@ def revoke_key(key_id: str) -> None:
     settings = _settings()
     _with_accounts(settings, lambda accounts: accounts.revoke_key(key_id))
     print(f"revoked {key_id}")
+
+
+@app.command("workers")
+def list_workers() -> None:
+    """The live worker processes, one a line: id, host, pid, role, started, last
+    heartbeat, concurrency, tasks in flight."""
+    from bananastand.membership import live_workers
+
+    for w in _with_services(_settings(), lambda services: live_workers(services.store)):
+        started, beat = _format_ms(w.started_at), _format_ms(w.heartbeat_at)
+        print(
+            f"{w.id}\t{w.host}\t{w.pid}\t{w.role}\t{started}\t{beat}\t{w.concurrency}\t{w.in_flight}"
+        )
 
 
 @files_app.command("sweep")

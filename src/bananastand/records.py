@@ -239,3 +239,37 @@ class WebhookSecret:
         ):
             return (self.secret, self.previous_secret)
         return (self.secret,)
+
+
+@dataclass(frozen=True, slots=True)
+class LiveWorker:
+    """A worker process as its last heartbeat left it in the registry."""
+
+    id: str
+    host: str
+    pid: int
+    role: str
+    started_at: int
+    heartbeat_at: int
+    #: Live until then unless it beats again: a few of its heartbeat intervals later.
+    live_until: int
+    concurrency: int
+    in_flight: int
+
+    @classmethod
+    def from_row(cls, row: Mapping[Any, Any]) -> LiveWorker:
+        return cls(**{name: row[name] for name in cls.__slots__})
+
+    def to_admin(self) -> dict[str, Any]:
+        """How the admin API and the CLI show a worker."""
+        return {
+            "id": self.id,
+            "host": self.host,
+            "pid": self.pid,
+            "role": self.role,
+            "startedAt": self.started_at,
+            "heartbeatAt": self.heartbeat_at,
+            "liveUntil": self.live_until,
+            "concurrency": self.concurrency,
+            "inFlight": self.in_flight,
+        }

@@ -1,10 +1,12 @@
 """Deleting files past their retention: uploads after ``upload_retention_seconds``,
 results after ``result_retention_seconds``, counted from their last write.
 
-Every worker sweeps now and then, and ``bananastand files sweep`` sweeps on demand; any
-number may run at once. They need no coordination: deleting is idempotent on every
-backend, and each file is looked at again just before it goes, so one written anew
-(an upload overwritten under the same name) since the listing is kept.
+One worker of the cluster sweeps now and then (the one holding the periodic-jobs lease,
+``membership``), and ``bananastand files sweep`` sweeps on demand. Two sweeps at once
+(that command beside the worker, or the moment a lease passes on) are still safe:
+deleting is idempotent on every backend, and each file is looked at again just before it
+goes, so one written anew (an upload overwritten under the same name) since the listing
+is kept.
 """
 
 from __future__ import annotations

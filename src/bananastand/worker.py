@@ -17,6 +17,7 @@ import os
 import socket
 import time
 from functools import partial
+from typing import Protocol
 
 import orjson
 
@@ -27,6 +28,7 @@ from bananastand.fetch import SafeFetcher
 from bananastand.ids import now_ms, random_token
 from bananastand.inputs import InputLoader
 from bananastand.logs import bind_task
+from bananastand.membership import Membership
 from bananastand.providers.base import GenerationRequest
 from bananastand.providers.registry import ProviderRegistry
 from bananastand.records import Claim
@@ -34,19 +36,24 @@ from bananastand.retention import retention_rules, sweep
 from bananastand.settings import Settings
 from bananastand.storage.base import Storage
 from bananastand.storage.links import LinkSigner
-from bananastand.store.ports import Failure, TaskStore
+from bananastand.store.ports import Failure, TaskStore, WorkerProcess, WorkerRegistry
 from bananastand.wakeups import Topic, Wakeups
 
 log = logging.getLogger(__name__)
 
-#: How often a worker deletes idempotency keys past their lifetime.
+#: How often the cluster deletes idempotency keys past their lifetime, and the registry
+#: rows of workers silent for longer than this.
 _PURGE_INTERVAL = 3600.0
+
+
+class WorkerStore(TaskStore, WorkerRegistry, Protocol):
+    """What a worker needs of the store: the queue, and the registry it heartbeats."""
 
 
 class Worker:
     def __init__(
         self,
-        store: TaskStore,
+        store: WorkerStore,
         settings: Settings,
         providers: ProviderRegistry,
         storage: Storage,
@@ -54,7 +61,9 @@ class Worker:
         *,
         links: LinkSigner,
         wakeups: Wakeups | None = None,
+        role: str = "worker",
     ) -> None:
+        """``role``: what the registry lists this process as ("serve": the API runs it)."""
         self._store = store
         # Where it tells every process what it committed (tasks changed, callbacks due,
         # tasks handed back) and hears that tasks were created anywhere.
@@ -71,7 +80,21 @@ class Worker:
             max_bytes=settings.max_input_image_bytes,
             max_pixels=settings.max_input_image_pixels,
         )
-        self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{random_token(6)}"
+        host, pid = socket.gethostname(), os.getpid()
+        self.worker_id = f"{host}:{pid}:{random_token(6)}"
+        self._membership = Membership(
+            store,
+            WorkerProcess(
+                id=self.worker_id,
+                host=host,
+                pid=pid,
+                role=role,
+                started_at=store.now_ms(),
+                concurrency=settings.worker_concurrency,
+            ),
+            settings,
+            in_flight=lambda: len(self._running),
+        )
         self._lease_ms = int(settings.lease_seconds * 1000)
         self._running: dict[str, tuple[asyncio.Task[None], Claim]] = {}
         self._wakeup = asyncio.Event()
@@ -89,12 +112,20 @@ class Worker:
     def running(self) -> int:
         return len(self._running)
 
+    @property
+    def live_workers(self) -> int:
+        """Live worker processes of the whole cluster, this one included (at least 1), as
+        of this worker's last heartbeat: no query of its own. What a per-process budget
+        (the upstream limiter's, without Redis) is divided by to hold the cluster to it."""
+        return self._membership.live_workers
+
     async def run(self) -> None:
         """Work until ``stop()``; then drain and return."""
         log.info(
             "worker started",
             extra={"worker_id": self.worker_id, "concurrency": self._settings.worker_concurrency},
         )
+        heartbeat = asyncio.create_task(self._membership.run(), name="worker-heartbeat")
         upkeep = asyncio.create_task(self._upkeep(), name="worker-upkeep")
         try:
             await self._rescue()
@@ -117,9 +148,12 @@ class Worker:
                 self._wakeup.clear()
             await self._drain()
         finally:
-            upkeep.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await upkeep
+            # The heartbeat goes on through the drain: a draining worker is still live.
+            for loop in (upkeep, heartbeat):
+                loop.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await loop
+            await self._membership.leave()
             log.info("worker stopped", extra={"worker_id": self.worker_id})
 
     def _free_slots(self) -> int:
@@ -166,29 +200,42 @@ class Worker:
                 log.info("handed back unfinished task" if released else "task lease was gone")
 
     async def _upkeep(self) -> None:
-        """Renew our leases often; rescue tasks of dead workers and forget expired
-        idempotency keys now and then."""
+        """Renew our leases often; rescue tasks of dead workers; and now and then, in the
+        one worker of the cluster that holds the periodic-jobs lease, forget expired
+        idempotency keys and sweep expired files. A worker that does not hold the lease
+        asks for it again when its next job falls due."""
         interval = max(0.05, self._settings.lease_seconds / 3)
+        sweep_every = self._settings.sweep_interval_seconds
         next_purge = 0.0
-        next_sweep = 0.0
+        next_sweep = 0.0 if sweep_every > 0 else float("inf")
         while True:
             await asyncio.sleep(interval)
             try:
                 await self._renew()
                 if (await self._store.pending_work()).expired:
                     await self._rescue()
-                if time.monotonic() >= next_purge:
-                    next_purge = time.monotonic() + _PURGE_INTERVAL
-                    ttl_ms = self._settings.idempotency_ttl_seconds * 1000
-                    await self._store.purge_idempotency_keys(ttl_ms)
-                sweep_every = self._settings.sweep_interval_seconds
-                if sweep_every > 0 and time.monotonic() >= next_sweep:
-                    next_sweep = time.monotonic() + sweep_every
-                    await sweep(
-                        self._storage, retention_rules(self._settings), now_ms=self._store.now_ms()
-                    )
+                now = time.monotonic()
+                purge_due, sweep_due = now >= next_purge, now >= next_sweep
+                if (purge_due or sweep_due) and await self._membership.lead():
+                    if purge_due:
+                        await self._purge()
+                    if sweep_due:
+                        await self._sweep()
+                if purge_due:
+                    next_purge = now + _PURGE_INTERVAL
+                if sweep_due:
+                    next_sweep = now + sweep_every
             except Exception:
                 log.exception("worker upkeep failed; retrying")
+
+    async def _purge(self) -> None:
+        await self._store.purge_idempotency_keys(self._settings.idempotency_ttl_seconds * 1000)
+        await self._store.forget_workers(int(_PURGE_INTERVAL * 1000))
+
+    async def _sweep(self) -> None:
+        rules = retention_rules(self._settings)
+        deleted = await sweep(self._storage, rules, now_ms=self._store.now_ms())
+        log.info("retention sweep done", extra={"worker_id": self.worker_id, "deleted": deleted})
 
     async def _renew(self) -> None:
         held = [(task_id, claim.lease_token) for task_id, (_, claim) in self._running.items()]

@@ -26,6 +26,7 @@ from bananastand.api.jobs import parse_json, read_body
 from bananastand.billing import account_details
 from bananastand.contract import describe_validation_error
 from bananastand.errors import AuthenticationError, NotFoundError, ValidationError
+from bananastand.membership import live_workers
 from bananastand.storable import INT32_MAX, INT64_MAX
 
 
@@ -166,6 +167,14 @@ async def audit(services: ServicesDep) -> Response:
             ],
         }
     )
+
+
+@router.get("/workers")
+async def workers(services: ServicesDep) -> Response:
+    """The live worker processes of the cluster (a heartbeat within three of their
+    intervals), by host and pid."""
+    found = await live_workers(services.store)
+    return envelope([worker.to_admin() for worker in found])
 
 
 @router.get("/switches")

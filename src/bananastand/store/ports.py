@@ -22,6 +22,7 @@ from bananastand.records import (
     CallbackAttempt,
     Claim,
     LedgerEntry,
+    LiveWorker,
     Task,
     WebhookSecret,
 )
@@ -157,6 +158,19 @@ class Discrepancy:
     id: str
     recorded: int
     ledger: int
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerProcess:
+    """Who a worker process is, as it reports itself at each heartbeat."""
+
+    id: str
+    host: str
+    pid: int
+    #: "worker", or "serve" for the API process that runs a worker too.
+    role: str
+    started_at: int
+    concurrency: int
 
 
 # -- ports ----------------------------------------------------------------------------------
@@ -320,7 +334,40 @@ class SwitchStore(Protocol):
     async def remove_switch(self, name: str) -> bool: ...
 
 
-class Store(TaskStore, Outbox, AccountStore, Ledger, SwitchStore, Protocol):
+class WorkerRegistry(Clock, Protocol):
+    """The live worker processes of the cluster, and named leases that let one of them
+    run a periodic job for all. Times are the store's clock, so machines agree on them."""
+
+    async def heartbeat(self, process: WorkerProcess, in_flight: int, live_for_ms: int) -> int:
+        """Write this process's row: its heartbeat now, live for ``live_for_ms`` unless it
+        beats again; answer how many workers are live, this one included. One
+        transaction: a heartbeat is the registry's whole idle cost."""
+        ...
+
+    async def remove_worker(self, worker_id: str) -> bool: ...
+
+    async def live_workers(self) -> list[LiveWorker]:
+        """The workers whose last heartbeat's ``live_for_ms`` has not run out, by host
+        and pid."""
+        ...
+
+    async def forget_workers(self, dead_for_ms: int) -> int:
+        """Delete the rows of workers no longer live for longer than this (they died
+        without leaving)."""
+        ...
+
+    async def take_lease(self, name: str, holder: str, ttl_ms: int) -> bool:
+        """Take the lease ``name`` for ``ttl_ms`` from now, or renew it when ``holder``
+        has it already; False while another holder's lease has not expired. Atomic: of
+        any number of callers at once, at most one holds it."""
+        ...
+
+    async def release_lease(self, name: str, holder: str) -> bool:
+        """Let the lease go (only its holder can) so another may take it at once."""
+        ...
+
+
+class Store(TaskStore, Outbox, AccountStore, Ledger, SwitchStore, WorkerRegistry, Protocol):
     """Everything at once: what an adapter is, and what a process opens."""
 
     async def ping(self) -> None: ...

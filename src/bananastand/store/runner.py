@@ -41,7 +41,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 from sqlalchemy import Connection, Engine, text
 from sqlalchemy.exc import DBAPIError
@@ -72,6 +72,29 @@ class KeyedLookup(Generic[K, V]):
 
     one: Callable[[Connection, K], V]
     many: Callable[[Connection, Sequence[K]], list[V]]
+
+
+class Runner(Protocol):
+    """What ``SqlStore`` runs its units of work on; each adapter brings one."""
+
+    async def read(self, work: Work[T]) -> T: ...
+
+    async def lookup(self, work: Work[T]) -> T:
+        """A read of a row or two by an index, run wherever that is cheapest."""
+        ...
+
+    async def lookup_keyed(self, lookup: KeyedLookup[K, V], key: K) -> V:
+        """A lookup by key; the runner may answer the callers waiting at once with one
+        read of all their keys (``lookup.many``)."""
+        ...
+
+    async def write(self, work: Work[T]) -> T:
+        """In a transaction; returns once it is durably committed."""
+        ...
+
+    async def ping(self) -> None: ...
+
+    async def close(self) -> None: ...
 
 
 @dataclass(slots=True)

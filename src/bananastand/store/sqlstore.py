@@ -9,11 +9,8 @@ runner may batch the callers waiting at once), a read, or a write.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from functools import partial
-from typing import Protocol, TypeVar
-
-from sqlalchemy import Connection
 
 from bananastand.contract import TaskState
 from bananastand.records import (
@@ -23,6 +20,7 @@ from bananastand.records import (
     CallbackAttempt,
     Claim,
     LedgerEntry,
+    LiveWorker,
     Task,
     WebhookSecret,
 )
@@ -39,38 +37,22 @@ from bananastand.store.ports import (
     NotEnoughCredits,
     PendingWork,
     Rescue,
+    WorkerProcess,
 )
-from bananastand.store.runner import KeyedLookup
-from bananastand.store.sql import accounts, callbacks, ledger, lookups, probes, switches, tasks
-
-T = TypeVar("T")
-K = TypeVar("K", bound=Hashable)
-V = TypeVar("V")
-Work = Callable[[Connection], T]
+from bananastand.store.runner import KeyedLookup, Runner
+from bananastand.store.sql import (
+    accounts,
+    callbacks,
+    ledger,
+    lookups,
+    probes,
+    switches,
+    tasks,
+    workers,
+)
 
 #: recordInfo's lookup: every polling client runs it over and over.
 TASK_OF_ACCOUNT = KeyedLookup(one=lookups.task_of_account, many=lookups.tasks_of_accounts)
-
-
-class Runner(Protocol):
-    async def read(self, work: Work[T]) -> T: ...
-
-    async def lookup(self, work: Work[T]) -> T:
-        """A read of a row or two by an index, run wherever that is cheapest."""
-        ...
-
-    async def lookup_keyed(self, lookup: KeyedLookup[K, V], key: K) -> V:
-        """A lookup by key; the runner may answer the callers waiting at once with one
-        read of all their keys (``lookup.many``)."""
-        ...
-
-    async def write(self, work: Work[T]) -> T:
-        """In a transaction; returns once it is durably committed."""
-        ...
-
-    async def ping(self) -> None: ...
-
-    async def close(self) -> None: ...
 
 
 class SqlStore:
@@ -378,3 +360,28 @@ class SqlStore:
 
     async def remove_switch(self, name: str) -> bool:
         return await self.runner.write(partial(switches.remove_switch, name=name))
+
+    # -- the worker registry and leases ---------------------------------------------------
+
+    async def heartbeat(self, process: WorkerProcess, in_flight: int, live_for_ms: int) -> int:
+        now = self._clock()
+        beat = partial(workers.heartbeat, process=process, in_flight=in_flight, now_ms=now)
+        return await self.runner.write(partial(beat, live_for_ms=live_for_ms))
+
+    async def remove_worker(self, worker_id: str) -> bool:
+        return await self.runner.write(partial(workers.remove_worker, worker_id=worker_id))
+
+    async def live_workers(self) -> list[LiveWorker]:
+        return await self.runner.read(partial(workers.live_workers, now_ms=self._clock()))
+
+    async def forget_workers(self, dead_for_ms: int) -> int:
+        since = self._clock() - dead_for_ms
+        return await self.runner.write(partial(workers.forget_workers, dead_since_ms=since))
+
+    async def take_lease(self, name: str, holder: str, ttl_ms: int) -> bool:
+        now = self._clock()
+        take = partial(workers.take_lease, name=name, holder=holder, now_ms=now, ttl_ms=ttl_ms)
+        return await self.runner.write(take)
+
+    async def release_lease(self, name: str, holder: str) -> bool:
+        return await self.runner.write(partial(workers.release_lease, name=name, holder=holder))

@@ -172,3 +172,31 @@ callback_attempts = Table(
     Column("error", Text, nullable=False, server_default=""),
     Column("success", Boolean, nullable=False),
 )
+
+# The live-worker registry: each worker process upserts its row at every heartbeat and
+# deletes it when it stops cleanly; a row past its ``live_until`` is a worker that died.
+workers = Table(
+    "workers",
+    metadata,
+    Column("id", String(300), primary_key=True),  # the worker's worker_id
+    Column("host", String(255), nullable=False),
+    Column("pid", Integer, nullable=False),
+    Column("role", String(32), nullable=False),  # "worker", or "serve" (API + worker)
+    Column("started_at", BigInteger, nullable=False),
+    Column("heartbeat_at", BigInteger, nullable=False),  # by the store's clock
+    # Each row says how long it counts as live (a few of its own heartbeat intervals):
+    # a listing needs no setting of the writer's, and workers may beat at different paces.
+    Column("live_until", BigInteger, nullable=False),
+    Column("concurrency", Integer, nullable=False),
+    Column("in_flight", Integer, nullable=False),
+)
+
+# Named leases for jobs that must run once per cluster: the holder renews its lease while
+# it lives; once ``expires_at`` passes, any process may take it.
+leases = Table(
+    "leases",
+    metadata,
+    Column("name", String(100), primary_key=True),
+    Column("holder", String(300), nullable=False),
+    Column("expires_at", BigInteger, nullable=False),
+)
