@@ -65,6 +65,9 @@ CANCELED = Failure("400", "canceled")
 GIVE_UP = Failure("500", "the worker running this task stopped 2 times; giving up")
 URL_A = "https://a.example/hook"
 URL_B = "http://b.example:8080/cb"
+NOTHING_PENDING = PendingWork(waiting=False, expired=False, callbacks_due=False)
+TASKS_WAITING = PendingWork(waiting=True, expired=False, callbacks_due=False)
+LEASES_EXPIRED = PendingWork(waiting=False, expired=True, callbacks_due=False)
 
 
 def test_every_method_of_every_port_is_called_here() -> None:
@@ -360,19 +363,29 @@ async def test_claim_skips_tasks_that_are_not_waiting(store: Store, clock: FakeC
 
 @scenario
 async def test_rescue_fences_out_the_old_lease(store: Store, clock: FakeClock) -> None:
-    assert await store.pending_work() == PendingWork(waiting=False, expired=False)
+    assert await store.pending_work() == PendingWork(
+        waiting=False, expired=False, callbacks_due=False
+    )
     [task_id] = await add_tasks(store, 1)
-    assert await store.pending_work() == PendingWork(waiting=True, expired=False)
+    assert await store.pending_work() == PendingWork(
+        waiting=True, expired=False, callbacks_due=False
+    )
     await claim(store, token="lease-old")
     assert await store.mark_generating(task_id, "lease-old")
     # The lease ends at T0 + LEASE_MS: until then rescue leaves it alone.
     clock.now = T0 + LEASE_MS
-    assert await store.pending_work() == PendingWork(waiting=False, expired=False)
+    assert await store.pending_work() == PendingWork(
+        waiting=False, expired=False, callbacks_due=False
+    )
     assert await store.rescue_expired(3, GIVE_UP) == Rescue(requeued=[], failed=[])
     clock.now = T0 + LEASE_MS + 1
-    assert await store.pending_work() == PendingWork(waiting=False, expired=True)
+    assert await store.pending_work() == PendingWork(
+        waiting=False, expired=True, callbacks_due=False
+    )
     assert await store.rescue_expired(3, GIVE_UP) == Rescue(requeued=[task_id], failed=[])
-    assert await store.pending_work() == PendingWork(waiting=True, expired=False)
+    assert await store.pending_work() == PendingWork(
+        waiting=True, expired=False, callbacks_due=False
+    )
     rescued = await get(store, task_id)
     assert rescued.state is TaskState.WAITING
     assert rescued.attempts == 1  # the lost attempt counts
@@ -876,12 +889,12 @@ async def test_claim_due_hands_out_due_callbacks_under_a_lease(
 ) -> None:
     await store.create_account(ACCOUNT, "a", 0)
     ids = await add_tasks(store, 3, callback_url=URL_A)
-    assert not await store.callbacks_due()  # nothing ended yet
+    assert not (await store.pending_work()).callbacks_due  # nothing ended yet
     for n, task_id in enumerate(ids):
         clock.now = T0 + 10 * n
         assert await store.cancel_task(task_id, ACCOUNT, CANCELED) is not None
     clock.now = T0 + 100
-    assert await store.callbacks_due()
+    assert (await store.pending_work()).callbacks_due
     secrets = Secrets()
     first = await claim_callbacks(store, "cb-1", limit=2, secrets=secrets)
     assert [c.task.id for c in first] == ids[:2]  # the longest due first
@@ -896,11 +909,11 @@ async def test_claim_due_hands_out_due_callbacks_under_a_lease(
     assert [c.task.id for c in second] == ids[2:]
     assert await claim_callbacks(store, "cb-3") == []
     clock.now = T0 + 100 + LEASE_MS
-    assert not await store.callbacks_due()
+    assert not (await store.pending_work()).callbacks_due
     assert await claim_callbacks(store, "cb-3") == []
     # A sender that stopped: once the lease ran out the callbacks go out again, same ids.
     clock.advance(1)
-    assert await store.callbacks_due()
+    assert (await store.pending_work()).callbacks_due
     again = await claim_callbacks(store, "cb-4", secrets=secrets)
     assert [(c.id, c.tries, c.lease_token) for c in again] == [
         (c.id, 0, "cb-4") for c in first + second

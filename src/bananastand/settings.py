@@ -151,7 +151,7 @@ class Settings(BaseSettings):
     task_timeout_seconds: float = 900.0
     #: Each worker process's row in the registry is written this often; one silent for
     #: three intervals is not live (``bananastand workers``, the periodic-jobs lease).
-    worker_heartbeat_seconds: float = Field(default=10.0, gt=0)
+    worker_heartbeat_seconds: float = Field(default=15.0, gt=0)
 
     # Providers.
     live_provider: LiveProvider = LiveProvider.AUTO

@@ -53,6 +53,10 @@ from bananastand.store.ports import ClaimedCallback, Outbox
 
 log = logging.getLogger(__name__)
 
+#: The sender's own poll, in poll intervals: the worker of its process looks for due
+#: callbacks at every poll of its own and wakes it.
+_OWN_POLL_FACTOR = 6
+
 #: Retries are spread by this fraction either way, so receivers back up together
 #: do not get their retries all at once.
 JITTER = 0.1
@@ -199,20 +203,20 @@ class WebhookSender:
         """Deliver until ``stop()``; deliveries still in flight then are handed back."""
         log.info("webhook sender started")
         try:
-            woken = True
             while not self._stopping.is_set():
                 try:
-                    # A poll first asks whether anything is due (one read, not a claim).
-                    if (woken or await self._store.callbacks_due()) and await self._claim():
+                    if await self._claim():
                         continue  # there may be more due
                 except Exception:
                     log.exception("claiming callbacks failed; retrying")
-                woken = False
+                # Woken by wake-ups (a task with a callback ended anywhere, a resend), by
+                # its own retry timers, and by the polls of the worker beside it, which
+                # look for due callbacks too; its own poll is only a last resort.
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(
-                        self._wakeup.wait(), self._settings.poll_interval_seconds
+                        self._wakeup.wait(),
+                        self._settings.poll_interval_seconds * _OWN_POLL_FACTOR,
                     )
-                    woken = True
                 self._wakeup.clear()
         finally:
             await self._halt()

@@ -99,6 +99,8 @@ class Worker:
         self._running: dict[str, tuple[asyncio.Task[None], Claim]] = {}
         self._wakeup = asyncio.Event()
         self._stopping = asyncio.Event()
+        #: When ``_look_around`` last ran (monotonic): the upkeep looks only if no poll did.
+        self._looked_at = 0.0
 
     def wake(self) -> None:
         """Tasks became claimable: look for work now rather than at the next poll."""
@@ -131,11 +133,9 @@ class Worker:
             await self._rescue()
             woken = True
             while not self._stopping.is_set():
-                # A poll (no wake-up) first asks whether there is anything: one read,
-                # where a claim finding nothing would be a write transaction.
                 if (
                     self._free_slots() > 0
-                    and (woken or (await self._store.pending_work()).waiting)
+                    and (woken or await self._look_around())
                     and await self._claim()
                 ):
                     continue  # there may be more waiting
@@ -155,6 +155,22 @@ class Worker:
                     await loop
             await self._membership.leave()
             log.info("worker stopped", extra={"worker_id": self.worker_id})
+
+    async def _look_around(self) -> bool:
+        """A poll (no wake-up) first asks what there is to do, for this worker and its
+        process's callback sender, in one read: finding nothing costs one statement, not
+        a claim's write transaction. Whether tasks are waiting."""
+        self._looked_at = time.monotonic()
+        try:
+            pending = await self._store.pending_work()
+        except Exception:
+            log.exception("looking for work failed; trying again at the next poll")
+            return False
+        if pending.expired:
+            await self._rescue()
+        if pending.callbacks_due:
+            self._wakeups.wake_here(Topic.CALLBACKS)
+        return pending.waiting
 
     def _free_slots(self) -> int:
         return self._settings.worker_concurrency - len(self._running)
@@ -212,8 +228,8 @@ class Worker:
             await asyncio.sleep(interval)
             try:
                 await self._renew()
-                if (await self._store.pending_work()).expired:
-                    await self._rescue()
+                if time.monotonic() - self._looked_at >= interval:
+                    await self._look_around()  # no poll since the last round: a busy worker
                 now = time.monotonic()
                 purge_due, sweep_due = now >= next_purge, now >= next_sweep
                 if (purge_due or sweep_due) and await self._membership.lead():

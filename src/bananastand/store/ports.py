@@ -137,6 +137,8 @@ class PendingWork:
     waiting: bool
     #: Some task's lease ran out (its worker stopped): a rescue pass has work.
     expired: bool
+    #: Some callback is due (a retry, or one that no sender has taken): senders look.
+    callbacks_due: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -231,9 +233,9 @@ class TaskStore(Clock, Protocol):
     async def rescue_expired(self, max_attempts: int, give_up: Failure) -> Rescue: ...
 
     async def pending_work(self) -> PendingWork:
-        """One cheap read: whether a claim or a rescue would find anything. An idle
-        worker's poll asks this first, so that finding nothing costs one statement, not a
-        write transaction."""
+        """One cheap read: whether a claim, a rescue or a callback sender would find
+        anything. An idle worker's poll asks this first, for its process's sender too, so
+        that finding nothing costs one statement, not write transactions."""
         ...
 
     async def purge_idempotency_keys(self, ttl_ms: int) -> int: ...
@@ -241,10 +243,6 @@ class TaskStore(Clock, Protocol):
 
 class Outbox(Clock, Protocol):
     """Callbacks waiting to be delivered, their attempts, and the accounts' secrets."""
-
-    async def callbacks_due(self) -> bool:
-        """One cheap read: whether ``claim_due`` would find anything (an idle poll's)."""
-        ...
 
     async def claim_due(
         self,

@@ -177,9 +177,6 @@ class SqlStore:
     async def pending_work(self) -> PendingWork:
         return await self.runner.read(partial(probes.pending_work, now_ms=self._clock()))
 
-    async def callbacks_due(self) -> bool:
-        return await self.runner.read(partial(probes.callbacks_due, now_ms=self._clock()))
-
     async def rescue_expired(self, max_attempts: int, give_up: Failure) -> Rescue:
         return await self.runner.write(
             partial(

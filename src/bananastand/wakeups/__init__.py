@@ -137,6 +137,11 @@ class Wakeups:
                     pending.task_ids = None
         self._has_pending.set()
 
+    def wake_here(self, topic: Topic) -> None:
+        """Wake this process's subscribers of ``topic`` only (what this process found
+        for itself, e.g. a poll that found due callbacks, is nothing to tell the others)."""
+        self._deliver(topic, None)
+
     async def start(self) -> None:
         """Start listening and sending (a no-op without a bus)."""
         if self._bus is None:
