@@ -20,7 +20,7 @@ from bananastand.accounts import hash_secret
 from bananastand.store.tables import api_keys
 from bananastand.wakeups import MAX_NAMED_TASKS, Message, Topic, Wakeups
 from bananastand.wakeups.postgres import PostgresBus
-from bananastand.wakeups.sockets import SocketBus
+from bananastand.wakeups.sockets import SocketBus, folder_for
 from conftest import (
     ServerProcess,
     cli,
@@ -157,7 +157,7 @@ async def test_a_hub_never_started_sends_what_it_has_when_it_closes() -> None:
 
 @scenario
 async def test_sockets_carry_wakeups_between_processes_of_one_file(tmp_path: Path) -> None:
-    folder = tmp_path / "wakeups"
+    folder = folder_for(tmp_path / "bananastand.db")  # as the server picks it (a short path)
     first, second = Wakeups(SocketBus(folder)), Wakeups(SocketBus(folder))
     heard_first, heard_second = listening(first), listening(second)
     await first.start()
@@ -177,6 +177,20 @@ async def test_sockets_carry_wakeups_between_processes_of_one_file(tmp_path: Pat
     assert not dead_path.exists()
     assert [topic for topic, _ in heard_first].count(Topic.TASKS) == 1  # its own, not echoed
     assert list(folder.glob("*.sock")) == []
+    folder.rmdir()
+
+
+@scenario
+async def test_a_bus_that_cannot_start_leaves_the_process_polling(tmp_path: Path) -> None:
+    """A socket path too long for the system (or a folder we may not write) is no reason
+    not to start: the hub carries on without a bus, changes still reach this process."""
+    hub = Wakeups(SocketBus(tmp_path / ("x" * 120)))
+    heard = listening(hub)
+    await hub.start()
+    assert not hub.shared
+    hub.publish(Topic.WORK)
+    await hub.aclose()
+    assert heard == [(Topic.WORK, None)]
 
 
 @pytest.mark.postgresql_only(reason="LISTEN/NOTIFY is PostgreSQL's")

@@ -146,7 +146,13 @@ class Wakeups:
         """Start listening and sending (a no-op without a bus)."""
         if self._bus is None:
             return
-        await self._bus.start(self._received, self._wake_all)
+        try:
+            await self._bus.start(self._received, self._wake_all)
+        except OSError as exc:  # e.g. a temporary folder we may not write: poll instead
+            log.warning("wake-ups between processes are off (%s); processes poll", exc)
+            await self._bus.aclose()
+            self._bus = None
+            return
         self._sender = asyncio.get_running_loop().create_task(self._send_loop(), name="wakeups")
 
     async def aclose(self) -> None:
