@@ -461,7 +461,7 @@ def spawn(tmp_path: Path) -> Iterator[Callable[..., ServerProcess]]:
             deadline = time.monotonic() + 120
             while True:
                 try:
-                    if httpx.get(f"{child.base_url}/healthz", timeout=1).json()["code"] == 200:
+                    if httpx.get(f"{child.base_url}/healthz", timeout=1).status_code == 200:
                         break
                 except httpx.HTTPError:
                     pass

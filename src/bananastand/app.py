@@ -25,6 +25,8 @@ from bananastand.billing import Billing
 from bananastand.events import TaskWatch
 from bananastand.fetch import FetchPolicy, Resolver, SafeFetcher
 from bananastand.files import Files
+from bananastand.metrics import Metrics, multiprocess_directory
+from bananastand.metrics.exposition import Scrape
 from bananastand.ops import Switches
 from bananastand.providers.registry import ProviderChoice, ProviderRegistry
 from bananastand.ratelimit import RateLimiter
@@ -69,9 +71,15 @@ class Runtime:
 
 
 async def open_runtime(
-    settings: Settings, *, run_worker: bool, resolver: Resolver | None = None
+    settings: Settings,
+    *,
+    run_worker: bool,
+    resolver: Resolver | None = None,
+    metrics: Metrics | None = None,
 ) -> Runtime:
-    """``resolver`` replaces the system's name resolution for outbound fetches (tests)."""
+    """``resolver`` replaces the system's name resolution for outbound fetches (tests);
+    ``metrics``: what this process counts (the app's middleware counts into it too)."""
+    metrics = metrics if metrics is not None else Metrics()
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     store = await open_settings_store(settings, migrate=settings.auto_migrate)
     storage = open_storage(settings)
@@ -102,7 +110,7 @@ async def open_runtime(
             timeout_s=settings.webhook_timeout_seconds,
         )
         sender = WebhookSender(
-            store, settings, SafeFetcher(webhook_policy, resolver=resolver), records
+            store, settings, SafeFetcher(webhook_policy, resolver=resolver), records, metrics
         )
         worker = Worker(
             store,
@@ -112,6 +120,7 @@ async def open_runtime(
             fetcher,
             links=links,
             wakeups=wakeups,
+            metrics=metrics,
         )
         wakeups.subscribe(Topic.CALLBACKS, lambda _ids: sender.wake())
     accounts = Accounts(
@@ -138,6 +147,7 @@ async def open_runtime(
         watch=watch,
         links=links,
         wakeups=wakeups,
+        metrics=metrics,
     )
     services = Services(
         settings=settings,
@@ -151,6 +161,7 @@ async def open_runtime(
         switches=switches,
         limiter=RateLimiter(settings.redis_url),
         webhooks=Webhooks(store, settings, on_resend=partial(wakeups.publish, Topic.CALLBACKS)),
+        scrape=Scrape(metrics, store, multiprocess_dir=multiprocess_directory()),
     )
     await wakeups.start()
     return Runtime(
@@ -210,9 +221,14 @@ def create_app(
     drained after its last request (``serve --worker-processes N``, with ``run_worker``
     off: tasks then run in those processes only)."""
 
+    # Made before the runtime: the middleware, installed now, counts into it.
+    metrics = Metrics()
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        runtime = await open_runtime(settings, run_worker=run_worker, resolver=resolver)
+        runtime = await open_runtime(
+            settings, run_worker=run_worker, resolver=resolver, metrics=metrics
+        )
         app.state.services = runtime.services
         freeze_startup_objects()
         if supervisor is not None:
@@ -261,7 +277,7 @@ def create_app(
             allow_headers=["Authorization", "Content-Type", "Idempotency-Key"],
         )
     # Outermost: even a 500 answer carries the request id and the caller's quota.
-    app.add_middleware(RequestContextMiddleware)
+    app.add_middleware(RequestContextMiddleware, metrics=metrics)
     app.include_router(jobs.router)
     app.include_router(account.router)
     app.include_router(admin.router)

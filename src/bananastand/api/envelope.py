@@ -23,8 +23,9 @@ from bananastand.contract import CODE_NOT_FOUND, CODE_OK, CODE_VALIDATION
 from bananastand.errors import ApiError
 
 _JSON = "application/json"
-#: Where the envelope rule holds. ``/healthz`` answers in one too: it is the API's own.
-_ENVELOPE_PATHS = ("/api", "/admin", "/healthz")
+#: Where the envelope rule holds. (``/healthz``, ``/readyz`` and ``/metrics`` answer plain
+#: HTTP: load balancers and Prometheus read statuses, not envelopes.)
+_ENVELOPE_PATHS = ("/api", "/admin")
 
 
 def speaks_envelope(path: str) -> bool:

@@ -38,6 +38,7 @@ from bananastand.store.ports import (
     NewTask,
     NotEnoughCredits,
     PendingWork,
+    QueueDepth,
     Rescue,
 )
 from bananastand.store.runner import KeyedLookup
@@ -194,6 +195,9 @@ class SqlStore:
 
     async def pending_work(self) -> PendingWork:
         return await self.runner.read(partial(probes.pending_work, now_ms=self._clock()))
+
+    async def queue_depth(self) -> QueueDepth:
+        return await self.runner.read(probes.queue_depth)
 
     async def callbacks_due(self) -> bool:
         return await self.runner.read(partial(probes.callbacks_due, now_ms=self._clock()))
