@@ -12,6 +12,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator
 
+import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -25,9 +26,10 @@ MODEL = "nano-banana-pro"
 CREATE = "/api/v1/jobs/createTask"
 
 
-def scrape(server: Server, token: str = "") -> Samples:
+def scrape(base_url: str, token: str = "") -> Samples:
+    """Every sample of one scrape, by name and labels."""
     headers = {"Authorization": f"Bearer {token}"} if token else {}
-    response = server.client.get("/metrics", headers=headers)
+    response = httpx.get(f"{base_url}/metrics", headers=headers, timeout=30)
     assert response.status_code == 200, response.text
     assert response.headers["content-type"].startswith("text/plain")
     return {
@@ -41,10 +43,12 @@ def value(samples: Samples, name: str, **labels: str) -> float:
     return samples.get((name, frozenset(labels.items())), 0.0)
 
 
-def scrape_until(server: Server, done: Callable[[Samples], bool], timeout: float = 30.0) -> Samples:
+def scrape_until(
+    base_url: str, done: Callable[[Samples], bool], token: str = "", timeout: float = 60.0
+) -> Samples:
     deadline = time.monotonic() + timeout
     while True:
-        samples = scrape(server)
+        samples = scrape(base_url, token)
         if done(samples):
             return samples
         if time.monotonic() > deadline:
@@ -65,7 +69,7 @@ def test_counters_move_by_exactly_the_tasks_run(
 ) -> None:
     server = start_server(**FAST)
     key = server.key()
-    before = scrape(server)
+    before = scrape(server.base_url)
 
     ids = [server.create(key, prompt_body(f"banana {n}"))["data"]["taskId"] for n in range(2)]
     ids.append(server.create(key, prompt_body("[sandbox:fail=upstream]"))["data"]["taskId"])
@@ -78,7 +82,7 @@ def test_counters_move_by_exactly_the_tasks_run(
         return value(samples, name, **labels) - value(before, name, **labels)
 
     after = scrape_until(
-        server,
+        server.base_url,
         lambda now: (
             moved(now, "bananastand_callback_deliveries_total", outcome="delivered") >= 1
             and moved(
@@ -123,7 +127,7 @@ def test_the_queue_gauges_count_waiting_tasks_and_their_age(
     for _ in range(3):
         assert server.create(key, prompt_body())["code"] == 200
     samples = scrape_until(
-        server, lambda now: value(now, "bananastand_queue_oldest_waiting_age_seconds") > 0
+        server.base_url, lambda now: value(now, "bananastand_queue_oldest_waiting_age_seconds") > 0
     )
     assert value(samples, "bananastand_queue_tasks", state="waiting") == 3
     assert value(samples, "bananastand_queue_tasks", state="generating") == 0
@@ -133,12 +137,12 @@ def test_unmatched_paths_are_one_route_label_and_errors_carry_their_code(
     start_server: Callable[..., Server],
 ) -> None:
     server = start_server()
-    before = scrape(server)
+    before = scrape(server.base_url)
     for path in ("/nope", "/nope/again", "/also-not"):
         assert server.client.get(path).status_code == 404
     refused = server.client.post(CREATE, json=prompt_body(), headers={"Authorization": "x"})
     assert refused.json()["code"] == 401
-    after = scrape(server)
+    after = scrape(server.base_url)
 
     def moved(name: str, **labels: str) -> float:
         return value(after, name, **labels) - value(before, name, **labels)
@@ -153,7 +157,7 @@ def test_the_metrics_token_guards_the_scrape(start_server: Callable[..., Server]
     assert server.client.get("/metrics").status_code == 401
     wrong = {"Authorization": "Bearer another secret"}
     assert server.client.get("/metrics", headers=wrong).status_code == 401
-    assert "bananastand_queue_tasks" in str(scrape(server, token="a metrics secret"))
+    assert "bananastand_queue_tasks" in str(scrape(server.base_url, token="a metrics secret"))
 
 
 def test_readiness_names_storage_that_cannot_be_written_and_recovers(

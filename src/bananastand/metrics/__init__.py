@@ -13,10 +13,14 @@ never a task id or a key: each label value is a time series kept forever.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, values
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, multiprocess, values
 
 PREFIX = "bananastand"
 
@@ -114,6 +118,28 @@ def enable_multiprocess(directory: Path) -> None:
     directory.mkdir(parents=True, exist_ok=True)
     os.environ[MULTIPROC_ENV] = str(directory)
     values.ValueClass = values.MultiProcessValue()  # type: ignore[no-untyped-call]
+
+
+@contextlib.contextmanager
+def shared_between_processes() -> Iterator[Path]:
+    """``serve --worker-processes N``: a fresh multiprocess folder for this server's life.
+
+    Fresh at each start, so that a restarted server never adds the files of processes
+    long gone (their counters would come back from the dead); removed at exit.
+    """
+    directory = Path(tempfile.mkdtemp(prefix="bananastand-metrics-"))
+    try:
+        enable_multiprocess(directory)
+        yield directory
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def forget_process(pid: int) -> None:
+    """A child exited: its in-flight gauge no longer counts (its counters stay summed)."""
+    directory = multiprocess_directory()
+    if directory is not None:
+        multiprocess.mark_process_dead(pid, str(directory))  # type: ignore[no-untyped-call]
 
 
 def multiprocess_directory() -> Path | None:
