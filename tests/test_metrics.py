@@ -9,14 +9,16 @@ then every figure must be exact.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import Server, prompt_body
+from conftest import Server, prompt_body, running_server, start_postgres
 from receiver import Answer, Receiver
 from test_webhooks import FAST, create_with_callback, delivered, wait_info
 
@@ -192,3 +194,27 @@ def test_readiness_needs_redis_when_one_is_configured(
     assert answer.status_code == 503
     assert "redis" in answer.text
     assert "database" not in answer.text
+
+
+@pytest.mark.postgresql_only(reason="stops a database server; an SQLite file cannot be stopped")
+def test_readiness_flips_to_503_while_the_database_is_stopped(tmp_path: Path) -> None:
+    # A database server of its own (the run's shared one serves other tests meanwhile),
+    # outliving the app server, which stops before it.
+    with contextlib.ExitStack() as stack:
+        database = start_postgres(stack)
+        server = stack.enter_context(
+            running_server(tmp_path / "data", database_url=database.new_database())
+        )
+        assert server.client.get("/readyz").status_code == 200
+        database.stop()
+        try:
+            answer = server.client.get("/readyz")
+            assert answer.status_code == 503
+            assert answer.text == "not ready: database down\n"
+            assert server.client.get("/healthz").status_code == 200
+        finally:
+            database.start()
+        deadline = time.monotonic() + 60
+        while server.client.get("/readyz").status_code != 200:  # the pool reconnects
+            assert time.monotonic() < deadline, "still not ready after the database returned"
+            time.sleep(0.1)
