@@ -10,6 +10,7 @@ then every figure must be exact.
 from __future__ import annotations
 
 import contextlib
+import re
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -25,6 +26,7 @@ from test_webhooks import FAST, create_with_callback, delivered, wait_info
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
 MODEL = "nano-banana-pro"
+DOCS = Path(__file__).parents[1] / "docs" / "metrics.md"
 CREATE = "/api/v1/jobs/createTask"
 
 
@@ -119,6 +121,19 @@ def test_counters_move_by_exactly_the_tasks_run(
     # No label names a task or a key: each would be a time series of its own, forever.
     labels = {label for _name, pairs in after for _label, label in pairs}
     assert not {label for label in labels if label.startswith(("task_", "bs_", "key_"))}
+
+
+def test_docs_metrics_md_describes_every_metric_served(start_server: Callable[..., Server]) -> None:
+    server = start_server()
+    served = {
+        family.name for family in text_string_to_metric_families(server.client.get("/metrics").text)
+    }
+    documented = set(re.findall(r"^\| `(bananastand_[a-z_]+)`", DOCS.read_text(), re.MULTILINE))
+    # Counters are named without ``_total`` by the parser; the docs name them in full.
+    assert {re.sub(r"_total$", "", name) for name in documented} - served == {
+        "bananastand_workers_live"  # read from the worker registry, once one is wired in
+    }
+    assert served - {re.sub(r"_total$", "", name) for name in documented} == set()
 
 
 def test_the_queue_gauges_count_waiting_tasks_and_their_age(

@@ -20,7 +20,15 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, multiprocess, values
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+    multiprocess,
+    values,
+)
 
 PREFIX = "bananastand"
 
@@ -37,6 +45,9 @@ class Metrics:
     """The counters, gauges and histograms this process updates."""
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        # A ``_created`` series beside every counter and histogram doubles what is stored
+        # for a timestamp that ``rate()`` never needs (and multiprocess mode drops anyway).
+        disable_created_metrics()  # type: ignore[no-untyped-call]
         self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
         r = self.registry
         self.tasks_created = Counter(
