@@ -1,19 +1,22 @@
 """Acceptance: metrics across processes, as real ``bananastand`` processes: under
 ``serve --worker-processes 2`` the API's ``/metrics`` sums what its two worker children
-counted (the tasks end there, not in the API); ``bananastand worker --metrics-port``
-serves a worker's own, behind the metrics token."""
+counted (the tasks end there, not in the API), and a killed child's tasks are no longer
+in flight; ``bananastand worker --metrics-port`` serves a worker's own, behind the metrics
+token."""
 
 from __future__ import annotations
 
+import os
+import signal
 from pathlib import Path
 
 import httpx
 import pytest
 
 from conftest import free_port, make_key
-from processes import Spawn, create, wait_row
+from processes import Spawn, create, generating, wait_row
 from test_metrics import scrape, scrape_until, value
-from test_worker_processes import SUPERVISED, wait_working
+from test_worker_processes import SUPERVISED, pid_of, wait_working
 
 FINISHED = "bananastand_tasks_finished_total"
 MODEL = "nano-banana-pro"
@@ -52,6 +55,19 @@ def test_the_apis_scrape_sums_its_worker_processes(spawn: Spawn, data_dir: Path)
     # Summed over the live children: one series, no pid label.
     assert value(samples, "bananastand_tasks_in_flight") == 0
     assert value(samples, "bananastand_queue_tasks", state="waiting") == 0
+
+
+def test_a_killed_childs_tasks_are_no_longer_in_flight(spawn: Spawn, data_dir: Path) -> None:
+    serve = spawn(*SUPERVISED)
+    wait_working(serve, 2)
+    key = make_key(data_dir)
+    task_id = create(serve, key, "[sandbox:delay=600000] a long one")
+    holder = pid_of(wait_row(data_dir, task_id, generating(1), timeout=120)["worker_id"])
+    in_flight = "bananastand_tasks_in_flight"
+    scrape_until(serve.base_url, lambda now: value(now, in_flight) == 1)
+    os.kill(holder, signal.SIGKILL)
+    # Its lease (60 s) outlives the test: no other worker takes the task meanwhile.
+    scrape_until(serve.base_url, lambda now: value(now, in_flight) == 0)
 
 
 def test_a_worker_serves_its_own_metrics_behind_the_token(spawn: Spawn, data_dir: Path) -> None:

@@ -181,10 +181,10 @@ class WebhookSender:
         settings: Settings,
         fetcher: SafeFetcher,
         records: TaskRecords,
-        metrics: Metrics | None = None,
+        metrics: Metrics,
     ) -> None:
         self._store = store
-        self._metrics = metrics if metrics is not None else Metrics()
+        self._metrics = metrics
         self._settings = settings
         self._fetcher = fetcher
         self._records = records

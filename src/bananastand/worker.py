@@ -54,11 +54,11 @@ class Worker:
         fetcher: SafeFetcher,
         *,
         links: LinkSigner,
+        metrics: Metrics,
         wakeups: Wakeups | None = None,
-        metrics: Metrics | None = None,
     ) -> None:
         self._store = store
-        self._metrics = metrics if metrics is not None else Metrics()
+        self._metrics = metrics
         # Where it tells every process what it committed (tasks changed, callbacks due,
         # tasks handed back) and hears that tasks were created anywhere.
         self._wakeups = wakeups or Wakeups()
@@ -256,7 +256,7 @@ class Worker:
 
     async def _generate(self, claim: Claim) -> tuple[str, str]:
         """Fetch inputs, call the provider, store the image: (result keys, usage) as JSON."""
-        claimed = time.monotonic()
+        claimed = time.monotonic()  # the claim was committed just before this task began
         task = claim.task
         spec = TaskInput.model_validate_json(task.input)
         images = await self._inputs.load(spec.image_input)

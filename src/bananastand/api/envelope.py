@@ -28,9 +28,14 @@ _JSON = "application/json"
 _ENVELOPE_PATHS = ("/api", "/admin")
 
 
+_ENVELOPE_PREFIXES = tuple(base + "/" for base in _ENVELOPE_PATHS)
+
+
 def speaks_envelope(path: str) -> bool:
-    """Whether answers to ``path`` are envelopes (HTTP 200) rather than plain HTTP."""
-    return any(path == base or path.startswith(base + "/") for base in _ENVELOPE_PATHS)
+    """Whether answers to ``path`` are envelopes (HTTP 200) rather than plain HTTP.
+
+    Asked for every request (the metrics' envelope code): one ``startswith`` of a tuple."""
+    return path.startswith(_ENVELOPE_PREFIXES) or path in _ENVELOPE_PATHS
 
 
 def plain(status: int, text: str, headers: Mapping[str, str] | None = None) -> Response:
