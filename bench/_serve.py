@@ -69,7 +69,7 @@ def start_serve(
     deadline = time.monotonic() + 30
     while True:
         try:
-            if httpx.get(f"http://{HOST}:{port}/healthz", timeout=1).json()["code"] == 200:
+            if httpx.get(f"http://{HOST}:{port}/healthz", timeout=1).status_code == 200:
                 return server
         except httpx.HTTPError:
             pass

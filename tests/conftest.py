@@ -143,22 +143,21 @@ def postgres_server() -> postgres.PostgresServer:
                 pytest.skip(reason)
             if _postgres_failed:
                 raise RuntimeError(f"this worker's PostgreSQL did not start: {_postgres_failed}")
-            for attempt in range(3):  # a free port is free only until someone takes it
-                try:
-                    _postgres = _postgres_stack.enter_context(
-                        postgres.running_postgres(free_port())
-                    )
-                    break
-                except postgres.PortInUse:
-                    if attempt < 2:
-                        continue
-                    _postgres_failed.append("three ports in a row were taken")
-                    raise
-                except Exception as error:
-                    _postgres_failed.append(str(error))
-                    raise
+            try:
+                _postgres = start_postgres(_postgres_stack)
+            except Exception as error:
+                _postgres_failed.append(str(error))
+                raise
         assert _postgres is not None
         return _postgres
+
+
+def start_postgres(stack: contextlib.ExitStack) -> postgres.PostgresServer:
+    """A PostgreSQL server of its own, stopped when ``stack`` closes."""
+    for _ in range(2):  # a free port is free only until someone takes it
+        with contextlib.suppress(postgres.PortInUse):
+            return stack.enter_context(postgres.running_postgres(free_port()))
+    return stack.enter_context(postgres.running_postgres(free_port()))  # a third: or raise
 
 
 _template: str | None = None
@@ -461,7 +460,7 @@ def spawn(tmp_path: Path) -> Iterator[Callable[..., ServerProcess]]:
             deadline = time.monotonic() + 120
             while True:
                 try:
-                    if httpx.get(f"{child.base_url}/healthz", timeout=1).json()["code"] == 200:
+                    if httpx.get(f"{child.base_url}/healthz", timeout=1).status_code == 200:
                         break
                 except httpx.HTTPError:
                     pass

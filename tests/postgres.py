@@ -49,6 +49,15 @@ class PostgresServer:
         subprocess.run([*self._pg_ctl, "-m", "fast", "-w", "-t", "60", "restart"],
                        capture_output=True, check=True, timeout=120)  # fmt: skip
 
+    def stop(self) -> None:
+        """Stop the server (every connection cut) until ``start``."""
+        subprocess.run([*self._pg_ctl, "-m", "fast", "-w", "-t", "60", "stop"],
+                       capture_output=True, check=True, timeout=120)  # fmt: skip
+
+    def start(self) -> None:
+        subprocess.run([*self._pg_ctl, "-w", "-t", "60", "start"],
+                       capture_output=True, check=True, timeout=120)  # fmt: skip
+
     def url(self, database: str = "postgres") -> str:
         return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/{database}"
 

@@ -1,7 +1,7 @@
-"""Acceptance: outside the API (``/api/``, ``/admin/``, ``/healthz``) answers are plain HTTP: an
-unknown
-path is a real 404, a wrong method a real 405, a fault a real 500, each with a short
-text/plain body; inside it they stay envelopes sent with HTTP 200. Real server, real HTTP."""
+"""Acceptance: outside the API (``/api/``, ``/admin/``) answers are plain HTTP (the probes
+``/healthz``, ``/readyz`` and ``/metrics`` included): an unknown path is a real 404, a
+wrong method a real 405, a fault a real 500, each with a short text/plain body; inside it
+they stay envelopes sent with HTTP 200. Real server, real HTTP."""
 
 from __future__ import annotations
 
@@ -40,11 +40,12 @@ def test_a_wrong_method_outside_the_api_is_a_plain_405(server: Server) -> None:
     assert response.status_code == 405
     assert response.headers["content-type"] == "text/plain; charset=utf-8"
     assert set(response.headers["allow"].split(", ")) == {"GET", "HEAD"}
-    # Inside the API, and for /healthz, as before: a 404 envelope naming the method.
-    for path in ("/healthz", "/api/v1/jobs/createTask"):
-        answer = envelope_of(server.client.put(path))
-        assert answer["code"] == 404
-        assert "PUT" in answer["msg"]
+    # The load balancers' probes are plain HTTP too.
+    assert server.client.put("/healthz").status_code == 405
+    # Inside the API, as before: a 404 envelope naming the method.
+    answer = envelope_of(server.client.put("/api/v1/jobs/createTask"))
+    assert answer["code"] == 404
+    assert "PUT" in answer["msg"]
 
 
 def test_a_fault_outside_the_api_is_a_plain_500_and_an_envelope_inside(server: Server) -> None:

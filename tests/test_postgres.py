@@ -56,7 +56,7 @@ def healthy(server: ServerProcess, timeout: float = 90) -> None:
     deadline = time.monotonic() + timeout
     while True:
         try:
-            if httpx.get(f"{server.base_url}/healthz", timeout=2).json()["code"] == 200:
+            if httpx.get(f"{server.base_url}/healthz", timeout=2).status_code == 200:
                 return
         except httpx.HTTPError:
             pass

@@ -39,6 +39,7 @@ from bananastand.store.ports import (
     MonthlyCapReached,
     NotEnoughCredits,
     PendingWork,
+    QueueDepth,
     Rescue,
     Store,
     TooManyWaiting,
@@ -359,6 +360,29 @@ async def test_claim_skips_tasks_that_are_not_waiting(store: Store, clock: FakeC
 
 
 # -- fencing: a worker that lost its lease changes nothing --------------------------------
+
+
+@scenario
+async def test_queue_depth_counts_unfinished_tasks_and_the_oldest_waiting(
+    store: Store, clock: FakeClock
+) -> None:
+    empty = {"waiting": 0, "queuing": 0, "generating": 0}
+    assert await store.queue_depth() == QueueDepth(by_state=empty, oldest_waiting_ms=None)
+    [oldest] = await add_tasks(store, 1)
+    clock.now = T0 + 500
+    [succeeds, queues, waits] = await add_tasks(store, 3)
+    # The oldest is claimed and generates: the oldest waiting one is then younger.
+    [taken] = await claim(store, token="lease-a")
+    assert taken.task.id == oldest
+    assert await store.mark_generating(oldest, "lease-a")
+    claimed = await claim(store, limit=2, token="lease-b")
+    assert [c.task.id for c in claimed] == [succeeds, queues]
+    assert await store.finish_task(succeeds, "lease-b", state=TaskState.SUCCESS)
+    assert await store.queue_depth() == QueueDepth(
+        by_state={"waiting": 1, "queuing": 1, "generating": 1}, oldest_waiting_ms=T0 + 500
+    )
+    assert (await store.cancel_task(waits, ACCOUNT, CANCELED)) is not None
+    assert (await store.queue_depth()).oldest_waiting_ms is None
 
 
 @scenario

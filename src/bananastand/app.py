@@ -25,6 +25,8 @@ from bananastand.billing import Billing
 from bananastand.events import TaskWatch
 from bananastand.fetch import FetchPolicy, Resolver, SafeFetcher
 from bananastand.files import Files
+from bananastand.metrics import Metrics, multiprocess_directory
+from bananastand.metrics.exposition import Scrape
 from bananastand.ops import Switches
 from bananastand.providers.registry import ProviderChoice, ProviderRegistry
 from bananastand.ratelimit import RateLimiter
@@ -33,6 +35,7 @@ from bananastand.settings import Settings
 from bananastand.storage import open_storage
 from bananastand.storage.links import LinkSigner, load_secret
 from bananastand.store import open_settings_store
+from bananastand.store.ports import Store
 from bananastand.supervisor import Supervisor
 from bananastand.tasks import Tasks
 from bananastand.wakeups import Topic, Wakeups
@@ -74,9 +77,12 @@ async def open_runtime(
     run_worker: bool,
     resolver: Resolver | None = None,
     worker_role: str = "serve",
+    metrics: Metrics | None = None,
 ) -> Runtime:
     """``resolver`` replaces the system's name resolution for outbound fetches (tests);
-    ``worker_role``: what the worker registry lists this process's worker as."""
+    ``worker_role``: what the worker registry lists this process's worker as;
+    ``metrics``: what this process counts (the app's middleware counts into it too)."""
+    metrics = metrics if metrics is not None else Metrics()
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     store = await open_settings_store(settings, migrate=settings.auto_migrate)
     storage = open_storage(settings)
@@ -112,7 +118,7 @@ async def open_runtime(
             timeout_s=settings.webhook_timeout_seconds,
         )
         sender = WebhookSender(
-            store, settings, SafeFetcher(webhook_policy, resolver=resolver), records
+            store, settings, SafeFetcher(webhook_policy, resolver=resolver), records, metrics
         )
         worker = Worker(
             store,
@@ -123,6 +129,7 @@ async def open_runtime(
             links=links,
             wakeups=wakeups,
             role=worker_role,
+            metrics=metrics,
         )
         wakeups.subscribe(Topic.CALLBACKS, lambda _ids: sender.wake())
     accounts = Accounts(
@@ -149,6 +156,7 @@ async def open_runtime(
         watch=watch,
         links=links,
         wakeups=wakeups,
+        metrics=metrics,
     )
     services = Services(
         settings=settings,
@@ -162,6 +170,12 @@ async def open_runtime(
         switches=switches,
         limiter=RateLimiter(settings.redis_url),
         webhooks=Webhooks(store, settings, on_resend=partial(wakeups.publish, Topic.CALLBACKS)),
+        scrape=Scrape(
+            metrics,
+            store,
+            multiprocess_dir=multiprocess_directory(),
+            live_workers=partial(count_live_workers, store),
+        ),
     )
     await wakeups.start()
     return Runtime(
@@ -172,6 +186,11 @@ async def open_runtime(
         wakeups=wakeups,
         providers=providers,
     )
+
+
+async def count_live_workers(store: Store) -> int:
+    """The live workers of the cluster, by the registry (for the scrape's gauge)."""
+    return len(await store.live_workers())
 
 
 async def close_runtime(runtime: Runtime) -> None:
@@ -221,9 +240,14 @@ def create_app(
     drained after its last request (``serve --worker-processes N``, with ``run_worker``
     off: tasks then run in those processes only)."""
 
+    # Made before the runtime: the middleware, installed now, counts into it.
+    metrics = Metrics()
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        runtime = await open_runtime(settings, run_worker=run_worker, resolver=resolver)
+        runtime = await open_runtime(
+            settings, run_worker=run_worker, resolver=resolver, metrics=metrics
+        )
         app.state.services = runtime.services
         freeze_startup_objects()
         if supervisor is not None:
@@ -272,7 +296,7 @@ def create_app(
             allow_headers=["Authorization", "Content-Type", "Idempotency-Key"],
         )
     # Outermost: even a 500 answer carries the request id and the caller's quota.
-    app.add_middleware(RequestContextMiddleware)
+    app.add_middleware(RequestContextMiddleware, metrics=metrics)
     app.include_router(jobs.router)
     app.include_router(account.router)
     app.include_router(admin.router)

@@ -197,6 +197,7 @@ def serve(
     import uvicorn
 
     from bananastand.app import create_app
+    from bananastand.metrics import shared_between_processes
     from bananastand.providers.registry import describe_live
     from bananastand.server import DrainingServer
     from bananastand.supervisor import worker_supervisor
@@ -226,20 +227,22 @@ def serve(
     _banner(
         settings, first_key, describe_live(settings), loopback=loopback, worker_processes=processes
     )
-    api = create_app(
-        settings,
-        run_worker=processes == 0,
-        supervisor=worker_supervisor(settings, processes) if processes else None,
-    )
-    config = uvicorn.Config(
-        api,
-        host=settings.host,
-        port=settings.port,
-        log_config=None,
-        access_log=settings.access_log,
-        timeout_graceful_shutdown=int(settings.shutdown_grace_seconds) + 5,
-    )
-    DrainingServer(config, api).run()
+    # The children's metrics reach the API's /metrics through files they all write.
+    with shared_between_processes() if processes else contextlib.nullcontext():
+        api = create_app(
+            settings,
+            run_worker=processes == 0,
+            supervisor=worker_supervisor(settings, processes) if processes else None,
+        )
+        config = uvicorn.Config(
+            api,
+            host=settings.host,
+            port=settings.port,
+            log_config=None,
+            access_log=settings.access_log,
+            timeout_graceful_shutdown=int(settings.shutdown_grace_seconds) + 5,
+        )
+        DrainingServer(config, api).run()
 
 
 @app.command("worker")
@@ -249,9 +252,20 @@ def run_worker(
         int | None,
         typer.Option(hidden=True, help="Set by `serve --worker-processes`: exit with it."),
     ] = None,
+    metrics_port: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            max=65535,
+            help="Serve this worker's Prometheus metrics at /metrics on this port "
+            "(on BANANASTAND_HOST; BANANASTAND_METRICS_TOKEN guards it when set).",
+        ),
+    ] = None,
 ) -> None:
-    """Run tasks only (no HTTP); run as many as you like beside `serve --no-worker`."""
+    """Run tasks only (no HTTP but --metrics-port); run as many as you like beside
+    `serve --no-worker`."""
     from bananastand.app import close_runtime, freeze_startup_objects, open_runtime
+    from bananastand.metrics.endpoint import serve_metrics
 
     if supervisor_pid is not None:
         from bananastand.supervisor import die_with_parent
@@ -267,6 +281,18 @@ def run_worker(
         assert runtime.worker is not None
         assert runtime.sender is not None
         freeze_startup_objects()
+        endpoint = None
+        if metrics_port is not None:
+            try:
+                endpoint = await serve_metrics(
+                    settings.host,
+                    metrics_port,
+                    runtime.services.scrape.render,
+                    settings.metrics_token.get_secret_value(),
+                )
+            except OSError as exc:
+                await close_runtime(runtime)
+                fail(f"--metrics-port {metrics_port}: {exc.strerror or exc}", NOT_STARTED)
         sender = asyncio.create_task(runtime.sender.run(), name="webhook-sender")
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
@@ -276,6 +302,8 @@ def run_worker(
         finally:
             runtime.sender.stop()
             await sender
+            if endpoint is not None:
+                endpoint.close()
             await close_runtime(runtime)
 
     asyncio.run(main())

@@ -73,10 +73,15 @@ class TaskFailure(BananastandError):
     fail_code: str = "500"
     #: Whether trying again later might succeed (upstream hiccups do, bad input never does).
     retryable: bool = False
+    #: How the upstream answered, for the metrics: its HTTP status where it sent one,
+    #: ``timeout``, ``connection``; empty: the failCode says it.
+    upstream_status: str = ""
 
-    def __init__(self, message: str) -> None:
+    def __init__(self, message: str, *, upstream_status: str = "") -> None:
         super().__init__(message)
         self.message = message
+        if upstream_status:
+            self.upstream_status = upstream_status
 
 
 class InputError(TaskFailure):
@@ -85,6 +90,7 @@ class InputError(TaskFailure):
 
 class SafetyBlocked(TaskFailure):
     fail_code = "403"
+    upstream_status = "200"  # the upstream answered; its answer was a refusal
 
 
 class UpstreamError(TaskFailure):
@@ -95,6 +101,7 @@ class UpstreamError(TaskFailure):
 class UpstreamTimeout(TaskFailure):
     fail_code = "504"
     retryable = True
+    upstream_status = "timeout"
 
 
 class LeaseLost(BananastandError):

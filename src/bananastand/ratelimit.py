@@ -97,6 +97,12 @@ class RateLimiter:
             reset_seconds=max(0.0, stats.reset_time - self._clock()),
         )
 
+    async def ping(self) -> bool | None:
+        """Whether Redis answers; None without Redis (the counts are in memory)."""
+        if self._shared is None:
+            return None
+        return bool(await self._shared.storage.check())
+
     def refusal(self, quota: Quota) -> RateLimitedError:
         return RateLimitedError(
             f"rate limit exceeded: {quota.limit} calls per window for this key; "

@@ -203,6 +203,7 @@ class Settings(BaseSettings):
     billing: bool = True  # off: no credits at all (one team on its own server)
     starting_credits: int = 0  # granted to each new account
     admin_token: SecretStr = SecretStr("")  # empty: the /admin/ API is disabled
+    metrics_token: SecretStr = SecretStr("")  # empty: /metrics answers anyone who can reach it
     create_rate: str = "20/second"  # per key, for createTask; "unlimited" allowed
     read_rate: str = "20/second"  # per key, for every other API call
     max_waiting_tasks: int = 1000  # per account; 0: no cap

@@ -33,7 +33,7 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -73,8 +73,11 @@ class Supervisor:
         env: Mapping[str, str] | None = None,
         backoff: Backoff = Backoff(),
         stop_margin_s: float = STOP_MARGIN_S,
+        on_exit: Callable[[int], None] | None = None,
     ) -> None:
+        """``on_exit``: called with the pid of each child that has exited."""
         self._count = count
+        self._on_exit = on_exit
         self._command = list(command)
         self._env = dict(env) if env is not None else None
         self._grace_s = grace_s
@@ -151,6 +154,8 @@ class Supervisor:
             status = await process.wait()
         finally:
             del self._children[slot]
+        if self._on_exit is not None:
+            self._on_exit(process.pid)
         # Stopping, SIGTERM is what was asked for: it ends a child still starting, whose
         # handlers (drain, exit 0) are not in place yet.
         expected = self._stopping.is_set() and status in (0, -signal.SIGTERM)
@@ -190,7 +195,17 @@ def worker_supervisor(settings: Settings, count: int) -> Supervisor:
         "BANANASTAND_PUBLIC_URL": settings.effective_public_url,
         "BANANASTAND_ALLOW_PRIVATE_NETWORKS": ",".join(settings.allow_private_networks),
     }
-    return Supervisor(count, command, grace_s=settings.shutdown_grace_seconds, env=env)
+    from bananastand.metrics import forget_process, multiprocess_directory
+
+    return Supervisor(
+        count,
+        command,
+        grace_s=settings.shutdown_grace_seconds,
+        env=env,
+        # Summing the children's metrics (``serve`` made the folder): a dead child's
+        # tasks in flight are no longer in flight.
+        on_exit=forget_process if multiprocess_directory() is not None else None,
+    )
 
 
 #: Linux's ``prctl`` option that signals a process when its parent ends.

@@ -35,6 +35,7 @@ from bananastand.errors import (
 )
 from bananastand.events import TaskWatch, Version
 from bananastand.ids import new_task_id
+from bananastand.metrics import Metrics
 from bananastand.models import check_model_rules, in_clients_words, spec_input
 from bananastand.ops import Switches
 from bananastand.providers.registry import ProviderChoice
@@ -82,6 +83,7 @@ class Tasks:
         watch: TaskWatch,
         links: LinkSigner,
         wakeups: Wakeups,
+        metrics: Metrics,
     ) -> None:
         self._store = store
         self._settings = settings
@@ -94,6 +96,7 @@ class Tasks:
         # Lets workers anywhere start at once instead of at their next poll, and streams
         # anywhere hear of a cancel.
         self._wakeups = wakeups
+        self._metrics = metrics
         #: Where event streams learn that their task changed.
         self.watch = watch
 
@@ -191,7 +194,8 @@ class Tasks:
         created = await self._store.create_task(new, idempotency, admission)
         if not isinstance(created, Created):
             raise refusal_error(created)
-        if created.created:
+        if created.created:  # an Idempotency-Key replay made nothing
+            self._metrics.tasks_created.labels(new.model).inc()
             self._wakeups.publish(Topic.WORK)
         return created.task_id
 
@@ -203,6 +207,7 @@ class Tasks:
         return task
 
     async def cancel(self, key: ApiKey, task_id: str) -> Task:
+        asked_at = self._store.now_ms()
         task = await self._store.cancel_task(task_id, key.account_id, CANCELED)
         if task is None:
             raise NotFoundError(f"task {task_id} not found")
@@ -210,6 +215,9 @@ class Tasks:
         if task.fail_msg != CANCELED_MSG or task.state is not TaskState.FAIL:
             status = _TOO_LATE.get(task.state, f"is already {task.state.value}")
             raise ValidationError(f"taskId: the task {status}; it cannot be canceled")
+        if task.completed_at is not None and task.completed_at >= asked_at:
+            # Ended by this call, not by an earlier cancel (which answers the same).
+            self._metrics.tasks_finished.labels(task.model, task.state.value, task.fail_code).inc()
         if task.callback_url:
             self._wakeups.publish(Topic.CALLBACKS)
         return task

@@ -45,6 +45,7 @@ from bananastand.errors import NotFoundError, ValidationError
 from bananastand.fetch import FetchError, SafeFetcher
 from bananastand.ids import random_token
 from bananastand.logs import bind_task
+from bananastand.metrics import Metrics
 from bananastand.records import Callback, CallbackAttempt, Task, WebhookSecret
 from bananastand.results import TaskRecords
 from bananastand.settings import Settings
@@ -168,11 +169,26 @@ def next_delay_s(
     return delay
 
 
+#: An attempt's outcome, in the metrics' words, by the state it leaves the callback in.
+_OUTCOMES = {
+    ports.DELIVERED: "delivered",
+    ports.PENDING: "retrying",
+    ports.FAILED: "failed",
+    ports.REFUSED: "refused",
+}
+
+
 class WebhookSender:
     def __init__(
-        self, store: Outbox, settings: Settings, fetcher: SafeFetcher, records: TaskRecords
+        self,
+        store: Outbox,
+        settings: Settings,
+        fetcher: SafeFetcher,
+        records: TaskRecords,
+        metrics: Metrics,
     ) -> None:
         self._store = store
+        self._metrics = metrics
         self._settings = settings
         self._fetcher = fetcher
         self._records = records
@@ -291,7 +307,8 @@ class WebhookSender:
             status, verdict = await self._post(claim, attempted_at)
         else:  # no connection, not even a name lookup
             status, verdict = None, Verdict(success=False, error=refusal, final=True)
-        duration_ms = int((time.monotonic() - started) * 1000)
+        duration_s = time.monotonic() - started
+        duration_ms = int(duration_s * 1000)
         self._host_done(claim)
         delay = None
         if not verdict.success and not verdict.final:
@@ -321,6 +338,8 @@ class WebhookSender:
             state=state,
             retry_in_ms=None if delay is None else int(delay * 1000),
         )
+        self._metrics.callback_deliveries.labels(_OUTCOMES[state]).inc()
+        self._metrics.callback_duration.observe(duration_s)
         fields = {
             "webhook_id": claim.id,
             "attempt": claim.tries + 1,

@@ -29,7 +29,8 @@ from bananastand.ids import now_ms, random_token
 from bananastand.inputs import InputLoader
 from bananastand.logs import bind_task
 from bananastand.membership import Membership
-from bananastand.providers.base import GenerationRequest
+from bananastand.metrics import Metrics
+from bananastand.providers.base import GeneratedImage, GenerationRequest, Provider
 from bananastand.providers.registry import ProviderRegistry
 from bananastand.records import Claim
 from bananastand.retention import retention_rules, sweep
@@ -60,11 +61,13 @@ class Worker:
         fetcher: SafeFetcher,
         *,
         links: LinkSigner,
+        metrics: Metrics,
         wakeups: Wakeups | None = None,
         role: str = "worker",
     ) -> None:
         """``role``: what the registry lists this process as ("serve": the API runs it)."""
         self._store = store
+        self._metrics = metrics
         # Where it tells every process what it committed (tasks changed, callbacks due,
         # tasks handed back) and hears that tasks were created anywhere.
         self._wakeups = wakeups or Wakeups()
@@ -279,6 +282,8 @@ class Worker:
         for task_id in rescued.failed:
             with bind_task(task_id):
                 log.error("task failed: its worker stopped too many times")
+            # The rescue knows ids, not models: these few are counted under no model.
+            self._metrics.tasks_finished.labels("", TaskState.FAIL.value, FAIL_INTERNAL).inc()
         if rescued.requeued or rescued.failed:
             self._wakeups.publish(Topic.TASKS, [*rescued.requeued, *rescued.failed])
         if rescued.requeued:
@@ -288,7 +293,7 @@ class Worker:
 
     async def _run(self, claim: Claim) -> None:
         task = claim.task
-        with bind_task(task.id):
+        with bind_task(task.id), self._metrics.tasks_in_flight.track_inprogress():
             log.info("task claimed", extra={"attempt": task.attempts, "provider": task.provider})
             try:
                 async with asyncio.timeout(self._settings.task_timeout_seconds):
@@ -314,6 +319,7 @@ class Worker:
 
     async def _generate(self, claim: Claim) -> tuple[str, str]:
         """Fetch inputs, call the provider, store the image: (result keys, usage) as JSON."""
+        claimed = time.monotonic()  # the claim was committed just before this task began
         task = claim.task
         spec = TaskInput.model_validate_json(task.input)
         images = await self._inputs.load(spec.image_input)
@@ -325,21 +331,36 @@ class Worker:
                 raise LeaseLost(task.id)
             self._wakeups.publish(Topic.TASKS, (task.id,))
             started = now_ms()
-            image = await provider.generate(
-                GenerationRequest(
-                    model=task.model,
-                    prompt=spec.prompt,
-                    images=images,
-                    aspect_ratio=spec.aspect_ratio,
-                    resolution=spec.resolution,
-                    output_format=spec.output_format,
-                )
+            self._metrics.claim_to_start.observe(time.monotonic() - claimed)
+            request = GenerationRequest(
+                model=task.model,
+                prompt=spec.prompt,
+                images=images,
+                aspect_ratio=spec.aspect_ratio,
+                resolution=spec.resolution,
+                output_format=spec.output_format,
             )
+            image = await self._call(provider, request)
         usage = {**image.usage, "provider_ms": now_ms() - started}
         data = await asyncio.to_thread(imaging.to_output_format, image.data, spec.output_format)
         key = f"results/{task.id}/{random_token(24)}.{spec.output_format.value}"
         await self._storage.put(key, data, spec.output_format.mime_type)
         return orjson.dumps([key]).decode(), orjson.dumps(usage).decode()
+
+    async def _call(self, provider: Provider, request: GenerationRequest) -> GeneratedImage:
+        """The provider's call, timed and counted by how the upstream answered."""
+        began = time.monotonic()
+        status = "200"
+        try:
+            return await provider.generate(request)
+        except TaskFailure as failure:
+            status = failure.upstream_status or failure.fail_code
+            raise
+        except BaseException:  # canceled (lease lost, shutdown) or crashed: no answer
+            status = "none"
+            raise
+        finally:
+            self._metrics.upstream_call(provider.name, time.monotonic() - began, status)
 
     async def _finish(
         self,
@@ -360,6 +381,9 @@ class Worker:
         )
         if written:
             self._wakeups.publish(Topic.TASKS, (claim.task.id,))
+            self._metrics.tasks_finished.labels(
+                claim.task.model, state.value, fail.fail_code if fail else ""
+            ).inc()
         if written and claim.task.callback_url:
             self._wakeups.publish(Topic.CALLBACKS)
         if not written:

@@ -10,6 +10,7 @@ from fastapi import Depends, Request
 from bananastand.accounts import Accounts
 from bananastand.billing import Billing
 from bananastand.files import Files
+from bananastand.metrics.exposition import Scrape
 from bananastand.ops import Switches
 from bananastand.ratelimit import RateLimiter
 from bananastand.records import ApiKey
@@ -35,6 +36,8 @@ class Services:
     switches: Switches
     limiter: RateLimiter
     webhooks: Webhooks
+    #: What ``/metrics`` answers.
+    scrape: Scrape
 
 
 async def get_services(request: Request) -> Services:

@@ -23,13 +23,19 @@ from bananastand.contract import CODE_NOT_FOUND, CODE_OK, CODE_VALIDATION
 from bananastand.errors import ApiError
 
 _JSON = "application/json"
-#: Where the envelope rule holds. ``/healthz`` answers in one too: it is the API's own.
-_ENVELOPE_PATHS = ("/api", "/admin", "/healthz")
+#: Where the envelope rule holds. (``/healthz``, ``/readyz`` and ``/metrics`` answer plain
+#: HTTP: load balancers and Prometheus read statuses, not envelopes.)
+_ENVELOPE_PATHS = ("/api", "/admin")
+
+
+_ENVELOPE_PREFIXES = tuple(base + "/" for base in _ENVELOPE_PATHS)
 
 
 def speaks_envelope(path: str) -> bool:
-    """Whether answers to ``path`` are envelopes (HTTP 200) rather than plain HTTP."""
-    return any(path == base or path.startswith(base + "/") for base in _ENVELOPE_PATHS)
+    """Whether answers to ``path`` are envelopes (HTTP 200) rather than plain HTTP.
+
+    Asked for every request (the metrics' envelope code): one ``startswith`` of a tuple."""
+    return path.startswith(_ENVELOPE_PREFIXES) or path in _ENVELOPE_PATHS
 
 
 def plain(status: int, text: str, headers: Mapping[str, str] | None = None) -> Response:

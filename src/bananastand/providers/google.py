@@ -233,13 +233,17 @@ class GoogleProvider:
                 failure = UpstreamTimeout(f"Google did not answer within {retry.timeout_s:g} s")
                 transient = True
             except httpx.TransportError as exc:
-                failure = UpstreamError(f"the connection to Google failed ({type(exc).__name__})")
+                failure = UpstreamError(
+                    f"the connection to Google failed ({type(exc).__name__})",
+                    upstream_status="connection",
+                )
                 transient = True
             delay = retry.delay(attempt)
             if not transient or attempt >= retry.max_attempts or slept + delay > retry.budget_s:
                 if transient:
                     failure = type(failure)(
-                        f"{failure.message}; gave up after {attempt} attempt(s)"
+                        f"{failure.message}; gave up after {attempt} attempt(s)",
+                        upstream_status=failure.upstream_status,
                     )
                 raise failure
             log.warning(
@@ -258,13 +262,20 @@ def _http_options(base_url: str, retry: RetryPolicy) -> types.HttpOptions:
 def _api_failure(exc: genai_errors.APIError) -> TaskFailure:
     what = f"{exc.code} {exc.status or ''}".strip()
     message = exc.message or "no message"
+    status = str(exc.code)
     if exc.code == 400:
-        return InputError(f"Google rejected the request ({what}): {message}")
+        return InputError(
+            f"Google rejected the request ({what}): {message}", upstream_status=status
+        )
     if exc.code == 429:
-        return UpstreamError(f"Google is rate limiting us ({what}): {message}")
+        return UpstreamError(
+            f"Google is rate limiting us ({what}): {message}", upstream_status=status
+        )
     if exc.code in (401, 403):
-        return UpstreamError(f"Google refused this server's credentials ({what}): {message}")
-    return UpstreamError(f"Google answered {what}: {message}")
+        return UpstreamError(
+            f"Google refused this server's credentials ({what}): {message}", upstream_status=status
+        )
+    return UpstreamError(f"Google answered {what}: {message}", upstream_status=status)
 
 
 def _pick_image(response: types.GenerateContentResponse) -> tuple[bytes, str]:

@@ -151,5 +151,14 @@ class LocalStorage:
     async def presigned_url(self, key: str, expires_in_s: int) -> str | None:
         return None
 
+    async def ping(self) -> None:
+        await asyncio.to_thread(self._check_writable)
+
+    def _check_writable(self) -> None:
+        # Made on first use by a write; a fresh server is ready before its first file.
+        self.root.mkdir(parents=True, exist_ok=True)
+        if not os.access(self.root, os.W_OK | os.X_OK):
+            raise PermissionError(f"cannot write to {self.root}")
+
     async def aclose(self) -> None:
         return None

@@ -220,6 +220,9 @@ class S3Storage:
         )
         return url
 
+    async def ping(self) -> None:
+        await asyncio.to_thread(self._client.head_bucket, Bucket=self._bucket)
+
     async def aclose(self) -> None:
         await asyncio.to_thread(self._client.close)
 

@@ -142,6 +142,16 @@ class PendingWork:
 
 
 @dataclass(frozen=True, slots=True)
+class QueueDepth:
+    """The tasks not final yet, as a scrape reports them."""
+
+    #: Tasks per unfinished state (``waiting``, ``queuing``, ``generating``); 0s included.
+    by_state: dict[str, int]
+    #: ``created_at`` of the oldest waiting task; None when none waits.
+    oldest_waiting_ms: int | None
+
+
+@dataclass(frozen=True, slots=True)
 class ClaimedCallback:
     id: str
     lease_token: str
@@ -236,6 +246,10 @@ class TaskStore(Clock, Protocol):
         """One cheap read: whether a claim, a rescue or a callback sender would find
         anything. An idle worker's poll asks this first, for its process's sender too, so
         that finding nothing costs one statement, not write transactions."""
+        ...
+
+    async def queue_depth(self) -> QueueDepth:
+        """One grouped read of the unfinished tasks, for the metrics scrape."""
         ...
 
     async def purge_idempotency_keys(self, ttl_ms: int) -> int: ...

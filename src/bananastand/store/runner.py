@@ -210,8 +210,11 @@ class GroupCommitRunner:
 
     def _read_once(self, work: Work[T]) -> T:
         connection: Connection | None = getattr(self._reader_local, "connection", None)
-        if connection is None or connection.invalidated:
+        if connection is None or connection.invalidated or connection.closed:
             if connection is not None:
+                # Forgotten first: while the database is down the connect below fails,
+                # and this thread would keep a closed connection until it ended.
+                self._reader_local.connection = None
                 self._forget_reader(connection)
             connection = self._engine.connect().execution_options(**self._reader_options())
             self._reader_local.connection = connection

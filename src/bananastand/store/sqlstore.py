@@ -36,6 +36,7 @@ from bananastand.store.ports import (
     NewTask,
     NotEnoughCredits,
     PendingWork,
+    QueueDepth,
     Rescue,
     WorkerProcess,
 )
@@ -176,6 +177,9 @@ class SqlStore:
 
     async def pending_work(self) -> PendingWork:
         return await self.runner.read(partial(probes.pending_work, now_ms=self._clock()))
+
+    async def queue_depth(self) -> QueueDepth:
+        return await self.runner.read(probes.queue_depth)
 
     async def rescue_expired(self, max_attempts: int, give_up: Failure) -> Rescue:
         return await self.runner.write(
