@@ -16,6 +16,7 @@ import httpx
 import pytest
 from sqlalchemy import create_engine, select, text
 
+from accounts_helpers import ADMIN_TOKEN
 from bananastand.accounts import hash_secret
 from bananastand.store.tables import api_keys
 from bananastand.wakeups import MAX_NAMED_TASKS, Message, Topic, Wakeups
@@ -265,11 +266,12 @@ def state(base_url: str, key: str, task_id: str) -> object:
 
 def test_two_apis_and_three_workers_wake_each_other(spawn: Spawn, tmp_path: Path) -> None:
     """A task created on either API is run by a worker process at once, a stream on one
-    API follows what a worker does, and a key revoked by the CLI is refused by both APIs
-    at once; nobody polls meanwhile."""
+    API follows what a worker does, and a key revoked on one API (or by the CLI) is refused
+    by the other at once; nobody polls meanwhile."""
     data_dir = tmp_path / "data"
-    first = spawn("serve", "--no-worker", env=NO_POLLS)
-    second = spawn("serve", "--no-worker", env=NO_POLLS)
+    with_admin = {**NO_POLLS, "BANANASTAND_ADMIN_TOKEN": ADMIN_TOKEN}
+    first = spawn("serve", "--no-worker", env=with_admin)
+    second = spawn("serve", "--no-worker", env=with_admin)
     key = make_key(data_dir)
     # A stream on the first API, of a task made on the second before any worker runs: all
     # it hears after "waiting" comes from a worker process.
@@ -293,18 +295,37 @@ def test_two_apis_and_three_workers_wake_each_other(spawn: Spawn, tmp_path: Path
             "the task ran",
         )
 
-    for api in (first, second):  # both have the key cached now
-        assert answer_of(api.base_url, key, task_id)["code"] == 200
-    with rows_of(data_dir) as connection:
-        key_id = connection.execute(
-            select(api_keys.c.id).where(api_keys.c.secret_hash == hash_secret(key))
-        ).scalar_one()
-    assert cli(data_dir, "keys", "revoke", key_id).returncode == 0
+    # A key revoked through the first API's admin routes, and one revoked by the CLI, both
+    # cached by both APIs, are refused by both.
+    other_key = make_key(data_dir)
     for api in (first, second):
-        wait_for(
-            lambda url=api.base_url: answer_of(url, key, task_id)["code"] == 401, "key refused"
-        )
+        for secret in (key, other_key):
+            assert answer_of(api.base_url, secret, task_id)["code"] in (200, 404)
+    revoked = httpx.post(
+        f"{first.base_url}/admin/keys/{key_id_of(data_dir, key)}/revoke",
+        headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},
+        timeout=30,
+    ).json()
+    assert revoked["code"] == 200, revoked
+    assert cli(data_dir, "keys", "revoke", key_id_of(data_dir, other_key)).returncode == 0
+    for api in (first, second):
+        for secret in (key, other_key):
+            wait_for(
+                lambda url=api.base_url, secret=secret: (
+                    answer_of(url, secret, task_id)["code"] == 401
+                ),
+                "key refused",
+            )
     assert [worker.terminate() for worker in workers] == [0, 0, 0]
+
+
+def key_id_of(data_dir: Path, secret: str) -> str:
+    with rows_of(data_dir) as connection:
+        return str(
+            connection.execute(
+                select(api_keys.c.id).where(api_keys.c.secret_hash == hash_secret(secret))
+            ).scalar_one()
+        )
 
 
 def test_the_workers_of_one_supervisor_are_woken_by_its_api(spawn: Spawn, tmp_path: Path) -> None:
