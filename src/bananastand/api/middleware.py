@@ -11,7 +11,6 @@ import logging
 import re
 import time
 
-from prometheus_client import Counter, Histogram
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from bananastand import logs
@@ -44,10 +43,7 @@ class RequestContextMiddleware:
 
     def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
         self.app = app
-        self._requests = metrics.http_requests
-        self._duration = metrics.http_duration
-        # ``labels()`` checks and locks on every call (~2 us); the label sets are few.
-        self._series: dict[tuple[str, str, int, str], tuple[Counter, Histogram]] = {}
+        self._http = metrics.http
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -101,16 +97,7 @@ class RequestContextMiddleware:
     def _count(self, scope: Scope, status: int, code: str, seconds: float) -> None:
         route = scope.get("route")
         template = getattr(route, "path", UNMATCHED) if route is not None else UNMATCHED
-        key = (template, scope["method"], status, code)
-        series = self._series.get(key)
-        if series is None:
-            series = (
-                self._requests.labels(template, key[1], str(status), code),
-                self._duration.labels(template, key[1]),
-            )
-            self._series[key] = series
-        series[0].inc()
-        series[1].observe(seconds)
+        self._http.record(template, scope["method"], status, code, seconds)
 
 
 def _header(scope: Scope, name: bytes) -> str | None:

@@ -30,12 +30,12 @@ from prometheus_client import (
     values,
 )
 
+from bananastand.metrics.http import HttpRequests
+
 PREFIX = "bananastand"
 
 #: Seconds, for what takes from milliseconds to minutes (a 4K render, a slow receiver).
 _SLOW_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600)
-#: Seconds, for one HTTP request of ours (a recordInfo takes about 100 us).
-_HTTP_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10)
 
 #: The environment variable prometheus-client reads to find the multiprocess folder.
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
@@ -96,19 +96,8 @@ class Metrics:
             buckets=_SLOW_BUCKETS,
             registry=r,
         )
-        self.http_requests = Counter(
-            f"{PREFIX}_http_requests",
-            "HTTP requests answered, by route template, status and envelope code.",
-            ["route", "method", "status", "code"],
-            registry=r,
-        )
-        self.http_duration = Histogram(
-            f"{PREFIX}_http_request_duration_seconds",
-            "From a request's arrival to the end of its answer.",
-            ["route", "method"],
-            buckets=_HTTP_BUCKETS,
-            registry=r,
-        )
+        # Tallied apart, without prometheus-client's locks: see ``metrics.http``.
+        self.http = HttpRequests(PREFIX)
 
     def upstream_call(self, provider: str, seconds: float, status: str) -> None:
         """One upstream call ended: ``status`` "200", another HTTP status, "timeout" or

@@ -18,6 +18,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 
 from bananastand.metrics import PREFIX, Metrics
+from bananastand.metrics.http import HttpRequests, HttpSnapshot
 from bananastand.store.ports import QueueDepth, TaskStore
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
@@ -52,9 +53,21 @@ class Scrape:
         now_ms = self._store.now_ms()
         snapshot = CollectorRegistry()
         snapshot.register(_Snapshot(depth, now_ms, live))
+        snapshot.register(_HttpFamilies(self._metrics.http, self._metrics.http.snapshot()))
         # Reading the multiprocess files is disk work: off the event loop.
         counted = await asyncio.to_thread(generate_latest, self._registry)
         return counted + generate_latest(snapshot)
+
+
+class _HttpFamilies:
+    """The HTTP request metrics as of the scrape (tallied apart: ``metrics.http``)."""
+
+    def __init__(self, http: HttpRequests, snapshot: HttpSnapshot) -> None:
+        self._http = http
+        self._snapshot = snapshot
+
+    def collect(self) -> Iterator[Metric]:
+        return self._http.families(self._snapshot)
 
 
 class _Snapshot:
