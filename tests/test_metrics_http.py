@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 
 from bananastand.metrics.http import HttpRequests
@@ -13,7 +16,7 @@ class Families:
         self._http = http
         self._snapshot = http.snapshot()
 
-    def collect(self):  # type: ignore[no-untyped-def]
+    def collect(self) -> Iterator[Metric]:
         return self._http.families(self._snapshot)
 
 
@@ -39,13 +42,9 @@ def test_answers_and_durations_are_counted_as_prometheus_would() -> None:
     assert seen[(answered, tuple(sorted((*route, ("status", "200"), ("code", "200")))))] == 2
     assert seen[(answered, tuple(sorted((*route, ("status", "200"), ("code", "404")))))] == 1
     bucket = "bananastand_http_request_duration_seconds_bucket"
-    assert [
-        seen[(bucket, tuple(sorted((*route, ("le", le)))))] for le in ("0.001", "0.01", "+Inf")
-    ] == [
-        2,
-        2,
-        3,
-    ]
+    bounds = ("0.001", "0.01", "+Inf")
+    cumulative = [seen[(bucket, tuple(sorted((*route, ("le", le)))))] for le in bounds]
+    assert cumulative == [2, 2, 3]
     assert seen[("bananastand_http_request_duration_seconds_count", route)] == 3
     assert seen[("bananastand_http_request_duration_seconds_sum", route)] == 0.5015
 
