@@ -1,4 +1,6 @@
-"""The ``bananastand`` command: serve, run a worker alone, manage keys.
+"""The ``bananastand`` command: its admin commands (keys, accounts, credits, switches...);
+the role commands (serve, worker, migrate) are in ``cli_roles``, the client commands in
+``client.cli``.
 
 Scripts and tests drive these commands, so their names and the shape of their output
 (the key alone on the last line of ``keys create``) are part of the interface.
@@ -18,29 +20,22 @@ credits (401, 402), 4 server, network or database.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import re
-import signal
-import sys
-from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Annotated, TypeVar
+from typing import TYPE_CHECKING, Annotated
 
 import orjson
 import typer
-from rich.console import Console
 
-from bananastand.client.cli import NOT_STARTED, TASK_FAILED, fail
+from bananastand.cli_common import console, env_settings, with_accounts, with_services
+from bananastand.cli_roles import register as register_role_commands
+from bananastand.client.cli import TASK_FAILED, fail
 from bananastand.client.cli import register as register_client_commands
 from bananastand.client.cli import run as run_app
 from bananastand.ids import now_ms
 
 if TYPE_CHECKING:
-    from bananastand.accounts import Accounts, NewKey
     from bananastand.admin_runtime import AdminServices
-    from bananastand.settings import Settings
-
-T = TypeVar("T")
 
 app = typer.Typer(help="bananastand: self-hosted image-generation jobs.", no_args_is_help=True)
 keys_app = typer.Typer(help="Create, list and revoke API keys.", no_args_is_help=True)
@@ -64,285 +59,7 @@ app.add_typer(models_app, name="models")
 webhooks_app = typer.Typer(help="Callback (webhook) signing secrets.", no_args_is_help=True)
 app.add_typer(webhooks_app, name="webhooks")
 
-console = Console(highlight=False, soft_wrap=True)
-
-
-def _settings(*, starting: bool = False, **overrides: object) -> Settings:
-    from bananastand.admin_runtime import load_settings
-
-    return load_settings(starting=starting, **overrides)
-
-
-def _with_accounts(
-    settings: Settings,
-    action: Callable[[Accounts], Awaitable[T]],
-    *,
-    migrate: bool | None = None,
-    starting: bool = False,
-) -> T:
-    return _with_services(
-        settings, lambda services: action(services.accounts), migrate=migrate, starting=starting
-    )
-
-
-def _with_services(
-    settings: Settings,
-    action: Callable[[AdminServices], Awaitable[T]],
-    *,
-    migrate: bool | None = None,
-    starting: bool = False,
-) -> T:
-    """Run one admin action on the database alone; errors are one line (``run_admin``)."""
-    from bananastand.admin_runtime import run_admin
-
-    return run_admin(settings, action, migrate=migrate, starting=starting)
-
-
-NoMigrate = Annotated[
-    bool,
-    typer.Option(
-        "--no-migrate",
-        help="Do not migrate the schema at start (refuse one that is not this version's); "
-        "for deploys that run `bananastand migrate` alone. Also BANANASTAND_AUTO_MIGRATE=false.",
-    ),
-]
-
-
-def _banner(
-    settings: Settings,
-    first_key: NewKey | None,
-    live: str | None,
-    *,
-    loopback: bool | None,
-    worker_processes: int | None,
-) -> None:
-    """``loopback``: whether ``--allow-loopback`` opened this machine (None: not asked).
-    ``worker_processes``: how many supervised worker processes run tasks (0: this process
-    does; None: none here, ``--no-worker``)."""
-    base = settings.effective_public_url
-    console.print(f"[bold]bananastand[/] serving on {base}  (docs: {base}/docs)")
-    console.print(f"data folder: {settings.data_dir.resolve()}")
-    if worker_processes is None:
-        console.print("tasks run: not here (--no-worker); start `bananastand worker` beside it")
-    elif worker_processes == 0:
-        console.print("tasks run: in this process (--worker-processes N: in N processes)")
-    else:
-        console.print(f"tasks run: in {worker_processes} worker processes, restarted if they die")
-    console.print(
-        f"live keys run on: {live}"
-        if live
-        else "live keys: no provider configured (createTask answers 505); test keys use the sandbox"
-    )
-    networks = ", ".join(settings.allow_private_networks)
-    if loopback:
-        console.print(
-            f"callbacks and image_input may reach this machine ({networks}): "
-            "BANANASTAND_ALLOW_PRIVATE_NETWORKS, set by make run (serve --allow-loopback)"
-        )
-    elif networks:
-        console.print(
-            f"callbacks and image_input may reach {networks} (BANANASTAND_ALLOW_PRIVATE_NETWORKS)"
-        )
-    elif loopback is False:
-        console.print(
-            "callbacks and image_input reach public addresses only (--allow-loopback "
-            "applies on a loopback address, when BANANASTAND_ALLOW_PRIVATE_NETWORKS is unset)"
-        )
-    if not settings.billing:
-        console.print("billing: off (BANANASTAND_BILLING=off): no credits are charged")
-    if first_key is None:
-        console.print("make a key with: bananastand keys create --test   (or without --test)")
-        return
-    key = first_key.secret
-    console.print(f"\nA test key was made for you (shown once, runs on the sandbox):\n  {key}\n")
-    console.print("Create a task:")
-    print(
-        f"  curl -s {base}/api/v1/jobs/createTask -H 'Authorization: Bearer {key}' "
-        "-H 'Content-Type: application/json' "
-        '-d \'{"model":"nano-banana-pro","input":{"prompt":"a banana in sunglasses"}}\''
-    )
-    console.print("Then look at it (put the taskId in):")
-    print(
-        f"  curl -s '{base}/api/v1/jobs/recordInfo?taskId=TASK_ID' -H 'Authorization: Bearer {key}'"
-    )
-    sys.stdout.flush()
-
-
-@app.command()
-def serve(
-    host: Annotated[str | None, typer.Option(help="Address to listen on.")] = None,
-    port: Annotated[int | None, typer.Option(help="Port to listen on.")] = None,
-    worker: Annotated[
-        bool, typer.Option(help="Run tasks (in this process, or in --worker-processes).")
-    ] = True,
-    worker_processes: Annotated[
-        int | None,
-        typer.Option(
-            min=0,
-            help="Run tasks in this many supervised `bananastand worker` processes instead "
-            "of this one (0: in this one). Also BANANASTAND_WORKER_PROCESSES.",
-        ),
-    ] = None,
-    allow_loopback: Annotated[
-        bool,
-        typer.Option(
-            help="On a loopback address only: callbacks and image_input may reach this "
-            "machine (127.0.0.0/8, ::1) unless BANANASTAND_ALLOW_PRIVATE_NETWORKS is set. "
-            "`make run` passes it."
-        ),
-    ] = False,
-    no_migrate: NoMigrate = False,
-) -> None:
-    """Serve the API (and, by default, a worker) on the configured database."""
-    import uvicorn
-
-    from bananastand.app import create_app
-    from bananastand.metrics import shared_between_processes
-    from bananastand.providers.registry import describe_live
-    from bananastand.server import DrainingServer
-    from bananastand.supervisor import worker_supervisor
-
-    if not worker and worker_processes:
-        raise typer.BadParameter("--no-worker runs no worker: leave out --worker-processes")
-    settings = _settings(
-        starting=True,
-        host=host,
-        port=port,
-        auto_migrate=False if no_migrate else None,
-        worker_processes=worker_processes,
-    )
-    loopback: bool | None = None
-    if allow_loopback:
-        opened = settings.allowing_loopback()
-        loopback, settings = opened is not settings, opened
-
-    async def first_start(accounts: Accounts) -> NewKey | None:
-        if await accounts.count_accounts() > 0:
-            return None
-        return await accounts.create_key(name="first test key", is_test=True)
-
-    # Migrated here, once, before any worker process starts (they start with --no-migrate).
-    first_key = _with_accounts(settings, first_start, migrate=settings.auto_migrate, starting=True)
-    processes = settings.worker_processes if worker else None
-    _banner(
-        settings, first_key, describe_live(settings), loopback=loopback, worker_processes=processes
-    )
-    # The children's metrics reach the API's /metrics through files they all write.
-    with shared_between_processes() if processes else contextlib.nullcontext():
-        api = create_app(
-            settings,
-            run_worker=processes == 0,
-            supervisor=worker_supervisor(settings, processes) if processes else None,
-        )
-        config = uvicorn.Config(
-            api,
-            host=settings.host,
-            port=settings.port,
-            log_config=None,
-            access_log=settings.access_log,
-            timeout_graceful_shutdown=int(settings.shutdown_grace_seconds) + 5,
-        )
-        DrainingServer(config, api).run()
-
-
-@app.command("worker")
-def run_worker(
-    no_migrate: NoMigrate = False,
-    supervisor_pid: Annotated[
-        int | None,
-        typer.Option(hidden=True, help="Set by `serve --worker-processes`: exit with it."),
-    ] = None,
-    metrics_port: Annotated[
-        int | None,
-        typer.Option(
-            min=1,
-            max=65535,
-            help="Serve this worker's Prometheus metrics at /metrics on this port "
-            "(on BANANASTAND_HOST; BANANASTAND_METRICS_TOKEN guards it when set).",
-        ),
-    ] = None,
-) -> None:
-    """Run tasks only (no HTTP but --metrics-port); run as many as you like beside
-    `serve --no-worker`."""
-    from bananastand.app import close_runtime, freeze_startup_objects, open_runtime
-    from bananastand.metrics.endpoint import serve_metrics
-
-    if supervisor_pid is not None:
-        from bananastand.supervisor import die_with_parent
-
-        if not die_with_parent(supervisor_pid):
-            fail("the serve process that started this worker is gone", NOT_STARTED)
-    settings = _settings(starting=True, auto_migrate=False if no_migrate else None)
-    # Migrated (or checked) here, so that a schema error is one line, not a traceback.
-    _with_services(settings, _nothing, migrate=settings.auto_migrate, starting=True)
-
-    async def main() -> None:
-        runtime = await open_runtime(settings, run_worker=True, worker_role="worker")
-        assert runtime.worker is not None
-        assert runtime.sender is not None
-        freeze_startup_objects()
-        endpoint = None
-        if metrics_port is not None:
-            try:
-                endpoint = await serve_metrics(
-                    settings.host,
-                    metrics_port,
-                    runtime.services.scrape.render,
-                    settings.metrics_token.get_secret_value(),
-                )
-            except OSError as exc:
-                await close_runtime(runtime)
-                fail(f"--metrics-port {metrics_port}: {exc.strerror or exc}", NOT_STARTED)
-        sender = asyncio.create_task(runtime.sender.run(), name="webhook-sender")
-        loop = asyncio.get_running_loop()
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(signum, runtime.worker.stop)
-        try:
-            await runtime.worker.run()
-        finally:
-            runtime.sender.stop()
-            await sender
-            if endpoint is not None:
-                endpoint.close()
-            await close_runtime(runtime)
-
-    asyncio.run(main())
-
-
-async def _nothing(_services: AdminServices) -> None:
-    return None
-
-
-@app.command("migrate")
-def migrate_database() -> None:
-    """Bring the database's schema to this version (the only command that changes a
-    database server's schema besides `serve`/`worker` at start)."""
-
-    async def revision(_services: AdminServices) -> str:
-        from bananastand.store import migrate
-
-        return ", ".join(sorted(migrate.head_revisions()))
-
-    at = _with_services(_settings(starting=True), revision, migrate=True, starting=True)
-    print(f"the database is at revision {at}")
-
-
-@app.command("fake-gemini")
-def fake_gemini(
-    port: Annotated[int, typer.Option(help="Port to listen on (loopback).")] = 8089,
-    api_key: Annotated[str, typer.Option(help="The key clients must send.")] = "fake-key",
-    delay_ms: Annotated[int, typer.Option(help="Latency of each success.")] = 0,
-) -> None:
-    """Serve a fake Gemini API on loopback, for demos and tests without Google."""
-    from bananastand.fake_gemini import FakeGemini
-
-    fake = FakeGemini(api_key=api_key, port=port, delay_s=delay_ms / 1000).start()
-    console.print(f"fake Gemini API on {fake.base_url}; start bananastand with:")
-    print(f"  GEMINI_API_KEY={api_key} GOOGLE_GEMINI_BASE_URL={fake.base_url} bananastand serve")
-    sys.stdout.flush()
-    with contextlib.suppress(KeyboardInterrupt):
-        signal.sigwait({signal.SIGINT, signal.SIGTERM})
-    fake.stop()
+register_role_commands(app)
 
 
 @keys_app.command("create")
@@ -358,9 +75,9 @@ def create_key(
     ] = None,
 ) -> None:
     """Make a key; the key itself is the last line of output, shown only this once."""
-    settings = _settings()
+    settings = env_settings()
     expires_at = _parse_expiry(expires) if expires else None
-    made = _with_accounts(
+    made = with_accounts(
         settings,
         lambda accounts: accounts.create_key(
             account_id=account, name=name, is_test=test, expires_at=expires_at
@@ -377,8 +94,8 @@ def create_key(
 def list_keys(
     account: Annotated[str | None, typer.Option(help="Only this account's keys.")] = None,
 ) -> None:
-    settings = _settings()
-    found = _with_accounts(settings, lambda accounts: accounts.list_keys(account))
+    settings = env_settings()
+    found = with_accounts(settings, lambda accounts: accounts.list_keys(account))
     for key in found:
         status = "active" if key.usable_at(now_ms()) else "revoked" if key.revoked_at else "expired"
         kind = "test" if key.is_test else "live"
@@ -392,8 +109,8 @@ def list_keys(
 @keys_app.command("revoke")
 def revoke_key(key_id: str) -> None:
     """Revoke a key; every server stops accepting it within the key cache time."""
-    settings = _settings()
-    _with_accounts(settings, lambda accounts: accounts.revoke_key(key_id))
+    settings = env_settings()
+    with_accounts(settings, lambda accounts: accounts.revoke_key(key_id))
     print(f"revoked {key_id}")
 
 
@@ -403,7 +120,7 @@ def list_workers() -> None:
     heartbeat, concurrency, tasks in flight."""
     from bananastand.membership import live_workers
 
-    for w in _with_services(_settings(), lambda services: live_workers(services.store)):
+    for w in with_services(env_settings(), lambda services: live_workers(services.store)):
         started, beat = _format_ms(w.started_at), _format_ms(w.heartbeat_at)
         print(
             f"{w.id}\t{w.host}\t{w.pid}\t{w.role}\t{started}\t{beat}\t{w.concurrency}\t{w.in_flight}"
@@ -417,7 +134,7 @@ def sweep() -> None:
     from bananastand.retention import sweep as sweep_files
     from bananastand.storage import open_storage
 
-    settings = _settings()
+    settings = env_settings()
 
     async def run() -> int:
         # Files only: retention is decided by the storage's own timestamps, not the database.
@@ -461,14 +178,14 @@ def create_account(
     name: Annotated[str, typer.Option(help="A label to recognise the account by.")] = "",
 ) -> None:
     """Make an account (with BANANASTAND_STARTING_CREDITS); its id is the last line."""
-    made = _with_accounts(_settings(), lambda accounts: accounts.create_account(name))
+    made = with_accounts(env_settings(), lambda accounts: accounts.create_account(name))
     console.print(f"credits: {made.credits}  name: {made.name}")
     print(made.id)
 
 
 @accounts_app.command("list")
 def list_accounts() -> None:
-    found = _with_accounts(_settings(), lambda accounts: accounts.list_accounts())
+    found = with_accounts(env_settings(), lambda accounts: accounts.list_accounts())
     for account in found:
         print(f"{account.id}\t{account.credits}\t{account.name}")
 
@@ -478,8 +195,8 @@ def show_account(account_id: str) -> None:
     """The account, its limits, keys and newest ledger rows, as JSON."""
     from bananastand.billing import account_details
 
-    details = _with_services(
-        _settings(),
+    details = with_services(
+        env_settings(),
         lambda services: account_details(services.accounts, services.billing, account_id),
     )
     print(orjson.dumps(details, option=orjson.OPT_INDENT_2).decode())
@@ -525,7 +242,9 @@ def set_limits(
         given, parsed = _limit(value, whole=whole)
         if given:
             changes[name] = parsed
-    account = _with_accounts(_settings(), lambda accounts: accounts.set_limits(account_id, changes))
+    account = with_accounts(
+        env_settings(), lambda accounts: accounts.set_limits(account_id, changes)
+    )
     print(orjson.dumps(account.to_admin(), option=orjson.OPT_INDENT_2).decode())
 
 
@@ -544,7 +263,7 @@ def add_credits(
         account_id = account or await services.accounts.account_of_key(key or "")
         return account_id, await services.billing.grant(account_id, amount, note)
 
-    account_id, balance = _with_services(_settings(), grant)
+    account_id, balance = with_services(env_settings(), grant)
     console.print(f"account: {account_id}")
     print(balance)
 
@@ -558,7 +277,7 @@ def audit_credits() -> None:
         lines = [f"{d.kind} {d.id}: recorded {d.recorded}, ledger says {d.ledger}" for d in found]
         return await services.accounts.count_accounts(), lines
 
-    checked, problems = _with_services(_settings(), audit)
+    checked, problems = with_services(env_settings(), audit)
     for line in problems:
         print(line)
     if problems:
@@ -575,25 +294,25 @@ def maintenance_on(
 ) -> None:
     """New tasks are refused; reads work, tasks in flight finish. Every server sees it
     within BANANASTAND_SWITCH_POLL_SECONDS."""
-    _with_services(_settings(), lambda services: services.switches.set_maintenance(True, message))
+    with_services(env_settings(), lambda services: services.switches.set_maintenance(True, message))
     print("maintenance: on")
 
 
 @maintenance_app.command("off")
 def maintenance_off() -> None:
-    _with_services(_settings(), lambda services: services.switches.set_maintenance(False))
+    with_services(env_settings(), lambda services: services.switches.set_maintenance(False))
     print("maintenance: off")
 
 
 @maintenance_app.command("status")
 def maintenance_status() -> None:
-    state = _with_services(_settings(), lambda services: services.switches.current())
+    state = with_services(env_settings(), lambda services: services.switches.current())
     print(orjson.dumps(state.to_admin(), option=orjson.OPT_INDENT_2).decode())
 
 
 def _switch_model(model: str, account: str | None, *, enabled: bool) -> None:
-    _with_services(
-        _settings(),
+    with_services(
+        env_settings(),
         lambda services: services.switches.set_model(model, enabled=enabled, account_id=account),
     )
     scope = f"account {account}" if account else "everyone"
@@ -630,7 +349,7 @@ def webhook_secret(
         found = await services.webhooks.secret(account, rotate=rotate)
         return found.secret
 
-    print(_with_services(_settings(), action))
+    print(with_services(env_settings(), action))
 
 
 db_app = typer.Typer(help="Whole databases: copy one into another.", no_args_is_help=True)
