@@ -7,7 +7,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 from sqlalchemy import select
@@ -16,6 +16,18 @@ from bananastand.store.tables import tasks
 from conftest import ServerProcess, prompt_body, rows_of
 
 Spawn = Callable[..., ServerProcess]
+T = TypeVar("T")
+
+
+def wait_for(condition: Callable[[], T], what: str, timeout: float = 90) -> T:
+    """``condition``'s first truthy answer; the deadline is generous because starting a
+    child costs seconds of CPU on a busy machine."""
+    deadline = time.monotonic() + timeout
+    while not (found := condition()):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"still not true after {timeout:g} s: {what}")
+        time.sleep(0.05)
+    return found
 
 
 def db_row(data_dir: Path, task_id: str) -> dict[str, Any]:

@@ -12,12 +12,12 @@ import json
 import re
 import socket
 import subprocess
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from conftest import BIN, Server
+from processes import wait_for
 from test_client_cli import client_env, run
 from test_client_sdk import png, tasks_on
 
@@ -28,15 +28,6 @@ BROKEN_PNG = b"\x89PNG\r\n\x1a\n" + b"cut off here"
 #: that the bar's numbers are never cut.
 TERMINAL = {"TTY_COMPATIBLE": "1", "TTY_INTERACTIVE": "1", "TERM": "xterm", "COLUMNS": "200"}
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
-
-
-def wait_for(condition: Callable[[], Any], what: str, timeout: float = 60) -> Any:
-    deadline = time.monotonic() + timeout
-    while not (value := condition()):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"still not {what} after {timeout} s")
-        time.sleep(0.05)
-    return value
 
 
 def entries(out: Path) -> list[dict[str, Any]]:

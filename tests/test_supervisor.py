@@ -32,23 +32,29 @@ async def wait_for_records(
     raise AssertionError(f"{count} {message!r} lines did not come: {caplog.text[-2000:]}")
 
 
-def test_a_child_that_keeps_dying_is_restarted_ever_later_up_to_the_cap(
-    caplog: pytest.LogCaptureFixture,
-) -> None:
+def restarts_of_a_dying_child(
+    caplog: pytest.LogCaptureFixture, backoff: Backoff, *, exit_status: int, count: int
+) -> list[logging.LogRecord]:
+    """The first ``count`` restart lines of a supervisor whose one child exits at once."""
     caplog.set_level(logging.INFO, logger="bananastand.supervisor")
-    backoff = Backoff(first_s=0.01, cap_s=0.04, steady_s=3600)
-    supervisor = Supervisor(
-        1, [sys.executable, "-c", "raise SystemExit(3)"], grace_s=1, backoff=backoff
-    )
+    command = [sys.executable, "-c", f"raise SystemExit({exit_status})"]
+    supervisor = Supervisor(1, command, grace_s=1, backoff=backoff)
 
     async def run() -> list[logging.LogRecord]:
         await supervisor.start()
         try:
-            return await wait_for_records(caplog, "restarting worker process", 5)
+            return await wait_for_records(caplog, "restarting worker process", count)
         finally:
             await supervisor.stop()
 
-    restarts = asyncio.run(run())
+    return asyncio.run(run())
+
+
+def test_a_child_that_keeps_dying_is_restarted_ever_later_up_to_the_cap(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    backoff = Backoff(first_s=0.01, cap_s=0.04, steady_s=3600)
+    restarts = restarts_of_a_dying_child(caplog, backoff, exit_status=3, count=5)
     assert [record.delay_seconds for record in restarts] == [0.01, 0.02, 0.04, 0.04, 0.04]
     assert {record.exit_status for record in restarts} == {3}
     assert len({record.pid for record in restarts}) == 5  # each names the child that died
@@ -61,21 +67,10 @@ def test_a_child_that_keeps_dying_is_restarted_ever_later_up_to_the_cap(
 def test_a_child_that_stayed_up_long_enough_is_restarted_at_the_first_delay(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    caplog.set_level(logging.INFO, logger="bananastand.supervisor")
     # steady_s=0: every run counts as a healthy one, so no death follows another.
     backoff = Backoff(first_s=0.01, cap_s=30, steady_s=0)
-    supervisor = Supervisor(
-        1, [sys.executable, "-c", "raise SystemExit(1)"], grace_s=1, backoff=backoff
-    )
-
-    async def run() -> list[logging.LogRecord]:
-        await supervisor.start()
-        try:
-            return await wait_for_records(caplog, "restarting worker process", 3)
-        finally:
-            await supervisor.stop()
-
-    assert [record.delay_seconds for record in asyncio.run(run())] == [0.01, 0.01, 0.01]
+    restarts = restarts_of_a_dying_child(caplog, backoff, exit_status=1, count=3)
+    assert [record.delay_seconds for record in restarts] == [0.01, 0.01, 0.01]
 
 
 def test_a_command_that_cannot_start_is_retried_with_the_backoff(

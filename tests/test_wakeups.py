@@ -27,15 +27,17 @@ from conftest import (
     cli,
     make_key,
     postgres_server,
-    prompt_body,
     rows_of,
 )
+from processes import Spawn, create, wait_for, wait_record
 from store_helpers import scenario
 from test_events import in_lifecycle_order, items, records, stream
 
-Spawn = Callable[..., ServerProcess]
 Heard = list[tuple[Topic, frozenset[str] | None]]
 
+#: How long a process test waits for what a wake-up starts: well inside the minute that
+#: every fallback poll below waits, so nothing it sees can have come from a poll.
+WITHIN_S = 40
 #: No fallback poll within a test's time: only a wake-up makes things happen.
 NO_POLLS = {
     "BANANASTAND_POLL_INTERVAL_SECONDS": "60",
@@ -230,38 +232,15 @@ async def test_notify_carries_wakeups_and_a_lost_listener_comes_back() -> None:
 # -- real processes ------------------------------------------------------------------------
 
 
-def create(base_url: str, key: str, prompt: str = "a banana") -> str:
-    answer = httpx.post(
-        f"{base_url}/api/v1/jobs/createTask",
-        json=prompt_body(prompt),
-        headers={"Authorization": f"Bearer {key}"},
-        timeout=30,
-    ).json()
-    assert answer["code"] == 200, answer
-    return str(answer["data"]["taskId"])
-
-
-def answer_of(base_url: str, key: str, task_id: str) -> dict[str, object]:
-    reply: dict[str, object] = httpx.get(
-        f"{base_url}/api/v1/jobs/recordInfo",
+def answer_code(child: ServerProcess, key: str, task_id: str) -> int:
+    """recordInfo's envelope code (``processes.record`` insists on 200)."""
+    reply = httpx.get(
+        f"{child.base_url}/api/v1/jobs/recordInfo",
         params={"taskId": task_id},
         headers={"Authorization": f"Bearer {key}"},
         timeout=30,
     ).json()
-    return reply
-
-
-def wait_for(condition: Callable[[], bool], what: str, timeout: float = 40) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"{what}: not within {timeout} s"
-        time.sleep(0.05)
-
-
-def state(base_url: str, key: str, task_id: str) -> object:
-    data = answer_of(base_url, key, task_id)["data"]
-    assert isinstance(data, dict)
-    return data["state"]
+    return int(reply["code"])
 
 
 def test_two_apis_and_three_workers_wake_each_other(spawn: Spawn, tmp_path: Path) -> None:
@@ -275,7 +254,7 @@ def test_two_apis_and_three_workers_wake_each_other(spawn: Spawn, tmp_path: Path
     key = make_key(data_dir)
     # A stream on the first API, of a task made on the second before any worker runs: all
     # it hears after "waiting" comes from a worker process.
-    task_id = create(second.base_url, key, "[sandbox:delay=300] followed elsewhere")
+    task_id = create(second, key, "[sandbox:delay=300] followed elsewhere")
     with stream(first.base_url, key, task_id) as response:
         events = items(response)
         assert [record["state"] for record in records([next(events)])] == ["waiting"]
@@ -289,18 +268,16 @@ def test_two_apis_and_three_workers_wake_each_other(spawn: Spawn, tmp_path: Path
         wait_for(lambda worker=worker: "worker started" in worker.log(), "a worker started")
     time.sleep(0.5)  # their first looks for work are behind them
     for api, other in ((first, second), (second, first)) * 2:
-        task_id = create(api.base_url, key)
-        wait_for(
-            lambda url=other.base_url, made=task_id: state(url, key, made) == "success",
-            "the task ran",
-        )
+        task_id = create(api, key, "a banana")
+        ran = wait_record(other, key, task_id, {"success", "fail"}, timeout=WITHIN_S)
+        assert ran["state"] == "success"
 
     # A key revoked through the first API's admin routes, and one revoked by the CLI, both
     # cached by both APIs, are refused by both.
     other_key = make_key(data_dir)
     for api in (first, second):
         for secret in (key, other_key):
-            assert answer_of(api.base_url, secret, task_id)["code"] in (200, 404)
+            assert answer_code(api, secret, task_id) in (200, 404)
     revoked = httpx.post(
         f"{first.base_url}/admin/keys/{key_id_of(data_dir, key)}/revoke",
         headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},
@@ -311,10 +288,9 @@ def test_two_apis_and_three_workers_wake_each_other(spawn: Spawn, tmp_path: Path
     for api in (first, second):
         for secret in (key, other_key):
             wait_for(
-                lambda url=api.base_url, secret=secret: (
-                    answer_of(url, secret, task_id)["code"] == 401
-                ),
+                lambda api=api, secret=secret: answer_code(api, secret, task_id) == 401,
                 "key refused",
+                timeout=WITHIN_S,
             )
     assert [worker.terminate() for worker in workers] == [0, 0, 0]
 
@@ -335,7 +311,8 @@ def test_the_workers_of_one_supervisor_are_woken_by_its_api(spawn: Spawn, tmp_pa
     wait_for(lambda: api.log().count("worker started") == 2, "both children started")
     time.sleep(0.5)  # their first looks for work are behind them
     key = make_key(tmp_path / "data")
-    made = [create(api.base_url, key) for _ in range(4)]
+    made = [create(api, key, "a banana") for _ in range(4)]
     for task_id in made:
-        wait_for(lambda made=task_id: state(api.base_url, key, made) == "success", "task ran")
+        ran = wait_record(api, key, task_id, {"success", "fail"}, timeout=WITHIN_S)
+        assert ran["state"] == "success"
     assert api.terminate() == 0

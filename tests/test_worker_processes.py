@@ -10,15 +10,13 @@ from __future__ import annotations
 import json
 import os
 import signal
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
 
 from conftest import ServerProcess, make_key
-from processes import Spawn, create, db_row, generating, wait_row
+from processes import Spawn, create, db_row, generating, wait_for, wait_row
 
 T = TypeVar("T")
 
@@ -69,24 +67,12 @@ def running(pid: int) -> bool:
     return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
-def wait_for(what: str, check: Callable[[], T | None], timeout: float = 120) -> T:
-    """``check``'s first truthy answer; generous deadlines: each child start costs seconds
-    of CPU on a busy machine."""
-    deadline = time.monotonic() + timeout
-    while True:
-        found = check()
-        if found:
-            return found
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not within {timeout}s")
-        time.sleep(0.1)
-
-
 def wait_working(serve: ServerProcess, count: int) -> list[int]:
     """``working_pids`` once there are ``count``."""
     return wait_for(
-        f"{count} worker processes working",
         lambda: (pids := working_pids(serve)) and len(pids) >= count and pids,
+        f"{count} worker processes working",
+        timeout=120,
     )
 
 
@@ -132,8 +118,9 @@ def test_the_children_run_the_tasks_and_one_killed_is_started_again(
     # Killed with -9 (it runs no code of its own), the supervisor takes its children along.
     serve.kill()
     wait_for(
-        "no worker process left",
         lambda: not running(survivor) and not running(replacement),
+        "no worker process left",
+        timeout=120,
     )
 
 

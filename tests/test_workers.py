@@ -20,22 +20,12 @@ from sqlalchemy import text
 from accounts_helpers import ADMIN_TOKEN
 from bananastand.settings import Settings
 from conftest import ServerProcess, cli, database_settings, rows_of
+from processes import wait_for
 
-#: Only a guard against a condition that never comes: a passing test never comes close.
-DEADLINE_S = 90.0
 #: Small, so a killed worker drops out within seconds (not live after three of them);
 #: not smaller, so a busy machine never makes a live worker miss three in a row.
 HEARTBEAT = {"BANANASTAND_WORKER_HEARTBEAT_SECONDS": "1"}
 SWEPT = '"retention sweep done"'
-
-
-def wait_for(condition: Callable[[], Any], what: str) -> Any:
-    deadline = time.monotonic() + DEADLINE_S
-    while not (found := condition()):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"still not true after {DEADLINE_S:g} s: {what}")
-        time.sleep(0.1)
-    return found
 
 
 def listed_by_cli(data_dir: Path) -> dict[int, list[str]]:
