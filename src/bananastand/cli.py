@@ -118,9 +118,7 @@ def revoke_key(key_id: str) -> None:
 def list_workers() -> None:
     """The live worker processes, one a line: id, host, pid, role, started, last
     heartbeat, concurrency, tasks in flight."""
-    from bananastand.membership import live_workers
-
-    for w in with_services(env_settings(), lambda services: live_workers(services.store)):
+    for w in with_services(env_settings(), lambda services: services.store.live_workers()):
         started, beat = _format_ms(w.started_at), _format_ms(w.heartbeat_at)
         print(
             f"{w.id}\t{w.host}\t{w.pid}\t{w.role}\t{started}\t{beat}\t{w.concurrency}\t{w.in_flight}"

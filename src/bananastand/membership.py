@@ -15,7 +15,6 @@ import asyncio
 import logging
 from collections.abc import Callable
 
-from bananastand.records import LiveWorker
 from bananastand.settings import Settings
 from bananastand.store.ports import WorkerProcess, WorkerRegistry
 
@@ -26,11 +25,6 @@ log = logging.getLogger(__name__)
 LIVE_HEARTBEATS = 3
 #: The lease whose holder runs the cluster's periodic jobs.
 JOBS_LEASE = "periodic-jobs"
-
-
-async def live_workers(registry: WorkerRegistry) -> list[LiveWorker]:
-    """The worker processes of the cluster that heartbeat, by host and pid."""
-    return await registry.live_workers()
 
 
 class Membership:

@@ -96,7 +96,7 @@ class Worker:
                 concurrency=settings.worker_concurrency,
             ),
             settings,
-            in_flight=lambda: len(self._running),
+            in_flight=lambda: self.running,
         )
         self._lease_ms = int(settings.lease_seconds * 1000)
         self._running: dict[str, tuple[asyncio.Task[None], Claim]] = {}

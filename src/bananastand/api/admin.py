@@ -26,7 +26,6 @@ from bananastand.api.jobs import parse_json, read_body
 from bananastand.billing import account_details
 from bananastand.contract import describe_validation_error
 from bananastand.errors import AuthenticationError, NotFoundError, ValidationError
-from bananastand.membership import live_workers
 from bananastand.storable import INT32_MAX, INT64_MAX
 
 
@@ -173,7 +172,7 @@ async def audit(services: ServicesDep) -> Response:
 async def workers(services: ServicesDep) -> Response:
     """The live worker processes of the cluster (a heartbeat within three of their
     intervals), by host and pid."""
-    found = await live_workers(services.store)
+    found = await services.store.live_workers()
     return envelope([worker.to_admin() for worker in found])
 
 
