@@ -18,6 +18,7 @@ import logging
 from collections.abc import Awaitable
 
 from fastapi import APIRouter, Request, Response
+from fastapi.responses import PlainTextResponse
 
 from bananastand.api.deps import services_of
 from bananastand.api.envelope import plain
@@ -31,7 +32,12 @@ router = APIRouter(tags=["health"])
 READY_TIMEOUT_S = 5.0
 
 
-@router.get("/healthz", summary="Liveness: the process serves requests")
+@router.get(
+    "/healthz",
+    summary="Liveness: the process serves requests",
+    response_class=PlainTextResponse,
+    responses={200: {"description": "`ok`"}},
+)
 async def healthz() -> Response:
     return plain(200, "ok")
 
@@ -39,7 +45,11 @@ async def healthz() -> Response:
 @router.get(
     "/readyz",
     summary="Readiness: the database, Redis (when configured) and storage answer",
-    responses={503: {"description": "names what does not answer"}},
+    response_class=PlainTextResponse,
+    responses={
+        200: {"description": "`ready`"},
+        503: {"description": "names what does not answer: `not ready: database down`"},
+    },
 )
 async def readyz(request: Request) -> Response:
     services = services_of(request)
@@ -72,7 +82,12 @@ async def _check(name: str, check: Awaitable[object]) -> bool:
     return True
 
 
-@router.get("/metrics", summary="Prometheus metrics (text format)")
+@router.get(
+    "/metrics",
+    summary="Prometheus metrics (text format)",
+    response_class=PlainTextResponse,
+    responses={401: {"description": "BANANASTAND_METRICS_TOKEN is set and was not sent"}},
+)
 async def metrics(request: Request) -> Response:
     services = services_of(request)
     token = services.settings.metrics_token.get_secret_value()
