@@ -32,6 +32,7 @@ from bananastand.store.ports import (
     IdempotencyClaim,
     MonthlyCapReached,
     NotEnoughCredits,
+    StoreUnavailable,
     TooManyWaiting,
 )
 from bananastand.store.runner import GroupCommitRunner
@@ -364,8 +365,12 @@ async def test_a_connection_lost_with_inserts_sent_ahead_fails_the_group_once(
     assert ended.strip() == "t"
     release.set()
     done = await answers
+    # Handed over as the port's error, the driver's loss of the connection its cause.
     assert all(
-        isinstance(answer, DBAPIError) and answer.connection_invalidated for answer in done
+        isinstance(answer, StoreUnavailable)
+        and isinstance(answer.__cause__, DBAPIError)
+        and answer.__cause__.connection_invalidated
+        for answer in done
     ), done
     assert db.groups_rerun == 0
     assert await store.list_tasks(ACCOUNT, state=None, limit=10, before_seq=None) == []

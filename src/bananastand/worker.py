@@ -37,7 +37,13 @@ from bananastand.retention import retention_rules, sweep
 from bananastand.settings import Settings
 from bananastand.storage.base import Storage
 from bananastand.storage.links import LinkSigner
-from bananastand.store.ports import Failure, TaskStore, WorkerProcess, WorkerRegistry
+from bananastand.store.ports import (
+    Failure,
+    StoreUnavailable,
+    TaskStore,
+    WorkerProcess,
+    WorkerRegistry,
+)
 from bananastand.wakeups import Topic, Wakeups
 
 log = logging.getLogger(__name__)
@@ -296,26 +302,36 @@ class Worker:
         with bind_task(task.id), self._metrics.tasks_in_flight.track_inprogress():
             log.info("task claimed", extra={"attempt": task.attempts, "provider": task.provider})
             try:
-                async with asyncio.timeout(self._settings.task_timeout_seconds):
-                    outcome = await self._generate(claim)
-            except TimeoutError:
-                failure: TaskFailure = UpstreamTimeout(
-                    f"timed out after {self._settings.task_timeout_seconds:g} s"
-                )
-                await self._finish(claim, TaskState.FAIL, fail=failure)
-            except TaskFailure as failure:
-                await self._finish(claim, TaskState.FAIL, fail=failure)
-            except LeaseLost:
-                log.warning("lease lost before the task could start generating")
-            except Exception:
-                log.exception("task crashed")
-                await self._finish(
-                    claim,
-                    TaskState.FAIL,
-                    fail=TaskFailure(f"internal error while running the task (ref {task.id})"),
-                )
-            else:
-                await self._finish(claim, TaskState.SUCCESS, outcome=outcome)
+                await self._attempt(claim)
+            except StoreUnavailable as exc:
+                # Not the task's fault: it is no longer renewed, so once its lease expires
+                # a worker runs it again (fenced: an outcome written meanwhile stands).
+                log.warning("the database went away mid-task; it runs again later: %s", exc)
+
+    async def _attempt(self, claim: Claim) -> None:
+        try:
+            async with asyncio.timeout(self._settings.task_timeout_seconds):
+                outcome = await self._generate(claim)
+        except TimeoutError:
+            failure: TaskFailure = UpstreamTimeout(
+                f"timed out after {self._settings.task_timeout_seconds:g} s"
+            )
+            await self._finish(claim, TaskState.FAIL, fail=failure)
+        except TaskFailure as failure:
+            await self._finish(claim, TaskState.FAIL, fail=failure)
+        except LeaseLost:
+            log.warning("lease lost before the task could start generating")
+        except StoreUnavailable:
+            raise
+        except Exception:
+            log.exception("task crashed")
+            await self._finish(
+                claim,
+                TaskState.FAIL,
+                fail=TaskFailure(f"internal error while running the task (ref {claim.task.id})"),
+            )
+        else:
+            await self._finish(claim, TaskState.SUCCESS, outcome=outcome)
 
     async def _generate(self, claim: Claim) -> tuple[str, str]:
         """Fetch inputs, call the provider, store the image: (result keys, usage) as JSON."""

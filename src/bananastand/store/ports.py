@@ -29,6 +29,17 @@ from bananastand.records import (
 
 # -- values ---------------------------------------------------------------------------------
 
+
+class StoreUnavailable(Exception):
+    """The database could not be reached, or dropped the connection while a statement ran.
+
+    A write cut off this way may or may not have committed, so it is never run again by
+    the store; callers decide. The worker leaves such a task to its lease (it runs again,
+    fenced, once the lease expires) rather than failing it for the database's sake; an API
+    request answers 500 with its request id.
+    """
+
+
 #: A callback's delivery states.
 PENDING = "pending"
 DELIVERED = "delivered"

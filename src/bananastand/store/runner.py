@@ -47,6 +47,7 @@ from sqlalchemy import Connection, Engine, text
 from sqlalchemy.exc import DBAPIError
 
 from bananastand.store.coalesce import Coalescer
+from bananastand.store.ports import StoreUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -112,6 +113,16 @@ WRITER_OPTION = "bananastand_writer"
 def lost_connection(exc: BaseException) -> bool:
     """Whether ``exc`` says the connection itself is gone (not the statement refused)."""
     return isinstance(exc, DBAPIError) and exc.connection_invalidated
+
+
+def unavailable(exc: BaseException) -> BaseException:
+    """What a caller is handed for ``exc``: `StoreUnavailable` when the connection was
+    lost, else ``exc`` itself (a refused statement is the caller's own error)."""
+    if lost_connection(exc):
+        error = StoreUnavailable(f"the database connection was lost: {exc.__class__.__name__}")
+        error.__cause__ = exc
+        return error
+    return exc
 
 
 class GroupCommitRunner:
@@ -206,7 +217,12 @@ class GroupCommitRunner:
             if not lost_connection(exc):
                 raise
             log.warning("a read lost its database connection; trying once more")
-            return self._read_once(work)
+            try:
+                return self._read_once(work)
+            except DBAPIError as again:
+                if lost_connection(again):
+                    raise unavailable(again) from again
+                raise
 
     def _read_once(self, work: Work[T]) -> T:
         connection: Connection | None = getattr(self._reader_local, "connection", None)
@@ -216,7 +232,10 @@ class GroupCommitRunner:
                 # and this thread would keep a closed connection until it ended.
                 self._reader_local.connection = None
                 self._forget_reader(connection)
-            connection = self._engine.connect().execution_options(**self._reader_options())
+            try:
+                connection = self._engine.connect().execution_options(**self._reader_options())
+            except DBAPIError as exc:
+                raise StoreUnavailable(f"cannot connect to the database: {exc}") from exc
             self._reader_local.connection = connection
             with self._reader_lock:
                 self._reader_connections.append(connection)
@@ -292,7 +311,9 @@ class GroupCommitRunner:
             return self._writer_connection()
         except Exception as exc:
             log.error("cannot connect to the database to write: %s", exc)
-            _settle_by_loop([(job, False, exc) for job in group])
+            refused = StoreUnavailable(f"cannot connect to the database: {exc}")
+            refused.__cause__ = exc
+            _settle_by_loop([(job, False, refused) for job in group])
             return None
 
     def _commit_group(self, connection: Connection, group: list[_Job]) -> None:
@@ -310,7 +331,7 @@ class GroupCommitRunner:
             except Exception as exc:
                 if lost_connection(exc):  # it may have committed: never run it twice
                     log.error("the database connection was lost writing a group of %d", len(group))
-                    outcomes = [(job, False, exc) for job in group]
+                    outcomes = [(job, False, unavailable(exc)) for job in group]
                 else:  # rolled back: run them one by one
                     self.groups_rerun += 1
                     log.warning("a write failed in a group of %d; one by one", len(group))
@@ -323,7 +344,7 @@ class GroupCommitRunner:
             with connection.begin(), self._sending(connection):
                 return job, True, job.work(connection)
         except Exception as exc:  # handed to its caller
-            return job, False, exc
+            return job, False, unavailable(exc)
 
     def _sending(self, connection: Connection) -> AbstractContextManager[None]:
         """Around the writes of one transaction, inside it: where an adapter may send
