@@ -18,7 +18,7 @@ The rules, all enforced here and nowhere else:
 * Ignore proxy environment variables (a proxy would do the resolving for us, unchecked),
   and keep no cookies (one fetcher serves every tenant).
 * Stream the body with a byte cap and the whole fetch with a wall-clock cap; decide the
-  media type from magic bytes, never from the server's ``Content-Type``.
+  media type from magic bytes (``image_types``), never from the server's ``Content-Type``.
 * An operator allow-list (`FetchPolicy.allow`) of networks and host names lets a
   self-hosted deployment reach its own private hosts (and lets tests use loopback fakes).
 
@@ -65,6 +65,7 @@ from bananastand.addresses import (
     parse_ip_literal,
 )
 from bananastand.errors import ConfigurationError, InputError
+from bananastand.image_types import SNIFF_BYTES, sniff_image_type
 
 __all__ = [
     "BlockedAddressError",
@@ -76,7 +77,6 @@ __all__ = [
     "SafeFetcher",
     "TooLargeError",
     "UnsupportedMediaError",
-    "sniff_image_type",
 ]
 
 logger = logging.getLogger(__name__)
@@ -377,23 +377,6 @@ class FetchedImage:
     url: str  # the final URL after redirects
 
 
-def sniff_image_type(data: bytes) -> str | None:
-    """The image type of ``data`` by its magic bytes, or None if not PNG/JPEG/WebP.
-
-    The server's ``Content-Type`` is not trusted: what matters is what the bytes are.
-    """
-    if data.startswith(b"\x89PNG\r\n\x1a\n"):
-        return "image/png"
-    if data.startswith(b"\xff\xd8\xff"):
-        return "image/jpeg"
-    if len(data) >= 12 and data[:4] == b"RIFF" and data[8:12] == b"WEBP":
-        return "image/webp"
-    return None
-
-
-_SNIFF_BYTES: Final = 12  # enough for every signature above
-
-
 # --------------------------------------------------------------------------- fetcher
 
 
@@ -615,7 +598,7 @@ class SafeFetcher:
                 body += chunk
                 if len(body) > max_bytes:
                     raise TooLargeError(f"the image is larger than the limit of {max_bytes} bytes")
-                if mime_type is None and len(body) >= _SNIFF_BYTES:
+                if mime_type is None and len(body) >= SNIFF_BYTES:
                     mime_type = self._sniff_or_refuse(body)
         except httpx.HTTPError as exc:
             raise _fetch_error(exc, response.url.host) from None
@@ -625,7 +608,7 @@ class SafeFetcher:
 
     @staticmethod
     def _sniff_or_refuse(body: bytearray) -> str:
-        mime_type = sniff_image_type(bytes(body[:_SNIFF_BYTES]))
+        mime_type = sniff_image_type(bytes(body[:SNIFF_BYTES]))
         if mime_type is None:
             what = "an empty body" if not body else "not a PNG, JPEG or WebP image"
             raise UnsupportedMediaError(f"the URL returned {what}")

@@ -43,6 +43,7 @@ from bananastand.client.errors import (
 )
 from bananastand.client.models import Image, Result, Task, UploadedFile
 from bananastand.contract import TaskState
+from bananastand.image_types import EXTENSIONS, sniff_image_type
 
 T = TypeVar("T")
 
@@ -334,16 +335,9 @@ def read_image(url: str, response: httpx.Response) -> Image:
 
 
 def sniff_mime(data: bytes) -> str:
-    if data.startswith(b"\x89PNG\r\n\x1a\n"):
-        return "image/png"
-    if data.startswith(b"\xff\xd8\xff"):
-        return "image/jpeg"
-    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
-        return "image/webp"
-    return "application/octet-stream"
-
-
-_EXTENSION = {"image/png": ".png", "image/jpeg": ".jpg", "image/webp": ".webp"}
+    """The image type of ``data`` by its first bytes, as the server decides it; bytes of
+    another kind are sent and kept as they are, for the server to judge."""
+    return sniff_image_type(data) or "application/octet-stream"
 
 
 def is_url(source: ImageSource) -> bool:
@@ -530,7 +524,7 @@ class Core:
         it again overwrites the same file: uploads are safe to retry."""
         data = source if isinstance(source, bytes) else Path(source).read_bytes()
         mime = sniff_mime(data)
-        name = file_name or hashlib.sha256(data).hexdigest()[:32] + _EXTENSION.get(mime, "")
+        name = file_name or hashlib.sha256(data).hexdigest()[:32] + EXTENSIONS.get(mime, "")
         request = self.request(
             "POST",
             "/api/file-stream-upload",
