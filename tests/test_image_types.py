@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from bananastand.client._core import Core, Send
+from bananastand.client.actions import Send
+from bananastand.client.flows import Core
 from bananastand.errors import InputError
 from bananastand.fetch import FetchPolicy, SafeFetcher
 from bananastand.image_types import EXTENSIONS, SNIFF_BYTES, sniff_image_type
