@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from http import HTTPStatus
 from typing import Any
 
 import httpx
@@ -14,10 +15,21 @@ from bananastand.client.errors import TransportError, error_for_code
 from bananastand.client.events import ServerSentEvent
 from bananastand.client.models import Image, Task
 from bananastand.client.pacing import header_number
+from bananastand.codes import Code
 from bananastand.image_types import sniff_image_type
 
 #: HTTP statuses that keep their meaning when no envelope came; any other is a server error.
-_HTTP_STATUSES = frozenset({401, 402, 403, 404, 410, 422, 429})
+_HTTP_STATUSES = frozenset(
+    {
+        Code.UNAUTHORIZED,
+        Code.INSUFFICIENT_CREDITS,
+        HTTPStatus.FORBIDDEN,
+        Code.NOT_FOUND,
+        HTTPStatus.GONE,
+        Code.VALIDATION,
+        Code.RATE_LIMITED,
+    }
+)
 #: How much of a plain-text error answer goes into the error's message.
 _REASON_CHARS = 200
 
@@ -44,13 +56,13 @@ def parse_envelope(response: httpx.Response) -> Any:
         status = response.status_code
         if status == 200:
             raise TransportError(f"{response.request.url}: the answer is not an envelope")
-        code = status if status in _HTTP_STATUSES else 500
+        code = status if status in _HTTP_STATUSES else Code.SERVER_ERROR
         msg = f"HTTP {status}"
         if response.headers.get("content-type", "").startswith("text/plain"):
             msg += f": {response.text.strip()[:_REASON_CHARS]}"
         raise error_for_code(code, msg, retry_after=retry_after)
     code = body["code"]
-    if code != 200:
+    if code != Code.OK:
         message = body.get("msg") or body.get("message") or ""
         raise error_for_code(code, str(message), retry_after=retry_after)
     return body.get("data")
