@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from bananastand.client import AsyncClient, Client, GenerationFailedError, RetryPolicy, TimeoutError
-from bananastand.client._core import EventDecoder, ServerSentEvent
+from bananastand.client.events import EventDecoder, ServerSentEvent
 from conftest import Server, ServerProcess, free_port, make_key
 
 ORDER = ["waiting", "queuing", "generating", "success", "fail"]

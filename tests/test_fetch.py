@@ -31,7 +31,6 @@ from bananastand.fetch import (
     SafeFetcher,
     TooLargeError,
     UnsupportedMediaError,
-    sniff_image_type,
 )
 
 T = TypeVar("T")
@@ -270,15 +269,6 @@ ADDRESS_TABLE = [
 @pytest.mark.parametrize(("address", "public"), ADDRESS_TABLE)
 def test_is_public_address(address: str, public: bool) -> None:
     assert is_public_address(address) is public
-
-
-def test_sniff_image_type() -> None:
-    assert sniff_image_type(PNG) == "image/png"
-    assert sniff_image_type(JPEG) == "image/jpeg"
-    assert sniff_image_type(WEBP) == "image/webp"
-    assert sniff_image_type(b"RIFF\0\0\0\0WAVE") is None
-    assert sniff_image_type(b"GIF89a") is None
-    assert sniff_image_type(b"") is None
 
 
 def test_bad_allow_list_entries_are_configuration_errors() -> None:

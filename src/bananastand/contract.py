@@ -117,13 +117,6 @@ def output_size(aspect_ratio: AspectRatio, resolution: Resolution) -> tuple[int,
     return width * resolution.scale, height * resolution.scale
 
 
-# Envelope codes (HTTP status is always 200; ``code`` carries the outcome).
-CODE_OK = 200
-CODE_GENERATION_FAILED = 501
-CODE_SERVER_ERROR = 500
-CODE_NOT_FOUND = 404
-CODE_VALIDATION = 422
-
 # failCode strings the store writes itself (providers carry theirs on errors.TaskFailure).
 FAIL_INPUT = "400"
 FAIL_INTERNAL = "500"

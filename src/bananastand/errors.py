@@ -2,6 +2,8 @@
 
 Domain code raises the most specific class; the API maps each class to an envelope
 code in one handler (``api/envelope.py``), the worker maps task failures to failCodes.
+Each ``ApiError`` takes its code from the contract's table (``codes.Code``), which the
+client's tree (``client/errors.py``) takes its codes from too.
 
     BananastandError
     ├── ApiError                      -> an envelope answer with ``code``
@@ -23,6 +25,8 @@ code in one handler (``api/envelope.py``), the worker maps task failures to fail
 
 from __future__ import annotations
 
+from bananastand.codes import Code
+
 
 class BananastandError(Exception):
     """Root of every error bananastand raises on purpose."""
@@ -31,7 +35,7 @@ class BananastandError(Exception):
 class ApiError(BananastandError):
     """An error that becomes an envelope answer (HTTP 200, ``code`` carries the outcome)."""
 
-    code: int = 500
+    code: int = Code.SERVER_ERROR
 
     def __init__(self, msg: str, *, retry_after: float | None = None) -> None:
         super().__init__(msg)
@@ -40,31 +44,31 @@ class ApiError(BananastandError):
 
 
 class AuthenticationError(ApiError):
-    code = 401
+    code = Code.UNAUTHORIZED
 
 
 class InsufficientCreditsError(ApiError):
-    code = 402
+    code = Code.INSUFFICIENT_CREDITS
 
 
 class NotFoundError(ApiError):
-    code = 404
+    code = Code.NOT_FOUND
 
 
 class ValidationError(ApiError):
-    code = 422
+    code = Code.VALIDATION
 
 
 class RateLimitedError(ApiError):
-    code = 429
+    code = Code.RATE_LIMITED
 
 
 class MaintenanceError(ApiError):
-    code = 455
+    code = Code.MAINTENANCE
 
 
 class FeatureDisabledError(ApiError):
-    code = 505
+    code = Code.FEATURE_DISABLED
 
 
 class TaskFailure(BananastandError):

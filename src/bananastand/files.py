@@ -22,8 +22,9 @@ from pathlib import PurePosixPath
 from typing import Any, Final
 
 from bananastand.errors import ValidationError
-from bananastand.fetch import FetchError, SafeFetcher, sniff_image_type
+from bananastand.fetch import FetchError, SafeFetcher
 from bananastand.ids import random_token
+from bananastand.image_types import EXTENSIONS, SNIFF_BYTES, sniff_image_type
 from bananastand.records import ApiKey
 from bananastand.settings import Settings
 from bananastand.storage.base import ObjectInfo, Storage
@@ -35,7 +36,6 @@ log = logging.getLogger(__name__)
 UPLOADS: Final = "uploads/"
 RESULTS: Final = "results/"
 
-_EXTENSIONS: Final = {"image/png": ".png", "image/jpeg": ".jpg", "image/webp": ".webp"}
 _ALIASES: Final = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg",
                    ".jpe": "image/jpeg", ".webp": "image/webp"}  # fmt: skip
 #: Characters refused in names besides controls and invisible formatting: path separators
@@ -47,7 +47,6 @@ _FORBIDDEN_CATEGORIES: Final = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Z
 _MAX_NAME_BYTES: Final = 200
 _MAX_PATH_CHARS: Final = 512
 _MAX_DEPTH: Final = 8
-_SNIFF_BYTES: Final = 12
 
 
 def _clean_segment(raw: str, field: str) -> str:
@@ -91,7 +90,7 @@ def clean_file_name(raw: str, mime_type: str) -> str:
     suffix = PurePosixPath(name).suffix.lower()
     if _ALIASES.get(suffix) != mime_type:
         stem = name[: -len(suffix)] if suffix in _ALIASES else name
-        name = _clean_segment(stem + _EXTENSIONS[mime_type], "fileName")
+        name = _clean_segment(stem + EXTENSIONS[mime_type], "fileName")
     return name
 
 
@@ -142,7 +141,7 @@ class Files:
         head = b""
         async for chunk in chunks:
             head += chunk
-            if len(head) >= _SNIFF_BYTES:
+            if len(head) >= SNIFF_BYTES:
                 break
         mime_type = _sniff(head)
 
@@ -164,7 +163,7 @@ class Files:
     ) -> UploadedFile:
         if len(data) > limit:
             raise _too_large(limit)
-        mime_type = _sniff(data[:_SNIFF_BYTES])
+        mime_type = _sniff(data[:SNIFF_BYTES])
 
         async def whole() -> AsyncIterator[bytes]:
             yield data

@@ -14,7 +14,8 @@ from collections.abc import Sequence
 
 from bananastand import imaging
 from bananastand.errors import InputError
-from bananastand.fetch import SafeFetcher, sniff_image_type
+from bananastand.fetch import SafeFetcher
+from bananastand.image_types import SNIFF_BYTES, sniff_image_type
 from bananastand.providers.base import InputImage
 from bananastand.storage.base import Storage
 from bananastand.storage.links import LinkSigner
@@ -80,7 +81,7 @@ class InputLoader:
             raise InputError("no such file on this server")
         if len(stored.data) > self._max_bytes:
             raise InputError(f"the file is larger than the limit of {self._max_bytes} bytes")
-        mime_type = sniff_image_type(stored.data[:12])
+        mime_type = sniff_image_type(stored.data[:SNIFF_BYTES])
         if mime_type is None:
             raise InputError("the file is not a PNG, JPEG or WebP image")
         return stored.data, mime_type

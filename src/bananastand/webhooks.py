@@ -40,7 +40,8 @@ import orjson
 
 from bananastand.addresses import HostList
 from bananastand.client.webhooks import sign_hosted, sign_standard
-from bananastand.contract import CODE_GENERATION_FAILED, CODE_OK, TaskState
+from bananastand.codes import Code
+from bananastand.contract import TaskState
 from bananastand.errors import NotFoundError, ValidationError
 from bananastand.fetch import FetchError, SafeFetcher
 from bananastand.ids import random_token
@@ -75,9 +76,9 @@ def callback_body(task: Task, records: TaskRecords) -> bytes:
 
     Made for each attempt: a retry after the server moved carries links that work now."""
     if task.state is TaskState.SUCCESS:
-        code, msg = CODE_OK, "success"
+        code, msg = Code.OK, "success"
     else:
-        code, msg = CODE_GENERATION_FAILED, task.fail_msg or "generation failed"
+        code, msg = Code.GENERATION_FAILED, task.fail_msg or "generation failed"
     return orjson.dumps({"code": code, "msg": msg, "message": msg, "data": records.record(task)})
 
 

@@ -19,7 +19,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import PlainTextResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from bananastand.contract import CODE_NOT_FOUND, CODE_OK, CODE_VALIDATION
+from bananastand.codes import Code
 from bananastand.errors import ApiError
 
 _JSON = "application/json"
@@ -46,7 +46,7 @@ def plain(status: int, text: str, headers: Mapping[str, str] | None = None) -> R
 def envelope(
     data: Any = None,
     *,
-    code: int = CODE_OK,
+    code: int = Code.OK,
     msg: str = "success",
     headers: Mapping[str, str] | None = None,
     success: bool | None = None,
@@ -72,9 +72,9 @@ async def _http_error(request: Request, exc: Exception) -> Response:
         return plain(exc.status_code, str(exc.detail), exc.headers)
     if exc.status_code == 405:
         msg = f"method {request.method} is not allowed for {request.url.path}"
-        return envelope(code=CODE_NOT_FOUND, msg=msg, headers=exc.headers)
+        return envelope(code=Code.NOT_FOUND, msg=msg, headers=exc.headers)
     if exc.status_code == 404:
-        return envelope(code=CODE_NOT_FOUND, msg=f"not found: {request.url.path}")
+        return envelope(code=Code.NOT_FOUND, msg=f"not found: {request.url.path}")
     return envelope(code=exc.status_code, msg=str(exc.detail))
 
 
@@ -84,7 +84,7 @@ async def _validation_error(_request: Request, exc: Exception) -> Response:
     # FastAPI prefixes the place ("query", "body"); clients want the field's own name.
     location = [str(part) for part in first.get("loc", ()) if part not in ("query", "body")]
     field = ".".join(location) or "request"
-    return envelope(code=CODE_VALIDATION, msg=f"{field}: {first.get('msg', 'invalid')}")
+    return envelope(code=Code.VALIDATION, msg=f"{field}: {first.get('msg', 'invalid')}")
 
 
 def install_error_handlers(app: FastAPI) -> None:

@@ -16,7 +16,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from bananastand import logs
 from bananastand.api.deps import QUOTA_STATE
 from bananastand.api.envelope import envelope, plain, speaks_envelope
-from bananastand.contract import CODE_SERVER_ERROR
+from bananastand.codes import Code
 from bananastand.ids import new_request_id
 from bananastand.metrics import Metrics
 from bananastand.ratelimit import Quota
@@ -86,7 +86,7 @@ class RequestContextMiddleware:
                 raise
             msg = f"internal server error (request id {request_id})"
             if speaks_envelope(scope["path"]):
-                response = envelope(code=CODE_SERVER_ERROR, msg=msg)
+                response = envelope(code=Code.SERVER_ERROR, msg=msg)
             else:
                 response = plain(500, msg)
             await response(scope, receive, send_with_context)

@@ -12,7 +12,6 @@ from typing import TYPE_CHECKING, Any
 from bananastand.client.webhooks import CallbackVerificationError, verify_callback
 
 if TYPE_CHECKING:
-    from bananastand.client._core import PollSchedule, RetryPolicy
     from bananastand.client.client import AsyncClient, Client
     from bananastand.client.errors import (
         ApiError,
@@ -32,12 +31,13 @@ if TYPE_CHECKING:
         ValidationError,
     )
     from bananastand.client.models import Image, Result, Task, TaskState, UploadedFile
+    from bananastand.client.pacing import PollSchedule, RetryPolicy
 
 #: The SDK needs httpx and pydantic; a callback receiver needs only the standard library,
 #: so the SDK's names load on first use and ``verify_callback`` imports alone.
 _LAZY = {
-    "PollSchedule": "_core",
-    "RetryPolicy": "_core",
+    "PollSchedule": "pacing",
+    "RetryPolicy": "pacing",
     "AsyncClient": "client",
     "Client": "client",
     "Image": "models",

@@ -37,9 +37,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-from bananastand.client._core import create_body, is_url
 from bananastand.client.client import AsyncClient
 from bananastand.client.errors import BananastandError, ServerError, TransportError
+from bananastand.client.flows import create_body, is_url
 from bananastand.client.manifest import (
     MANIFEST,
     BatchFileError,

@@ -47,7 +47,6 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from bananastand.client._core import DEFAULT_BASE_URL, DEFAULT_WAIT_TIMEOUT_S, RetryPolicy
 from bananastand.client.batch import Batch, BatchReport
 from bananastand.client.client import DEFAULT_HTTP_TIMEOUT, AsyncClient, Client
 from bananastand.client.errors import (
@@ -66,6 +65,9 @@ from bananastand.client.errors import (
 )
 from bananastand.client.manifest import MANIFEST, BatchFileError
 from bananastand.client.models import Task
+from bananastand.client.pacing import RetryPolicy
+from bananastand.client.session import DEFAULT_BASE_URL
+from bananastand.client.waiting import DEFAULT_WAIT_TIMEOUT_S
 
 T = TypeVar("T")
 #: Connections for quick requests (creates, uploads, downloads) in `batch`.

@@ -1,4 +1,4 @@
-"""``Client`` and ``AsyncClient``: the two I/O drivers of the flows in ``_core``.
+"""``Client`` and ``AsyncClient``: the two I/O drivers of the flows (``actions``, ``flows``).
 
 Each public method is one line handing a flow to ``_run``; the only code that differs
 between the two is ``_run`` and ``_perform`` (``time.sleep`` vs ``asyncio.sleep``, ``send``
@@ -18,30 +18,29 @@ from typing import Any, Self, Unpack
 
 import httpx
 
-from bananastand.client._core import (
-    DEFAULT_UPLOAD_PATH,
-    DEFAULT_WAIT_TIMEOUT_S,
+from bananastand.client.actions import (
     Action,
     Close,
-    Core,
     Flow,
-    GenerateOptions,
-    ImageSource,
     Open,
-    PollSchedule,
     Read,
     ReadChunk,
-    RetryHook,
-    RetryPolicy,
     Send,
     Sleep,
-    SubmitOptions,
     T,
-    UpdateHook,
     opening,
 )
 from bananastand.client.errors import TransportError
+from bananastand.client.flows import (
+    DEFAULT_UPLOAD_PATH,
+    Core,
+    GenerateOptions,
+    ImageSource,
+    SubmitOptions,
+)
 from bananastand.client.models import Image, Result, Task, UploadedFile
+from bananastand.client.pacing import PollSchedule, RetryHook, RetryPolicy
+from bananastand.client.waiting import DEFAULT_WAIT_TIMEOUT_S, UpdateHook, wait
 
 #: Per-request limits; waiting for a task is paced by ``wait``, not by one long request.
 DEFAULT_HTTP_TIMEOUT = httpx.Timeout(60.0, connect=10.0)
@@ -225,7 +224,8 @@ class Client(_Base):
         just_created: bool = False,
     ) -> Task:
         return self._run(
-            self._core.wait(
+            wait(
+                self._core,
                 task_id,
                 timeout=timeout,
                 on_update=on_update,
@@ -390,7 +390,8 @@ class AsyncClient(_Base):
         just_created: bool = False,
     ) -> Task:
         return await self._run(
-            self._core.wait(
+            wait(
+                self._core,
                 task_id,
                 timeout=timeout,
                 on_update=on_update,

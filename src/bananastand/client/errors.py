@@ -6,8 +6,11 @@ the server raises its errors to *produce* an envelope, the client raises these a
 ``code`` and ``msg``, ``Retry-After``, the failed task's failCode - and add outcomes the
 server never raises (``ServerError``, ``GenerationFailedError``, ``TimeoutError``,
 ``TransportError``). They share the project's root, ``bananastand.errors.BananastandError``
-(a module that imports nothing), with ``CallbackVerificationError``, so one ``except
-BananastandError`` catches everything the client does on purpose.
+(a module that imports only the standard library and the codes), with
+``CallbackVerificationError``, so one ``except BananastandError`` catches everything the
+client does on purpose; and they take their codes from the contract's table
+(``bananastand.codes.Code``), as the server's classes do. ``ForbiddenError`` and
+``GoneError`` stand for HTTP statuses, not envelope codes: file links answer plain HTTP.
 
     BananastandError
     ├── ApiError                      an envelope answered with code != 200 (or an HTTP error)
@@ -30,8 +33,10 @@ BananastandError`` catches everything the client does on purpose.
 from __future__ import annotations
 
 import builtins
+from http import HTTPStatus
 from typing import TYPE_CHECKING
 
+from bananastand.codes import Code
 from bananastand.errors import BananastandError
 
 if TYPE_CHECKING:
@@ -61,7 +66,7 @@ class ApiError(BananastandError):
     """The server answered with an envelope whose ``code`` is not 200, or, where no
     envelope came (file links, a proxy in between), with an HTTP error status."""
 
-    code: int = 500
+    code: int = Code.SERVER_ERROR
 
     def __init__(self, msg: str, *, code: int | None = None, retry_after: float | None = None):
         super().__init__(msg)
@@ -75,47 +80,47 @@ class ApiError(BananastandError):
 
 
 class AuthenticationError(ApiError):
-    code = 401
+    code = Code.UNAUTHORIZED
 
 
 class InsufficientCreditsError(ApiError):
-    code = 402
+    code = Code.INSUFFICIENT_CREDITS
 
 
 class ForbiddenError(ApiError):
     """A download refused: the link is forged, tampered with or from another server."""
 
-    code = 403
+    code = HTTPStatus.FORBIDDEN
 
 
 class NotFoundError(ApiError):
-    code = 404
+    code = Code.NOT_FOUND
 
 
 class GoneError(ApiError):
     """A download past its link's expiry: ``download-url`` makes a fresh link."""
 
-    code = 410
+    code = HTTPStatus.GONE
 
 
 class ValidationError(ApiError):
-    code = 422
+    code = Code.VALIDATION
 
 
 class RateLimitError(ApiError):
-    code = 429
+    code = Code.RATE_LIMITED
 
 
 class MaintenanceError(ApiError):
-    code = 455
+    code = Code.MAINTENANCE
 
 
 class ServerError(ApiError):
-    code = 500
+    code = Code.SERVER_ERROR
 
 
 class FeatureDisabledError(ApiError):
-    code = 505
+    code = Code.FEATURE_DISABLED
 
 
 _BY_CODE: dict[int, type[ApiError]] = {

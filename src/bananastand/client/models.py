@@ -15,6 +15,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict
 
 from bananastand.contract import AspectRatio, OutputFormat, Resolution, TaskRecord, TaskState
+from bananastand.image_types import EXTENSIONS
 
 __all__ = [
     "AspectRatio",
@@ -66,9 +67,6 @@ class UploadedFile(BaseModel):
     uploadedAt: str = ""
 
 
-_EXTENSIONS = {"image/png": ".png", "image/jpeg": ".jpg", "image/webp": ".webp"}
-
-
 @dataclass(frozen=True)
 class Image:
     """One result image as downloaded."""
@@ -79,7 +77,7 @@ class Image:
 
     @property
     def extension(self) -> str:
-        return _EXTENSIONS.get(self.mime_type) or mimetypes.guess_extension(self.mime_type) or ""
+        return EXTENSIONS.get(self.mime_type) or mimetypes.guess_extension(self.mime_type) or ""
 
 
 @dataclass(frozen=True)
