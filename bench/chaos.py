@@ -175,6 +175,8 @@ class Receiver:
     bodies: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     answered_ok: set[str] = field(default_factory=set)
     bad_signatures: int = 0
+    #: Why each of the first bad signatures failed verification.
+    rejected: list[str] = field(default_factory=list)
     first_deliveries: int = 0
     hung: int = 0
     failed: int = 0
@@ -193,7 +195,10 @@ class Receiver:
             protocol_version = "HTTP/1.1"
 
             def do_POST(self) -> None:
-                raw = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+                length = int(self.headers.get("Content-Length", "0"))
+                raw = self.rfile.read(length)
+                if len(raw) < length:
+                    return  # the sender was killed mid-request: nothing was delivered
                 status = receiver.receive(raw, dict(self.headers.items()))
                 with contextlib.suppress(OSError):  # a sender that timed out hung up
                     self.send_response(status)
@@ -216,9 +221,10 @@ class Receiver:
     def receive(self, raw: bytes, headers: dict[str, str]) -> int:
         try:
             body: dict[str, Any] = Webhook(self.secret).verify(raw, headers)
-        except WebhookVerificationError:
+        except WebhookVerificationError as exc:
             with self._lock:
                 self.bad_signatures += 1
+                self.rejected.append(f"{exc}: {headers.get('webhook-id')} {raw[:120]!r}")
             return 400
         task_id = str(body["data"]["taskId"])
         with self._lock:
@@ -547,6 +553,7 @@ def check(
     counts["callbacks with a bad signature"] = receiver.bad_signatures
     if receiver.bad_signatures:
         problems.append(f"{receiver.bad_signatures} callbacks failed signature verification")
+        problems.extend(receiver.rejected[:5])
     audit = subprocess.run(
         [*bananastand(), "credits", "audit"], env=env, capture_output=True, text=True
     )
