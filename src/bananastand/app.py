@@ -40,6 +40,7 @@ from bananastand.supervisor import Supervisor
 from bananastand.tasks import Tasks
 from bananastand.wakeups import Topic, Wakeups
 from bananastand.wakeups.buses import bus_for
+from bananastand.web.page import install_web
 from bananastand.webhooks import Webhooks, WebhookSender
 from bananastand.worker import Worker
 
@@ -305,4 +306,5 @@ def create_app(
     app.include_router(health.router)
     app.include_router(webhooks.router)
     install_docs(app)
+    install_web(app, settings)
     return app
