@@ -88,7 +88,7 @@ async def open_runtime(
     storage = open_storage(settings)
     secret = await asyncio.to_thread(load_secret, settings.signing_secret, settings.data_dir)
     links = LinkSigner(secret, settings.effective_public_url)
-    records = TaskRecords(links, settings.result_link_seconds)
+    records = TaskRecords(links, settings.result_link_seconds, settings.result_retention_seconds)
     fetcher = SafeFetcher(
         FetchPolicy(
             allow=tuple(settings.allow_private_networks),
