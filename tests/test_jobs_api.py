@@ -33,6 +33,7 @@ CREATE = f"{JOBS}/createTask"
 RECORD = f"{JOBS}/recordInfo"
 CANCEL = f"{JOBS}/cancel"
 LIST = f"{JOBS}/list"
+MODELS = "/api/v1/models"
 
 ENVELOPE_KEYS = {"code", "msg", "message", "data"}
 RECORD_KEYS = {
@@ -944,6 +945,7 @@ def _all_endpoints(server: Server, headers: dict[str, str]) -> list[dict[str, An
         envelope_of(client.get(RECORD, params={"taskId": "task_x"}, headers=headers)),
         envelope_of(client.post(CANCEL, json={"taskId": "task_x"}, headers=headers)),
         envelope_of(client.get(LIST, headers=headers)),
+        envelope_of(client.get(MODELS, headers=headers)),
     ]
 
 
