@@ -40,7 +40,7 @@ export function galleryView() {
       page = await api.list({ state: state.value, model: model.value, limit: PAGE_SIZE, cursor });
     } catch (error) {
       if (!(error instanceof ApiError)) throw error;
-      status.textContent = describe(error);
+      if (mine === generation) status.textContent = describe(error);
       return;
     }
     if (mine !== generation) return; // a newer filter was chosen meanwhile

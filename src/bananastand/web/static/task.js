@@ -81,8 +81,15 @@ export function taskView({ runAgain, useAsReference }) {
     resend.addEventListener("click", async () => {
       result.textContent = "Sending…";
       try {
-        showCallback(details, await api.resendCallback(record.taskId));
+        let callback = await api.resendCallback(record.taskId);
+        showCallback(details, callback);
         result.textContent = "Sent again: a new attempt is on its way.";
+        // The attempt is made by the server's sender: show it once it is recorded.
+        for (let tries = 0; tries < 30 && callback.deliveryState === "pending"; tries += 1) {
+          await new Promise((resolve) => setTimeout(resolve, 1000));
+          callback = await api.callbacks(record.taskId);
+          showCallback(details, callback);
+        }
       } catch (error) {
         if (!(error instanceof ApiError)) throw error;
         result.textContent = describe(error);
