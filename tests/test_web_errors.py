@@ -90,3 +90,20 @@ def failed_card_text(page: Page, prompt: str) -> str:
     card = generate(page, prompt)
     assert wait_final(card) == "fail"
     return card.locator(".frame-message").inner_text()
+
+
+def test_a_key_that_may_use_no_model_is_told_why(
+    start_server: Callable[..., Server], browser: Browser
+) -> None:
+    """Live keys on a server given no provider for them (and no Google credentials)."""
+    server = start_server(live_provider="auto", admin_token=ADMIN_TOKEN)
+    _, live = new_account(server, credits=100)
+
+    def look(page: Page) -> str:
+        sign_in(page, live)
+        return page.locator(".playground .problem").inner_text()
+
+    visit = browser.visit(server.base_url + "/", look)
+    assert visit.result.startswith("This key may use no model on this server right now")
+    assert visit.errors == []
+    assert visit.console_errors == []

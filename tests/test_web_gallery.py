@@ -5,13 +5,14 @@ playground. A real Chromium against the real server and its sandbox."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 from playwright.sync_api import Page
 
 from browser import Browser
 from conftest import Server, prompt_body
-from web_helpers import generate, sign_in, wait_final
+from web_helpers import generate, shoot, sign_in, wait_final
 
 PAGE_SIZE = 24
 
@@ -28,7 +29,7 @@ def shown(page: Page, count: int) -> list[str]:
 
 
 def test_the_gallery_pages_newest_first_and_filters_by_state_and_model(
-    server: Server, browser: Browser
+    server: Server, browser: Browser, tmp_path: Path
 ) -> None:
     key = server.key()
     bodies = [prompt_body(f"banana {n}") for n in range(PAGE_SIZE - 3)]
@@ -43,6 +44,10 @@ def test_the_gallery_pages_newest_first_and_filters_by_state_and_model(
         sign_in(page, key)
         page.get_by_role("link", name="Gallery").click()
         first_page = shown(page, PAGE_SIZE)
+        page.wait_for_function(
+            "() => [...document.querySelectorAll('.tile img')].every(img => img.complete)"
+        )
+        shoot(page, tmp_path / "screenshots", "gallery")
         page.get_by_role("button", name="Show more").click()
         everything = shown(page, len(made))
         more_after_the_end = page.get_by_role("button", name="Show more").is_visible()

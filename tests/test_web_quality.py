@@ -64,6 +64,11 @@ def test_the_keyboard_alone_works_end_to_end(server: Server, browser: Browser) -
         popover.wait_for()
         page.keyboard.press("Escape")
         popover.wait_for(state="hidden")
+        page.keyboard.press("Enter")
+        tab_to(page, "Insert [sandbox:delay=MS]")
+        page.keyboard.press("Enter")
+        popover.wait_for(state="hidden")
+        page.keyboard.type("1500")  # over the MS the insertion left selected
         tab_to(page, "Drop images here")
         with page.expect_file_chooser() as chooser:
             page.keyboard.press("Space")
@@ -75,7 +80,7 @@ def test_the_keyboard_alone_works_end_to_end(server: Server, browser: Browser) -
         assert wait_final(card) == "success"
         tab_to(page, "Gallery", back=True)
         page.keyboard.press("Enter")
-        page.get_by_role("img", name=PROMPT).wait_for()
+        page.get_by_role("img", name=f"{PROMPT} [sandbox:delay=1500]").wait_for()
         tab_to(page, PROMPT)
         page.keyboard.press("Enter")
         page.get_by_role("heading", name="Outputs").wait_for()
@@ -89,7 +94,7 @@ def test_the_keyboard_alone_works_end_to_end(server: Server, browser: Browser) -
 
     visit = browser.visit(server.base_url + "/", look)
     # "Run again with changes" filled the playground and left the focus in the prompt.
-    assert visit.result == {"focused": "Prompt", "prompt": PROMPT}
+    assert visit.result == {"focused": "Prompt", "prompt": f"{PROMPT} [sandbox:delay=1500]"}
     assert visit.errors == []
     assert visit.console_errors == []
 

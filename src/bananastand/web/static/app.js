@@ -80,7 +80,7 @@ async function refreshCredits() {
 function signOut() {
   forget();
   // A fresh page: nothing of the key's catalogue, tasks or streams stays in memory.
-  location.hash = "";
+  history.replaceState(null, "", location.pathname);
   location.reload();
 }
 

@@ -22,11 +22,12 @@ function pause(ms, signal) {
 }
 
 /**
- * Calls `onRecord(record)` with each state of the task until it is final (or `signal`
- * aborts), and `onError(apiError)` when it cannot be followed (404, a revoked key).
+ * Calls `onRecord(record)` with each state of the task until it is final (or until the
+ * optional `signal` aborts), and `onError(apiError)` when it cannot be followed (404, a
+ * revoked key).
  * A stream that ends early (the server's time limit, a restart) is opened again.
  */
-export async function follow(taskId, { onRecord, onError, signal }) {
+export async function follow(taskId, { onRecord, onError, signal = new AbortController().signal }) {
   let last = null;
   const seen = (record) => {
     last = record;

@@ -9,6 +9,10 @@ import { taskCard } from "./cards.js";
 import { follow } from "./events.js";
 import { describe, invalidField } from "./words.js";
 
+const NO_MODELS =
+  "This key may use no model on this server right now: live keys need a provider the server " +
+  "has not been given, or every model is switched off. A test key runs on the sandbox.";
+
 export function playgroundView({ onCreated }) {
   const modelSelect = select([]);
   const prompt = h("textarea", { rows: 5, spellcheck: true });
@@ -152,7 +156,7 @@ export function playgroundView({ onCreated }) {
     cards.append(card.element);
     card.element.scrollIntoView({ block: "nearest" });
     announce("Task sent");
-    follow(taskId, { onRecord: card.update, onError: card.broken, signal: new AbortController().signal });
+    follow(taskId, { onRecord: card.update, onError: card.broken });
   }
 
   modelSelect.addEventListener("change", () => chooseModel());
@@ -165,6 +169,10 @@ export function playgroundView({ onCreated }) {
     /** Fills the choices from the key's catalogue the first time the view is shown. */
     async show() {
       ready ??= loadCatalogue().then((catalogue) => {
+        if (!catalogue.models.length) {
+          form.replaceChildren(h("p", { class: "problem", text: NO_MODELS }));
+          return;
+        }
         fillSelect(modelSelect, catalogue.models.map((m) => m.model));
         help.offer(catalogue.sandbox);
         chooseModel();
@@ -212,10 +220,14 @@ function sandboxHelp(prompt, changed) {
       element.hidden = !sandbox;
       for (const { tag, effect } of sandbox?.magicPrompts ?? []) {
         const insert = () => {
-          prompt.value = `${prompt.value.trimEnd()} ${tag}`.trimStart();
+          const before = `${prompt.value.trimEnd()} `.trimStart();
+          prompt.value = before + tag;
           changed();
           panel.hidePopover();
           prompt.focus();
+          // A tag with a value to give ([sandbox:delay=MS]): that part selected, to type over.
+          const blank = tag.search(/[A-Z]{2,}/);
+          if (blank >= 0) prompt.setSelectionRange(before.length + blank, before.length + tag.indexOf("]", blank));
         };
         list.append(
           h(
