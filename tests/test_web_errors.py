@@ -14,7 +14,7 @@ from playwright.sync_api import Page
 from accounts_helpers import ADMIN_TOKEN, admin_ok, new_account
 from browser import Browser
 from conftest import Server
-from web_helpers import generate, problem, sign_in, sign_out, wait_final
+from web_helpers import assert_clean, generate, problem, sign_in, sign_out, wait_final
 
 
 def test_refusals_and_failures_are_told_in_plain_words(
@@ -75,8 +75,7 @@ def test_refusals_and_failures_are_told_in_plain_words(
         "Not available here: model nano-banana-pro is disabled on this server for now."
     )
     assert told["455"] == "The service is under maintenance: back at noon"
-    assert visit.errors == []
-    assert visit.console_errors == []
+    assert_clean(visit)
 
 
 def generate_refused(page: Page, prompt: str) -> None:
@@ -105,5 +104,4 @@ def test_a_key_that_may_use_no_model_is_told_why(
 
     visit = browser.visit(server.base_url + "/", look)
     assert visit.result.startswith("This key may use no model on this server right now")
-    assert visit.errors == []
-    assert visit.console_errors == []
+    assert_clean(visit)

@@ -12,7 +12,8 @@ from playwright.sync_api import Page
 
 from browser import Browser
 from conftest import Server, prompt_body
-from web_helpers import generate, shoot, sign_in, wait_final
+from test_jobs_api import list_page
+from web_helpers import assert_clean, generate, shoot, sign_in, wait_final
 
 PAGE_SIZE = 24
 
@@ -75,8 +76,7 @@ def test_the_gallery_pages_newest_first_and_filters_by_state_and_model(
     assert seen["failed"] == made[PAGE_SIZE - 3 : PAGE_SIZE][::-1]
     assert seen["placeholders"] == ["failed"] * 3
     assert seen["light"] == made[-2:][::-1]
-    assert visit.errors == []
-    assert visit.console_errors == []
+    assert_clean(visit)
 
 
 def test_use_as_reference_sends_a_result_into_the_next_task(
@@ -100,10 +100,7 @@ def test_use_as_reference_sends_a_result_into_the_next_task(
     visit = browser.visit(server.base_url + "/", look)
     assert visit.result["count"] == "(1 / 8)"
     second = server.record(key, visit.result["task_id"])["data"]
-    first = server.client.get(
-        "/api/v1/jobs/list", headers={"Authorization": f"Bearer {key}"}
-    ).json()["data"]["items"][1]
+    first = list_page(server, key)["data"]["items"][1]
     used = json.loads(second["param"])["input"]["image_input"]
     assert used == json.loads(first["resultJson"])["resultUrls"]
-    assert visit.errors == []
-    assert visit.console_errors == []
+    assert_clean(visit)

@@ -16,6 +16,7 @@ from browser import Browser
 from conftest import Server
 from receiver import Receiver
 from web_helpers import (
+    assert_clean,
     elapsed_seconds,
     image_size,
     in_lifecycle_order,
@@ -108,9 +109,7 @@ def test_a_task_from_sign_in_to_its_resent_callback(
 
     visit = browser.visit(server.base_url + "/", look)
     seen = visit.result
-    assert visit.errors == []
-    assert visit.blocked == []
-    assert visit.console_errors == []
+    assert_clean(visit)
 
     assert "Output: 16:9 · 2K → 2752×1536" in seen["summary"]
     assert "Price: free (test key)" in seen["summary"]

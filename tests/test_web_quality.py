@@ -13,6 +13,7 @@ from playwright.sync_api import Page
 from browser import Browser
 from conftest import Server
 from web_helpers import (
+    assert_clean,
     generate,
     png,
     scrolls_sideways,
@@ -95,8 +96,7 @@ def test_the_keyboard_alone_works_end_to_end(server: Server, browser: Browser) -
     visit = browser.visit(server.base_url + "/", look)
     # "Run again with changes" filled the playground and left the focus in the prompt.
     assert visit.result == {"focused": "Prompt", "prompt": f"{PROMPT} [sandbox:delay=1500]"}
-    assert visit.errors == []
-    assert visit.console_errors == []
+    assert_clean(visit)
 
 
 def test_axe_finds_nothing_serious_on_any_view(server: Server, browser: Browser) -> None:
@@ -129,8 +129,7 @@ def test_axe_finds_nothing_serious_on_any_view(server: Server, browser: Browser)
         "gallery": [],
         "task": [],
     }
-    assert visit.errors == []
-    assert visit.console_errors == []
+    assert_clean(visit)
 
 
 def test_at_phone_width_nothing_scrolls_sideways(
@@ -160,5 +159,4 @@ def test_at_phone_width_nothing_scrolls_sideways(
 
     visit = browser.visit(server.base_url + "/", look)
     assert visit.result == {"sign-in": False, "playground": False, "gallery": False, "task": False}
-    assert visit.errors == []
-    assert visit.console_errors == []
+    assert_clean(visit)

@@ -14,7 +14,7 @@ from playwright.sync_api import Page
 from browser import Browser
 from conftest import Server
 from test_files_api import stream_upload, uploaded
-from web_helpers import generate, png, sign_in, wait_final
+from web_helpers import assert_clean, generate, png, sign_in, wait_final
 
 LIMIT = 8  # nano-banana-pro's
 
@@ -89,5 +89,4 @@ def test_dropped_files_and_links_up_to_the_models_limit(server: Server, browser:
     assert len(images) == LIMIT
     assert images[1] == link
     assert all(url.startswith(server.base_url + "/files/") for url in images)
-    assert visit.errors == []
-    assert visit.console_errors == []
+    assert_clean(visit)

@@ -13,7 +13,7 @@ from playwright.sync_api import Page, Request
 
 from browser import Browser
 from conftest import Server
-from web_helpers import generate, sign_in, sign_out, wait_final
+from web_helpers import assert_clean, generate, sign_in, sign_out, wait_final
 
 POLICY = [
     "default-src 'self'",
@@ -86,8 +86,7 @@ def test_prompts_are_shown_as_text_and_never_run(server: Server, browser: Browse
         "injected": 0,
         "ran": None,
     }
-    assert visit.errors == []
-    assert visit.console_errors == []
+    assert_clean(visit)
 
 
 def test_the_key_stays_in_the_tab_and_goes_out_only_as_the_bearer_header(
@@ -142,3 +141,4 @@ def test_the_key_stays_in_the_tab_and_goes_out_only_as_the_bearer_header(
     assert all(
         "authorization" not in request.headers for request in api_calls if request not in api
     )
+    assert_clean(visit)

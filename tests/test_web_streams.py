@@ -15,7 +15,8 @@ from playwright.sync_api import Page, Request
 
 from browser import Browser
 from conftest import Server
-from web_helpers import generate, sign_in, wait_final
+from test_jobs_api import cancel
+from web_helpers import assert_clean, generate, sign_in, wait_final
 
 TASKS = 6
 STREAM_LIMIT = 4
@@ -83,11 +84,7 @@ def test_at_most_four_streams_at_once_and_the_other_cards_poll(
         )
         waiting = [card.locator(".state").inner_text() for card in cards]
         for task_id in task_ids:
-            answer = server.client.post(
-                "/api/v1/jobs/cancel",
-                json={"taskId": task_id},
-                headers={"Authorization": f"Bearer {key}"},
-            ).json()
+            answer = cancel(server, key, {"taskId": task_id})
             assert answer["code"] == 200, answer
         ended = [(wait_final(card), card.locator(".frame-message").inner_text()) for card in cards]
         return {"task_ids": task_ids, "waiting": waiting, "ended": ended}
@@ -100,5 +97,4 @@ def test_at_most_four_streams_at_once_and_the_other_cards_poll(
     assert calls.streamed | calls.polled == set(seen["task_ids"])
     # The polling cards heard of the cancel as the streaming ones did.
     assert seen["ended"] == [("fail", "Canceled.")] * TASKS
-    assert visit.errors == []
-    assert visit.console_errors == []
+    assert_clean(visit)

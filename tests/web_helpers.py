@@ -16,10 +16,20 @@ from axe_playwright_python.sync_playwright import Axe
 from PIL import Image
 from playwright.sync_api import Locator, Page
 
+from browser import Visit
+
 #: What a card shows once its task is final (`data-state` on the card).
 FINAL = ("success", "fail")
 #: The states a card can show, in the order a task goes through them.
 LIFECYCLE = ["waiting", "queuing", "generating", "done", "failed"]
+
+
+def assert_clean(visit: Visit[Any]) -> None:
+    """The page asked for nothing beyond loopback, threw nothing and logged no error (a
+    policy violation, a failed load)."""
+    assert visit.blocked == []
+    assert visit.errors == []
+    assert visit.console_errors == []
 
 
 def png(width: int = 300, height: int = 200, color: tuple[int, int, int] = (30, 160, 90)) -> bytes:
