@@ -110,6 +110,8 @@ def test_the_key_stays_in_the_tab_and_goes_out_only_as_the_bearer_header(
             "cookies": page.context.cookies(),
             "url": page.url,
         }
+        page.reload()  # the tab keeps its sessionStorage: still signed in
+        page.get_by_role("heading", name="Playground").wait_for()
         sign_out(page)
         page.reload()
         page.get_by_role("heading", name="Sign in").wait_for()

@@ -18,8 +18,6 @@ from playwright.sync_api import Locator, Page
 
 from browser import Visit
 
-#: What a card shows once its task is final (`data-state` on the card).
-FINAL = ("success", "fail")
 #: The states a card can show, in the order a task goes through them.
 LIFECYCLE = ["waiting", "queuing", "generating", "done", "failed"]
 
@@ -167,7 +165,3 @@ def elapsed_seconds(state_text: str) -> int | None:
     """``generating · 3 s`` -> 3."""
     found = re.search(r"· (\d+) s$", state_text)
     return int(found.group(1)) if found else None
-
-
-def request_json(request: Any) -> Any:
-    return json.loads(request.post_data or "null")

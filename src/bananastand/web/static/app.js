@@ -1,5 +1,5 @@
 // The page's entry: signing in, the header, and the views behind hash routes
-// (#/playground, #/gallery, #/task/ID; more views are more entries in `routes`).
+// (#/playground, #/gallery, #/task/ID; another view is another entry of `makeViews`).
 
 import { api, ApiError } from "./api.js";
 import { h, replace, announce } from "./dom.js";
