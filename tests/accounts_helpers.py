@@ -26,6 +26,16 @@ def admin_ok(server: Server, method: str, path: str, body: Any = None) -> Any:
     return answer["data"]
 
 
+def switch_model(
+    server: Server, model: str, *, enabled: bool, account_id: str | None = None
+) -> None:
+    """Switch ``model`` on or off over the admin API, for everyone or for one account."""
+    body: dict[str, Any] = {"enabled": enabled}
+    if account_id is not None:
+        body["accountId"] = account_id
+    admin_ok(server, "POST", f"/admin/models/{model}", body)
+
+
 def new_account(server: Server, credits: int = 0, *, test: bool = False) -> tuple[str, str]:
     """(account id, live key secret) made over the admin API, with ``credits`` granted."""
     account_id = admin_ok(server, "POST", "/admin/accounts", {"name": "team"})["id"]

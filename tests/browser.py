@@ -22,7 +22,7 @@ from urllib.parse import urlsplit
 
 import pytest
 from playwright.sync_api import Browser as PlaywrightBrowser
-from playwright.sync_api import Page, Playwright, Route, sync_playwright
+from playwright.sync_api import ConsoleMessage, Page, Playwright, Route, sync_playwright
 
 T = TypeVar("T")
 
@@ -41,6 +41,8 @@ class Visit(Generic[T]):
     blocked: list[str] = field(default_factory=list)
     #: Uncaught exceptions in the page's scripts.
     errors: list[str] = field(default_factory=list)
+    #: What the page logged as errors: a refused resource, a policy violation, a failed load.
+    console_errors: list[str] = field(default_factory=list)
 
 
 class Browser:
@@ -56,6 +58,7 @@ class Browser:
     def _visit(self, url: str, look: Callable[[Page], T]) -> Visit[T]:
         blocked: list[str] = []
         errors: list[str] = []
+        console_errors: list[str] = []
 
         def loopback_only(route: Route) -> None:
             parts = urlsplit(route.request.url)
@@ -71,8 +74,14 @@ class Browser:
             context.route("**/*", loopback_only)
             page = context.new_page()
             page.on("pageerror", lambda error: errors.append(str(error)))
+
+            def console(message: ConsoleMessage) -> None:
+                if message.type == "error":
+                    console_errors.append(f"{message.text} ({message.location.get('url')})")
+
+            page.on("console", console)
             page.goto(url)
-            return Visit(look(page), blocked, errors)
+            return Visit(look(page), blocked, errors, console_errors)
         finally:
             context.close()
 

@@ -493,17 +493,21 @@ class S3Server:
             "s3_secret_access_key": "testing",
         }
 
-    def new_bucket(self) -> str:
+    def client(self) -> Any:
+        """A boto3 S3 client of this server, for tests that look into a bucket (close it)."""
         import boto3
 
-        name = "bucket-" + os.urandom(6).hex()
-        client = boto3.session.Session().client(
+        return boto3.session.Session().client(
             "s3",
             endpoint_url=self.endpoint_url,
             region_name="us-east-1",
             aws_access_key_id="testing",
             aws_secret_access_key="testing",
         )
+
+    def new_bucket(self) -> str:
+        name = "bucket-" + os.urandom(6).hex()
+        client = self.client()
         client.create_bucket(Bucket=name)
         client.close()
         return name

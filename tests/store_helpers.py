@@ -176,15 +176,19 @@ ACCOUNT = "acct_store"
 
 
 def new_task(
-    account_id: str = ACCOUNT, *, credits: int = 0, callback_url: str | None = None
+    account_id: str = ACCOUNT,
+    *,
+    credits: int = 0,
+    callback_url: str | None = None,
+    model: str = "nano-banana-pro",
 ) -> NewTask:
     return NewTask(
         id=new_task_id(),
         account_id=account_id,
         key_id="key_store",
         provider="sandbox",
-        model="nano-banana-pro",
-        param='{"model":"nano-banana-pro"}',
+        model=model,
+        param=f'{{"model":"{model}"}}',
         input='{"prompt":"a banana"}',
         callback_url=callback_url,
         credits=credits,
@@ -198,11 +202,12 @@ async def add_tasks(
     *,
     credits: int = 0,
     callback_url: str | None = None,
+    model: str = "nano-banana-pro",
 ) -> list[str]:
     """``count`` waiting tasks, made one after the other (so oldest first)."""
     ids = []
     for _ in range(count):
-        new = new_task(account_id, credits=credits, callback_url=callback_url)
+        new = new_task(account_id, credits=credits, callback_url=callback_url, model=model)
         assert await store.create_task(new, None, Admission()) == Created(new.id, created=True)
         ids.append(new.id)
     return ids

@@ -33,6 +33,7 @@ CREATE = f"{JOBS}/createTask"
 RECORD = f"{JOBS}/recordInfo"
 CANCEL = f"{JOBS}/cancel"
 LIST = f"{JOBS}/list"
+MODELS = "/api/v1/models"
 
 ENVELOPE_KEYS = {"code", "msg", "message", "data"}
 RECORD_KEYS = {
@@ -944,6 +945,7 @@ def _all_endpoints(server: Server, headers: dict[str, str]) -> list[dict[str, An
         envelope_of(client.get(RECORD, params={"taskId": "task_x"}, headers=headers)),
         envelope_of(client.post(CANCEL, json={"taskId": "task_x"}, headers=headers)),
         envelope_of(client.get(LIST, headers=headers)),
+        envelope_of(client.get(MODELS, headers=headers)),
     ]
 
 
@@ -1332,6 +1334,7 @@ def test_list_pages_newest_first_without_gaps_or_duplicates(idle: Server) -> Non
     assert seen == newest_first
     for page in pages:
         for item in page:
+            assert item.pop("thumbnailUrl") is None  # none until a task has succeeded
             check_record(item)
     times = [item["createTime"] for page in pages for item in page]
     assert times == sorted(times, reverse=True)
@@ -1370,9 +1373,45 @@ def test_list_filters_by_state(idle: Server) -> None:
     assert rest["nextCursor"] is None
 
 
+def test_list_filters_by_model_in_pages_past_the_other_models(idle: Server) -> None:
+    key = idle.key()
+    other_key = idle.key()
+    banana_2: list[str] = []
+    pro: list[str] = []
+    for index in range(5):  # interleaved, so a page of one model skips the other's
+        pro.append(create_id(idle, key, prompt_body(f"pro {index}")))
+        banana_2.append(
+            create_id(idle, key, {"model": "nano-banana-2", "input": {"prompt": f"2 {index}"}})
+        )
+    create_id(idle, other_key, {"model": "nano-banana-2", "input": {"prompt": "not yours"}})
+    cancel(idle, key, {"taskId": banana_2[2]})
+
+    seen: list[str] = []
+    cursor: str | None = None
+    for _ in range(5):
+        params = {"model": "nano-banana-2", "limit": 2, **({"cursor": cursor} if cursor else {})}
+        page = list_page(idle, key, **params)["data"]
+        assert all(item["model"] == "nano-banana-2" for item in page["items"])
+        seen += [item["taskId"] for item in page["items"]]
+        cursor = page["nextCursor"]
+        if cursor is None:
+            break
+    assert seen == banana_2[::-1]
+    assert [item["taskId"] for item in list_all(idle, key, model="nano-banana-pro")] == pro[::-1]
+    failed = list_all(idle, key, model="nano-banana-2", state="fail")
+    assert [item["taskId"] for item in failed] == [banana_2[2]]
+    assert list_all(idle, key, model="nano-banana-pro", state="fail") == []
+    # A model the server does not serve is no error: there are no tasks of it.
+    unknown = list_page(idle, key, model="no-such-model")
+    assert (unknown["code"], unknown["data"]) == (200, {"items": [], "nextCursor": None})
+    assert list_page(idle, key, model="Nano-Banana-2")["data"]["items"] == []  # exact names
+
+
 @pytest.mark.parametrize(
     ("params", "field"),
     [
+        ({"model": ""}, "model"),
+        ({"model": "m" * 65}, "model"),
         ({"state": "bogus"}, "state"),
         ({"state": "WAITING!"}, "state"),
         ({"limit": 0}, "limit"),

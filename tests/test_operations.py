@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from accounts_helpers import ADMIN_TOKEN, admin, admin_ok, balance, new_account
+from accounts_helpers import ADMIN_TOKEN, admin, admin_ok, balance, new_account, switch_model
 from conftest import Server, cli, prompt_body
 
 KEY = re.compile(r"bs_(live|test)_[A-Za-z0-9]{32}")
@@ -89,17 +89,12 @@ def test_maintenance_refuses_new_tasks_while_reads_and_running_tasks_go_on(
 def test_a_disabled_model_answers_505_for_everyone_or_one_account(operated: Server) -> None:
     account_a, key_a = new_account(operated, test=True)
     _, key_b = new_account(operated, test=True)
-    admin_ok(operated, "POST", "/admin/models/nano-banana-pro", {"enabled": False})
+    switch_model(operated, "nano-banana-pro", enabled=False)
     refused = operated.create(key_a, prompt_body())
     assert refused["code"] == 505
     assert "nano-banana-pro" in refused["msg"]
-    admin_ok(operated, "POST", "/admin/models/nano-banana-pro", {"enabled": True})
-    admin_ok(
-        operated,
-        "POST",
-        "/admin/models/nano-banana-pro",
-        {"enabled": False, "accountId": account_a},
-    )
+    switch_model(operated, "nano-banana-pro", enabled=True)
+    switch_model(operated, "nano-banana-pro", enabled=False, account_id=account_a)
     assert operated.create(key_a, prompt_body())["code"] == 505
     assert operated.create(key_b, prompt_body())["code"] == 200
     switches = admin_ok(operated, "GET", "/admin/switches")

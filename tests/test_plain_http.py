@@ -1,7 +1,7 @@
 """Acceptance: outside the API (``/api/``, ``/admin/``) answers are plain HTTP (the probes
-``/healthz``, ``/readyz`` and ``/metrics`` included): an unknown path is a real 404, a
-wrong method a real 405, a fault a real 500, each with a short text/plain body; inside it
-they stay envelopes sent with HTTP 200. Real server, real HTTP."""
+``/healthz``, ``/readyz`` and ``/metrics`` included, and the web page's assets): an unknown
+path is a real 404, a wrong method a real 405, a fault a real 500, each with a short
+text/plain body; inside it they stay envelopes sent with HTTP 200. Real server, real HTTP."""
 
 from __future__ import annotations
 
@@ -16,8 +16,8 @@ from test_jobs_api import envelope_of
 @pytest.mark.parametrize(
     ("method", "path"),
     [
-        ("GET", "/"),
         ("GET", "/nope"),
+        ("GET", "/assets/nope.js"),
         ("POST", "/nope"),
         ("HEAD", "/index.html"),
         ("GET", "/apiary"),  # only /api itself and what lies under it is the API

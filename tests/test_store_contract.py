@@ -302,6 +302,52 @@ async def test_list_tasks_newest_first_by_state_and_in_stable_pages(
 
 
 @scenario
+async def test_list_tasks_of_one_model_pages_past_the_other_models(store: Store) -> None:
+    pro: list[str] = []
+    flash: list[str] = []
+    for _ in range(3):  # interleaved: each page of one model skips the other's tasks
+        pro += await add_tasks(store, 1)
+        flash += await add_tasks(store, 1, model="nano-banana-2")
+    pro += await add_tasks(store, 1)
+    [foreign] = await add_tasks(store, 1, OTHER, model="nano-banana-2")
+
+    page = await store.list_tasks(
+        ACCOUNT, state=None, limit=2, before_seq=None, model="nano-banana-2"
+    )
+    assert [task.id for task in page] == flash[::-1][:2]
+    assert all(task.model == "nano-banana-2" for task in page)
+    rest = await store.list_tasks(
+        ACCOUNT, state=None, limit=2, before_seq=page[-1].seq, model="nano-banana-2"
+    )
+    assert [task.id for task in rest] == flash[:1]
+    pro_tasks = await store.list_tasks(
+        ACCOUNT, state=None, limit=10, before_seq=None, model="nano-banana-pro"
+    )
+    assert [task.id for task in pro_tasks] == pro[::-1]
+    assert await store.cancel_task(flash[1], ACCOUNT, CANCELED) is not None
+    failed = await store.list_tasks(
+        ACCOUNT, state=TaskState.FAIL, limit=10, before_seq=None, model="nano-banana-2"
+    )
+    assert [task.id for task in failed] == [flash[1]]
+    assert (
+        await store.list_tasks(
+            ACCOUNT, state=TaskState.FAIL, limit=10, before_seq=None, model="nano-banana-pro"
+        )
+        == []
+    )
+    assert (
+        await store.list_tasks(
+            ACCOUNT, state=None, limit=10, before_seq=None, model="no-such-model"
+        )
+        == []
+    )
+    others = await store.list_tasks(
+        OTHER, state=None, limit=10, before_seq=None, model="nano-banana-2"
+    )
+    assert [task.id for task in others] == [foreign]
+
+
+@scenario
 async def test_task_versions_are_state_and_update_time(store: Store, clock: FakeClock) -> None:
     ids = await add_tasks(store, 2)
     clock.advance(5)

@@ -16,12 +16,13 @@ from fastapi.middleware.cors import CORSMiddleware
 
 from bananastand import __version__
 from bananastand.accounts import Accounts
-from bananastand.api import account, admin, files, health, jobs, uploads, webhooks
+from bananastand.api import account, admin, files, health, jobs, models, uploads, webhooks
 from bananastand.api.deps import Services
 from bananastand.api.docs import install_docs
 from bananastand.api.envelope import install_error_handlers
 from bananastand.api.middleware import RequestContextMiddleware
 from bananastand.billing import Billing
+from bananastand.catalog import Catalog
 from bananastand.events import TaskWatch
 from bananastand.fetch import FetchPolicy, Resolver, SafeFetcher
 from bananastand.files import Files
@@ -40,6 +41,7 @@ from bananastand.supervisor import Supervisor
 from bananastand.tasks import Tasks
 from bananastand.wakeups import Topic, Wakeups
 from bananastand.wakeups.buses import bus_for
+from bananastand.web.page import install_web
 from bananastand.webhooks import Webhooks, WebhookSender
 from bananastand.worker import Worker
 
@@ -88,7 +90,7 @@ async def open_runtime(
     storage = open_storage(settings)
     secret = await asyncio.to_thread(load_secret, settings.signing_secret, settings.data_dir)
     links = LinkSigner(secret, settings.effective_public_url)
-    records = TaskRecords(links, settings.result_link_seconds)
+    records = TaskRecords(links, settings.result_link_seconds, settings.result_retention_seconds)
     fetcher = SafeFetcher(
         FetchPolicy(
             allow=tuple(settings.allow_private_networks),
@@ -146,10 +148,11 @@ async def open_runtime(
     )
     wakeups.subscribe(Topic.CONFIG, lambda _ids: accounts.forget_cached())
     wakeups.subscribe(Topic.CONFIG, lambda _ids: switches.forget())
+    provider_choice = ProviderChoice.from_settings(settings)
     tasks = Tasks(
         store,
         settings,
-        ProviderChoice.from_settings(settings),
+        provider_choice,
         accounts=accounts,
         billing=billing,
         switches=switches,
@@ -168,6 +171,9 @@ async def open_runtime(
         files=Files(store, settings, storage, links, fetcher),
         billing=billing,
         switches=switches,
+        catalog=Catalog(
+            settings, billing=billing, switches=switches, provider_choice=provider_choice
+        ),
         limiter=RateLimiter(settings.redis_url),
         webhooks=Webhooks(store, settings, on_resend=partial(wakeups.publish, Topic.CALLBACKS)),
         scrape=Scrape(
@@ -298,6 +304,7 @@ def create_app(
     # Outermost: even a 500 answer carries the request id and the caller's quota.
     app.add_middleware(RequestContextMiddleware, metrics=metrics)
     app.include_router(jobs.router)
+    app.include_router(models.router)
     app.include_router(account.router)
     app.include_router(admin.router)
     app.include_router(files.router)
@@ -305,4 +312,5 @@ def create_app(
     app.include_router(health.router)
     app.include_router(webhooks.router)
     install_docs(app)
+    install_web(app, settings)
     return app

@@ -132,6 +132,7 @@ CANCELED_MSG = "canceled"
 MAX_PROMPT_CHARS = 20_000
 MAX_IMAGE_INPUTS = 14
 MAX_URL_CHARS = 2048
+MAX_MODEL_CHARS = 64
 
 
 def _drop_empty(value: Any) -> Any:
@@ -213,7 +214,7 @@ class CreateTaskRequest(BaseModel):
 
     model_config = ConfigDict(extra="ignore", frozen=True, populate_by_name=True)
 
-    model: Annotated[str, Field(min_length=1, max_length=64)]
+    model: Annotated[str, Field(min_length=1, max_length=MAX_MODEL_CHARS)]
     callback_url: Annotated[HttpUri | None, BeforeValidator(_blank_is_none)] = Field(
         default=None, alias="callBackUrl"
     )
@@ -252,8 +253,15 @@ class TaskRecord(BaseModel):
     creditsConsumed: float = 0
 
 
+class TaskListItem(TaskRecord):
+    """A record as the list shows it, with a link to a small WebP preview of its first
+    result (at most 256 px on the long side; null until the task has succeeded)."""
+
+    thumbnailUrl: str | None = None
+
+
 class TaskPage(BaseModel):
-    items: list[TaskRecord]
+    items: list[TaskListItem]
     nextCursor: str | None = None
 
 

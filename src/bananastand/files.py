@@ -30,6 +30,7 @@ from bananastand.settings import Settings
 from bananastand.storage.base import ObjectInfo, Storage
 from bananastand.storage.links import LinkSigner
 from bananastand.store.ports import TaskStore
+from bananastand.thumbnails import Thumbnails
 
 log = logging.getLogger(__name__)
 
@@ -130,6 +131,7 @@ class Files:
         self.storage = storage
         self.links = links
         self._fetcher = fetcher
+        self._thumbnails = Thumbnails(storage)
 
     # ------------------------------------------------------------------ uploads
 
@@ -261,7 +263,8 @@ class Files:
 
         Checked in this order, so that only an authentic link learns anything about the
         file: the signature (a forged link cannot tell a missing file from a present one),
-        then the expiry, then whether the file still exists.
+        then the expiry, then whether the file still exists. A result's preview that
+        does not exist yet is made now (``thumbnails``), from the result if it still is.
         """
         expires_at = self.links.signed_expiry(expires, signature, storage_key)
         if expires_at is None:
@@ -273,6 +276,8 @@ class Files:
             info = await self.storage.stat(storage_key)
         except ValueError:  # a key that would escape the storage root
             return LinkRefusal.MISSING
+        if info is None and storage_key.startswith(RESULTS):
+            info = await self._thumbnails.make(storage_key)  # a preview's first request
         return LinkRefusal.MISSING if info is None else OpenedFile(info, left)
 
 

@@ -41,6 +41,19 @@ def to_output_format(data: bytes, fmt: OutputFormat) -> bytes:
         ) from exc
 
 
+def preview(data: bytes, side: int) -> bytes:
+    """A small WebP of an image: upright (EXIF orientation applied), at most ``side``
+    pixels on its long side, transparency kept. Run in a thread."""
+    with Image.open(io.BytesIO(data)) as opened:
+        opened.draft("RGB", (side, side))  # a JPEG decodes at a fraction of its size
+        image = ImageOps.exif_transpose(opened)
+    image.thumbnail((side, side))
+    has_alpha = image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info
+    out = io.BytesIO()
+    image.convert("RGBA" if has_alpha else "RGB").save(out, format="WEBP", quality=80)
+    return out.getvalue()
+
+
 # --------------------------------------------------------------------------- inputs
 
 #: Quality of re-encoded inputs: high, since the model copies what it sees.

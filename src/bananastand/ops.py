@@ -44,6 +44,10 @@ class SwitchState:
                 disabled.add((model, account_id or None))
         return cls(maintenance=rows.get(MAINTENANCE), disabled=frozenset(disabled))
 
+    def allows(self, model: str, account_id: str) -> bool:
+        """Whether ``model`` is on for the account: off neither for everyone nor for it."""
+        return (model, None) not in self.disabled and (model, account_id) not in self.disabled
+
     def to_admin(self) -> dict[str, object]:
         return {
             "maintenance": self.maintenance is not None,
@@ -92,8 +96,7 @@ class Switches:
 
     async def check_model(self, model: str, account_id: str) -> None:
         """FeatureDisabledError (505) when the model is off for everyone or this account."""
-        disabled = (await self.current()).disabled
-        if (model, None) in disabled or (model, account_id) in disabled:
+        if not (await self.current()).allows(model, account_id):
             raise FeatureDisabledError(f"model {model} is disabled on this server for now")
 
     async def set_maintenance(self, on: bool, message: str = "") -> None:

@@ -6,7 +6,7 @@ One worker of the cluster sweeps now and then (the one holding the periodic-jobs
 (that command beside the worker, or the moment a lease passes on) are still safe:
 deleting is idempotent on every backend, and each file is looked at again just before it
 goes, so one written anew (an upload overwritten under the same name) since the listing
-is kept.
+is kept. A result's preview (``thumbnails``) is deleted with its result.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import logging
 from bananastand.files import RESULTS, UPLOADS
 from bananastand.settings import Settings
 from bananastand.storage.base import Storage
+from bananastand.thumbnails import is_thumbnail_key, thumbnail_key
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +42,9 @@ async def sweep(storage: Storage, rules: dict[str, int], *, now_ms: int) -> int:
                 continue  # another sweeper took it, or it was written anew
             await storage.delete(info.key)
             deleted += 1
+            if prefix == RESULTS and not is_thumbnail_key(info.key):
+                # Its preview goes with it, however much younger (made on first view).
+                await storage.delete(thumbnail_key(info.key))
     if deleted:
         log.info("expired files deleted", extra={"deleted": deleted})
     return deleted

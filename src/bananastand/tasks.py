@@ -270,13 +270,22 @@ class Tasks:
                     return
 
     async def list(
-        self, key: ApiKey, *, state: TaskState | None, limit: int, cursor: str | None
+        self,
+        key: ApiKey,
+        *,
+        state: TaskState | None,
+        limit: int,
+        cursor: str | None,
+        model: str | None = None,
     ) -> Page:
+        """Newest first. ``model`` is matched exactly and not checked against the models
+        served now: tasks of a model since removed from the settings can still be found
+        (an unknown name finds nothing)."""
         if not 1 <= limit <= MAX_PAGE:
             raise ValidationError(f"limit: must be between 1 and {MAX_PAGE}")
         before = decode_cursor(cursor) if cursor else None
         found = await self._store.list_tasks(
-            key.account_id, state=state, limit=limit + 1, before_seq=before
+            key.account_id, state=state, limit=limit + 1, before_seq=before, model=model
         )
         more = len(found) > limit
         page = found[:limit]

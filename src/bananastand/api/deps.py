@@ -9,6 +9,7 @@ from fastapi import Depends, Request
 
 from bananastand.accounts import Accounts
 from bananastand.billing import Billing
+from bananastand.catalog import Catalog
 from bananastand.files import Files
 from bananastand.metrics.exposition import Scrape
 from bananastand.ops import Switches
@@ -34,6 +35,8 @@ class Services:
     files: Files
     billing: Billing
     switches: Switches
+    #: The models a key may use (``GET /api/v1/models``).
+    catalog: Catalog
     limiter: RateLimiter
     webhooks: Webhooks
     #: What ``/metrics`` answers.

@@ -5,10 +5,10 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import aclosing
 from functools import partial
-from typing import Any
+from typing import Annotated, Any
 
 import orjson
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import StreamingResponse
 
 from bananastand.api.deps import (
@@ -23,6 +23,7 @@ from bananastand.api.envelope import envelope
 from bananastand.api.routing import BareRoute
 from bananastand.contract import (
     CREATE_TASK_EXAMPLE,
+    MAX_MODEL_CHARS,
     CreateTaskAnswer,
     CreateTaskRequest,
     RecordInfoAnswer,
@@ -235,13 +236,18 @@ async def list_tasks(
     services: ServicesDep,
     key: CurrentKey,
     state: TaskState | None = None,
+    model: Annotated[str | None, Query(min_length=1, max_length=MAX_MODEL_CHARS)] = None,
     limit: int = 20,
     cursor: str | None = None,
 ) -> Response:
-    page = await services.tasks.list(key, state=state, limit=limit, cursor=cursor)
+    """Each item is the task's record with `thumbnailUrl`: a link to a small WebP preview
+    of its first result, made on its first request, or null until the task has
+    succeeded. `model` keeps the tasks of that model (exact name): one the server does
+    not know, or no longer serves, is no error; it lists what tasks of it there are."""
+    page = await services.tasks.list(key, state=state, limit=limit, cursor=cursor, model=model)
     return envelope(
         {
-            "items": [services.records.record(task) for task in page.tasks],
+            "items": [services.records.list_item(task) for task in page.tasks],
             "nextCursor": page.next_cursor,
         }
     )

@@ -67,7 +67,7 @@ from bananastand.providers.base import GeneratedImage, GenerationRequest, InputI
 from bananastand.providers.limits import UpstreamLimiter
 from bananastand.providers.local_limiter import LocalLimiter
 
-__all__ = ["MAX_MAGIC_DELAY_MS", "SandboxProvider"]
+__all__ = ["MAGIC_PROMPTS", "MAX_MAGIC_DELAY_MS", "SandboxProvider"]
 
 #: Upper bound of ``[sandbox:delay=MS]``: long enough to test client timeouts, short
 #: enough that a stray tag cannot pin a worker slot for hours.
@@ -85,6 +85,24 @@ _FAILURES: dict[str, tuple[type[TaskFailure], str]] = {
     "upstream": (UpstreamError, "sandbox: simulated upstream error ([sandbox:fail=upstream])"),
     "timeout": (UpstreamTimeout, "sandbox: simulated upstream timeout ([sandbox:fail=timeout])"),
 }
+#: Each ``fail=`` mode in a few words, for people reading `MAGIC_PROMPTS`.
+_FAILURE_WORDS = {
+    "input": "invalid input",
+    "safety": "safety block",
+    "upstream": "upstream error",
+    "timeout": "upstream timeout",
+}
+#: The magic tags and what each does, as ``GET /api/v1/models`` lists them for test keys.
+MAGIC_PROMPTS: tuple[tuple[str, str], ...] = (
+    *(
+        (f"[sandbox:fail={mode}]", f"fails with failCode {cls.fail_code} ({_FAILURE_WORDS[mode]})")
+        for mode, (cls, _message) in _FAILURES.items()
+    ),
+    (
+        "[sandbox:delay=MS]",
+        f"waits MS milliseconds (at most {MAX_MAGIC_DELAY_MS}) in generating before it ends",
+    ),
+)
 
 FontT = ImageFont.FreeTypeFont | ImageFont.ImageFont
 RGB = tuple[int, int, int]

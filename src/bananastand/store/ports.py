@@ -215,8 +215,16 @@ class TaskStore(Clock, Protocol):
     async def get_task(self, task_id: str, account_id: str) -> Task | None: ...
 
     async def list_tasks(
-        self, account_id: str, *, state: TaskState | None, limit: int, before_seq: int | None
-    ) -> list[Task]: ...
+        self,
+        account_id: str,
+        *,
+        state: TaskState | None,
+        limit: int,
+        before_seq: int | None,
+        model: str | None = None,
+    ) -> list[Task]:
+        """Newest first, of one ``state`` and one ``model`` where given (None: any)."""
+        ...
 
     async def task_versions(self, task_ids: Sequence[str]) -> dict[str, tuple[str, int]]:
         """``(state, updated_at)`` of each task that exists."""

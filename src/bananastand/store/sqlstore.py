@@ -89,7 +89,13 @@ class SqlStore:
         return await self.runner.lookup_keyed(TASK_OF_ACCOUNT, (task_id, account_id))
 
     async def list_tasks(
-        self, account_id: str, *, state: TaskState | None, limit: int, before_seq: int | None
+        self,
+        account_id: str,
+        *,
+        state: TaskState | None,
+        limit: int,
+        before_seq: int | None,
+        model: str | None = None,
     ) -> list[Task]:
         return await self.runner.read(
             partial(
@@ -98,6 +104,7 @@ class SqlStore:
                 state=state,
                 limit=limit,
                 before_seq=before_seq,
+                model=model,
             )
         )
 

@@ -92,6 +92,8 @@ tasks = Table(
     Index("ix_tasks_account_id_seq", "account_id", "seq"),
     Index("ix_tasks_lease_expires_at", "lease_expires_at"),
     Index("ix_tasks_account_id_state", "account_id", "state"),
+    # The list filtered by model pages through one model's tasks, not the account's.
+    Index("ix_tasks_account_id_model_seq", "account_id", "model", "seq"),
 )
 
 idempotency_keys = Table(

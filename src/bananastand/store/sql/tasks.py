@@ -83,11 +83,14 @@ def list_tasks(
     state: TaskState | None,
     limit: int,
     before_seq: int | None,
+    model: str | None = None,
 ) -> list[Task]:
     """Newest first; ``before_seq`` continues a page (keyset pagination stays stable)."""
     query = select(tasks).where(tasks.c.account_id == account_id)
     if state is not None:
         query = query.where(tasks.c.state == state.value)
+    if model is not None:
+        query = query.where(tasks.c.model == model)
     if before_seq is not None:
         query = query.where(tasks.c.seq < before_seq)
     query = query.order_by(tasks.c.seq.desc()).limit(limit)
