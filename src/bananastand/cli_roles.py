@@ -53,7 +53,7 @@ def _banner(
     ``worker_processes``: how many supervised worker processes run tasks (0: this process
     does; None: none here, ``--no-worker``)."""
     base = settings.effective_public_url
-    console.print(f"[bold]bananastand[/] serving on {base}  (docs: {base}/docs)")
+    console.print(f"[bold]bananastand[/] serving on {base}  (web page: {base}/, docs: {base}/docs)")
     console.print(f"data folder: {settings.data_dir.resolve()}")
     if worker_processes is None:
         console.print("tasks run: not here (--no-worker); start `bananastand worker` beside it")
