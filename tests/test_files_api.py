@@ -216,6 +216,22 @@ def test_uploads_need_a_key_and_answer_success_false(server: Server) -> None:
     assert not (server.data_dir / "files" / "uploads").exists()
 
 
+def test_a_rate_limited_upload_is_refused_like_any_call_with_success_false(
+    start_server: Callable[..., Server],
+) -> None:
+    server = start_server(read_rate="1/minute")
+    key = server.key()
+    form = {"data": {"uploadPath": "x"}, "files": {"file": ("a.png", png())}}
+    assert answer_of(server.client.post(STREAM, headers=auth(key), **form))["code"] == 200
+    upload = server.client.post(STREAM, headers=auth(key), **form)
+    read = server.client.get("/api/v1/jobs/recordInfo", headers=auth(key), params={"taskId": "t"})
+    refused = answer_of(upload)
+    assert (refused["code"], refused["success"]) == (429, False)
+    assert {**read.json(), "success": False} == refused
+    for answer in (upload, read):
+        assert 1 <= int(answer.headers["Retry-After"]) <= 60
+
+
 def test_refusals(start_server: Callable[..., Server]) -> None:
     server = start_server(max_upload_bytes=50_000, max_base64_upload_bytes=20_000)
     key = server.key()
