@@ -40,7 +40,8 @@ from bananastand.supervisor import Supervisor
 from bananastand.tasks import Tasks
 from bananastand.wakeups import Topic, Wakeups
 from bananastand.wakeups.buses import bus_for
-from bananastand.webhooks import Webhooks, WebhookSender
+from bananastand.webhooks.account import Webhooks
+from bananastand.webhooks.sender import WebhookSender
 from bananastand.worker import Worker
 
 log = logging.getLogger(__name__)

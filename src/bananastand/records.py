@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any
 
 import orjson
@@ -193,6 +194,22 @@ class LedgerEntry:
         return cls(**{name: row[name] for name in cls.__slots__})
 
 
+class DeliveryState(StrEnum):
+    """Where a task's callback stands: the ``deliveryState`` clients read."""
+
+    #: The task has not ended: there is nothing to send yet (and no outbox row).
+    WAITING = "waiting"
+    #: Due now or at ``next_attempt_at``: the first attempt, or a retry after a failure.
+    PENDING = "pending"
+    #: A receiver answered 2xx. Final.
+    DELIVERED = "delivered"
+    #: Out of retries, or the receiver answered ``410 Gone``. Final, until a resend.
+    FAILED = "failed"
+    #: Never sent: the host is in the operator's ``callback_deny_hosts``. Final, until a
+    #: resend once the setting no longer denies it.
+    REFUSED = "refused"
+
+
 @dataclass(frozen=True, slots=True)
 class Callback:
     """A task's callback in the outbox, with every attempt made so far, oldest first."""
@@ -200,7 +217,7 @@ class Callback:
     id: str | None  # the webhook-id; None until the task ends
     task_id: str
     url: str
-    state: str  # pending | delivered | failed | refused
+    state: DeliveryState
     next_attempt_at: int | None
     delivered_at: int | None
     attempts: tuple[CallbackAttempt, ...]
@@ -210,8 +227,10 @@ class Callback:
             "taskId": self.task_id,
             "webhookId": self.id,
             "callBackUrl": self.url,
-            "deliveryState": self.state,
-            "nextAttemptTime": self.next_attempt_at if self.state == "pending" else None,
+            "deliveryState": self.state.value,
+            "nextAttemptTime": (
+                self.next_attempt_at if self.state is DeliveryState.PENDING else None
+            ),
             "deliveredTime": self.delivered_at,
             "attempts": [attempt.to_wire() for attempt in self.attempts],
         }

@@ -19,7 +19,7 @@ from bananastand.settings import Settings
 from bananastand.storage.base import Storage
 from bananastand.store.ports import Store
 from bananastand.tasks import Tasks
-from bananastand.webhooks import Webhooks
+from bananastand.webhooks.account import Webhooks
 
 
 @dataclass(slots=True)

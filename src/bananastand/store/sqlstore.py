@@ -19,6 +19,7 @@ from bananastand.records import (
     Callback,
     CallbackAttempt,
     Claim,
+    DeliveryState,
     LedgerEntry,
     LiveWorker,
     Task,
@@ -227,7 +228,7 @@ class SqlStore:
         callback_id: str,
         lease_token: str,
         attempt: CallbackAttempt,
-        state: str,
+        state: DeliveryState,
         retry_in_ms: int | None,
     ) -> bool:
         now = self._clock()
