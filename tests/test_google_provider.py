@@ -19,7 +19,12 @@ from bananastand.contract import AspectRatio, Resolution, output_size
 from bananastand.errors import InputError, SafetyBlocked, TaskFailure, UpstreamError
 from bananastand.fake_gemini import FakeGemini, Reply
 from bananastand.providers.base import GenerationRequest, InputImage
-from bananastand.providers.google import GEMINI_LIMITS, GoogleProvider, InlineLimits, RetryPolicy
+from bananastand.providers.google import (
+    GEMINI_LIMITS,
+    GoogleProvider,
+    InlineLimits,
+    UpstreamRetryPolicy,
+)
 from bananastand.providers.local_limiter import LocalLimiter
 from bananastand.providers.sandbox import SandboxProvider
 from bananastand.settings import Settings
@@ -37,7 +42,7 @@ def _provider(
     limits: InlineLimits = GEMINI_LIMITS,
     **retry: Any,
 ) -> GoogleProvider:
-    policy = RetryPolicy(**{"timeout_s": 30.0, "backoff_s": 0.01, **retry})
+    policy = UpstreamRetryPolicy(**{"timeout_s": 30.0, "backoff_s": 0.01, **retry})
     provider = GoogleProvider.gemini(
         fake.api_key,
         Settings().models,
