@@ -26,6 +26,7 @@ import pytest
 from PIL import Image
 
 from bananastand.accounts import NewKey
+from bananastand.contract import TaskRecord
 from conftest import BIN, Server, database_env, prompt_body, with_accounts
 
 JOBS = "/api/v1/jobs"
@@ -158,8 +159,10 @@ def wait_for(server: Server, key: str, task_id: str, states: set[str]) -> dict[s
 
 
 def check_record(record_data: dict[str, Any], *, body: Any = None) -> None:
-    """What every recordInfo ``data`` must be, field for field (design.md)."""
-    assert set(record_data) == RECORD_KEYS, record_data
+    """What every recordInfo ``data`` must be, field for field (design.md), and what the
+    API's model of it (the OpenAPI schema, the client's ``Task``) reads without loss."""
+    assert set(record_data) == RECORD_KEYS == set(TaskRecord.model_fields), record_data
+    assert TaskRecord.model_validate(record_data).model_dump() == record_data
     assert URL_SAFE.fullmatch(record_data["taskId"])
     assert record_data["model"] == "nano-banana-pro"
     state = record_data["state"]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -14,6 +14,9 @@ from bananastand.contract import TaskState
 
 @dataclass(frozen=True, slots=True)
 class Task:
+    """A task as stored: its row, lease columns aside. What clients see of it is the wire
+    record (``contract.TaskRecord``), made from this by `bananastand.results.RecordMaker`."""
+
     seq: int
     id: str
     account_id: str
@@ -42,27 +45,6 @@ class Task:
         values["state"] = TaskState(values["state"])
         values["result_keys"] = tuple(orjson.loads(values["result_keys"] or "[]"))
         return cls(**values)
-
-    def to_record(self, result_urls: Sequence[str]) -> dict[str, Any]:
-        """The ``data`` of recordInfo and of the callback, field for field, with links
-        to the results made by the caller (`bananastand.results.TaskRecords`)."""
-        result_json = (
-            orjson.dumps({"resultUrls": list(result_urls)}).decode() if result_urls else ""
-        )
-        return {
-            "taskId": self.id,
-            "model": self.model,
-            "state": self.state.value,
-            "param": self.param,
-            "resultJson": result_json,
-            "failCode": self.fail_code,
-            "failMsg": self.fail_msg,
-            "costTime": self.cost_time_ms,
-            "createTime": self.created_at,
-            "updateTime": self.updated_at,
-            "completeTime": self.completed_at,
-            "creditsConsumed": self.credits_consumed,
-        }
 
     @property
     def cost_time_ms(self) -> int | None:

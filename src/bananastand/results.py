@@ -11,11 +11,15 @@ from __future__ import annotations
 
 from typing import Any
 
+import orjson
+
 from bananastand.records import Task
 from bananastand.storage.links import LinkSigner
 
 
-class TaskRecords:
+class RecordMaker:
+    """Makes the wire record (``contract.TaskRecord``, field for field) of a stored task."""
+
     def __init__(self, links: LinkSigner, result_link_seconds: int) -> None:
         self._links = links
         self._lifetime_s = result_link_seconds
@@ -27,8 +31,25 @@ class TaskRecords:
         return [self._link(key, ended_s + self._lifetime_s) for key in task.result_keys]
 
     def record(self, task: Task) -> dict[str, Any]:
-        """The ``data`` of recordInfo, the list, event streams and callbacks."""
-        return task.to_record(self.result_urls(task))
+        """The ``data`` of recordInfo, the list, event streams and callbacks.
+
+        A plain dict rather than a ``TaskRecord``: recordInfo is the API's hottest answer,
+        and the suite holds every answer to the model's fields."""
+        urls = self.result_urls(task)
+        return {
+            "taskId": task.id,
+            "model": task.model,
+            "state": task.state.value,
+            "param": task.param,
+            "resultJson": orjson.dumps({"resultUrls": urls}).decode() if urls else "",
+            "failCode": task.fail_code,
+            "failMsg": task.fail_msg,
+            "costTime": task.cost_time_ms,
+            "createTime": task.created_at,
+            "updateTime": task.updated_at,
+            "completeTime": task.completed_at,
+            "creditsConsumed": task.credits_consumed,
+        }
 
     def _link(self, key: str, expires_at: int) -> str:
         # Stored before links were made at hand-out time and not one of ours: kept as is.

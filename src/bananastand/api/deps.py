@@ -14,7 +14,7 @@ from bananastand.metrics.exposition import Scrape
 from bananastand.ops import Switches
 from bananastand.ratelimit import RateLimiter
 from bananastand.records import ApiKey
-from bananastand.results import TaskRecords
+from bananastand.results import RecordMaker
 from bananastand.settings import Settings
 from bananastand.storage.base import Storage
 from bananastand.store.ports import Store
@@ -29,7 +29,7 @@ class Services:
     accounts: Accounts
     tasks: Tasks
     #: Makes the wire record of a task, its result links made from the public URL of now.
-    records: TaskRecords
+    records: RecordMaker
     storage: Storage
     files: Files
     billing: Billing

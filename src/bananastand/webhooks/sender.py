@@ -14,7 +14,7 @@ from bananastand.ids import random_token
 from bananastand.logs import bind_task
 from bananastand.metrics import Metrics
 from bananastand.records import CallbackAttempt, DeliveryState
-from bananastand.results import TaskRecords
+from bananastand.results import RecordMaker
 from bananastand.settings import Settings
 from bananastand.store.ports import ClaimedCallback, Outbox
 from bananastand.webhooks.schedule import Verdict, denied, judge, next_delay_s
@@ -41,7 +41,7 @@ class WebhookSender:
         store: Outbox,
         settings: Settings,
         fetcher: SafeFetcher,
-        records: TaskRecords,
+        records: RecordMaker,
         metrics: Metrics,
     ) -> None:
         self._store = store

@@ -10,7 +10,7 @@ import orjson
 from bananastand.client.webhooks import sign_hosted, sign_standard
 from bananastand.contract import CODE_GENERATION_FAILED, CODE_OK, TaskState
 from bananastand.records import Task
-from bananastand.results import TaskRecords
+from bananastand.results import RecordMaker
 
 
 def new_secret() -> str:
@@ -18,7 +18,7 @@ def new_secret() -> str:
     return "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
 
 
-def callback_body(task: Task, records: TaskRecords) -> bytes:
+def callback_body(task: Task, records: RecordMaker) -> bytes:
     """The recordInfo envelope of the ended task: code 200 on success, 501 on failure.
 
     Made for each attempt: a retry after the server moved carries links that work now."""
