@@ -40,7 +40,7 @@ from bananastand.fake_gemini import FakeGemini
 from bananastand.fetch import FetchPolicy, SafeFetcher
 from bananastand.inputs import InputLoader
 from bananastand.providers.base import GenerationRequest
-from bananastand.providers.google import GoogleProvider, RetryPolicy
+from bananastand.providers.google import GoogleProvider, UpstreamRetryPolicy
 from bananastand.providers.local_limiter import LocalLimiter
 from bananastand.settings import Settings
 from bananastand.storage.local import LocalStorage
@@ -102,7 +102,7 @@ class Ours:
             fake.api_key,
             settings.models,
             base_url=fake.base_url,
-            retry=RetryPolicy(),
+            retry=UpstreamRetryPolicy(),
             limiter=LocalLimiter(concurrency=8),
         )
 

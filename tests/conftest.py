@@ -34,7 +34,6 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,6 +52,7 @@ from bananastand.app import create_app
 from bananastand.server import AppServer
 from bananastand.settings import Settings
 from bananastand.store import migrate, open_runner, open_store
+from waiting import DEADLINE_S, wait_for
 
 if TYPE_CHECKING:
     from browser import Browser
@@ -280,16 +280,15 @@ class Server:
         answer: dict[str, Any] = response.json()
         return answer
 
-    def wait(self, key: str, task_id: str, timeout: float = 30.0) -> dict[str, Any]:
+    def wait(self, key: str, task_id: str, timeout: float = DEADLINE_S) -> dict[str, Any]:
         """Poll until the task is final; returns its record (``data``)."""
-        deadline = time.monotonic() + timeout
-        while True:
-            data: dict[str, Any] = self.record(key, task_id)["data"]
-            if data["state"] in ("success", "fail"):
-                return data
-            if time.monotonic() > deadline:
-                raise AssertionError(f"task {task_id} still {data['state']} after {timeout}s")
-            time.sleep(0.05)
+        data: dict[str, Any] = wait_for(
+            lambda: self.record(key, task_id)["data"],
+            lambda data: data["state"] in ("success", "fail"),
+            what=f"task {task_id} final",
+            timeout=timeout,
+        )
+        return data
 
 
 def with_accounts(server: Server, action: Callable[[Accounts], Any]) -> Any:
@@ -344,11 +343,12 @@ def running_server(
     server = AppServer(config, app)  # as ``serve`` runs it: open event streams end at exit
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            raise RuntimeError("server did not start")
-        time.sleep(0.02)
+
+    def started() -> bool:
+        assert thread.is_alive(), "the server's thread ended before it started"
+        return server.started
+
+    wait_for(started, what="the in-process server started", interval=0.02)
     handle = Server(f"http://127.0.0.1:{port}", data_dir, settings, app)
     try:
         yield handle
@@ -425,6 +425,21 @@ class ServerProcess:
         return self.process.wait(timeout=timeout)
 
 
+def healthy(child: ServerProcess, timeout: float = DEADLINE_S) -> None:
+    """Until the child answers ``/healthz``; one that exited fails at once, with its log."""
+
+    def answering() -> bool:
+        assert child.process.poll() is None, f"the server exited:\n{child.log()}"
+        try:
+            return httpx.get(f"{child.base_url}/healthz", timeout=2).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    wait_for(
+        answering, what=lambda: f"the server started:\n{child.log()}", timeout=timeout, interval=0.1
+    )
+
+
 @pytest.fixture
 def spawn(tmp_path: Path) -> Iterator[Callable[..., ServerProcess]]:
     """Start ``bananastand ARGS...`` with ``BANANASTAND_*`` env overrides; waits for
@@ -457,16 +472,7 @@ def spawn(tmp_path: Path) -> Iterator[Callable[..., ServerProcess]]:
         if wait and args and args[0] == "serve":
             # Only a guard against a server that never comes up: a busy 2-core machine
             # has taken more than 30 s to start one (imports, migrations check, banner).
-            deadline = time.monotonic() + 120
-            while True:
-                try:
-                    if httpx.get(f"{child.base_url}/healthz", timeout=1).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                if process.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"server did not start:\n{child.log()}")
-                time.sleep(0.1)
+            healthy(child, timeout=120)
         return child
 
     yield start
@@ -541,13 +547,14 @@ def redis_url() -> Iterator[str]:
         stdout=subprocess.DEVNULL,
     )
     try:
-        deadline = time.monotonic() + 30
-        while True:
+
+        def answering() -> bool:
+            assert process.poll() is None, "redis-server exited"
             with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 1):
-                break
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("redis-server did not start")
-            time.sleep(0.05)
+                return True
+            return False
+
+        wait_for(answering, what="redis-server answering")
         yield f"redis://127.0.0.1:{port}"
     finally:
         process.terminate()

@@ -4,30 +4,18 @@ what no API does (leases, attempts, the worker that ran a task)."""
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Protocol
 
 import httpx
 from sqlalchemy import select
 
 from bananastand.store.tables import tasks
 from conftest import ServerProcess, prompt_body, rows_of
+from waiting import DEADLINE_S, wait_for
 
 Spawn = Callable[..., ServerProcess]
-T = TypeVar("T")
-
-
-def wait_for(condition: Callable[[], T], what: str, timeout: float = 90) -> T:
-    """``condition``'s first truthy answer; the deadline is generous because starting a
-    child costs seconds of CPU on a busy machine."""
-    deadline = time.monotonic() + timeout
-    while not (found := condition()):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"still not true after {timeout:g} s: {what}")
-        time.sleep(0.05)
-    return found
 
 
 def db_row(data_dir: Path, task_id: str) -> dict[str, Any]:
@@ -39,24 +27,29 @@ def db_row(data_dir: Path, task_id: str) -> dict[str, Any]:
 
 
 def wait_row(
-    data_dir: Path, task_id: str, done: Callable[[dict[str, Any]], bool], timeout: float = 20
+    data_dir: Path,
+    task_id: str,
+    done: Callable[[dict[str, Any]], bool],
+    timeout: float = DEADLINE_S,
 ) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    while True:
-        row = db_row(data_dir, task_id)
-        if done(row):
-            return row
-        if time.monotonic() > deadline:
-            raise AssertionError(f"task {task_id} did not get there in {timeout}s: {row}")
-        time.sleep(0.05)
+    return wait_for(
+        lambda: db_row(data_dir, task_id), done, what=f"the row of {task_id}", timeout=timeout
+    )
 
 
-def create(child: ServerProcess, key: str, prompt: str) -> str:
+class Serving(Protocol):
+    """A server of the tests, in this process (``conftest.Server``) or a child."""
+
+    base_url: str
+
+
+def create(server: Serving, key: str, prompt: str) -> str:
+    """A new task's id, made over plain HTTP."""
     response = httpx.post(
-        f"{child.base_url}/api/v1/jobs/createTask",
+        f"{server.base_url}/api/v1/jobs/createTask",
         json=prompt_body(prompt),
         headers={"Authorization": f"Bearer {key}"},
-        timeout=10,
+        timeout=30,
     )
     answer = response.json()
     assert answer["code"] == 200, answer
@@ -82,16 +75,14 @@ def wait_record(
     key: str,
     task_id: str,
     states: set[str],
-    timeout: float = 20,
+    timeout: float = DEADLINE_S,
 ) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    while True:
-        data = record(child, key, task_id)
-        if data["state"] in states:
-            return data
-        if time.monotonic() > deadline:
-            raise AssertionError(f"task {task_id} still {data['state']} after {timeout}s")
-        time.sleep(0.05)
+    return wait_for(
+        lambda: record(child, key, task_id),
+        lambda data: data["state"] in states,
+        what=f"task {task_id} in {sorted(states)}",
+        timeout=timeout,
+    )
 
 
 def result_files(data_dir: Path, task_id: str) -> list[Path]:

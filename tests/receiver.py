@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from waiting import DEADLINE_S, wait_for
+
 
 @dataclass(frozen=True)
 class Answer:
@@ -79,15 +81,19 @@ class Receiver:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}/hook"
 
-    def wait_for(self, count: int, timeout: float = 30.0) -> list[Received]:
-        deadline = time.monotonic() + timeout
-        while True:
-            with self._lock:
-                if len(self.requests) >= count:
-                    return list(self.requests)
-            if time.monotonic() > deadline:
-                raise AssertionError(f"{len(self.requests)} requests, expected {count}")
-            time.sleep(0.02)
+    def wait_for(self, count: int, timeout: float = DEADLINE_S) -> list[Received]:
+        """Every request so far, once there are at least ``count``."""
+        return wait_for(
+            self._received,
+            lambda received: len(received) >= count,
+            what=f"{count} requests received",
+            timeout=timeout,
+            interval=0.02,
+        )
+
+    def _received(self) -> list[Received]:
+        with self._lock:
+            return list(self.requests)
 
     def close(self) -> None:
         self._server.shutdown()

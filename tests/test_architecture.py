@@ -51,9 +51,17 @@ def is_storage_detail(name: str) -> bool:
     return within(name, "bananastand.store") and not within(name, "bananastand.store.ports")
 
 
+def sources(name: str) -> list[Path]:
+    """The files of a module, or of every module of a package."""
+    module = PACKAGE / f"{name}.py"
+    found = [module] if module.exists() else sorted((PACKAGE / name).rglob("*.py"))
+    assert found, f"no module or package {name}"
+    return found
+
+
 @pytest.mark.parametrize("module", DOMAIN)
 def test_the_domain_reaches_storage_only_through_its_ports(module: str) -> None:
-    found = [name for name in imported(PACKAGE / f"{module}.py") if is_storage_detail(name)]
+    found = [name for path in sources(module) for name in imported(path) if is_storage_detail(name)]
     assert found == []
 
 

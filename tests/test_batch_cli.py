@@ -17,9 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from conftest import BIN, Server
-from processes import wait_for
 from test_client_cli import client_env, run
 from test_client_sdk import png, tasks_on
+from waiting import wait_for
 
 #: PNG's signature and nothing after it: an upload takes it (it looks like a PNG), the
 #: task that reads it fails (400, not a decodable image).
@@ -155,7 +155,7 @@ def test_a_second_batch_on_a_folder_in_use_is_refused_at_once(
     out = tmp_path / "out"
     first = start_batch(env, prompts, out, "--concurrency", "4")
     try:
-        wait_for(lambda: len(statuses(out, "submitted")) == 4, "4 tasks submitted")
+        wait_for(lambda: len(statuses(out, "submitted")) == 4, what="4 tasks submitted")
         manifest = (out / "manifest.jsonl").read_bytes()
 
         second = run(env, "batch", str(prompts), "-o", str(out), "--concurrency", "4")
@@ -188,7 +188,7 @@ def test_a_killed_batch_does_not_hold_its_folder(
     prompts = write_lines(tmp_path / "prompts.jsonl", *({"prompt": f"n{n}"} for n in range(6)))
     out = tmp_path / "out"
     killed = start_batch(env, prompts, out, "--concurrency", "2")
-    wait_for(lambda: len(statuses(out, "submitted")) == 2, "2 tasks submitted")
+    wait_for(lambda: len(statuses(out, "submitted")) == 2, what="2 tasks submitted")
     killed.kill()
     killed.wait()
     # What it wrote in the lock file is still there, naming a process that is gone.
@@ -221,7 +221,7 @@ def test_the_progress_bar_counts_done_failed_and_running_lines(
         # Held: all four in flight, none ended, for as long as it takes rich to draw it.
         wait_for(
             lambda: "done 0  failed 0  unknown 0  running 4" in ANSI.sub("", stderr.read_text()),
-            "drawn with 4 running",
+            what="drawn with 4 running",
         )
         start_server(data_dir=api.data_dir)
         assert child.wait(timeout=120) == 1

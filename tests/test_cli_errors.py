@@ -12,7 +12,6 @@ import json
 import os
 import subprocess
 import threading
-import time
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -23,6 +22,7 @@ from sqlalchemy import update
 from bananastand.store.tables import accounts
 from conftest import BIN, Server, ServerProcess, cli, free_port, rows_of
 from test_cli import create_key
+from waiting import wait_for
 
 Answer = Callable[..., str]
 
@@ -320,11 +320,12 @@ def test_a_server_that_goes_away_stops_the_batch(
         text=True,
     )
     manifest = out / "manifest.jsonl"
-    deadline = time.monotonic() + 60
-    while not (manifest.exists() and '"submitted"' in manifest.read_text()):
+
+    def submitted() -> bool:
         assert batch.poll() is None, batch.communicate()
-        assert time.monotonic() < deadline, "no line was submitted"
-        time.sleep(0.05)
+        return manifest.exists() and '"submitted"' in manifest.read_text()
+
+    wait_for(submitted, what="a line was submitted")
     server.kill()
     _, stderr = batch.communicate(timeout=120)
     assert batch.returncode == SERVER, stderr

@@ -17,6 +17,7 @@ from PIL import Image
 from accounts_helpers import ADMIN_TOKEN, new_account
 from conftest import BIN, Server
 from test_client_sdk import png, tasks_on
+from waiting import wait_for
 
 
 def client_env(server: Server, key: str) -> dict[str, str]:
@@ -132,10 +133,13 @@ def test_batch_resumes_after_being_killed_and_makes_one_task_per_line(
         child = subprocess.Popen(
             command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
         )
-        deadline = time.monotonic() + 60
-        while not (manifest_path.exists() and manifest_path.stat().st_size > written):
-            assert time.monotonic() < deadline, "the run wrote nothing in 60 s"
-            time.sleep(0.02)
+        wait_for(
+            lambda written=written: (
+                manifest_path.exists() and manifest_path.stat().st_size > written
+            ),
+            what="the run wrote a line",
+            interval=0.02,
+        )
         time.sleep(chance.uniform(0.2, 1.2))
         child.send_signal(signal.SIGKILL)
         child.wait()

@@ -16,7 +16,6 @@ import hashlib
 import os
 import shutil
 import sqlite3
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +30,8 @@ from bananastand.store import open_store
 from conftest import Server, cli, free_port, prompt_body, running_server
 from postgres import INSTALL_HINT, PostgresServer, find_binaries, running_postgres
 from receiver import Receiver
+from test_webhooks import delivered, wait_info
+from waiting import wait_for
 
 #: The source is an embedded SQLite file, copied to SQLite and PostgreSQL in one pass of
 #: the suite (a PostgreSQL pass would give the source folder a database server's).
@@ -97,21 +98,13 @@ def callback(server: Server, key: str, task_id: str) -> dict[str, Any]:
     return answer
 
 
-def wait_delivered(server: Server, key: str, task_id: str) -> dict[str, Any]:
-    deadline = time.monotonic() + 30
-    while (info := callback(server, key, task_id))["data"]["deliveryState"] != "delivered":
-        assert time.monotonic() < deadline, info
-        time.sleep(0.05)
-    data: dict[str, Any] = info["data"]
-    return data
-
-
 def create_when_open(server: Server, key: str) -> str:
     """A new task's id, once the server has seen maintenance end (its switch poll)."""
-    deadline = time.monotonic() + 30
-    while (answer := server.create(key, prompt_body()))["code"] == 455:
-        assert time.monotonic() < deadline, answer
-        time.sleep(0.05)
+    answer = wait_for(
+        lambda: server.create(key, prompt_body()),
+        lambda answer: answer["code"] != 455,
+        what="createTask accepted again after maintenance",
+    )
     assert answer["code"] == 200, answer
     return str(answer["data"]["taskId"])
 
@@ -152,7 +145,7 @@ def source(tmp_path_factory: pytest.TempPathFactory) -> Source:
             by = {task_id: test_key if name == "test" else key for name, task_id in ids.items()}
             tasks = {task_id: (by[task_id], server.wait(by[task_id], task_id)) for task_id in by}
             callbacks = {
-                ids[n]: wait_delivered(server, key, ids[n]) for n in ("success", "refunded")
+                ids[n]: wait_info(server, key, ids[n], delivered) for n in ("success", "refunded")
             }
             left = balance(server, key)
     finally:
@@ -243,9 +236,9 @@ def test_a_copy_serves_the_old_keys_balances_and_tasks(
             assert {f: answer["data"][f] for f in kept} == {f: data[f] for f in kept}
         else:
             assert answer["code"] == 404, answer
-    for task_id, delivered in source.callbacks.items():
+    for task_id, sent in source.callbacks.items():
         answer = callback(server, source.key, task_id)
-        assert answer["data"] == delivered if with_tasks else answer["code"] == 404, answer
+        assert answer["data"] == sent if with_tasks else answer["code"] == 404, answer
 
     # New rows take new keys (PostgreSQL's sequences were moved past the copied ones).
     assert cli(source.data_dir, "maintenance", "off", **on_copy).returncode == 0

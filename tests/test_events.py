@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -15,7 +14,9 @@ import httpx
 import pytest
 
 from bananastand.accounts import Accounts
-from conftest import Server, ServerProcess, make_key, prompt_body, with_accounts
+from conftest import Server, ServerProcess, make_key, with_accounts
+from processes import create
+from waiting import wait_for
 
 ORDER = ["waiting", "queuing", "generating", "success", "fail"]
 STREAM = {"Accept": "text/event-stream"}
@@ -64,18 +65,6 @@ def stream(base_url: str, key: str | None, task_id: str | None) -> Iterator[http
         yield response
 
 
-def create(base_url: str, key: str, prompt: str) -> str:
-    answer = httpx.post(
-        f"{base_url}/api/v1/jobs/createTask",
-        json=prompt_body(prompt),
-        headers={"Authorization": f"Bearer {key}"},
-        timeout=30,
-    ).json()
-    assert answer["code"] == 200, answer
-    task_id: str = answer["data"]["taskId"]
-    return task_id
-
-
 def in_lifecycle_order(states: list[str]) -> bool:
     positions = [ORDER.index(state) for state in states]
     return positions == sorted(set(positions))
@@ -83,7 +72,7 @@ def in_lifecycle_order(states: list[str]) -> bool:
 
 def test_a_stream_follows_a_task_to_success(server: Server) -> None:
     key = server.key()
-    task_id = create(server.base_url, key, "a banana [sandbox:delay=300]")
+    task_id = create(server, key, "a banana [sandbox:delay=300]")
     with stream(server.base_url, key, task_id) as response:
         assert response.status_code == 200
         assert response.headers["content-type"].startswith("text/event-stream")
@@ -102,7 +91,7 @@ def test_a_stream_follows_a_task_to_success(server: Server) -> None:
 
 def test_a_stream_ends_with_the_failure(server: Server) -> None:
     key = server.key()
-    task_id = create(server.base_url, key, "[sandbox:fail=safety]")
+    task_id = create(server, key, "[sandbox:fail=safety]")
     with stream(server.base_url, key, task_id) as response:
         found = records(list(items(response)))
     assert found[-1]["state"] == "fail"
@@ -117,7 +106,7 @@ def test_the_first_event_is_the_task_as_it_is_and_a_cancel_is_the_next(
 ) -> None:
     server = start_server(run_worker=False)
     key = server.key()
-    task_id = create(server.base_url, key, "never runs")
+    task_id = create(server, key, "never runs")
     with stream(server.base_url, key, task_id) as response:
         events = items(response)
         kind, first = next(events)
@@ -138,7 +127,7 @@ def test_the_first_event_is_the_task_as_it_is_and_a_cancel_is_the_next(
 def test_errors_are_envelopes_even_when_a_stream_is_asked_for(server: Server) -> None:
     key = server.key()
     other = server.key()
-    theirs = create(server.base_url, other, "someone else's")
+    theirs = create(server, other, "someone else's")
     cases = [
         (None, "task_x", 401),
         ("bs_test_not-a-key", "task_x", 401),
@@ -159,7 +148,7 @@ def test_errors_are_envelopes_even_when_a_stream_is_asked_for(server: Server) ->
 
 def test_an_accept_header_without_event_stream_gets_json(server: Server) -> None:
     key = server.key()
-    task_id = create(server.base_url, key, "a banana")
+    task_id = create(server, key, "a banana")
     for accept in ("application/json", "*/*", "text/html"):
         answer = server.client.get(
             "/api/v1/jobs/recordInfo",
@@ -177,7 +166,7 @@ def test_a_quiet_stream_keeps_alive_and_ends_after_its_longest_time(
         run_worker=False, events_heartbeat_seconds=0.05, events_max_stream_seconds=0.5
     )
     key = server.key()
-    task_id = create(server.base_url, key, "never runs")
+    task_id = create(server, key, "never runs")
     with stream(server.base_url, key, task_id) as response:
         seen = list(items(response))  # ends although the task has not
     assert [record["state"] for record in records(seen)] == ["waiting"]
@@ -189,7 +178,7 @@ def test_a_quiet_stream_keeps_alive_and_ends_after_its_longest_time(
 
 def test_a_finished_task_is_one_event(server: Server) -> None:
     key = server.key()
-    task_id = create(server.base_url, key, "a banana")
+    task_id = create(server, key, "a banana")
     done = server.wait(key, task_id)
     with stream(server.base_url, key, task_id) as response:
         assert records(list(items(response))) == [done]
@@ -214,7 +203,7 @@ def test_a_worker_in_another_process_reaches_the_stream(
     the stream that the task moved on."""
     api = spawn("serve", "--no-worker", env={"BANANASTAND_EVENTS_POLL_MS": "100"})
     key = make_key(tmp_path / "data")
-    task_id = create(api.base_url, key, "elsewhere [sandbox:delay=200]")
+    task_id = create(api, key, "elsewhere [sandbox:delay=200]")
     with stream(api.base_url, key, task_id) as response:
         events = items(response)
         first = records([next(events)])
@@ -238,7 +227,7 @@ def test_sigterm_ends_open_streams_and_serve_exits_cleanly(
         env={"BANANASTAND_SHUTDOWN_GRACE_SECONDS": "600", "BANANASTAND_EVENTS_POLL_MS": "100"},
     )
     key = make_key(tmp_path / "data")
-    task_id = create(api.base_url, key, "never runs here")
+    task_id = create(api, key, "never runs here")
     opened = threading.Event()
     outcome: dict[str, Any] = {}
 
@@ -269,7 +258,7 @@ def test_sigterm_ends_open_streams_and_serve_exits_cleanly(
 @pytest.mark.parametrize("count", [1, 3])
 def test_several_streams_of_one_task(server: Server, count: int) -> None:
     key = server.key()
-    task_id = create(server.base_url, key, "watched [sandbox:delay=200]")
+    task_id = create(server, key, "watched [sandbox:delay=200]")
     results: list[list[dict[str, Any]]] = []
 
     def follow() -> None:
@@ -291,7 +280,7 @@ def test_a_client_that_goes_away_stops_being_followed(
 ) -> None:
     server = start_server(run_worker=False)
     key = server.key()
-    task_id = create(server.base_url, key, "watched, then not")
+    task_id = create(server, key, "watched, then not")
     watch = server.app.state.services.tasks.watch
     with stream(server.base_url, key, task_id) as response:
         # Held in a name: a generator dropped mid-iteration is closed at once, and closing
@@ -301,10 +290,9 @@ def test_a_client_that_goes_away_stops_being_followed(
         assert kind == "event"
         assert watch.following == 1
     # The connection is closed: the server notices, and the stream's registration goes.
-    deadline = time.monotonic() + 30
-    while watch.following and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert watch.following == 0
+    wait_for(
+        lambda: watch.following == 0, what="the closed stream's registration gone", interval=0.02
+    )
 
 
 def _revoke(server: Server, secret: str) -> None:
@@ -325,7 +313,7 @@ def test_a_stream_ends_when_its_key_is_revoked(start_server: Callable[..., Serve
         events_max_stream_seconds=600,
     )
     key = server.key()
-    task_id = create(server.base_url, key, "never runs")
+    task_id = create(server, key, "never runs")
     seen: list[tuple[str, Any]] = []
     keep_alives_after = 0
     with stream(server.base_url, key, task_id) as response:

@@ -25,6 +25,7 @@ from PIL import Image
 
 from bananastand.storage.links import LinkSigner, load_secret
 from conftest import BIN, S3Server, Server, database_env, prompt_body
+from waiting import wait_for
 
 STREAM = "/api/file-stream-upload"
 URL_UPLOAD = "/api/file-url-upload"
@@ -214,6 +215,22 @@ def test_uploads_need_a_key_and_answer_success_false(server: Server) -> None:
         response = server.client.post(BASE64, headers=headers, json={"base64Data": "AAAA"})
         assert answer_of(response)["code"] == 401
     assert not (server.data_dir / "files" / "uploads").exists()
+
+
+def test_a_rate_limited_upload_is_refused_like_any_call_with_success_false(
+    start_server: Callable[..., Server],
+) -> None:
+    server = start_server(read_rate="1/minute")
+    key = server.key()
+    form = {"data": {"uploadPath": "x"}, "files": {"file": ("a.png", png())}}
+    assert answer_of(server.client.post(STREAM, headers=auth(key), **form))["code"] == 200
+    upload = server.client.post(STREAM, headers=auth(key), **form)
+    read = server.client.get("/api/v1/jobs/recordInfo", headers=auth(key), params={"taskId": "t"})
+    refused = answer_of(upload)
+    assert (refused["code"], refused["success"]) == (429, False)
+    assert {**read.json(), "success": False} == refused
+    for answer in (upload, read):
+        assert 1 <= int(answer.headers["Retry-After"]) <= 60
 
 
 def test_refusals(start_server: Callable[..., Server]) -> None:
@@ -561,8 +578,5 @@ def test_workers_sweep_expired_uploads_on_their_own(start_server: Callable[..., 
     server = start_server(lease_seconds=0.6, sweep_interval_seconds=0.2, upload_retention_seconds=1)
     data = uploaded(stream_upload(server, server.key(), png()))
     [path] = (server.data_dir / "files").rglob("photo.png")
-    deadline = time.monotonic() + 20
-    while path.exists():
-        assert time.monotonic() < deadline, "the worker never swept the expired upload"
-        time.sleep(0.1)
+    wait_for(lambda: not path.exists(), what="the worker swept the expired upload", interval=0.1)
     assert httpx.get(data["downloadUrl"]).status_code == 410  # swept once its link expired

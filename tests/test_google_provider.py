@@ -19,8 +19,14 @@ from bananastand.contract import AspectRatio, Resolution, output_size
 from bananastand.errors import InputError, SafetyBlocked, TaskFailure, UpstreamError
 from bananastand.fake_gemini import FakeGemini, Reply
 from bananastand.providers.base import GenerationRequest, InputImage
-from bananastand.providers.google import GEMINI_LIMITS, GoogleProvider, InlineLimits, RetryPolicy
+from bananastand.providers.google import (
+    GEMINI_LIMITS,
+    GoogleProvider,
+    InlineLimits,
+    UpstreamRetryPolicy,
+)
 from bananastand.providers.local_limiter import LocalLimiter
+from bananastand.providers.sandbox import SandboxProvider
 from bananastand.settings import Settings
 
 
@@ -36,7 +42,7 @@ def _provider(
     limits: InlineLimits = GEMINI_LIMITS,
     **retry: Any,
 ) -> GoogleProvider:
-    policy = RetryPolicy(**{"timeout_s": 30.0, "backoff_s": 0.01, **retry})
+    policy = UpstreamRetryPolicy(**{"timeout_s": 30.0, "backoff_s": 0.01, **retry})
     provider = GoogleProvider.gemini(
         fake.api_key,
         Settings().models,
@@ -139,6 +145,52 @@ def test_auto_aspect_ratio_is_left_out_and_inputs_go_inline(fake: FakeGemini) ->
     assert seen.images == [wide, jpeg.getvalue()]
     # The fake follows the first input's shape, as Google does: 2:1 is nearest 16:9.
     assert _size(image.data) == output_size(AspectRatio.R16_9, Resolution.R2K)
+
+
+def _photo(width: int, height: int, *, exif_orientation: int = 0) -> bytes:
+    out = io.BytesIO()
+    exif = Image.Exif()
+    if exif_orientation:
+        exif[0x0112] = exif_orientation
+    Image.new("RGB", (width, height), (200, 60, 40)).save(out, format="JPEG", exif=exif)
+    return out.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("first", "expected"),
+    [
+        (InputImage(_png(600, 300), "image/png"), AspectRatio.R16_9),  # 2:1: 16:9 is nearer
+        (InputImage(_photo(300, 600), "image/jpeg"), AspectRatio.R9_16),
+        # Stored 300x600, tagged "rotate 90": shown (and seen) as 600x300.
+        (InputImage(_photo(300, 600, exif_orientation=6), "image/jpeg"), AspectRatio.R16_9),
+        (InputImage(_png(1000, 990), "image/png"), AspectRatio.R1_1),
+        (InputImage(_png(1000, 1240), "image/png"), AspectRatio.R4_5),
+        (InputImage(_png(2400, 1000), "image/png"), AspectRatio.R21_9),
+    ],
+)
+def test_auto_follows_the_first_input_alike_in_the_fake_and_the_sandbox(
+    fake: FakeGemini, first: InputImage, expected: AspectRatio
+) -> None:
+    """Both stand in for Nano Banana Pro: given the same input, each answers the size
+    Google's ``auto`` would, and the same one."""
+    request = GenerationRequest(
+        model="nano-banana-pro",
+        prompt="follow the first image",
+        images=[first, InputImage(_png(300, 600), "image/png")],
+        aspect_ratio=AspectRatio.AUTO,
+    )
+
+    async def from_the_sandbox() -> Any:
+        sandbox = SandboxProvider(cache_size=0)
+        try:
+            return await sandbox.generate(request)
+        finally:
+            await sandbox.aclose()
+
+    drawn = asyncio.run(from_the_sandbox())
+    answered = _generate(_provider(fake), request)
+    assert drawn.usage["aspect_ratio"] == expected.value
+    assert _size(drawn.data) == _size(answered.data) == output_size(expected, Resolution.R1K)
 
 
 def test_the_last_non_thought_image_is_taken(fake: FakeGemini) -> None:

@@ -26,7 +26,9 @@ import pytest
 from PIL import Image
 
 from bananastand.accounts import NewKey
+from bananastand.contract import TaskRecord
 from conftest import BIN, Server, database_env, prompt_body, with_accounts
+from waiting import wait_for
 
 JOBS = "/api/v1/jobs"
 CREATE = f"{JOBS}/createTask"
@@ -147,20 +149,27 @@ def list_all(server: Server, key: str, **params: Any) -> list[dict[str, Any]]:
             return items
 
 
-def wait_for(server: Server, key: str, task_id: str, states: set[str]) -> dict[str, Any]:
-    deadline = time.monotonic() + 30
-    while True:
-        data: dict[str, Any] = record(server, key, task_id)["data"]
-        if data["state"] in states:
-            return data
+def wait_state(server: Server, key: str, task_id: str, states: set[str]) -> dict[str, Any]:
+    """The task's record once it is in one of ``states``; one that ended otherwise fails."""
+
+    def reached(data: dict[str, Any]) -> bool:
         assert data["state"] not in {"success", "fail"} - states, data
-        assert time.monotonic() < deadline, f"task {task_id} still {data['state']}"
-        time.sleep(0.02)
+        return data["state"] in states
+
+    found: dict[str, Any] = wait_for(
+        lambda: record(server, key, task_id)["data"],
+        reached,
+        what=f"task {task_id} in {sorted(states)}",
+        interval=0.02,
+    )
+    return found
 
 
 def check_record(record_data: dict[str, Any], *, body: Any = None) -> None:
-    """What every recordInfo ``data`` must be, field for field (design.md)."""
-    assert set(record_data) == RECORD_KEYS, record_data
+    """What every recordInfo ``data`` must be, field for field (design.md), and what the
+    API's model of it (the OpenAPI schema, the client's ``Task``) reads without loss."""
+    assert set(record_data) == RECORD_KEYS == set(TaskRecord.model_fields), record_data
+    assert TaskRecord.model_validate(record_data).model_dump() == record_data
     assert URL_SAFE.fullmatch(record_data["taskId"])
     assert record_data["model"] == "nano-banana-pro"
     state = record_data["state"]
@@ -352,7 +361,7 @@ def test_create_answers_exactly_and_the_record_is_complete(server: Server) -> No
     assert first["data"]["state"] in {"waiting", "queuing", "generating", "success"}
     check_record(first["data"], body=body)
 
-    final = wait_for(server, key, task_id, {"success", "fail"})
+    final = wait_state(server, key, task_id, {"success", "fail"})
     assert final["state"] == "success"
     check_record(final, body=body)
     assert final["createTime"] == first["data"]["createTime"]
@@ -452,7 +461,7 @@ def test_output_format_gives_a_real_image_of_that_format(
     key = server.key()
     body = prompt_body(output_format=output_format)
     task_id = create_id(server, key, body)
-    data = wait_for(server, key, task_id, {"success", "fail"})
+    data = wait_state(server, key, task_id, {"success", "fail"})
     assert data["state"] == "success", data
     check_record(data, body=body)
     url = result_url(data)
@@ -475,7 +484,7 @@ def test_aspect_ratio_and_resolution_are_case_and_space_lenient(server: Server) 
     key = server.key()
     body = prompt_body(aspect_ratio=" 16:9 ", resolution="2k", output_format="Jpg")
     task_id = create_id(server, key, body)
-    data = wait_for(server, key, task_id, {"success", "fail"})
+    data = wait_state(server, key, task_id, {"success", "fail"})
     assert data["state"] == "success", data
     with Image.open(io.BytesIO(httpx.get(result_url(data), timeout=30).content)) as image:
         assert image.format == "JPEG"
@@ -496,7 +505,7 @@ def test_null_optional_fields_mean_the_defaults(server: Server) -> None:
         },
     }
     task_id = create_id(server, key, body)
-    data = wait_for(server, key, task_id, {"success", "fail"})
+    data = wait_state(server, key, task_id, {"success", "fail"})
     assert data["state"] == "success", data
     check_record(data, body=body)
     content = httpx.get(result_url(data), timeout=30).content
@@ -522,7 +531,7 @@ def test_unknown_extra_fields_are_ignored(server: Server) -> None:
         },
     }
     task_id = create_id(server, key, body)
-    data = wait_for(server, key, task_id, {"success", "fail"})
+    data = wait_state(server, key, task_id, {"success", "fail"})
     assert data["state"] == "success", data
     check_record(data, body=body)
 
@@ -1099,7 +1108,7 @@ def test_a_live_key_without_a_provider_is_505_and_creates_nothing(server: Server
     # Test keys of the same server still run, on the sandbox.
     test_key = server.key()
     task_id = create_id(server, test_key)
-    assert wait_for(server, test_key, task_id, {"success", "fail"})["state"] == "success"
+    assert wait_state(server, test_key, task_id, {"success", "fail"})["state"] == "success"
 
 
 def test_a_live_key_runs_on_the_sandbox_when_configured(
@@ -1109,7 +1118,7 @@ def test_a_live_key_runs_on_the_sandbox_when_configured(
     key = server.key(test=False)
     body = prompt_body("live banana")
     task_id = create_id(server, key, body)
-    data = wait_for(server, key, task_id, {"success", "fail"})
+    data = wait_state(server, key, task_id, {"success", "fail"})
     assert data["state"] == "success", data
     check_record(data, body=body)
     assert httpx.get(result_url(data), timeout=30).content.startswith(PNG_MAGIC)
@@ -1126,7 +1135,7 @@ def test_sandbox_failure_prompts_end_as_fail(server: Server, mode: str, fail_cod
     key = server.key()
     body = prompt_body(f"a banana [sandbox:fail={mode}] please")
     task_id = create_id(server, key, body)
-    data = wait_for(server, key, task_id, {"success", "fail"})
+    data = wait_state(server, key, task_id, {"success", "fail"})
     assert data["state"] == "fail", data
     assert data["failCode"] == fail_code
     assert data["failMsg"]
@@ -1264,7 +1273,7 @@ def test_cancel_a_finished_task_is_422(server: Server) -> None:
     done = create_id(server, key)
     failed = create_id(server, key, prompt_body("[sandbox:fail=safety]"))
     for task_id, ended in ((done, "succeeded"), (failed, "failed")):
-        before = wait_for(server, key, task_id, {"success", "fail"})
+        before = wait_state(server, key, task_id, {"success", "fail"})
         answer = cancel(server, key, {"taskId": task_id})
         assert answer["code"] == 422, answer
         assert answer["msg"] == f"taskId: the task has already {ended}; it cannot be canceled"
@@ -1274,12 +1283,12 @@ def test_cancel_a_finished_task_is_422(server: Server) -> None:
 def test_cancel_a_generating_task_is_422(server: Server) -> None:
     key = server.key()
     task_id = create_id(server, key, prompt_body("slow [sandbox:delay=1500]"))
-    wait_for(server, key, task_id, {"generating"})
+    wait_state(server, key, task_id, {"generating"})
     answer = cancel(server, key, {"taskId": task_id})
     assert answer["code"] == 422, answer
     assert answer["msg"] == "taskId: the task is already generating; it cannot be canceled"
     # The cancel attempt did not disturb the task.
-    assert wait_for(server, key, task_id, {"success", "fail"})["state"] == "success"
+    assert wait_state(server, key, task_id, {"success", "fail"})["state"] == "success"
 
 
 def test_cancel_an_unknown_task_is_404(shared: Server, shared_key: str) -> None:
@@ -1462,8 +1471,8 @@ def test_result_urls_download_without_the_api_key(server: Server) -> None:
     body = prompt_body("download me")
     first = create_id(server, key, body)
     second = create_id(server, key, body)
-    data = wait_for(server, key, first, {"success", "fail"})
-    other = wait_for(server, key, second, {"success", "fail"})
+    data = wait_state(server, key, first, {"success", "fail"})
+    other = wait_state(server, key, second, {"success", "fail"})
     assert data["state"] == other["state"] == "success"
     url = result_url(data)
 
@@ -1500,7 +1509,7 @@ def _tamper(text: str, index: int) -> str:
 def test_tampered_result_urls_are_403(server: Server) -> None:
     key = server.key()
     task_id = create_id(server, key)
-    data = wait_for(server, key, task_id, {"success", "fail"})
+    data = wait_state(server, key, task_id, {"success", "fail"})
     url = result_url(data)
     base, _, name = url.rpartition("/")
     tampered = [

@@ -9,7 +9,6 @@ import io
 import json
 import socket
 import threading
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -27,6 +26,7 @@ from bananastand.providers.registry import ProviderRegistry, choose_live, descri
 from bananastand.settings import LiveProvider, Settings
 from bananastand.store.tables import tasks
 from conftest import Server, database_settings, prompt_body, rows_of
+from waiting import wait_for
 
 
 def _png(width: int = 60, height: int = 40) -> bytes:
@@ -248,12 +248,15 @@ def test_a_burst_queues_for_the_upstream_slot(
     fake.script(Reply(delay_s=1.5))
     key = server.key(test=False)
     first = server.create(key, prompt_body("one"))["data"]["taskId"]
-    while not fake.requests:
-        time.sleep(0.02)
+    wait_for(lambda: fake.requests, what="the first call reached Google", interval=0.02)
     second = server.create(key, prompt_body("two"))["data"]["taskId"]
     # The first call holds the only slot for 1.5 s: the second is claimed but waits.
-    while server.record(key, second)["data"]["state"] == "waiting":
-        time.sleep(0.02)
+    wait_for(
+        lambda: server.record(key, second)["data"]["state"],
+        lambda state: state != "waiting",
+        what="the second task claimed",
+        interval=0.02,
+    )
     assert server.record(key, second)["data"]["state"] == "queuing"
     assert server.record(key, first)["data"]["state"] == "generating"
     assert len(fake.requests) == 1

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -11,6 +10,7 @@ from typing import Any
 import httpx
 
 from conftest import ServerProcess, make_key, prompt_body
+from waiting import wait_for
 
 
 def _lines(child: ServerProcess) -> list[dict[str, Any]]:
@@ -27,10 +27,11 @@ def test_task_and_request_ids_are_on_every_line_about_them(
         f"{child.base_url}/api/v1/jobs/createTask", json=prompt_body(), headers=headers
     ).json()
     task_id = answer["data"]["taskId"]
-    deadline = time.monotonic() + 20
-    while not any(line.get("msg") == "task succeeded" for line in _lines(child)):
-        assert time.monotonic() < deadline, child.log()
-        time.sleep(0.1)
+    wait_for(
+        lambda: any(line.get("msg") == "task succeeded" for line in _lines(child)),
+        what=lambda: f"the task succeeded:\n{child.log()}",
+        interval=0.1,
+    )
 
     lines = _lines(child)
     about_task = [line for line in lines if line.get("task_id") == task_id]

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import re
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -22,6 +21,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from conftest import Server, prompt_body, running_server, start_postgres
 from receiver import Answer, Receiver
 from test_webhooks import FAST, create_with_callback, delivered, wait_info
+from waiting import wait_for
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
@@ -50,14 +50,9 @@ def value(samples: Samples, name: str, **labels: str) -> float:
 def scrape_until(
     base_url: str, done: Callable[[Samples], bool], token: str = "", timeout: float = 60.0
 ) -> Samples:
-    deadline = time.monotonic() + timeout
-    while True:
-        samples = scrape(base_url, token)
-        if done(samples):
-            return samples
-        if time.monotonic() > deadline:
-            raise AssertionError("the metrics never got there")
-        time.sleep(0.05)
+    return wait_for(
+        lambda: scrape(base_url, token), done, what="the metrics got there", timeout=timeout
+    )
 
 
 @pytest.fixture
@@ -227,7 +222,8 @@ def test_readiness_flips_to_503_while_the_database_is_stopped(tmp_path: Path) ->
             assert server.client.get("/healthz").status_code == 200
         finally:
             database.start()
-        deadline = time.monotonic() + 60
-        while server.client.get("/readyz").status_code != 200:  # the pool reconnects
-            assert time.monotonic() < deadline, "still not ready after the database returned"
-            time.sleep(0.1)
+        wait_for(  # the pool reconnects
+            lambda: server.client.get("/readyz").status_code == 200,
+            what="ready again after the database returned",
+            interval=0.1,
+        )

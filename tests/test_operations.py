@@ -13,6 +13,7 @@ import pytest
 
 from accounts_helpers import ADMIN_TOKEN, admin, admin_ok, balance, new_account, switch_model
 from conftest import Server, cli, prompt_body
+from waiting import wait_for
 
 KEY = re.compile(r"bs_(live|test)_[A-Za-z0-9]{32}")
 
@@ -103,12 +104,12 @@ def test_a_disabled_model_answers_505_for_everyone_or_one_account(operated: Serv
 
 def _poll_code(server: Server, key: str, wanted: int) -> dict[str, Any]:
     """Poll createTask until it answers ``wanted``; switches travel within ~1 s."""
-    deadline = time.monotonic() + 15
-    while True:
-        answer = server.create(key, prompt_body())
-        if answer["code"] == wanted or time.monotonic() > deadline:
-            return answer
-        time.sleep(0.1)
+    return wait_for(
+        lambda: server.create(key, prompt_body()),
+        lambda answer: answer["code"] == wanted,
+        what=f"createTask answering {wanted}",
+        interval=0.1,
+    )
 
 
 def test_a_cli_switch_reaches_a_running_server(start_server: Callable[..., Server]) -> None:

@@ -11,7 +11,6 @@ import asyncio
 import os
 import subprocess
 import threading
-import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -21,7 +20,8 @@ import pytest
 
 import postgres
 from bananastand.store import migrate, open_store
-from conftest import BIN, ServerProcess, free_port, postgres_server, prompt_body
+from conftest import BIN, ServerProcess, free_port, healthy, postgres_server, prompt_body
+from waiting import wait_for
 
 pytestmark = pytest.mark.postgresql_only(reason="the PostgreSQL adapter's own mechanics")
 
@@ -50,19 +50,6 @@ def serving(spawn: Callable[..., ServerProcess], url: str, data_dir: Path) -> Se
         },
         wait=False,
     )
-
-
-def healthy(server: ServerProcess, timeout: float = 90) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            if httpx.get(f"{server.base_url}/healthz", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        if server.process.poll() is not None or time.monotonic() > deadline:
-            raise AssertionError(f"server did not start:\n{server.log()}")
-        time.sleep(0.1)
 
 
 def test_five_servers_started_at_once_on_a_new_database_migrate_it_once(
@@ -136,12 +123,15 @@ def test_a_server_whose_connections_are_all_cut_carries_on(
 
         def until(count: int) -> None:
             """Until ``count`` tasks are acknowledged; a client that stopped says why."""
-            while len(acknowledged) < count:
+
+            def acknowledged_enough() -> bool:
                 for done in clients:
                     if done.done():
                         done.result()
                         raise AssertionError("a client stopped")
-                time.sleep(0.05)
+                return len(acknowledged) >= count
+
+            wait_for(acknowledged_enough, what=f"{count} tasks acknowledged", timeout=300)
 
         until(50)
         cut(pg, url)

@@ -21,13 +21,18 @@ from pathlib import Path
 import pytest
 
 from bananastand.contract import TaskState
-from bananastand.records import ApiKey, Callback, CallbackAttempt, Claim, Task, WebhookSecret
+from bananastand.records import (
+    ApiKey,
+    Callback,
+    CallbackAttempt,
+    Claim,
+    DeliveryState,
+    Task,
+    WebhookSecret,
+)
 from bananastand.storable import INT64_MAX
 from bananastand.store import ports
 from bananastand.store.ports import (
-    DELIVERED,
-    FAILED,
-    PENDING,
     Admission,
     BalanceOverflow,
     ClaimedCallback,
@@ -554,7 +559,7 @@ async def test_finish_writes_the_outcome_once(store: Store, clock: FakeClock) ->
     assert await get(store, task_id) == first
     assert await store.balance(ACCOUNT) == 7  # a success keeps its charge
     found = await callback_of(store, task_id)
-    assert (found.state, found.next_attempt_at) == (PENDING, T0 + 500)
+    assert (found.state, found.next_attempt_at) == (DeliveryState.PENDING, T0 + 500)
     assert await store.audit() == []
 
 
@@ -608,7 +613,7 @@ async def test_cancel_a_waiting_task(store: Store, clock: FakeClock) -> None:
     assert await store.balance(ACCOUNT) == 10
     found = await callback_of(store, task_id)
     assert found.id
-    assert (found.task_id, found.url, found.state) == (task_id, URL_A, PENDING)
+    assert (found.task_id, found.url, found.state) == (task_id, URL_A, DeliveryState.PENDING)
     assert (found.next_attempt_at, found.delivered_at, found.attempts) == (T0 + 50, None, ())
     assert await claim(store, limit=5) == []
     assert await store.cancel_task("task_unknown", ACCOUNT, CANCELED) is None
@@ -940,7 +945,7 @@ async def test_every_way_a_task_ends_enqueues_its_callback(store: Store, clock: 
         task, found = await store.callback_of_task(task_id, ACCOUNT)
         assert task == await get(store, task_id)
         assert found is not None
-        assert (found.task_id, found.url, found.state) == (task_id, URL_A, PENDING)
+        assert (found.task_id, found.url, found.state) == (task_id, URL_A, DeliveryState.PENDING)
         assert found.next_attempt_at == task.completed_at
         assert found.attempts == ()
         ids.add(found.id)
@@ -1039,11 +1044,12 @@ async def test_record_attempt_schedules_the_retry_by_the_stores_clock(
         callback_id=sent.id,
         lease_token="cb-1",
         attempt=failed_once,
-        state=PENDING,
+        state=DeliveryState.PENDING,
         retry_in_ms=5_000,
     )
     found = await callback_of(store, task_id)
-    assert (found.id, found.state, found.delivered_at) == (sent.id, PENDING, None)
+    assert (found.id, found.state, found.delivered_at) == (sent.id, DeliveryState.PENDING, None)
+    assert type(found.state) is DeliveryState  # the enum, not a string that equals it
     assert found.next_attempt_at == T0 + 5_050
     assert found.attempts == (failed_once,)
     # The recorded attempt ended that lease: its token changes nothing any more.
@@ -1056,7 +1062,11 @@ async def test_record_attempt_schedules_the_retry_by_the_stores_clock(
     assert (retry.id, retry.tries) == (sent.id, 1)
     no_answer = attempt(T0 + 5_050, None)
     assert await store.record_attempt(
-        callback_id=sent.id, lease_token="cb-2", attempt=no_answer, state=PENDING, retry_in_ms=0
+        callback_id=sent.id,
+        lease_token="cb-2",
+        attempt=no_answer,
+        state=DeliveryState.PENDING,
+        retry_in_ms=0,
     )
     [now_due] = await claim_callbacks(store, "cb-3")
     assert now_due.tries == 2
@@ -1076,7 +1086,7 @@ async def test_delivered_and_failed_callbacks_are_final(store: Store, clock: Fak
         callback_id=sent[delivered].id,
         lease_token="cb-1",
         attempt=ok,
-        state=DELIVERED,
+        state=DeliveryState.DELIVERED,
         retry_in_ms=None,
     )
     refused = attempt(T0 + 65, 410)
@@ -1084,14 +1094,22 @@ async def test_delivered_and_failed_callbacks_are_final(store: Store, clock: Fak
         callback_id=sent[given_up].id,
         lease_token="cb-1",
         attempt=refused,
-        state=FAILED,
+        state=DeliveryState.FAILED,
         retry_in_ms=None,
     )
     done = await callback_of(store, delivered)
-    assert (done.state, done.delivered_at, done.next_attempt_at) == (DELIVERED, T0 + 70, None)
+    assert (done.state, done.delivered_at, done.next_attempt_at) == (
+        DeliveryState.DELIVERED,
+        T0 + 70,
+        None,
+    )
     assert done.attempts == (ok,)
     gone = await callback_of(store, given_up)
-    assert (gone.state, gone.delivered_at, gone.next_attempt_at) == (FAILED, None, None)
+    assert (gone.state, gone.delivered_at, gone.next_attempt_at) == (
+        DeliveryState.FAILED,
+        None,
+        None,
+    )
     assert gone.attempts == (refused,)
     clock.advance(100 * LEASE_MS)
     assert await claim_callbacks(store, "cb-2") == []
@@ -1127,13 +1145,21 @@ async def test_resend_restarts_the_series_and_fences_out_a_delivery_in_flight(
     [sent] = await claim_callbacks(store, "cb-1")
     ok = attempt(T0 + 5, 200, success=True)
     assert await store.record_attempt(
-        callback_id=sent.id, lease_token="cb-1", attempt=ok, state=DELIVERED, retry_in_ms=None
+        callback_id=sent.id,
+        lease_token="cb-1",
+        attempt=ok,
+        state=DeliveryState.DELIVERED,
+        retry_in_ms=None,
     )
     assert not await store.resend(task_id, OTHER)
     clock.now = T0 + 1_000
     assert await store.resend(task_id, ACCOUNT)
     found = await callback_of(store, task_id)
-    assert (found.id, found.state, found.next_attempt_at) == (sent.id, PENDING, T0 + 1_000)
+    assert (found.id, found.state, found.next_attempt_at) == (
+        sent.id,
+        DeliveryState.PENDING,
+        T0 + 1_000,
+    )
     assert found.attempts == (ok,)  # the history stays
     [again] = await claim_callbacks(store, "cb-2")
     assert (again.id, again.tries) == (sent.id, 0)
@@ -1143,10 +1169,14 @@ async def test_resend_restarts_the_series_and_fences_out_a_delivery_in_flight(
     assert await store.resend(task_id, ACCOUNT)
     late = attempt(T0 + 1_990, 500)
     assert not await store.record_attempt(
-        callback_id=sent.id, lease_token="cb-2", attempt=late, state=FAILED, retry_in_ms=None
+        callback_id=sent.id,
+        lease_token="cb-2",
+        attempt=late,
+        state=DeliveryState.FAILED,
+        retry_in_ms=None,
     )
     found = await callback_of(store, task_id)
-    assert (found.state, found.next_attempt_at) == (PENDING, T0 + 2_000)
+    assert (found.state, found.next_attempt_at) == (DeliveryState.PENDING, T0 + 2_000)
     assert found.attempts == (ok, late)
     [third] = await claim_callbacks(store, "cb-3")
     assert (third.id, third.tries) == (sent.id, 0)

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from bananastand.supervisor import Backoff, Supervisor
+from waiting import wait_for_async
 
 
 def records_of(caplog: pytest.LogCaptureFixture, message: str) -> list[logging.LogRecord]:
@@ -24,12 +25,12 @@ async def wait_for_records(
 ) -> list[logging.LogRecord]:
     """The first ``count`` records of ``message``, once there are as many (a generous
     deadline: each one is a Python start on a busy machine)."""
-    for _ in range(1200):
-        found = records_of(caplog, message)
-        if len(found) >= count:
-            return found[:count]
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"{count} {message!r} lines did not come: {caplog.text[-2000:]}")
+    found = await wait_for_async(
+        lambda: records_of(caplog, message),
+        lambda found: len(found) >= count,
+        what=lambda: f"{count} {message!r} lines came: {caplog.text[-2000:]}",
+    )
+    return found[:count]
 
 
 def restarts_of_a_dying_child(
@@ -110,11 +111,7 @@ def test_stop_kills_a_child_that_outlives_the_grace_period(
 
     async def run() -> None:
         await supervisor.start()
-        for _ in range(1200):
-            if ready.exists():
-                break
-            await asyncio.sleep(0.05)
-        assert ready.exists(), "the child did not start"
+        await wait_for_async(ready.exists, what="the child started")
         await supervisor.stop()
 
     asyncio.run(run())

@@ -4,7 +4,6 @@ among the live workers that the registry counts."""
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -14,6 +13,7 @@ from sqlalchemy import select
 from bananastand.fake_gemini import FakeGemini
 from bananastand.store.tables import workers as registry
 from conftest import Server, ServerProcess, prompt_body, rows_of
+from waiting import wait_for
 
 PER_MINUTE = 60  # the cluster's budget: one start a second
 TASKS = 6
@@ -63,13 +63,19 @@ def test_worker_processes_share_the_per_minute_budget(
             "BANANASTAND_WORKER_CONCURRENCY": str(TASKS // 2),
         }
         workers = [spawn("worker", "--no-migrate", env=env) for _ in range(2)]
-        deadline = time.monotonic() + 120
-        while not all("worker started" in worker.log() for worker in workers):
-            assert time.monotonic() < deadline, [worker.log() for worker in workers]
-            time.sleep(0.1)
-        while shared_by == "registry" and not each_knows_of_all(api.data_dir, 2):
-            assert time.monotonic() < deadline, "the workers never counted each other"
-            time.sleep(0.1)
+        wait_for(
+            lambda: all("worker started" in worker.log() for worker in workers),
+            what=lambda: f"both workers started: {[worker.log() for worker in workers]}",
+            timeout=120,
+            interval=0.1,
+        )
+        if shared_by == "registry":
+            wait_for(
+                lambda: each_knows_of_all(api.data_dir, 2),
+                what="the workers counted each other",
+                timeout=120,
+                interval=0.1,
+            )
         key = api.key(test=False)
         created = [api.create(key, prompt_body(f"banana {n}")) for n in range(TASKS)]
         for answer in created:

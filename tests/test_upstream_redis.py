@@ -109,6 +109,10 @@ def test_starts_are_spaced_across_instances(redis_url: str) -> None:
     asyncio.run(scenario())
 
 
+def unreachable_warnings(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    return [record for record in caplog.records if "Redis is unreachable" in record.message]
+
+
 def test_redis_going_away_mid_call_fails_no_call(
     redis_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -126,8 +130,7 @@ def test_redis_going_away_mid_call_fails_no_call(
 
     with caplog.at_level(logging.WARNING, logger="bananastand.providers.redis_limiter"):
         asyncio.run(scenario())
-    warnings = [record for record in caplog.records if "Redis is unreachable" in record.message]
-    assert len(warnings) == 1  # once per outage, not once per call
+    assert len(unreachable_warnings(caplog)) == 1  # once per outage, not once per call
 
 
 def test_without_redis_calls_go_through_the_local_share(caplog: pytest.LogCaptureFixture) -> None:
@@ -142,6 +145,5 @@ def test_without_redis_calls_go_through_the_local_share(caplog: pytest.LogCaptur
 
     with caplog.at_level(logging.WARNING, logger="bananastand.providers.redis_limiter"):
         asyncio.run(scenario())
-    warnings = [record for record in caplog.records if "Redis is unreachable" in record.message]
-    assert len(warnings) == 1  # once per outage, not once per call
+    assert len(unreachable_warnings(caplog)) == 1  # once per outage, not once per call
     assert nowhere not in caplog.text

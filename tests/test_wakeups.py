@@ -29,9 +29,10 @@ from conftest import (
     postgres_server,
     rows_of,
 )
-from processes import Spawn, create, wait_for, wait_record
+from processes import Spawn, create, wait_record
 from store_helpers import scenario
 from test_events import in_lifecycle_order, items, records, stream
+from waiting import wait_for, wait_for_async
 
 Heard = list[tuple[Topic, frozenset[str] | None]]
 
@@ -75,11 +76,8 @@ def listening(hub: Wakeups) -> Heard:
     return heard
 
 
-async def until(condition: Callable[[], bool], timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "the condition did not come true"
-        await asyncio.sleep(0.01)
+async def until(condition: Callable[[], bool]) -> None:
+    await wait_for_async(condition, what="the condition came true", interval=0.01)
 
 
 # -- the hub -------------------------------------------------------------------------------
@@ -265,7 +263,7 @@ def test_two_apis_and_three_workers_wake_each_other(spawn: Spawn, tmp_path: Path
 
     # The workers are idle now, their next polls a minute away: only a wake-up runs these.
     for worker in workers:
-        wait_for(lambda worker=worker: "worker started" in worker.log(), "a worker started")
+        wait_for(lambda worker=worker: "worker started" in worker.log(), what="a worker started")
     time.sleep(0.5)  # their first looks for work are behind them
     for api, other in ((first, second), (second, first)) * 2:
         task_id = create(api, key, "a banana")
@@ -289,7 +287,7 @@ def test_two_apis_and_three_workers_wake_each_other(spawn: Spawn, tmp_path: Path
         for secret in (key, other_key):
             wait_for(
                 lambda api=api, secret=secret: answer_code(api, secret, task_id) == 401,
-                "key refused",
+                what="key refused",
                 timeout=WITHIN_S,
             )
     assert [worker.terminate() for worker in workers] == [0, 0, 0]
@@ -308,7 +306,7 @@ def test_the_workers_of_one_supervisor_are_woken_by_its_api(spawn: Spawn, tmp_pa
     """``serve --worker-processes 2``: tasks created on the API run in its children at once
     although no child polls within the test."""
     api = spawn("serve", "--worker-processes", "2", env=NO_POLLS)
-    wait_for(lambda: api.log().count("worker started") == 2, "both children started")
+    wait_for(lambda: api.log().count("worker started") == 2, what="both children started")
     time.sleep(0.5)  # their first looks for work are behind them
     key = make_key(tmp_path / "data")
     made = [create(api, key, "a banana") for _ in range(4)]

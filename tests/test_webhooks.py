@@ -14,12 +14,15 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import httpx
 import pytest
 from standardwebhooks import Webhook
 
 from bananastand.client import verify_callback
 from conftest import Server, prompt_body
+from processes import Serving
 from receiver import Answer, Receiver
+from waiting import wait_for
 
 FAST = {
     "allow_private_networks": ["127.0.0.1"],
@@ -42,11 +45,13 @@ def receivers() -> Iterator[Callable[..., Receiver]]:
         list(pool.map(Receiver.close, made))
 
 
-def callback_info(server: Server, key: str, task_id: str) -> dict[str, Any]:
-    answer = server.client.get(
-        "/api/v1/jobs/callbacks",
+def callback_info(server: Serving, key: str, task_id: str) -> dict[str, Any]:
+    """The task's callback (``GET /api/v1/jobs/callbacks``) from a server here or a child."""
+    answer = httpx.get(
+        f"{server.base_url}/api/v1/jobs/callbacks",
         params={"taskId": task_id},
         headers={"Authorization": f"Bearer {key}"},
+        timeout=30,
     ).json()
     assert answer["code"] == 200, answer
     data: dict[str, Any] = answer["data"]
@@ -54,20 +59,11 @@ def callback_info(server: Server, key: str, task_id: str) -> dict[str, Any]:
 
 
 def wait_info(
-    server: Server,
-    key: str,
-    task_id: str,
-    done: Callable[[dict[str, Any]], bool],
-    timeout: float = 30.0,
+    server: Serving, key: str, task_id: str, done: Callable[[dict[str, Any]], bool]
 ) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    while True:
-        info = callback_info(server, key, task_id)
-        if done(info):
-            return info
-        if time.monotonic() > deadline:
-            raise AssertionError(f"callback of {task_id} never got there: {info}")
-        time.sleep(0.05)
+    return wait_for(
+        lambda: callback_info(server, key, task_id), done, what=f"the callback of {task_id}"
+    )
 
 
 def delivered(info: dict[str, Any]) -> bool:

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -12,6 +11,7 @@ from standardwebhooks import Webhook
 
 from conftest import ServerProcess, free_port, make_key, prompt_body
 from receiver import Answer, Receiver
+from test_webhooks import delivered, wait_info
 
 Spawn = Callable[..., ServerProcess]
 
@@ -34,37 +34,20 @@ def call(child: ServerProcess, key: str, method: str, path: str, **kwargs: Any) 
     return answer["data"]
 
 
-def wait_callback(
-    child: ServerProcess, key: str, task_id: str, done: Callable[[dict[str, Any]], bool]
-) -> dict[str, Any]:
-    deadline = time.monotonic() + 30
-    while True:
-        info: dict[str, Any] = call(
-            child, key, "GET", "/api/v1/jobs/callbacks", params={"taskId": task_id}
-        )
-        if done(info):
-            return info
-        if time.monotonic() > deadline:
-            raise AssertionError(f"callback never got there: {info}")
-        time.sleep(0.05)
-
-
 def test_kill_9_between_task_end_and_delivery_then_delivered(spawn: Spawn, tmp_path: Any) -> None:
     port = free_port()  # the receiver is down when the task ends
     first = spawn("serve", env=ENV)
     key = make_key(tmp_path / "data")
     body = {**prompt_body(), "callBackUrl": f"http://127.0.0.1:{port}/hook"}
     task_id = call(first, key, "POST", "/api/v1/jobs/createTask", json=body)["taskId"]
-    pending = wait_callback(first, key, task_id, lambda info: len(info["attempts"]) >= 1)
+    pending = wait_info(first, key, task_id, lambda info: len(info["attempts"]) >= 1)
     assert pending["deliveryState"] == "pending"
     first.kill()
 
     receiver = Receiver(port=port)
     try:
         second = spawn("serve", env=ENV)
-        info = wait_callback(
-            second, key, task_id, lambda info: info["deliveryState"] == "delivered"
-        )
+        info = wait_info(second, key, task_id, delivered)
         (got,) = receiver.wait_for(1)
         assert got.headers["webhook-id"] == pending["webhookId"] == info["webhookId"]
         secret = call(second, key, "GET", "/api/v1/account/webhook-secret")["secret"]
@@ -85,9 +68,7 @@ def test_kill_9_mid_delivery_sends_again_after_restart(spawn: Spawn, tmp_path: A
         first.kill()
 
         second = spawn("serve", env=ENV)
-        info = wait_callback(
-            second, key, task_id, lambda info: info["deliveryState"] == "delivered"
-        )
+        info = wait_info(second, key, task_id, delivered)
         got = receiver.wait_for(2)
         assert [request.headers["webhook-id"] for request in got] == [info["webhookId"]] * 2
         (attempt,) = info["attempts"]  # the killed one left no record: it never ended
@@ -104,7 +85,7 @@ def test_split_roles_worker_process_sends_callbacks(spawn: Spawn, tmp_path: Any)
         key = make_key(tmp_path / "data")
         body = {**prompt_body(), "callBackUrl": receiver.url}
         task_id = call(api, key, "POST", "/api/v1/jobs/createTask", json=body)["taskId"]
-        wait_callback(api, key, task_id, lambda info: info["deliveryState"] == "delivered")
+        wait_info(api, key, task_id, delivered)
         assert len(receiver.wait_for(1)) == 1
     finally:
         receiver.close()

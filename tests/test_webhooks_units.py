@@ -16,7 +16,8 @@ from standardwebhooks import Webhook
 
 from bananastand.client import CallbackVerificationError, verify_callback
 from bananastand.settings import Settings
-from bananastand.webhooks import judge, new_secret, next_delay_s, parse_retry_after, signed_headers
+from bananastand.webhooks.schedule import judge, next_delay_s, parse_retry_after
+from bananastand.webhooks.signing import new_secret, signed_headers
 from test_cli import cli, create_key
 
 

@@ -16,7 +16,8 @@ from typing import Any, TypeVar
 import pytest
 
 from conftest import ServerProcess, make_key
-from processes import Spawn, create, db_row, generating, wait_for, wait_row
+from processes import Spawn, create, db_row, generating, wait_row
+from waiting import wait_for
 
 T = TypeVar("T")
 
@@ -70,8 +71,9 @@ def running(pid: int) -> bool:
 def wait_working(serve: ServerProcess, count: int) -> list[int]:
     """``working_pids`` once there are ``count``."""
     return wait_for(
-        lambda: (pids := working_pids(serve)) and len(pids) >= count and pids,
-        f"{count} worker processes working",
+        lambda: working_pids(serve),
+        lambda pids: len(pids) >= count,
+        what=f"{count} worker processes working",
         timeout=120,
     )
 
@@ -119,7 +121,7 @@ def test_the_children_run_the_tasks_and_one_killed_is_started_again(
     serve.kill()
     wait_for(
         lambda: not running(survivor) and not running(replacement),
-        "no worker process left",
+        what="no worker process left",
         timeout=120,
     )
 

@@ -20,7 +20,7 @@ from sqlalchemy import text
 from accounts_helpers import ADMIN_TOKEN
 from bananastand.settings import Settings
 from conftest import ServerProcess, cli, database_settings, rows_of
-from processes import wait_for
+from waiting import wait_for
 
 #: Small, so a killed worker drops out within seconds (not live after three of them);
 #: not smaller, so a busy machine never makes a live worker miss three in a row.
@@ -58,7 +58,9 @@ def test_workers_are_listed_while_live_and_leave_when_stopped_or_killed(
     workers = [spawn("worker", env=env) for _ in range(3)]
     pids = {child.process.pid for child in [api, *workers]}
 
-    shown = wait_for(lambda: (found := listed_by_api(api)).keys() == pids and found, "all listed")
+    shown = wait_for(
+        lambda: listed_by_api(api), lambda found: found.keys() == pids, what="all listed"
+    )
     for child in workers:
         entry = shown[child.process.pid]
         assert (entry["role"], entry["concurrency"], entry["inFlight"]) == ("worker", 3, 0)
@@ -78,7 +80,7 @@ def test_workers_are_listed_while_live_and_leave_when_stopped_or_killed(
 
     killed.kill()
     live = {api.process.pid, kept.process.pid}
-    wait_for(lambda: listed_by_api(api).keys() == live, "the killed worker drops out")
+    wait_for(lambda: listed_by_api(api).keys() == live, what="the killed worker drops out")
     assert listed_by_cli(data_dir).keys() == live
     for child in (kept, api):
         assert child.process.poll() is None, child.log()
@@ -123,10 +125,10 @@ def test_of_several_workers_only_the_lease_holder_sweeps_and_another_takes_over(
         sweepers = [child for child in workers if sweeps(child) >= 5]
         return sweepers[0] if sweepers else None
 
-    holder = wait_for(holder_swept_often, "a worker sweeps again and again")
+    holder = wait_for(holder_swept_often, what="a worker sweeps again and again")
     others = [child for child in workers if child is not holder]
     for child in workers:  # every worker was up and asking for the lease meanwhile
-        wait_for(lambda child=child: '"worker started"' in child.log(), "the worker started")
+        wait_for(lambda child=child: '"worker started"' in child.log(), what="the worker started")
     assert [sweeps(child) for child in others] == [0, 0]
     assert lease_holder(data_dir).split(":")[1] == str(holder.process.pid)
     assert not first_file.exists()
@@ -137,10 +139,10 @@ def test_of_several_workers_only_the_lease_holder_sweeps_and_another_takes_over(
     before = [sweeps(child) for child in others]
     successor = wait_for(
         lambda: next((c for c, n in zip(others, before, strict=True) if sweeps(c) > n), None),
-        "another worker takes over",
+        what="another worker takes over",
     )
-    wait_for(lambda: sweeps(successor) >= 5, "the successor sweeps again and again")
+    wait_for(lambda: sweeps(successor) >= 5, what="the successor sweeps again and again")
     [bystander] = [child for child in others if child is not successor]
     assert sweeps(bystander) == 0
     assert lease_holder(data_dir).split(":")[1] == str(successor.process.pid)
-    wait_for(lambda: not second_file.exists(), "the successor deletes the expired file")
+    wait_for(lambda: not second_file.exists(), what="the successor deletes the expired file")

@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 from functools import cached_property, partial
-from typing import TYPE_CHECKING, TypeVar
+from typing import TypeVar
 
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
@@ -35,9 +35,7 @@ from bananastand.store.migrate import SchemaMismatch
 from bananastand.store.ports import Store
 from bananastand.wakeups import Topic, Wakeups
 from bananastand.wakeups.buses import bus_for
-
-if TYPE_CHECKING:
-    from bananastand.webhooks import Webhooks
+from bananastand.webhooks.account import Webhooks
 
 T = TypeVar("T")
 
@@ -80,8 +78,6 @@ class AdminServices:
 
     @cached_property
     def webhooks(self) -> Webhooks:
-        from bananastand.webhooks import Webhooks  # the outbound fetcher comes with it
-
         return Webhooks(
             self.store, self.settings, on_resend=partial(self._changed, Topic.CALLBACKS)
         )

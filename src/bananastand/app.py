@@ -31,7 +31,7 @@ from bananastand.metrics.exposition import Scrape
 from bananastand.ops import Switches
 from bananastand.providers.registry import ProviderChoice, ProviderRegistry
 from bananastand.ratelimit import RateLimiter
-from bananastand.results import TaskRecords
+from bananastand.results import RecordMaker
 from bananastand.settings import Settings
 from bananastand.storage import open_storage
 from bananastand.storage.links import LinkSigner, load_secret
@@ -42,7 +42,8 @@ from bananastand.tasks import Tasks
 from bananastand.wakeups import Topic, Wakeups
 from bananastand.wakeups.buses import bus_for
 from bananastand.web.page import install_web
-from bananastand.webhooks import Webhooks, WebhookSender
+from bananastand.webhooks.account import Webhooks
+from bananastand.webhooks.sender import WebhookSender
 from bananastand.worker import Worker
 
 log = logging.getLogger(__name__)
@@ -90,7 +91,7 @@ async def open_runtime(
     storage = open_storage(settings)
     secret = await asyncio.to_thread(load_secret, settings.signing_secret, settings.data_dir)
     links = LinkSigner(secret, settings.effective_public_url)
-    records = TaskRecords(links, settings.result_link_seconds, settings.result_retention_seconds)
+    records = RecordMaker(links, settings.result_link_seconds, settings.result_retention_seconds)
     fetcher = SafeFetcher(
         FetchPolicy(
             allow=tuple(settings.allow_private_networks),

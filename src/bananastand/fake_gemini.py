@@ -24,7 +24,6 @@ import contextlib
 import functools
 import io
 import json
-import math
 import re
 import threading
 import time
@@ -35,13 +34,8 @@ from typing import Any
 
 from PIL import Image
 
-from bananastand.contract import (
-    SIZES_1K,
-    STANDARD_ASPECT_RATIOS,
-    AspectRatio,
-    Resolution,
-    output_size,
-)
+from bananastand.contract import AspectRatio, Resolution, output_size
+from bananastand.imaging import nearest_aspect_ratio, shown_size
 
 __all__ = ["FakeGemini", "Reply", "SeenRequest"]
 
@@ -243,7 +237,7 @@ def _requested_size(seen: SeenRequest) -> tuple[int, int]:
         raise ValueError(f"imageSize must be 1K, 2K or 4K, got {size!r}")
     ratio = config.get("aspectRatio")
     if ratio is None:
-        ratio = _follow_first_input(seen.images)
+        return output_size(_follow_first_input(seen.images), Resolution(size))
     try:
         aspect = AspectRatio(ratio)
     except ValueError:
@@ -253,18 +247,12 @@ def _requested_size(seen: SeenRequest) -> tuple[int, int]:
     return output_size(aspect, Resolution(size))
 
 
-def _follow_first_input(images: list[bytes]) -> str:
+def _follow_first_input(images: list[bytes]) -> AspectRatio:
+    """No ``aspectRatio`` sent: the shape of the first input as shown, else square."""
     if not images:
-        return "1:1"
+        return AspectRatio.R1_1
     with Image.open(io.BytesIO(images[0])) as first:
-        width, height = first.size
-    target = math.log(width / height)
-
-    def distance(ratio: AspectRatio) -> float:
-        w, h = SIZES_1K[ratio]
-        return abs(math.log(w / h) - target)
-
-    return min(STANDARD_ASPECT_RATIOS, key=distance).value
+        return nearest_aspect_ratio(*shown_size(first))
 
 
 def _inline(data: bytes) -> dict[str, str]:

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import io
+import math
 from collections.abc import Sequence
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from bananastand.contract import OutputFormat
+from bananastand.contract import STANDARD_ASPECT_RATIOS, AspectRatio, OutputFormat
 from bananastand.errors import InputError, UpstreamError
 
 _PIL_FORMATS = {OutputFormat.PNG: "PNG", OutputFormat.JPG: "JPEG", OutputFormat.WEBP: "WEBP"}
@@ -52,6 +53,37 @@ def preview(data: bytes, side: int) -> bytes:
     out = io.BytesIO()
     image.convert("RGBA" if has_alpha else "RGB").save(out, format="WEBP", quality=80)
     return out.getvalue()
+
+
+# --------------------------------------------------------------------------- auto
+
+#: EXIF orientations that turn the stored picture a quarter turn (portrait phone photos).
+_QUARTER_TURNS = (5, 6, 7, 8)
+
+
+def shown_size(image: Image.Image) -> tuple[int, int]:
+    """Size as a viewer shows it: phone photos are often stored sideways plus an EXIF tag.
+
+    Read before any reduced decode (``draft``), which changes ``image.size``."""
+    width, height = image.size
+    try:
+        orientation = image.getexif().get(0x0112, 1)
+    except Exception:
+        orientation = 1
+    return (height, width) if orientation in _QUARTER_TURNS else (width, height)
+
+
+def nearest_aspect_ratio(width: int, height: int) -> AspectRatio:
+    """What ``auto`` becomes for an image of this shape: the closest standard ratio in log
+    space, so 2:1 and 1:2 are judged symmetrically. The sandbox renders it and the fake
+    Gemini answers with it, so both follow an input image the same way."""
+    target = math.log(max(width, 1) / max(height, 1))
+
+    def distance(ratio: AspectRatio) -> float:
+        num, den = (int(part) for part in ratio.value.split(":"))
+        return abs(math.log(num / den) - target)
+
+    return min(STANDARD_ASPECT_RATIOS, key=distance)
 
 
 # --------------------------------------------------------------------------- inputs

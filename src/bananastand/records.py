@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any
 
 import orjson
@@ -13,6 +14,9 @@ from bananastand.contract import TaskState
 
 @dataclass(frozen=True, slots=True)
 class Task:
+    """A task as stored: its row, lease columns aside. What clients see of it is the wire
+    record (``contract.TaskRecord``), made from this by `bananastand.results.RecordMaker`."""
+
     seq: int
     id: str
     account_id: str
@@ -41,27 +45,6 @@ class Task:
         values["state"] = TaskState(values["state"])
         values["result_keys"] = tuple(orjson.loads(values["result_keys"] or "[]"))
         return cls(**values)
-
-    def to_record(self, result_urls: Sequence[str]) -> dict[str, Any]:
-        """The ``data`` of recordInfo and of the callback, field for field, with links
-        to the results made by the caller (`bananastand.results.TaskRecords`)."""
-        result_json = (
-            orjson.dumps({"resultUrls": list(result_urls)}).decode() if result_urls else ""
-        )
-        return {
-            "taskId": self.id,
-            "model": self.model,
-            "state": self.state.value,
-            "param": self.param,
-            "resultJson": result_json,
-            "failCode": self.fail_code,
-            "failMsg": self.fail_msg,
-            "costTime": self.cost_time_ms,
-            "createTime": self.created_at,
-            "updateTime": self.updated_at,
-            "completeTime": self.completed_at,
-            "creditsConsumed": self.credits_consumed,
-        }
 
     @property
     def cost_time_ms(self) -> int | None:
@@ -193,6 +176,22 @@ class LedgerEntry:
         return cls(**{name: row[name] for name in cls.__slots__})
 
 
+class DeliveryState(StrEnum):
+    """Where a task's callback stands: the ``deliveryState`` clients read."""
+
+    #: The task has not ended: there is nothing to send yet (and no outbox row).
+    WAITING = "waiting"
+    #: Due now or at ``next_attempt_at``: the first attempt, or a retry after a failure.
+    PENDING = "pending"
+    #: A receiver answered 2xx. Final.
+    DELIVERED = "delivered"
+    #: Out of retries, or the receiver answered ``410 Gone``. Final, until a resend.
+    FAILED = "failed"
+    #: Never sent: the host is in the operator's ``callback_deny_hosts``. Final, until a
+    #: resend once the setting no longer denies it.
+    REFUSED = "refused"
+
+
 @dataclass(frozen=True, slots=True)
 class Callback:
     """A task's callback in the outbox, with every attempt made so far, oldest first."""
@@ -200,7 +199,7 @@ class Callback:
     id: str | None  # the webhook-id; None until the task ends
     task_id: str
     url: str
-    state: str  # pending | delivered | failed | refused
+    state: DeliveryState
     next_attempt_at: int | None
     delivered_at: int | None
     attempts: tuple[CallbackAttempt, ...]
@@ -210,8 +209,10 @@ class Callback:
             "taskId": self.task_id,
             "webhookId": self.id,
             "callBackUrl": self.url,
-            "deliveryState": self.state,
-            "nextAttemptTime": self.next_attempt_at if self.state == "pending" else None,
+            "deliveryState": self.state.value,
+            "nextAttemptTime": (
+                self.next_attempt_at if self.state is DeliveryState.PENDING else None
+            ),
             "deliveredTime": self.delivered_at,
             "attempts": [attempt.to_wire() for attempt in self.attempts],
         }

@@ -11,12 +11,16 @@ from __future__ import annotations
 
 from typing import Any
 
+import orjson
+
 from bananastand.records import Task
 from bananastand.storage.links import LinkSigner
 from bananastand.thumbnails import thumbnail_key
 
 
-class TaskRecords:
+class RecordMaker:
+    """Makes the wire record (``contract.TaskRecord``, field for field) of a stored task."""
+
     def __init__(
         self, links: LinkSigner, result_link_seconds: int, result_retention_seconds: int
     ) -> None:
@@ -31,8 +35,25 @@ class TaskRecords:
         return [self._link(key, ended_s + self._lifetime_s) for key in task.result_keys]
 
     def record(self, task: Task) -> dict[str, Any]:
-        """The ``data`` of recordInfo, event streams and callbacks."""
-        return task.to_record(self.result_urls(task))
+        """The ``data`` of recordInfo, the list, event streams and callbacks.
+
+        A plain dict rather than a ``TaskRecord``: recordInfo is the API's hottest answer,
+        and the suite holds every answer to the model's fields."""
+        urls = self.result_urls(task)
+        return {
+            "taskId": task.id,
+            "model": task.model,
+            "state": task.state.value,
+            "param": task.param,
+            "resultJson": orjson.dumps({"resultUrls": urls}).decode() if urls else "",
+            "failCode": task.fail_code,
+            "failMsg": task.fail_msg,
+            "costTime": task.cost_time_ms,
+            "createTime": task.created_at,
+            "updateTime": task.updated_at,
+            "completeTime": task.completed_at,
+            "creditsConsumed": task.credits_consumed,
+        }
 
     def list_item(self, task: Task) -> dict[str, Any]:
         """An item of the list: the record and ``thumbnailUrl``."""

@@ -58,12 +58,18 @@ def envelope(
     return Response(content=body, media_type=_JSON, headers=headers)
 
 
-async def _api_error(_request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, ApiError)
+def error_envelope(exc: ApiError, *, success: bool | None = None) -> Response:
+    """The answer to an API error: its code and message, and ``Retry-After`` (whole
+    seconds, at least 1) when the error says when to come back."""
     headers = None
     if exc.retry_after is not None:
         headers = {"Retry-After": str(max(1, round(exc.retry_after)))}
-    return envelope(code=exc.code, msg=exc.msg, headers=headers)
+    return envelope(code=exc.code, msg=exc.msg, headers=headers, success=success)
+
+
+async def _api_error(_request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, ApiError)
+    return error_envelope(exc)
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:

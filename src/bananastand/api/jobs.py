@@ -83,8 +83,9 @@ def parse_json(raw: bytes) -> Any:
                 "in": "header",
                 "required": False,
                 "schema": {"type": "string", "maxLength": 255},
-                "description": "Repeat a request safely: same key and body within 24 h, "
-                "same taskId, never a second task.",
+                "description": "Repeat a request safely: the same key and body within "
+                "the key's lifetime (BANANASTAND_IDEMPOTENCY_TTL_SECONDS, a day unless set) "
+                "give the same taskId, never a second task.",
             }
         ],
         "requestBody": {
@@ -101,8 +102,9 @@ def parse_json(raw: bytes) -> Any:
 async def create_task(request: Request) -> Response:
     """Accept a task. The row is durable before this answers, so polling at once finds it.
 
-    With an ``Idempotency-Key`` header, repeating the same request within 24 h returns the
-    same taskId and never creates a second task.
+    With an ``Idempotency-Key`` header, repeating the same request within the key's
+    lifetime (``idempotency_ttl_seconds``) returns the same taskId and never creates a
+    second task.
     """
     key = await get_creating_key(request)
     services = services_of(request)

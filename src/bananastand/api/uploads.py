@@ -19,7 +19,7 @@ from starlette.datastructures import FormData, UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 
 from bananastand.api.deps import CurrentKey, ServicesDep
-from bananastand.api.envelope import envelope
+from bananastand.api.envelope import envelope, error_envelope
 from bananastand.api.jobs import parse_json, read_body
 from bananastand.errors import ApiError, ValidationError
 from bananastand.files import UploadedFile
@@ -40,10 +40,7 @@ class _UploadRoute(APIRoute):
             try:
                 return await handler(request)
             except ApiError as exc:
-                headers = None
-                if exc.retry_after is not None:
-                    headers = {"Retry-After": str(max(1, round(exc.retry_after)))}
-                return envelope(code=exc.code, msg=exc.msg, headers=headers, success=False)
+                return error_envelope(exc, success=False)
 
         return route
 

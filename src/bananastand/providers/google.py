@@ -52,7 +52,13 @@ from bananastand.providers.base import GeneratedImage, GenerationRequest
 from bananastand.providers.limits import UpstreamLimiter
 from bananastand.settings import ModelSpec
 
-__all__ = ["GEMINI_LIMITS", "VERTEX_LIMITS", "GoogleProvider", "InlineLimits", "RetryPolicy"]
+__all__ = [
+    "GEMINI_LIMITS",
+    "VERTEX_LIMITS",
+    "GoogleProvider",
+    "InlineLimits",
+    "UpstreamRetryPolicy",
+]
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +100,15 @@ VERTEX_LIMITS = InlineLimits(per_image=7 * _MB, per_request=None)
 
 
 @dataclass(frozen=True, slots=True)
-class RetryPolicy:
+class UpstreamRetryPolicy:
+    """How a worker retries one generation call to Google (the ``upstream_*`` settings).
+
+    Not the client SDK's ``RetryPolicy``, which paces calls to our own API and honours its
+    ``Retry-After``: here each attempt has a time limit of its own (a 4K run can take
+    minutes), and only the SDK's transient errors (429, 500, 503, 504, lost connections,
+    timeouts) are retried, with full jitter and no cap but the budget.
+    """
+
     timeout_s: float = 300.0  # one attempt
     max_attempts: int = 5
     budget_s: float = 120.0  # most time spent sleeping between attempts
@@ -114,7 +128,7 @@ class GoogleProvider:
         models: Mapping[str, ModelSpec],
         *,
         limits: InlineLimits,
-        retry: RetryPolicy,
+        retry: UpstreamRetryPolicy,
         limiter: UpstreamLimiter,
     ) -> None:
         self.name = name
@@ -131,7 +145,7 @@ class GoogleProvider:
         models: Mapping[str, ModelSpec],
         *,
         base_url: str = "",
-        retry: RetryPolicy,
+        retry: UpstreamRetryPolicy,
         limiter: UpstreamLimiter,
     ) -> GoogleProvider:
         if not api_key:
@@ -146,7 +160,7 @@ class GoogleProvider:
         location: str,
         models: Mapping[str, ModelSpec],
         *,
-        retry: RetryPolicy,
+        retry: UpstreamRetryPolicy,
         limiter: UpstreamLimiter,
     ) -> GoogleProvider:
         if not project:
@@ -254,7 +268,7 @@ class GoogleProvider:
             await asyncio.sleep(delay)
 
 
-def _http_options(base_url: str, retry: RetryPolicy) -> types.HttpOptions:
+def _http_options(base_url: str, retry: UpstreamRetryPolicy) -> types.HttpOptions:
     # The SDK's timeout is in milliseconds; ours also wraps each call (asyncio.timeout).
     return types.HttpOptions(base_url=base_url or None, timeout=int(retry.timeout_s * 1000))
 

@@ -131,9 +131,9 @@ def _google_provider(
     settings: Settings, live: LiveProvider, live_workers: WorkerCount
 ) -> GoogleProvider:
     # google-genai takes ~0.6 s to import: only servers whose live keys use it pay for it.
-    from bananastand.providers.google import GoogleProvider, RetryPolicy
+    from bananastand.providers.google import GoogleProvider, UpstreamRetryPolicy
 
-    retry = RetryPolicy(
+    retry = UpstreamRetryPolicy(
         timeout_s=settings.upstream_timeout_seconds,
         max_attempts=settings.upstream_max_attempts,
         budget_s=settings.upstream_retry_budget_seconds,

@@ -21,6 +21,7 @@ from bananastand.records import (
     Callback,
     CallbackAttempt,
     Claim,
+    DeliveryState,
     LedgerEntry,
     LiveWorker,
     Task,
@@ -39,13 +40,6 @@ class StoreUnavailable(Exception):
     request answers 500 with its request id.
     """
 
-
-#: A callback's delivery states.
-PENDING = "pending"
-DELIVERED = "delivered"
-FAILED = "failed"
-#: Final, never sent: the host is in the operator's ``callback_deny_hosts``.
-REFUSED = "refused"
 
 #: The limits an operator may set per account; ``None`` restores the server default.
 LIMIT_NAMES = ("create_rate", "read_rate", "max_waiting", "monthly_cap")
@@ -294,7 +288,7 @@ class Outbox(Clock, Protocol):
         callback_id: str,
         lease_token: str,
         attempt: CallbackAttempt,
-        state: str,
+        state: DeliveryState,
         retry_in_ms: int | None,
     ) -> bool:
         """Store the attempt and the next step; ``retry_in_ms`` from the store's now."""

@@ -19,6 +19,7 @@ from bananastand.records import (
     Callback,
     CallbackAttempt,
     Claim,
+    DeliveryState,
     LedgerEntry,
     LiveWorker,
     Task,
@@ -44,6 +45,8 @@ from bananastand.store.runner import KeyedLookup, Runner
 from bananastand.store.sql import (
     accounts,
     callbacks,
+    idempotency,
+    leases,
     ledger,
     lookups,
     probes,
@@ -128,7 +131,7 @@ class SqlStore:
     ) -> list[Claim]:
         return await self.runner.write(
             partial(
-                tasks.claim_tasks,
+                leases.claim_tasks,
                 worker_id=worker_id,
                 lease_token=lease_token,
                 limit=limit,
@@ -139,13 +142,13 @@ class SqlStore:
 
     async def renew_leases(self, held: Iterable[tuple[str, str]], lease_ms: int) -> set[str]:
         return await self.runner.write(
-            partial(tasks.renew_leases, held=held, now_ms=self._clock(), lease_ms=lease_ms)
+            partial(leases.renew_leases, held=held, now_ms=self._clock(), lease_ms=lease_ms)
         )
 
     async def mark_generating(self, task_id: str, lease_token: str) -> bool:
         return await self.runner.write(
             partial(
-                tasks.mark_generating,
+                leases.mark_generating,
                 task_id=task_id,
                 lease_token=lease_token,
                 now_ms=self._clock(),
@@ -164,7 +167,7 @@ class SqlStore:
     ) -> bool:
         return await self.runner.write(
             partial(
-                tasks.finish_task,
+                leases.finish_task,
                 task_id=task_id,
                 lease_token=lease_token,
                 now_ms=self._clock(),
@@ -178,7 +181,7 @@ class SqlStore:
     async def release_task(self, task_id: str, lease_token: str) -> bool:
         return await self.runner.write(
             partial(
-                tasks.release_task, task_id=task_id, lease_token=lease_token, now_ms=self._clock()
+                leases.release_task, task_id=task_id, lease_token=lease_token, now_ms=self._clock()
             )
         )
 
@@ -191,7 +194,7 @@ class SqlStore:
     async def rescue_expired(self, max_attempts: int, give_up: Failure) -> Rescue:
         return await self.runner.write(
             partial(
-                tasks.rescue_expired,
+                leases.rescue_expired,
                 now_ms=self._clock(),
                 max_attempts=max_attempts,
                 give_up=give_up,
@@ -200,7 +203,7 @@ class SqlStore:
 
     async def purge_idempotency_keys(self, ttl_ms: int) -> int:
         return await self.runner.write(
-            partial(tasks.purge_idempotency_keys, older_than_ms=self._clock() - ttl_ms)
+            partial(idempotency.purge_idempotency_keys, older_than_ms=self._clock() - ttl_ms)
         )
 
     # -- the outbox -----------------------------------------------------------------------
@@ -234,7 +237,7 @@ class SqlStore:
         callback_id: str,
         lease_token: str,
         attempt: CallbackAttempt,
-        state: str,
+        state: DeliveryState,
         retry_in_ms: int | None,
     ) -> bool:
         now = self._clock()

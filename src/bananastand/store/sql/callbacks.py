@@ -15,12 +15,14 @@ from sqlalchemy import ColumnElement, Connection, and_, insert, or_, select, upd
 from sqlalchemy.exc import IntegrityError
 
 from bananastand.ids import random_token
-from bananastand.records import Callback, CallbackAttempt, Task, WebhookSecret
-from bananastand.store.ports import DELIVERED, PENDING, ClaimedCallback
+from bananastand.records import Callback, CallbackAttempt, DeliveryState, Task, WebhookSecret
+from bananastand.store.ports import ClaimedCallback
 from bananastand.store.sql.accounts import get_account
 from bananastand.store.tables import callback_attempts, callbacks, tasks, webhook_secrets
 
 _DEFAULT_PORTS = {"http": 80, "https": 443}
+#: The column holds the plain value (a driver may write an enum by its name).
+_PENDING = DeliveryState.PENDING.value
 
 
 def host_key(url: str) -> str:
@@ -44,7 +46,7 @@ def enqueue(
             account_id=account_id,
             url=url,
             host_key=host_key(url)[:300],
-            state=PENDING,
+            state=_PENDING,
             tries=0,
             next_attempt_at=now_ms,
             created_at=now_ms,
@@ -56,7 +58,7 @@ def enqueue(
 def due(now_ms: int) -> ColumnElement[bool]:
     """Callbacks a sender may take now: pending, their attempt due, no live lease."""
     return and_(
-        callbacks.c.state == PENDING,
+        callbacks.c.state == _PENDING,
         callbacks.c.next_attempt_at <= now_ms,
         or_(callbacks.c.lease_expires_at.is_(None), callbacks.c.lease_expires_at < now_ms),
     )
@@ -141,7 +143,7 @@ def _fenced(callback_id: str, lease_token: str) -> ColumnElement[bool]:
     return and_(
         callbacks.c.id == callback_id,
         callbacks.c.lease_token == lease_token,
-        callbacks.c.state == PENDING,
+        callbacks.c.state == _PENDING,
     )
 
 
@@ -151,7 +153,7 @@ def record_attempt(
     callback_id: str,
     lease_token: str,
     attempt: CallbackAttempt,
-    state: str,
+    state: DeliveryState,
     next_attempt_at: int | None,
     now_ms: int,
 ) -> bool:
@@ -173,10 +175,10 @@ def record_attempt(
         update(callbacks)
         .where(_fenced(callback_id, lease_token))
         .values(
-            state=state,
+            state=state.value,
             tries=callbacks.c.tries + 1,
             next_attempt_at=next_attempt_at,
-            delivered_at=now_ms if state == DELIVERED else None,
+            delivered_at=now_ms if state is DeliveryState.DELIVERED else None,
             lease_token=None,
             lease_expires_at=None,
             updated_at=now_ms,
@@ -219,7 +221,7 @@ def get_callback(connection: Connection, task_id: str, account_id: str) -> Callb
         id=row["id"],
         task_id=row["task_id"],
         url=row["url"],
-        state=row["state"],
+        state=DeliveryState(row["state"]),
         next_attempt_at=row["next_attempt_at"],
         delivered_at=row["delivered_at"],
         attempts=tuple(CallbackAttempt.from_row(attempt) for attempt in attempts),
@@ -252,7 +254,7 @@ def resend(connection: Connection, task_id: str, account_id: str, now_ms: int) -
         update(callbacks)
         .where(callbacks.c.task_id == task_id, callbacks.c.account_id == account_id)
         .values(
-            state=PENDING,
+            state=_PENDING,
             tries=0,
             next_attempt_at=now_ms,
             lease_token=None,

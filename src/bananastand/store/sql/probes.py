@@ -14,7 +14,7 @@ from sqlalchemy import Connection, exists, func, select
 from bananastand.contract import TaskState
 from bananastand.store.ports import PendingWork, QueueDepth
 from bananastand.store.sql.callbacks import due
-from bananastand.store.sql.tasks import lease_expired
+from bananastand.store.sql.leases import lease_expired
 from bananastand.store.tables import tasks
 
 

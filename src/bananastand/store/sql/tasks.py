@@ -1,30 +1,19 @@
-"""Every query about tasks: the task table is also the queue.
+"""Queries that read tasks, create them, and end them: every way a task ends goes through
+`end_tasks`, with its refund and its callback in the same transaction.
 
-Writes about a claimed task are fenced by its lease token: a worker that lost its lease
-changes nothing.
+What a worker does with a task it holds (claim, renew, finish, hand back, rescue) is in
+``leases``; the Idempotency-Keys of createTask in ``idempotency``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
-from sqlalchemy import (
-    ColumnElement,
-    Connection,
-    Row,
-    RowMapping,
-    and_,
-    bindparam,
-    delete,
-    func,
-    insert,
-    select,
-    update,
-)
+from sqlalchemy import Connection, Row, and_, bindparam, func, select, update
 
 from bananastand.contract import TaskState
-from bananastand.records import Claim, Task
+from bananastand.records import Task
 from bananastand.store.ports import (
     Admission,
     Created,
@@ -33,15 +22,12 @@ from bananastand.store.ports import (
     IdempotencyClaim,
     KeyReused,
     NewTask,
-    Rescue,
     TooManyWaiting,
 )
 from bananastand.store.sql import callbacks, ledger
+from bananastand.store.sql.idempotency import claim_idempotency_key, live_idempotency_key
 from bananastand.store.sql.prepared import PreparedInsert, PreparedQuery
-from bananastand.store.tables import idempotency_keys, tasks
-
-ACTIVE = (TaskState.QUEUING.value, TaskState.GENERATING.value)
-
+from bananastand.store.tables import tasks
 
 _TASK_BY_ID = select(tasks).where(tasks.c.id == bindparam("task_id"))
 # recordInfo's query: the one every polling client runs over and over.
@@ -134,7 +120,7 @@ def create_task(
     """
     ledger.lock_account(connection, new.account_id)
     if idempotency is not None:
-        earlier = _live_idempotency_key(connection, new.account_id, idempotency, now_ms)
+        earlier = live_idempotency_key(connection, new.account_id, idempotency, now_ms)
         if earlier is not None:
             if earlier["request_hash"] != idempotency.request_hash:
                 return KeyReused(idempotency.key)
@@ -156,7 +142,7 @@ def create_task(
         if refused is not None:
             return refused
     if idempotency is not None:
-        _claim_idempotency_key(connection, new, idempotency, now_ms)
+        claim_idempotency_key(connection, new, idempotency, now_ms)
     _INSERT_TASK.run(
         connection,
         {
@@ -177,44 +163,6 @@ def create_task(
     return Created(task_id=new.id, created=True)
 
 
-def _live_idempotency_key(
-    connection: Connection, account_id: str, idempotency: IdempotencyClaim, now_ms: int
-) -> RowMapping | None:
-    found: RowMapping | None = (
-        connection.execute(
-            select(idempotency_keys).where(
-                idempotency_keys.c.account_id == account_id,
-                idempotency_keys.c.key == idempotency.key,
-                idempotency_keys.c.created_at > now_ms - idempotency.ttl_ms,
-            )
-        )
-        .mappings()
-        .first()
-    )
-    return found
-
-
-def _claim_idempotency_key(
-    connection: Connection, new: NewTask, idempotency: IdempotencyClaim, now_ms: int
-) -> None:
-    """Store the key for this task, replacing an expired use of it (one not yet purged)."""
-    connection.execute(
-        delete(idempotency_keys).where(
-            idempotency_keys.c.account_id == new.account_id,
-            idempotency_keys.c.key == idempotency.key,
-        )
-    )
-    connection.execute(
-        insert(idempotency_keys).values(
-            account_id=new.account_id,
-            key=idempotency.key,
-            request_hash=idempotency.request_hash,
-            task_id=new.id,
-            created_at=now_ms,
-        )
-    )
-
-
 def _count_waiting(connection: Connection, account_id: str, cap: int) -> int:
     """The account's waiting tasks, counted up to ``cap``: a long queue costs no more."""
     waiting_rows = (
@@ -227,13 +175,6 @@ def _count_waiting(connection: Connection, account_id: str, cap: int) -> int:
     return count
 
 
-def purge_idempotency_keys(connection: Connection, older_than_ms: int) -> int:
-    result = connection.execute(
-        delete(idempotency_keys).where(idempotency_keys.c.created_at < older_than_ms)
-    )
-    return result.rowcount
-
-
 def cancel_task(
     connection: Connection, task_id: str, account_id: str, now_ms: int, failure: Failure
 ) -> Task | None:
@@ -242,7 +183,7 @@ def cancel_task(
     Clearing the lease fences out a worker that is still fetching the task's inputs. A
     canceled task is refunded in full, in the same transaction.
     """
-    _end(
+    end_tasks(
         connection,
         and_(
             tasks.c.id == task_id,
@@ -257,116 +198,7 @@ def cancel_task(
     return get_task(connection, task_id, account_id)
 
 
-def claim_tasks(
-    connection: Connection,
-    *,
-    worker_id: str,
-    lease_token: str,
-    limit: int,
-    now_ms: int,
-    lease_ms: int,
-) -> list[Claim]:
-    """Take up to ``limit`` waiting tasks, oldest first.
-
-    With several writers, rows another worker is claiming are skipped, never waited for
-    or taken twice (``FOR UPDATE SKIP LOCKED``; SQLite, whose writer is serialised, needs
-    nothing and its compiler leaves the clause out).
-    """
-    # A CTE, not ``IN (subquery)``: a planner may run a LIMIT subquery inside an UPDATE
-    # more than once and update more rows than asked for; a CTE with FOR UPDATE is run
-    # once (it has a side effect, so PostgreSQL never inlines it).
-    oldest = (
-        select(tasks.c.seq)
-        .where(tasks.c.state == TaskState.WAITING.value)
-        .order_by(tasks.c.seq)
-        .limit(limit)
-        .with_for_update(skip_locked=True)
-        .cte("oldest")
-    )
-    rows = (
-        connection.execute(
-            update(tasks)
-            .where(tasks.c.seq.in_(select(oldest.c.seq)))
-            .values(
-                state=TaskState.QUEUING.value,
-                attempts=tasks.c.attempts + 1,
-                lease_token=lease_token,
-                lease_expires_at=now_ms + lease_ms,
-                worker_id=worker_id,
-                started_at=func.coalesce(tasks.c.started_at, now_ms),
-                updated_at=now_ms,
-            )
-            .returning(*tasks.c)
-        )
-        .mappings()
-        .all()
-    )
-    claims = [Claim(task=Task.from_row(row), lease_token=lease_token) for row in rows]
-    return sorted(claims, key=lambda claim: claim.task.seq)
-
-
-def _fenced(task_id: str, lease_token: str) -> Any:
-    return and_(
-        tasks.c.id == task_id,
-        tasks.c.lease_token == lease_token,
-        tasks.c.state.in_(ACTIVE),
-    )
-
-
-def renew_leases(
-    connection: Connection, held: Iterable[tuple[str, str]], now_ms: int, lease_ms: int
-) -> set[str]:
-    """Extend the leases still held; returns the task ids whose lease is gone."""
-    lost: set[str] = set()
-    for task_id, lease_token in held:
-        result = connection.execute(
-            update(tasks)
-            .where(_fenced(task_id, lease_token))
-            .values(lease_expires_at=now_ms + lease_ms)
-        )
-        if result.rowcount == 0:
-            lost.add(task_id)
-    return lost
-
-
-def mark_generating(connection: Connection, task_id: str, lease_token: str, now_ms: int) -> bool:
-    result = connection.execute(
-        update(tasks)
-        .where(_fenced(task_id, lease_token))
-        .values(state=TaskState.GENERATING.value, updated_at=now_ms)
-    )
-    return result.rowcount == 1
-
-
-def finish_task(
-    connection: Connection,
-    task_id: str,
-    lease_token: str,
-    now_ms: int,
-    *,
-    state: TaskState,
-    result_keys: str = "",
-    failure: Failure | None = None,
-    usage: str = "{}",
-) -> bool:
-    """Write the outcome once; False when the lease was lost (someone else owns the task).
-
-    A ``fail`` outcome refunds the task's credits in the same transaction.
-    """
-    ended = _end(
-        connection,
-        _fenced(task_id, lease_token),
-        now_ms,
-        state,
-        result_keys=result_keys,
-        fail_code=failure.code if failure else "",
-        fail_msg=failure.message if failure else "",
-        usage=usage,
-    )
-    return len(ended) == 1
-
-
-def _end(
+def end_tasks(
     connection: Connection, which: Any, now_ms: int, state: TaskState, **outcome: str
 ) -> Sequence[Row[Any]]:
     """Every way a task ends goes through here: the outcome, the lease dropped, and, in
@@ -393,57 +225,3 @@ def _end(
                 connection, task_id=task_id, account_id=account_id, url=callback_url, now_ms=now_ms
             )
     return ended
-
-
-def release_task(connection: Connection, task_id: str, lease_token: str, now_ms: int) -> bool:
-    """Hand a task back untouched (graceful shutdown): it does not count as an attempt."""
-    result = connection.execute(
-        update(tasks)
-        .where(_fenced(task_id, lease_token))
-        .values(
-            state=TaskState.WAITING.value,
-            attempts=tasks.c.attempts - 1,
-            lease_token=None,
-            lease_expires_at=None,
-            worker_id=None,
-            updated_at=now_ms,
-        )
-    )
-    return result.rowcount == 1
-
-
-def lease_expired(now_ms: int) -> ColumnElement[bool]:
-    """Tasks held by a worker that stopped renewing their lease."""
-    return and_(tasks.c.state.in_(ACTIVE), tasks.c.lease_expires_at < now_ms)
-
-
-def rescue_expired(
-    connection: Connection, now_ms: int, max_attempts: int, give_up: Failure
-) -> Rescue:
-    """Tasks whose worker stopped renewing: back to ``waiting``, or ``fail`` when out of tries."""
-    expired = lease_expired(now_ms)
-    failed = _end(
-        connection,
-        and_(expired, tasks.c.attempts >= max_attempts),
-        now_ms,
-        TaskState.FAIL,
-        fail_code=give_up.code,
-        fail_msg=give_up.message,
-    )
-    requeued = (
-        connection.execute(
-            update(tasks)
-            .where(expired)
-            .values(
-                state=TaskState.WAITING.value,
-                lease_token=None,
-                lease_expires_at=None,
-                worker_id=None,
-                updated_at=now_ms,
-            )
-            .returning(tasks.c.id)
-        )
-        .scalars()
-        .all()
-    )
-    return Rescue(requeued=list(requeued), failed=[row.id for row in failed])

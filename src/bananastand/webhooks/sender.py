@@ -1,57 +1,24 @@
-"""Callbacks: what is sent, how it is signed, when it is retried, and the sender.
-
-The outbox row is written in the transaction that ends a task (``store/tasks.py``); the
-`WebhookSender` runs wherever a worker runs and empties it:
-
-- it claims due callbacks with a lease, so a sender killed mid-delivery leaves a row that
-  the next claim sends again, with the same ``webhook-id`` (at-least-once);
-- it sends through its own `SafeFetcher` (no private targets unless allow-listed, each
-  name resolved and checked at every delivery, redirects never followed), so a slow
-  receiver never holds a connection an ``image_input`` fetch needs;
-- at most ``webhook_concurrency`` deliveries are in flight, at most
-  ``webhook_per_host_concurrency`` per receiving host:port, and claiming skips saturated
-  hosts: a receiver that hangs delays only its own callbacks;
-- every attempt is stored; failures are retried on ``webhook_retry_schedule_seconds``
-  with jitter, later if ``Retry-After`` asks; ``410 Gone`` stops. A delivery never
-  touches the task;
-- a callback to a host in ``callback_deny_hosts`` is never sent (no connection, no name
-  lookup): it ends ``refused``, with one attempt saying why. That is judged at each
-  delivery, so a change of the setting applies to every callback not yet sent.
-
-`Webhooks` is the account-facing side: secrets, the attempt log, resending.
-"""
+"""The sender: claims due callbacks, posts them signed, records every attempt."""
 
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
-import email.utils
 import logging
-import random
-import secrets
 import time
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from functools import partial
-from urllib.parse import urlsplit
-
-import orjson
 
 from bananastand.addresses import HostList
-from bananastand.client.webhooks import sign_hosted, sign_standard
-from bananastand.codes import Code
-from bananastand.contract import TaskState
-from bananastand.errors import NotFoundError, ValidationError
 from bananastand.fetch import FetchError, SafeFetcher
 from bananastand.ids import random_token
 from bananastand.logs import bind_task
 from bananastand.metrics import Metrics
-from bananastand.records import Callback, CallbackAttempt, Task, WebhookSecret
-from bananastand.results import TaskRecords
+from bananastand.records import CallbackAttempt, DeliveryState
+from bananastand.results import RecordMaker
 from bananastand.settings import Settings
-from bananastand.store import ports
 from bananastand.store.ports import ClaimedCallback, Outbox
+from bananastand.webhooks.schedule import Verdict, denied, judge, next_delay_s
+from bananastand.webhooks.signing import callback_body, new_secret, signed_headers
 
 log = logging.getLogger(__name__)
 
@@ -59,123 +26,12 @@ log = logging.getLogger(__name__)
 #: callbacks at every poll of its own and wakes it.
 _OWN_POLL_FACTOR = 6
 
-#: Retries are spread by this fraction either way, so receivers back up together
-#: do not get their retries all at once.
-JITTER = 0.1
-#: The longest a ``Retry-After`` may push an attempt back.
-MAX_RETRY_AFTER_S = 24 * 3600.0
-
-
-def new_secret() -> str:
-    """``whsec_`` + base64 of 32 random bytes: the Standard Webhooks form."""
-    return "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
-
-
-def callback_body(task: Task, records: TaskRecords) -> bytes:
-    """The recordInfo envelope of the ended task: code 200 on success, 501 on failure.
-
-    Made for each attempt: a retry after the server moved carries links that work now."""
-    if task.state is TaskState.SUCCESS:
-        code, msg = Code.OK, "success"
-    else:
-        code, msg = Code.GENERATION_FAILED, task.fail_msg or "generation failed"
-    return orjson.dumps({"code": code, "msg": msg, "message": msg, "data": records.record(task)})
-
-
-def signed_headers(
-    *, msg_id: str, task_id: str, body: bytes, signing: tuple[str, ...], timestamp: int
-) -> dict[str, str]:
-    """Both schemes' headers. ``signing`` is the current secret, then the previous one
-    during a rotation window: Standard Webhooks carries one signature per secret, the
-    hosted API's header only the current one."""
-    return {
-        "Content-Type": "application/json",
-        "webhook-id": msg_id,
-        "webhook-timestamp": str(timestamp),
-        "webhook-signature": " ".join(
-            sign_standard(secret, msg_id, timestamp, body) for secret in signing
-        ),
-        "X-Webhook-Timestamp": str(timestamp),
-        "X-Webhook-Signature": sign_hosted(signing[0], task_id, timestamp),
-    }
-
-
-def parse_retry_after(value: str | None) -> float | None:
-    """Seconds to wait, from ``Retry-After`` as seconds or an HTTP date; None if unusable."""
-    if value is None:
-        return None
-    value = value.strip()
-    if value.isdigit():
-        return min(float(value), MAX_RETRY_AFTER_S)
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return min(max(0.0, when.timestamp() - time.time()), MAX_RETRY_AFTER_S)
-
-
-@dataclass(frozen=True, slots=True)
-class Verdict:
-    """What one attempt means for the callback."""
-
-    success: bool
-    error: str
-    #: Whether the receiver said never to try again (410 Gone).
-    final: bool = False
-    retry_after_s: float | None = None
-
-
-def judge(status: int, headers: Mapping[str, str]) -> Verdict:
-    """Only a 2xx delivers; a redirect is a failure (never followed); 410 stops."""
-    if 200 <= status < 300:
-        return Verdict(success=True, error="")
-    if 300 <= status < 400:
-        location = headers.get("location")
-        where = f" to {location}" if location else ""
-        return Verdict(success=False, error=f"redirect not followed (HTTP {status}{where})")
-    if status == 410:
-        return Verdict(
-            success=False, error="HTTP 410 Gone: the receiver asked us to stop", final=True
-        )
-    return Verdict(
-        success=False,
-        error=f"HTTP {status}",
-        retry_after_s=parse_retry_after(headers.get("retry-after")),
-    )
-
-
-def denied(deny: HostList, url: str) -> str | None:
-    """Why a callback to ``url`` is never sent, or None. The operator's deny list exists
-    because some clients put a third party's URL (their reseller's proxy) into every task:
-    this server must not post its users' signed results there."""
-    host = urlsplit(url).hostname or ""
-    if not deny.matches(host):
-        return None
-    return f"not sent: the server setting BANANASTAND_CALLBACK_DENY_HOSTS refuses {host}"
-
-
-def next_delay_s(
-    schedule: list[float], attempts_made: int, retry_after_s: float | None
-) -> float | None:
-    """Seconds until the next attempt after ``attempts_made`` failed ones; None: give up.
-
-    ``schedule[n]`` is the delay before attempt ``n + 1`` (``schedule[0]``, "now", is the
-    first attempt's, made as the task ends).
-    """
-    if attempts_made >= len(schedule):
-        return None
-    delay = schedule[attempts_made] * random.uniform(1 - JITTER, 1 + JITTER)  # noqa: S311
-    if retry_after_s is not None:
-        delay = max(delay, retry_after_s)
-    return delay
-
-
 #: An attempt's outcome, in the metrics' words, by the state it leaves the callback in.
 _OUTCOMES = {
-    ports.DELIVERED: "delivered",
-    ports.PENDING: "retrying",
-    ports.FAILED: "failed",
-    ports.REFUSED: "refused",
+    DeliveryState.DELIVERED: "delivered",
+    DeliveryState.PENDING: "retrying",
+    DeliveryState.FAILED: "failed",
+    DeliveryState.REFUSED: "refused",
 }
 
 
@@ -185,7 +41,7 @@ class WebhookSender:
         store: Outbox,
         settings: Settings,
         fetcher: SafeFetcher,
-        records: TaskRecords,
+        records: RecordMaker,
         metrics: Metrics,
     ) -> None:
         self._store = store
@@ -319,13 +175,13 @@ class WebhookSender:
                 verdict.retry_after_s,
             )
         if verdict.success:
-            state = ports.DELIVERED
+            state = DeliveryState.DELIVERED
         elif refusal is not None:
-            state = ports.REFUSED
+            state = DeliveryState.REFUSED
         elif delay is None:
-            state = ports.FAILED
+            state = DeliveryState.FAILED
         else:
-            state = ports.PENDING
+            state = DeliveryState.PENDING
         owned = await self._store.record_attempt(
             callback_id=claim.id,
             lease_token=claim.lease_token,
@@ -349,7 +205,7 @@ class WebhookSender:
         }
         if verdict.success:
             log.info("callback delivered", extra=fields)
-        elif state in (ports.FAILED, ports.REFUSED):
+        elif state in (DeliveryState.FAILED, DeliveryState.REFUSED):
             log.warning("callback %s: %s", state, verdict.error, extra=fields)
         else:
             log.info("callback attempt failed: %s; retrying", verdict.error, extra=fields)
@@ -389,65 +245,3 @@ class WebhookSender:
 
         timer = loop.call_later(delay_s, fire)
         self._timers.add(timer)
-
-
-class Webhooks:
-    """The account-facing side: webhook secrets, the attempt log, resending."""
-
-    def __init__(
-        self, store: Outbox, settings: Settings, *, on_resend: Callable[[], None] = lambda: None
-    ) -> None:
-        self._store = store
-        self._settings = settings
-        self._deny = HostList.parse(settings.callback_deny_hosts)
-        # Lets a sender in this process send at once rather than at its next poll.
-        self._on_resend = on_resend
-
-    @property
-    def rotation_window_ms(self) -> int:
-        return int(self._settings.webhook_secret_rotation_seconds * 1000)
-
-    async def secret(self, account_id: str, *, rotate: bool = False) -> WebhookSecret:
-        """The account's secret, made on first use; ``rotate`` replaces it (the old one
-        keeps signing, beside the new one, for the rotation window)."""
-        found = await self._store.account_secret(account_id, new_secret, rotate=rotate)
-        if found is None:
-            raise NotFoundError(f"account {account_id} does not exist")
-        return found
-
-    async def callback(self, account_id: str, task_id: str) -> Callback:
-        """The task's callback and its attempts; a task that has not ended has none yet."""
-
-        task, found = await self._store.callback_of_task(task_id, account_id)
-        if task is None:
-            raise NotFoundError(f"task {task_id} not found")
-        if task.callback_url is None:
-            raise ValidationError("taskId: the task has no callBackUrl")
-        if found is None:
-            return Callback(
-                id=None,
-                task_id=task.id,
-                url=task.callback_url,
-                state="waiting",  # sent when the task ends
-                next_attempt_at=None,
-                delivered_at=None,
-                attempts=(),
-            )
-        return found
-
-    async def resend(self, account_id: str, task_id: str) -> Callback:
-        """Send the callback again now (same webhook-id, a fresh retry schedule).
-
-        A refused callback whose host is still denied stays as it is; once the setting
-        no longer denies it, a resend sends it.
-        """
-        current = await self.callback(account_id, task_id)
-        if current.id is None:
-            raise ValidationError(
-                "taskId: the task has not ended; its callback is sent when it does"
-            )
-        if current.state == ports.REFUSED and denied(self._deny, current.url):
-            return current
-        await self._store.resend(task_id, account_id)
-        self._on_resend()
-        return await self.callback(account_id, task_id)

@@ -1,0 +1,185 @@
+"""Queries of the task table as the queue: a worker claims waiting tasks with a lease,
+renews it, and finishes or hands back what it holds; a rescue takes back the tasks whose
+worker stopped renewing.
+
+Writes about a claimed task are fenced by its lease token: a worker that lost its lease
+changes nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from sqlalchemy import ColumnElement, Connection, and_, func, select, update
+
+from bananastand.contract import TaskState
+from bananastand.records import Claim, Task
+from bananastand.store.ports import Failure, Rescue
+from bananastand.store.sql.tasks import end_tasks
+from bananastand.store.tables import tasks
+
+ACTIVE = (TaskState.QUEUING.value, TaskState.GENERATING.value)
+
+
+def claim_tasks(
+    connection: Connection,
+    *,
+    worker_id: str,
+    lease_token: str,
+    limit: int,
+    now_ms: int,
+    lease_ms: int,
+) -> list[Claim]:
+    """Take up to ``limit`` waiting tasks, oldest first.
+
+    With several writers, rows another worker is claiming are skipped, never waited for
+    or taken twice (``FOR UPDATE SKIP LOCKED``; SQLite, whose writer is serialised, needs
+    nothing and its compiler leaves the clause out).
+    """
+    # A CTE, not ``IN (subquery)``: a planner may run a LIMIT subquery inside an UPDATE
+    # more than once and update more rows than asked for; a CTE with FOR UPDATE is run
+    # once (it has a side effect, so PostgreSQL never inlines it).
+    oldest = (
+        select(tasks.c.seq)
+        .where(tasks.c.state == TaskState.WAITING.value)
+        .order_by(tasks.c.seq)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+        .cte("oldest")
+    )
+    rows = (
+        connection.execute(
+            update(tasks)
+            .where(tasks.c.seq.in_(select(oldest.c.seq)))
+            .values(
+                state=TaskState.QUEUING.value,
+                attempts=tasks.c.attempts + 1,
+                lease_token=lease_token,
+                lease_expires_at=now_ms + lease_ms,
+                worker_id=worker_id,
+                started_at=func.coalesce(tasks.c.started_at, now_ms),
+                updated_at=now_ms,
+            )
+            .returning(*tasks.c)
+        )
+        .mappings()
+        .all()
+    )
+    claims = [Claim(task=Task.from_row(row), lease_token=lease_token) for row in rows]
+    return sorted(claims, key=lambda claim: claim.task.seq)
+
+
+def _fenced(task_id: str, lease_token: str) -> Any:
+    return and_(
+        tasks.c.id == task_id,
+        tasks.c.lease_token == lease_token,
+        tasks.c.state.in_(ACTIVE),
+    )
+
+
+def renew_leases(
+    connection: Connection, held: Iterable[tuple[str, str]], now_ms: int, lease_ms: int
+) -> set[str]:
+    """Extend the leases still held; returns the task ids whose lease is gone."""
+    lost: set[str] = set()
+    for task_id, lease_token in held:
+        result = connection.execute(
+            update(tasks)
+            .where(_fenced(task_id, lease_token))
+            .values(lease_expires_at=now_ms + lease_ms)
+        )
+        if result.rowcount == 0:
+            lost.add(task_id)
+    return lost
+
+
+def mark_generating(connection: Connection, task_id: str, lease_token: str, now_ms: int) -> bool:
+    result = connection.execute(
+        update(tasks)
+        .where(_fenced(task_id, lease_token))
+        .values(state=TaskState.GENERATING.value, updated_at=now_ms)
+    )
+    return result.rowcount == 1
+
+
+def finish_task(
+    connection: Connection,
+    task_id: str,
+    lease_token: str,
+    now_ms: int,
+    *,
+    state: TaskState,
+    result_keys: str = "",
+    failure: Failure | None = None,
+    usage: str = "{}",
+) -> bool:
+    """Write the outcome once; False when the lease was lost (someone else owns the task).
+
+    A ``fail`` outcome refunds the task's credits in the same transaction.
+    """
+    ended = end_tasks(
+        connection,
+        _fenced(task_id, lease_token),
+        now_ms,
+        state,
+        result_keys=result_keys,
+        fail_code=failure.code if failure else "",
+        fail_msg=failure.message if failure else "",
+        usage=usage,
+    )
+    return len(ended) == 1
+
+
+def release_task(connection: Connection, task_id: str, lease_token: str, now_ms: int) -> bool:
+    """Hand a task back untouched (graceful shutdown): it does not count as an attempt."""
+    result = connection.execute(
+        update(tasks)
+        .where(_fenced(task_id, lease_token))
+        .values(
+            state=TaskState.WAITING.value,
+            attempts=tasks.c.attempts - 1,
+            lease_token=None,
+            lease_expires_at=None,
+            worker_id=None,
+            updated_at=now_ms,
+        )
+    )
+    return result.rowcount == 1
+
+
+def lease_expired(now_ms: int) -> ColumnElement[bool]:
+    """Tasks held by a worker that stopped renewing their lease."""
+    return and_(tasks.c.state.in_(ACTIVE), tasks.c.lease_expires_at < now_ms)
+
+
+def rescue_expired(
+    connection: Connection, now_ms: int, max_attempts: int, give_up: Failure
+) -> Rescue:
+    """Tasks whose worker stopped renewing: back to ``waiting``, or ``fail`` when out of tries."""
+    expired = lease_expired(now_ms)
+    failed = end_tasks(
+        connection,
+        and_(expired, tasks.c.attempts >= max_attempts),
+        now_ms,
+        TaskState.FAIL,
+        fail_code=give_up.code,
+        fail_msg=give_up.message,
+    )
+    requeued = (
+        connection.execute(
+            update(tasks)
+            .where(expired)
+            .values(
+                state=TaskState.WAITING.value,
+                lease_token=None,
+                lease_expires_at=None,
+                worker_id=None,
+                updated_at=now_ms,
+            )
+            .returning(tasks.c.id)
+        )
+        .scalars()
+        .all()
+    )
+    return Rescue(requeued=list(requeued), failed=[row.id for row in failed])
