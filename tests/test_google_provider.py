@@ -4,9 +4,12 @@ server."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import io
+import socket
 import struct
+import threading
 import zlib
 from collections.abc import Iterator
 from typing import Any
@@ -269,6 +272,46 @@ def test_a_timeout_then_success_succeeds(fake: FakeGemini) -> None:
     fake.script(Reply(delay_s=3))
     image = _generate(_provider(fake, timeout_s=0.5, max_attempts=2), REQUEST)
     assert image.usage["attempts"] == 2
+
+
+def test_a_connection_dropped_mid_answer_is_retried_then_fails_500() -> None:
+    """The upstream (or a proxy in front of it) closes the connection halfway through its
+    answer: a transport error of the SDK's HTTP client, transient, retried, then a 500
+    that says what happened. (A connection closed before any answer the SDK retries by
+    itself first, after seconds of its own backoff; this one it hands over at once.)"""
+    listener = socket.create_server(("127.0.0.1", 0))
+    dropped: list[int] = []
+
+    def drop_every_connection() -> None:
+        with contextlib.suppress(OSError):  # the listener closed: the test is over
+            while True:
+                connection, _ = listener.accept()
+                with connection:
+                    connection.recv(65536)
+                    connection.sendall(
+                        b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                        b"Content-Length: 5000\r\n\r\n{\"candidates\": ["
+                    )
+                dropped.append(1)
+
+    threading.Thread(target=drop_every_connection, daemon=True).start()
+    try:
+        provider = GoogleProvider.gemini(
+            "key",
+            Settings().models,
+            base_url=f"http://127.0.0.1:{listener.getsockname()[1]}",
+            retry=UpstreamRetryPolicy(timeout_s=10.0, backoff_s=0.01, max_attempts=2),
+            limiter=LocalLimiter(),
+        )
+        failure = _fail(provider, REQUEST)
+    finally:
+        listener.close()
+    assert isinstance(failure, UpstreamError)
+    assert failure.fail_code == "500"
+    assert failure.upstream_status == "connection"
+    assert "the connection to Google failed" in failure.message
+    assert "gave up after 2 attempt(s)" in failure.message
+    assert len(dropped) >= 2
 
 
 # --------------------------------------------------------------------------- safety

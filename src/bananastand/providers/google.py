@@ -33,6 +33,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import aiohttp
 import httpx
 from google import genai
 from google.genai import errors as genai_errors
@@ -246,7 +247,7 @@ class GoogleProvider:
             except (TimeoutError, httpx.TimeoutException):
                 failure = UpstreamTimeout(f"Google did not answer within {retry.timeout_s:g} s")
                 transient = True
-            except httpx.TransportError as exc:
+            except (aiohttp.ClientError, httpx.TransportError) as exc:
                 failure = UpstreamError(
                     f"the connection to Google failed ({type(exc).__name__})",
                     upstream_status="connection",
