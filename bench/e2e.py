@@ -485,8 +485,12 @@ async def drive(
 ) -> Run:
     """Keep ``outstanding`` tasks in flight until ``count`` have been called back."""
     assert side.process is not None
+    # Idle connections are dropped before a server's keep-alive timeout (uvicorn's is 5 s)
+    # could close one just as it is reused: on a busy machine that race was a ReadError.
     limits = httpx.Limits(
-        max_connections=outstanding * 2, max_keepalive_connections=outstanding * 2
+        max_connections=outstanding * 2,
+        max_keepalive_connections=outstanding * 2,
+        keepalive_expiry=2.0,
     )
     latencies: list[float] = []
     succeeded: set[str] = set()
@@ -596,6 +600,7 @@ def main() -> int:
     parser.add_argument("--client-cpus", help="pin this load client (default: any)")
     parser.add_argument("--upstream-cpus", help="pin the fake upstream (default: any)")
     parser.add_argument("--no-sandbox", action="store_true", help="skip the test-key run")
+    parser.add_argument("--keep", action="store_true", help="keep the data folders and logs")
     parser.add_argument("--api", action="store_true", help="also run bench/api.py --duration 5")
     parser.add_argument(
         "--profile",
@@ -661,7 +666,10 @@ def main() -> int:
             api = Path(__file__).with_name("api.py")
             subprocess.run([sys.executable, str(api), "--duration", "5"], check=False)
     finally:
-        shutil.rmtree(workdir, ignore_errors=True)
+        if args.keep:
+            print(f"kept {workdir}")
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
     return 1 if failed else 0
 
 
