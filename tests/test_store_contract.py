@@ -25,6 +25,7 @@ from bananastand.records import ApiKey, Callback, CallbackAttempt, Claim, Task, 
 from bananastand.storable import INT64_MAX
 from bananastand.store import ports
 from bananastand.store.ports import (
+    DAY_MS,
     DELIVERED,
     FAILED,
     PENDING,
@@ -33,6 +34,7 @@ from bananastand.store.ports import (
     ClaimedCallback,
     Created,
     CreateRefusal,
+    DayUsage,
     Failure,
     IdempotencyClaim,
     KeyReused,
@@ -733,6 +735,41 @@ async def test_a_success_keeps_the_charge(store: Store, clock: FakeClock) -> Non
     assert await store.balance(ACCOUNT) == 82
     assert (await get(store, task_id)).credits_consumed == 18
     assert await store.audit() == []
+
+
+@scenario
+async def test_the_ledger_pages_newest_first_and_usage_counts_utc_days(
+    store: Store, clock: FakeClock
+) -> None:
+    day = T0 - T0 % DAY_MS
+    await store.create_account(ACCOUNT, "a", 100)
+    await store.create_account(OTHER, "b", 100)
+    [first] = await add_tasks(store, 1, credits=18)
+    clock.now = day + DAY_MS - 1  # the day's last millisecond
+    [canceled] = await add_tasks(store, 1, credits=18)
+    clock.advance(1)  # the next day: the refund counts there, not with its charge
+    assert await store.cancel_task(canceled, ACCOUNT, CANCELED) is not None
+    [costly] = await add_tasks(store, 1, credits=24)
+    await add_tasks(store, 1, OTHER, credits=5)  # another account's
+    assert await store.usage_by_day(ACCOUNT, day) == [
+        DayUsage(day_ms=day, tasks=2, credits=36),
+        DayUsage(day_ms=day + DAY_MS, tasks=1, credits=24 - 18),
+    ]
+    assert await store.usage_by_day(ACCOUNT, day + DAY_MS) == [DayUsage(day + DAY_MS, 1, 6)]
+    assert await store.usage_by_day("acct_unknown", day) == []
+
+    every = await store.entries(ACCOUNT, 10)
+    assert [(entry.reason, entry.task_id) for entry in every] == [
+        ("charge", costly),
+        ("refund", canceled),
+        ("charge", canceled),
+        ("charge", first),
+        ("grant", None),
+    ]
+    page = await store.entries(ACCOUNT, 2)
+    assert page == every[:2]
+    assert await store.entries(ACCOUNT, 10, before_seq=page[-1].seq) == every[2:]
+    assert await store.entries(ACCOUNT, 10, before_seq=every[-1].seq) == []
 
 
 # -- admission: refusals are values, and write nothing ------------------------------------

@@ -184,7 +184,13 @@ class Accounts:
     async def list_keys(self, account_id: str | None = None) -> list[ApiKey]:
         return await self._store.list_keys(account_id)
 
-    async def revoke_key(self, key_id: str) -> None:
+    async def revoke_key(self, key_id: str, account_id: str | None = None) -> None:
+        """Revoke a key; of ``account_id`` only, where given (a key of another account is
+        not found, exactly as an unknown one: an API key learns nothing of other accounts)."""
+        if account_id is not None:
+            found = await self._store.get_key(key_id)
+            if found is None or found.account_id != account_id:
+                raise NotFoundError(f"no active key {key_id}")
         if not await self._store.revoke_key(key_id):
             raise NotFoundError(f"no active key {key_id}")
         self._on_change()

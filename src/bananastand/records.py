@@ -192,6 +192,16 @@ class LedgerEntry:
     def from_row(cls, row: Mapping[Any, Any]) -> LedgerEntry:
         return cls(**{name: row[name] for name in cls.__slots__})
 
+    def to_wire(self) -> dict[str, Any]:
+        """How the account's ledger and the admin API show a row."""
+        return {
+            "amount": self.amount,
+            "reason": self.reason,
+            "taskId": self.task_id,
+            "note": self.note,
+            "createdAt": self.created_at,
+        }
+
 
 @dataclass(frozen=True, slots=True)
 class Callback:

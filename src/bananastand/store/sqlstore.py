@@ -30,6 +30,7 @@ from bananastand.store.ports import (
     ClaimedCallback,
     Created,
     CreateRefusal,
+    DayUsage,
     Discrepancy,
     Failure,
     IdempotencyClaim,
@@ -350,8 +351,17 @@ class SqlStore:
             )
         )
 
-    async def entries(self, account_id: str, limit: int) -> list[LedgerEntry]:
-        return await self.runner.read(partial(ledger.entries, account_id=account_id, limit=limit))
+    async def entries(
+        self, account_id: str, limit: int, before_seq: int | None = None
+    ) -> list[LedgerEntry]:
+        return await self.runner.read(
+            partial(ledger.entries, account_id=account_id, limit=limit, before_seq=before_seq)
+        )
+
+    async def usage_by_day(self, account_id: str, since_ms: int) -> list[DayUsage]:
+        return await self.runner.read(
+            partial(ledger.usage_by_day, account_id=account_id, since_ms=since_ms)
+        )
 
     async def audit(self) -> list[Discrepancy]:
         return await self.runner.read(ledger.audit)
