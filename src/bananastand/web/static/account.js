@@ -12,9 +12,9 @@ const REASONS = { grant: "grant", charge: "charge", refund: "refund" };
 export function accountView({ onBalance, onOwnKeyRevoked }) {
   const balance = h("p", { class: "balance" });
   const chart = h("div", { class: "usage" });
-  const ledgerBox = h("div");
+  const ledgerBox = h("div", { class: "ledger" });
   const more = h("button", { type: "button", class: "secondary", text: "Show older entries", hidden: true });
-  const keysBox = h("div");
+  const keysBox = h("div", { class: "keys" });
   const secretBox = h("div", { class: "secret" });
   const problem = h("p", { class: "problem", attrs: { role: "alert" } });
   const element = h(
