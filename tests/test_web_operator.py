@@ -24,6 +24,8 @@ from web_helpers import (
 )
 
 MESSAGE = "Back at 14:00 UTC <b>after</b> the upgrade"
+#: An account name that would run a script if the page ever parsed it as HTML.
+MARKUP_NAME = '<img src=x onerror="window.hacked = 1">studio'
 
 
 def operator_sign_in(page: Page, token: str = ADMIN_TOKEN) -> None:
@@ -117,9 +119,9 @@ def test_accounts_keys_limits_and_model_switches_from_the_operator_view(
         page.get_by_role("button", name="Sign in as operator").click()
         refused = page.get_by_role("alert").filter(has_text="admin token").inner_text()
         operator_sign_in(page)
-        page.get_by_label("New account name").fill("studio")
+        page.get_by_label("New account name").fill(MARKUP_NAME)
         page.get_by_role("button", name="Create account").click()
-        page.get_by_role("cell", name="studio", exact=True).wait_for()
+        page.get_by_role("cell", name=MARKUP_NAME, exact=True).wait_for()
         page.get_by_label("Account", exact=True).select_option(
             label=page.locator("option", has_text="studio").first.inner_text()
         )
@@ -136,12 +138,18 @@ def test_accounts_keys_limits_and_model_switches_from_the_operator_view(
         page.get_by_role("button", name="Switch off").click()
         switch_on = page.get_by_role("button", name="Switch nano-banana-2 on for everyone")
         switch_on.wait_for()
-        return {"refused": refused, "made": made.inner_text()}
+        return {
+            "refused": refused,
+            "made": made.inner_text(),
+            "parsed": page.evaluate("() => document.querySelectorAll('.operator img').length"),
+            "ran": page.evaluate("() => window.hacked !== undefined"),
+        }
 
     visit = browser.visit(server.base_url + "/", look)
     seen = visit.result
     assert "admin token was refused" in seen["refused"]
-    [studio] = [a for a in admin_ok(server, "GET", "/admin/accounts") if a["name"] == "studio"]
+    assert (seen["parsed"], seen["ran"]) == (0, False)
+    [studio] = [a for a in admin_ok(server, "GET", "/admin/accounts") if a["name"] == MARKUP_NAME]
     assert (studio["maxWaiting"], studio["createRate"]) == (3, "5/minute")
     secret = seen["made"].rsplit(" ", 1)[-1]
     keys = admin_ok(server, "GET", f"/admin/accounts/{studio['id']}")["keys"]
