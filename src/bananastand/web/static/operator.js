@@ -41,7 +41,7 @@ export function operatorView() {
     forgetAdminToken();
     const input = h("input", { type: "password", autocomplete: "off", spellcheck: false, required: true });
     const problem = h("p", { class: "problem", attrs: { role: "alert" }, text: problemText });
-    const form = h(
+    const signIn = h(
       "form",
       { class: "sign-in" },
       h("p", { text: "Sign in with the server's admin token (BANANASTAND_ADMIN_TOKEN). It stays in this tab only." }),
@@ -49,7 +49,7 @@ export function operatorView() {
       problem,
       h("button", { type: "submit", text: "Sign in as operator" }),
     );
-    form.addEventListener("submit", async (event) => {
+    signIn.addEventListener("submit", async (event) => {
       event.preventDefault();
       if (!input.value.trim()) {
         problem.textContent = "Admin token: paste the token to sign in.";
@@ -64,7 +64,7 @@ export function operatorView() {
         signInForm(describe(error).replace("This API key", "The admin token"));
       }
     });
-    replace(body, form);
+    replace(body, signIn);
     if (problemText) input.focus();
   }
 
@@ -123,18 +123,16 @@ function operatorPanels({ onRefused }) {
 function accountsPanel(act) {
   const list = h("div");
   const name = h("input", { type: "text", autocomplete: "off" });
-  const create = h(
-    "form",
-    { class: "inline-form", on: { submit: (event) => submit(event, () => act(() => admin.createAccount(name.value.trim()), (made) => `Account ${made.id} made.`)) } },
+  const create = form(
+    () => act(() => admin.createAccount(name.value.trim()), (made) => `Account ${made.id} made.`),
     field("New account name", name),
     h("button", { type: "submit", class: "secondary", text: "Create account" }),
   );
   const chosen = select([]);
   const amount = h("input", { type: "number", step: 1, required: true });
   const note = h("input", { type: "text", autocomplete: "off" });
-  const grant = h(
-    "form",
-    { class: "inline-form", on: { submit: (event) => submit(event, grantCredits) } },
+  const grant = form(
+    grantCredits,
     h("h3", { text: "Grant credits" }),
     field("Amount (negative takes away)", amount),
     field("Note", note),
@@ -146,9 +144,8 @@ function accountsPanel(act) {
     maxWaiting: h("input", { type: "number", min: 0, placeholder: "default" }),
     monthlyCap: h("input", { type: "number", min: 0, placeholder: "default" }),
   };
-  const limitsForm = h(
-    "form",
-    { class: "inline-form", on: { submit: (event) => submit(event, saveLimits) } },
+  const limitsForm = form(
+    saveLimits,
     h("h3", { text: "Limits" }),
     h("p", { class: "hint", text: "Empty: the server's default. Rates like 10/minute." }),
     field("Create rate", limits.createRate),
@@ -160,30 +157,23 @@ function accountsPanel(act) {
   const keyName = h("input", { type: "text", autocomplete: "off" });
   const keyTest = h("input", { type: "checkbox", id: "operator-key-test" });
   const madeKey = h("p", { class: "made-key", attrs: { "aria-live": "polite" } });
-  const keyForm = h(
-    "form",
-    { class: "inline-form", on: { submit: (event) => submit(event, makeKey) } },
+  const keyForm = form(
+    makeKey,
     h("h3", { text: "Make a key" }),
     field("Key name", keyName),
     h("div", { class: "check" }, keyTest, h("label", { htmlFor: keyTest.id, text: "Test key (sandbox, free)" })),
     h("button", { type: "submit", class: "secondary", text: "Make key" }),
     madeKey,
   );
-  const element = h(
-    "section",
-    { class: "panel", attrs: { "aria-labelledby": "accounts-title" } },
-    h("h2", { id: "accounts-title", text: "Accounts" }),
+  const element = panel(
+    "accounts-title",
+    "Accounts",
     list,
     create,
     field("Account", chosen),
     h("div", { class: "account-actions" }, grant, limitsForm, keyForm),
   );
   let known = [];
-
-  function submit(event, action) {
-    event.preventDefault();
-    action();
-  }
 
   function account() {
     return known.find((each) => each.id === chosen.value);
@@ -232,7 +222,7 @@ function accountsPanel(act) {
     update(found) {
       const before = chosen.value;
       known = found;
-      fillSelect(chosen, found.map((each) => [each.id, each.name ? `${each.name} (${each.id})` : each.id]), before);
+      fillSelect(chosen, found.map(accountOption), before);
       if (chosen.value !== before) fillLimits();
       replace(
         list,
@@ -244,6 +234,26 @@ function accountsPanel(act) {
       );
     },
   };
+}
+
+/** One of the panels' forms: `onSubmit` runs in place of sending it. */
+function form(onSubmit, ...children) {
+  const element = h("form", { class: "inline-form" }, children);
+  element.addEventListener("submit", (event) => {
+    event.preventDefault();
+    onSubmit();
+  });
+  return element;
+}
+
+/** A section of the view, named by its heading. */
+function panel(id, title, ...children) {
+  return h("section", { class: "panel", attrs: { "aria-labelledby": id } }, h("h2", { id, text: title }), children);
+}
+
+/** How an account is offered in a select: its name, with its id to tell twins apart. */
+function accountOption(account) {
+  return [account.id, account.name ? `${account.name} (${account.id})` : account.id];
 }
 
 function limitsText(account) {
@@ -263,29 +273,21 @@ function maintenancePanel(act) {
   let edited = false;
   message.addEventListener("input", () => (edited = true));
   on.addEventListener("change", () => (edited = true));
-  const form = h(
-    "form",
-    {
-      class: "inline-form",
-      on: {
-        submit: (event) => {
-          event.preventDefault();
-          edited = false;
-          act(() => admin.maintenance(on.checked, message.value), (now) => (now.maintenance ? "Maintenance is on." : "Maintenance is off."));
-        },
-      },
+  const save = form(
+    () => {
+      edited = false;
+      act(() => admin.maintenance(on.checked, message.value), (now) => (now.maintenance ? "Maintenance is on." : "Maintenance is off."));
     },
     h("div", { class: "check" }, on, h("label", { htmlFor: on.id, text: "Maintenance on" })),
     field("Message shown to clients", message),
     h("button", { type: "submit", class: "secondary", text: "Save maintenance" }),
   );
-  const element = h(
-    "section",
-    { class: "panel", attrs: { "aria-labelledby": "maintenance-title" } },
-    h("h2", { id: "maintenance-title", text: "Maintenance" }),
+  const element = panel(
+    "maintenance-title",
+    "Maintenance",
     h("p", { class: "hint", text: "While on, new tasks are refused (code 455) with this message; everything else keeps working." }),
     state,
-    form,
+    save,
   );
   return {
     element,
@@ -302,33 +304,25 @@ function modelsPanel(act) {
   const list = h("div");
   const model = h("input", { type: "text", autocomplete: "off", required: true, placeholder: "nano-banana-pro" });
   const who = select([["", "everyone"]]);
-  const form = h(
-    "form",
-    {
-      class: "inline-form",
-      on: {
-        submit: (event) => {
-          event.preventDefault();
-          const name = model.value.trim();
-          act(() => admin.switchModel(name, false, who.value), () => `${name} switched off.`);
-        },
-      },
+  const switchOff = form(
+    () => {
+      const name = model.value.trim();
+      act(() => admin.switchModel(name, false, who.value), () => `${name} switched off.`);
     },
     field("Model", model),
     field("For", who),
     h("button", { type: "submit", class: "secondary", text: "Switch off" }),
   );
-  const element = h(
-    "section",
-    { class: "panel", attrs: { "aria-labelledby": "models-title" } },
-    h("h2", { id: "models-title", text: "Model switches" }),
+  const element = panel(
+    "models-title",
+    "Model switches",
     list,
-    form,
+    switchOff,
   );
   return {
     element,
     update(switches, accounts) {
-      fillSelect(who, [["", "everyone"], ...accounts.map((each) => [each.id, each.name ? `${each.name} (${each.id})` : each.id])], who.value);
+      fillSelect(who, [["", "everyone"], ...accounts.map(accountOption)], who.value);
       replace(
         list,
         switches.disabledModels.length
@@ -356,10 +350,9 @@ function modelsPanel(act) {
 function queuePanel() {
   const states = h("dl", { class: "facts" });
   const workers = h("div");
-  const element = h(
-    "section",
-    { class: "panel", attrs: { "aria-labelledby": "queue-title" } },
-    h("h2", { id: "queue-title", text: "Queue" }),
+  const element = panel(
+    "queue-title",
+    "Queue",
     states,
     workers,
   );

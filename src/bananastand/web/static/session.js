@@ -2,30 +2,26 @@
 // sessionStorage only (this tab, until it closes or "Sign out"), never localStorage, a
 // cookie or a URL; each leaves the page only as the Bearer header of the page's own calls.
 
-const KEY_NAME = "bananastand.apiKey";
-const ADMIN_NAME = "bananastand.adminToken";
-
-export function currentKey() {
-  return sessionStorage.getItem(KEY_NAME);
+/** Get, keep and drop one value of this tab's sessionStorage. */
+function stored(name) {
+  return {
+    get: () => sessionStorage.getItem(name),
+    set: (value) => sessionStorage.setItem(name, value),
+    remove: () => sessionStorage.removeItem(name),
+  };
 }
 
-export function remember(key) {
-  sessionStorage.setItem(KEY_NAME, key);
-}
+const apiKey = stored("bananastand.apiKey");
+const adminToken = stored("bananastand.adminToken");
 
+export const currentKey = apiKey.get;
+export const remember = apiKey.set;
+export const currentAdminToken = adminToken.get;
+export const rememberAdminToken = adminToken.set;
+export const forgetAdminToken = adminToken.remove;
+
+/** Signing out forgets both. */
 export function forget() {
-  sessionStorage.removeItem(KEY_NAME);
-  sessionStorage.removeItem(ADMIN_NAME);
-}
-
-export function currentAdminToken() {
-  return sessionStorage.getItem(ADMIN_NAME);
-}
-
-export function rememberAdminToken(token) {
-  sessionStorage.setItem(ADMIN_NAME, token);
-}
-
-export function forgetAdminToken() {
-  sessionStorage.removeItem(ADMIN_NAME);
+  apiKey.remove();
+  adminToken.remove();
 }
