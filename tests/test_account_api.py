@@ -112,11 +112,23 @@ def test_a_key_lists_and_revokes_its_accounts_keys_but_cannot_make_one(billed: S
     ]
     for row in listed:
         assert set(row) == {
-            "id", "name", "prefix", "kind", "createdAt", "revokedAt", "expiresAt", "current",
+            "id", "name", "prefix", "kind", "createdAt", "revokedAt", "expiresAt", "lastUsedAt",
+            "current",
         }  # fmt: skip
         assert spare["secret"] not in str(row)
         assert key not in str(row)
         assert spare["secret"].startswith(row["prefix"]) or key.startswith(row["prefix"])
+    # The key that asked was used just now; the spare one never was, until it is.
+    used = {row["name"]: row["lastUsedAt"] for row in listed}
+    assert used[""] is not None
+    assert used[""] >= listed[0]["createdAt"]
+    assert used["ci"] is None
+    assert data(billed, "GET", "/api/v1/chat/credit", spare["secret"]) == 0
+    again = {
+        row["name"]: row["lastUsedAt"] for row in data(billed, "GET", "/api/v1/account/keys", key)
+    }
+    assert again["ci"] is not None
+    assert again[""] == used[""]  # recorded at most once a minute per key
     # Another account's key is not found, exactly as an unknown one, and stays usable.
     stranger_id = data(billed, "GET", "/api/v1/account/keys", stranger)[0]["id"]
     for unknown in (stranger_id, "key_unknown"):

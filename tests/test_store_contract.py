@@ -1355,6 +1355,27 @@ async def test_keys_are_found_listed_and_revoked(store: Store, clock: FakeClock)
     assert await store.get_key("key_three") == three
 
 
+@scenario
+async def test_a_keys_last_use_is_recorded_and_never_moves_back(
+    store: Store, clock: FakeClock
+) -> None:
+    key_a, key_b = api_key("key_a", "acct_1"), api_key("key_b", "acct_1")
+    assert await store.insert_key(key_a, "hash-a", "one")
+    assert await store.insert_key(key_b, "hash-b", None)
+    assert (await store.find_key_by_hash("hash-a")) == key_a  # never used: None
+    clock.now = T0 + 500
+    await store.mark_key_used("key_a")
+    used = await store.get_key("key_a")
+    assert used is not None
+    assert used.last_used_at == T0 + 500
+    assert await store.list_keys("acct_1") == [used, key_b]
+    # A write that comes late (another process's, its request older) keeps the later use.
+    clock.now = T0 + 100
+    await store.mark_key_used("key_a")
+    assert (await store.get_key("key_a")) == used
+    await store.mark_key_used("key_unknown")  # nothing to record, and no error
+
+
 # -- the ledger ------------------------------------------------------------------------------
 
 

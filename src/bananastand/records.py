@@ -94,6 +94,8 @@ class ApiKey:
     created_at: int
     revoked_at: int | None
     expires_at: int | None
+    #: When a request last came with it, to within a minute (None: never).
+    last_used_at: int | None = None
 
     @classmethod
     def from_row(cls, row: Mapping[Any, Any]) -> ApiKey:
@@ -106,6 +108,7 @@ class ApiKey:
             created_at=row["created_at"],
             revoked_at=row["revoked_at"],
             expires_at=row["expires_at"],
+            last_used_at=row["last_used_at"],
         )
 
     def to_admin(self) -> dict[str, Any]:
@@ -118,6 +121,7 @@ class ApiKey:
             "createdAt": self.created_at,
             "revokedAt": self.revoked_at,
             "expiresAt": self.expires_at,
+            "lastUsedAt": self.last_used_at,
         }
 
     def usable_at(self, now_ms: int) -> bool:

@@ -57,8 +57,8 @@ def _key_data(key: ApiKey, caller: ApiKey) -> dict[str, object]:
 
 @router.get("/api/v1/account/keys", summary="The account's API keys (never their secrets)")
 async def list_keys(services: ServicesDep, key: CurrentKey) -> Response:
-    """Each key's id, name, prefix, kind (test or live), creation, revocation and expiry;
-    ``current`` marks the key that asked."""
+    """Each key's id, name, prefix, kind (test or live), creation, revocation, expiry and
+    last use (to within a minute); ``current`` marks the key that asked."""
     found = await services.accounts.list_keys(key.account_id)
     return envelope([_key_data(each, key) for each in found])
 

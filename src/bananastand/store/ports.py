@@ -356,6 +356,11 @@ class AccountStore(Clock, Protocol):
 
     async def revoke_key(self, key_id: str) -> bool: ...
 
+    async def mark_key_used(self, key_id: str) -> None:
+        """Record that the key was used now (by the store's clock); a later use already
+        recorded is kept."""
+        ...
+
 
 class Ledger(Clock, Protocol):
     async def balance(self, account_id: str) -> int | None: ...

@@ -332,6 +332,9 @@ class SqlStore:
     async def list_keys(self, account_id: str | None = None) -> list[ApiKey]:
         return await self.runner.read(partial(accounts.list_keys, account_id=account_id))
 
+    async def mark_key_used(self, key_id: str) -> None:
+        await self.runner.write(partial(accounts.mark_key_used, key_id=key_id, at_ms=self._clock()))
+
     async def revoke_key(self, key_id: str) -> bool:
         return await self.runner.write(
             partial(accounts.revoke_key, key_id=key_id, now_ms=self._clock())

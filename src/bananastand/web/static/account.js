@@ -69,7 +69,7 @@ export function accountView({ onBalance, onOwnKeyRevoked }) {
       keysBox,
       table(
         "Keys of this account",
-        ["Name", "Key", "Kind", "Created", "Expires", "State", ""],
+        ["Name", "Key", "Kind", "Created", "Last used", "Expires", "State", ""],
         keys.map((key) => keyRow(key, () => act(() => revoke(key)))),
       ),
     );
@@ -130,6 +130,7 @@ function keyRow(key, onRevoke) {
     h("code", { text: `${key.prefix}…${key.current ? " (this tab)" : ""}` }),
     key.kind,
     when(key.createdAt),
+    key.lastUsedAt ? when(key.lastUsedAt) : "never",
     key.expiresAt ? when(key.expiresAt) : "never",
     state,
     button,
