@@ -15,6 +15,7 @@ from playwright.sync_api import Page
 from accounts_helpers import ADMIN_TOKEN, admin_ok, call, new_account
 from browser import Browser
 from conftest import Server, prompt_body
+from test_web_quality import tab_to
 from web_helpers import assert_clean, scrolls_sideways, serious_violations, shoot, sign_in
 
 PRICE = 18
@@ -133,4 +134,29 @@ def test_the_callback_secret_is_hidden_until_revealed_and_rotates(
     after = call(billed, "GET", "/api/v1/account/webhook-secret", key).json()["data"]
     assert seen["rotated"] == after["secret"] != before
     assert after["previousSecret"] == before
+    assert_clean(visit)
+
+
+def test_the_keyboard_alone_reveals_the_secret_and_revokes_a_key(
+    billed: Server, browser: Browser
+) -> None:
+    account_id, key = new_account(billed)
+    spare = admin_ok(billed, "POST", f"/admin/accounts/{account_id}/keys", {"name": "phone"})
+
+    def look(page: Page) -> dict[str, Any]:
+        sign_in(page, key)
+        tab_to(page, "Account")
+        page.keyboard.press("Enter")
+        page.locator(".account-view .keys table").wait_for()
+        tab_to(page, f"Revoke key {spare['prefix']}…")
+        page.keyboard.press("Enter")
+        page.locator("tr", has_text="phone").get_by_text("revoked", exact=False).wait_for()
+        tab_to(page, "Reveal")
+        page.keyboard.press("Enter")
+        return {"pressed": page.get_by_role("button", name="Hide").get_attribute("aria-pressed")}
+
+    visit = browser.visit(billed.base_url + "/", look)
+    assert visit.result == {"pressed": "true"}
+    answer = call(billed, "GET", "/api/v1/chat/credit", spare["secret"]).json()
+    assert answer["code"] == 401
     assert_clean(visit)
