@@ -33,11 +33,13 @@ from bananastand.records import (
 from bananastand.storable import INT64_MAX
 from bananastand.store import ports
 from bananastand.store.ports import (
+    DAY_MS,
     Admission,
     BalanceOverflow,
     ClaimedCallback,
     Created,
     CreateRefusal,
+    DayUsage,
     Failure,
     IdempotencyClaim,
     KeyReused,
@@ -740,6 +742,41 @@ async def test_a_success_keeps_the_charge(store: Store, clock: FakeClock) -> Non
     assert await store.audit() == []
 
 
+@scenario
+async def test_the_ledger_pages_newest_first_and_usage_counts_utc_days(
+    store: Store, clock: FakeClock
+) -> None:
+    day = T0 - T0 % DAY_MS
+    await store.create_account(ACCOUNT, "a", 100)
+    await store.create_account(OTHER, "b", 100)
+    [first] = await add_tasks(store, 1, credits=18)
+    clock.now = day + DAY_MS - 1  # the day's last millisecond
+    [canceled] = await add_tasks(store, 1, credits=18)
+    clock.advance(1)  # the next day: the refund counts there, not with its charge
+    assert await store.cancel_task(canceled, ACCOUNT, CANCELED) is not None
+    [costly] = await add_tasks(store, 1, credits=24)
+    await add_tasks(store, 1, OTHER, credits=5)  # another account's
+    assert await store.usage_by_day(ACCOUNT, day) == [
+        DayUsage(day_ms=day, tasks=2, credits=36),
+        DayUsage(day_ms=day + DAY_MS, tasks=1, credits=24 - 18),
+    ]
+    assert await store.usage_by_day(ACCOUNT, day + DAY_MS) == [DayUsage(day + DAY_MS, 1, 6)]
+    assert await store.usage_by_day("acct_unknown", day) == []
+
+    every = await store.entries(ACCOUNT, 10)
+    assert [(entry.reason, entry.task_id) for entry in every] == [
+        ("charge", costly),
+        ("refund", canceled),
+        ("charge", canceled),
+        ("charge", first),
+        ("grant", None),
+    ]
+    page = await store.entries(ACCOUNT, 2)
+    assert page == every[:2]
+    assert await store.entries(ACCOUNT, 10, before_seq=page[-1].seq) == every[2:]
+    assert await store.entries(ACCOUNT, 10, before_seq=every[-1].seq) == []
+
+
 # -- admission: refusals are values, and write nothing ------------------------------------
 
 
@@ -1346,6 +1383,27 @@ async def test_keys_are_found_listed_and_revoked(store: Store, clock: FakeClock)
     assert await store.get_key("key_one") == revoked
     assert not await store.revoke_key("key_none")
     assert await store.get_key("key_three") == three
+
+
+@scenario
+async def test_a_keys_last_use_is_recorded_and_never_moves_back(
+    store: Store, clock: FakeClock
+) -> None:
+    key_a, key_b = api_key("key_a", "acct_1"), api_key("key_b", "acct_1")
+    assert await store.insert_key(key_a, "hash-a", "one")
+    assert await store.insert_key(key_b, "hash-b", None)
+    assert (await store.find_key_by_hash("hash-a")) == key_a  # never used: None
+    clock.now = T0 + 500
+    await store.mark_key_used("key_a")
+    used = await store.get_key("key_a")
+    assert used is not None
+    assert used.last_used_at == T0 + 500
+    assert await store.list_keys("acct_1") == [used, key_b]
+    # A write that comes late (another process's, its request older) keeps the later use.
+    clock.now = T0 + 100
+    await store.mark_key_used("key_a")
+    assert (await store.get_key("key_a")) == used
+    await store.mark_key_used("key_unknown")  # nothing to record, and no error
 
 
 # -- the ledger ------------------------------------------------------------------------------

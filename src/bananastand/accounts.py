@@ -7,6 +7,7 @@ randomness, so a slow hash would add latency to every request and no safety).
 from __future__ import annotations
 
 import hashlib
+import logging
 import re
 import time
 from collections import OrderedDict
@@ -25,7 +26,9 @@ from bananastand.storable import (
     check_text,
     check_whole,
 )
-from bananastand.store.ports import LIMIT_NAMES, AccountStore
+from bananastand.store.ports import LIMIT_NAMES, AccountStore, StoreUnavailable
+
+log = logging.getLogger(__name__)
 
 LIVE_PREFIX = "bs_live_"
 TEST_PREFIX = "bs_test_"
@@ -34,6 +37,9 @@ _KEY_PATTERN = re.compile(r"bs_(live|test)_[A-Za-z0-9]{32}")
 #: Unknown keys are remembered briefly, so a key made a moment ago works almost at once.
 _NEGATIVE_TTL = 1.0
 _CACHE_SIZE = 10_000
+#: A key's use is recorded at most this often per process: "last used" to within about a
+#: minute, never a write per request.
+_USE_RECORD_SECONDS = 60.0
 
 
 def hash_secret(secret: str) -> str:
@@ -70,6 +76,8 @@ class Accounts:
         # account id -> (account, monotonic expiry): its limits, read once per TTL, not
         # once per request. Limit changes reach every process within the same time.
         self._accounts: OrderedDict[str, tuple[Account, float]] = OrderedDict()
+        # key id -> monotonic time this process last recorded the key's use.
+        self._recorded_use: OrderedDict[str, float] = OrderedDict()
 
     async def create_account(self, name: str = "") -> Account:
         check_text("name", name, max_chars=NAME_CHARS)
@@ -184,7 +192,13 @@ class Accounts:
     async def list_keys(self, account_id: str | None = None) -> list[ApiKey]:
         return await self._store.list_keys(account_id)
 
-    async def revoke_key(self, key_id: str) -> None:
+    async def revoke_key(self, key_id: str, account_id: str | None = None) -> None:
+        """Revoke a key; of ``account_id`` only, where given (a key of another account is
+        not found, exactly as an unknown one: an API key learns nothing of other accounts)."""
+        if account_id is not None:
+            found = await self._store.get_key(key_id)
+            if found is None or found.account_id != account_id:
+                raise NotFoundError(f"no active key {key_id}")
         if not await self._store.revoke_key(key_id):
             raise NotFoundError(f"no active key {key_id}")
         self._on_change()
@@ -200,7 +214,24 @@ class Accounts:
         key = await self._lookup(hash_secret(secret))
         if key is None or not key.usable_at(self._store.now_ms()):
             raise AuthenticationError("unknown, revoked or expired API key")
+        await self._record_use(key.id)
         return key
+
+    async def _record_use(self, key_id: str) -> None:
+        """Write the key's "last used" when this process has not in the last minute. The
+        request is answered whatever happens to that write: it is bookkeeping."""
+        now = time.monotonic()
+        last = self._recorded_use.get(key_id)
+        if last is not None and now - last < _USE_RECORD_SECONDS:
+            return
+        self._recorded_use[key_id] = now
+        self._recorded_use.move_to_end(key_id)
+        while len(self._recorded_use) > _CACHE_SIZE:
+            self._recorded_use.popitem(last=False)
+        try:
+            await self._store.mark_key_used(key_id)
+        except StoreUnavailable:
+            log.warning("could not record the use of key %s", key_id)
 
     async def _lookup(self, secret_hash: str) -> ApiKey | None:
         cached = self._cache.get(secret_hash)

@@ -7,10 +7,12 @@ With ``BANANASTAND_BILLING=off`` nothing is ever charged.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from bananastand.contract import Resolution
+from bananastand.cursors import decode_cursor, encode_cursor
 from bananastand.errors import (
     ConfigurationError,
     InsufficientCreditsError,
@@ -20,10 +22,29 @@ from bananastand.errors import (
 from bananastand.records import ApiKey, LedgerEntry
 from bananastand.settings import Settings
 from bananastand.storable import INT64_MAX, check_text
-from bananastand.store.ports import BalanceOverflow, Discrepancy, Ledger, NotEnoughCredits
+from bananastand.store.ports import (
+    DAY_MS,
+    BalanceOverflow,
+    DayUsage,
+    Discrepancy,
+    Ledger,
+    NotEnoughCredits,
+)
 
 if TYPE_CHECKING:
     from bananastand.accounts import Accounts
+
+
+#: Ledger rows per page of ``GET /api/v1/account/ledger``.
+LEDGER_PAGE = 50
+#: How far back usage per day reaches: a year, leap day included.
+MAX_USAGE_DAYS = 366
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerPage:
+    entries: list[LedgerEntry]
+    next_cursor: str | None
 
 
 class Billing:
@@ -77,6 +98,28 @@ class Billing:
     async def history(self, account_id: str, limit: int = 50) -> list[LedgerEntry]:
         return await self._store.entries(account_id, limit)
 
+    async def ledger_page(
+        self, account_id: str, cursor: str | None, limit: int = LEDGER_PAGE
+    ) -> LedgerPage:
+        """A page of the account's grants, charges and refunds, newest first."""
+        before = decode_cursor(cursor) if cursor else None
+        found = await self._store.entries(account_id, limit + 1, before)
+        page, more = found[:limit], len(found) > limit
+        return LedgerPage(page, encode_cursor(page[-1].seq) if more else None)
+
+    async def usage(self, account_id: str, days: int) -> list[DayUsage]:
+        """Each of the last ``days`` UTC days, today included, oldest first; a day
+        without use is there with zeros, so that a chart of them has no gaps."""
+        if not 1 <= days <= MAX_USAGE_DAYS:
+            raise ValidationError(f"days: must be from 1 to {MAX_USAGE_DAYS}")
+        today = self._store.now_ms() // DAY_MS * DAY_MS
+        first = today - (days - 1) * DAY_MS
+        used = {day.day_ms: day for day in await self._store.usage_by_day(account_id, first)}
+        return [
+            used.get(day, DayUsage(day_ms=day, tasks=0, credits=0))
+            for day in range(first, today + 1, DAY_MS)
+        ]
+
     async def audit(self) -> list[Discrepancy]:
         """Empty when every balance is its ledger sum and every task's creditsConsumed is
         what its charge and refund rows say."""
@@ -99,14 +142,5 @@ async def account_details(accounts: Accounts, billing: Billing, account_id: str)
     return {
         **account.to_admin(),
         "keys": [key.to_admin() for key in keys],
-        "ledger": [
-            {
-                "amount": entry.amount,
-                "reason": entry.reason,
-                "taskId": entry.task_id,
-                "note": entry.note,
-                "createdAt": entry.created_at,
-            }
-            for entry in history
-        ],
+        "ledger": [entry.to_wire() for entry in history],
     }

@@ -77,6 +77,8 @@ class ApiKey:
     created_at: int
     revoked_at: int | None
     expires_at: int | None
+    #: When a request last came with it, to within a minute (None: never).
+    last_used_at: int | None = None
 
     @classmethod
     def from_row(cls, row: Mapping[Any, Any]) -> ApiKey:
@@ -89,6 +91,7 @@ class ApiKey:
             created_at=row["created_at"],
             revoked_at=row["revoked_at"],
             expires_at=row["expires_at"],
+            last_used_at=row["last_used_at"],
         )
 
     def to_admin(self) -> dict[str, Any]:
@@ -101,6 +104,7 @@ class ApiKey:
             "createdAt": self.created_at,
             "revokedAt": self.revoked_at,
             "expiresAt": self.expires_at,
+            "lastUsedAt": self.last_used_at,
         }
 
     def usable_at(self, now_ms: int) -> bool:
@@ -174,6 +178,16 @@ class LedgerEntry:
     @classmethod
     def from_row(cls, row: Mapping[Any, Any]) -> LedgerEntry:
         return cls(**{name: row[name] for name in cls.__slots__})
+
+    def to_wire(self) -> dict[str, Any]:
+        """How the account's ledger and the admin API show a row."""
+        return {
+            "amount": self.amount,
+            "reason": self.reason,
+            "taskId": self.task_id,
+            "note": self.note,
+            "createdAt": self.created_at,
+        }
 
 
 class DeliveryState(StrEnum):

@@ -6,8 +6,6 @@ Running a task is the worker's part (``worker.py``); both meet only in the task 
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import hashlib
 from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -26,6 +24,7 @@ from bananastand.contract import (
     TaskState,
     describe_validation_error,
 )
+from bananastand.cursors import decode_cursor, encode_cursor
 from bananastand.errors import (
     AuthenticationError,
     InsufficientCreditsError,
@@ -324,18 +323,3 @@ def request_fingerprint(body: Mapping[str, Any], raw_body: bytes) -> str:
     except TypeError:
         canonical = raw_body
     return hashlib.sha256(canonical).hexdigest()
-
-
-def encode_cursor(seq: int) -> str:
-    return base64.urlsafe_b64encode(f"s{seq}".encode()).decode().rstrip("=")
-
-
-def decode_cursor(cursor: str) -> int:
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        seq = int(raw[1:]) if raw.startswith("s") and raw[1:].isdigit() else -1
-        if not 0 < seq < 2**63:
-            raise ValueError(raw)
-        return seq
-    except (ValueError, binascii.Error, UnicodeDecodeError):
-        raise ValidationError("cursor: not a cursor this server handed out") from None

@@ -176,6 +176,23 @@ async def workers(services: ServicesDep) -> Response:
     return envelope([worker.to_admin() for worker in found])
 
 
+@router.get("/queue")
+async def queue(services: ServicesDep) -> Response:
+    """The unfinished tasks by state, when the oldest waiting one was created (and how long
+    ago, by the store's clock), and the live workers with the tasks they have in flight."""
+    depth = await services.store.queue_depth()
+    found = await services.store.live_workers()
+    oldest = depth.oldest_waiting_ms
+    return envelope(
+        {
+            "byState": depth.by_state,
+            "oldestWaitingAt": oldest,
+            "oldestWaitingAgeMs": None if oldest is None else services.store.now_ms() - oldest,
+            "workers": [worker.to_admin() for worker in found],
+        }
+    )
+
+
 @router.get("/switches")
 async def switches(services: ServicesDep) -> Response:
     return envelope((await services.switches.current()).to_admin())

@@ -177,6 +177,20 @@ class Discrepancy:
     ledger: int
 
 
+#: A UTC day in epoch milliseconds: what usage is counted by.
+DAY_MS = 86_400_000
+
+
+@dataclass(frozen=True, slots=True)
+class DayUsage:
+    """One UTC day of an account's use: tasks created, credits spent (refunds deducted)."""
+
+    #: Start of the day, epoch milliseconds.
+    day_ms: int
+    tasks: int
+    credits: int
+
+
 @dataclass(frozen=True, slots=True)
 class WorkerProcess:
     """Who a worker process is, as it reports itself at each heartbeat."""
@@ -336,6 +350,11 @@ class AccountStore(Clock, Protocol):
 
     async def revoke_key(self, key_id: str) -> bool: ...
 
+    async def mark_key_used(self, key_id: str) -> None:
+        """Record that the key was used now (by the store's clock); a later use already
+        recorded is kept."""
+        ...
+
 
 class Ledger(Clock, Protocol):
     async def balance(self, account_id: str) -> int | None: ...
@@ -346,7 +365,15 @@ class Ledger(Clock, Protocol):
         """The new balance, or why not (None: no such account); one atomic statement."""
         ...
 
-    async def entries(self, account_id: str, limit: int) -> list[LedgerEntry]: ...
+    async def entries(
+        self, account_id: str, limit: int, before_seq: int | None = None
+    ) -> list[LedgerEntry]:
+        """Newest first; only rows older than ``before_seq`` where given (the next page)."""
+        ...
+
+    async def usage_by_day(self, account_id: str, since_ms: int) -> list[DayUsage]:
+        """Per UTC day since ``since_ms``, oldest first: only days with a task or a charge."""
+        ...
 
     async def audit(self) -> list[Discrepancy]: ...
 

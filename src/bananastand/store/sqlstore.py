@@ -31,6 +31,7 @@ from bananastand.store.ports import (
     ClaimedCallback,
     Created,
     CreateRefusal,
+    DayUsage,
     Discrepancy,
     Failure,
     IdempotencyClaim,
@@ -334,6 +335,9 @@ class SqlStore:
     async def list_keys(self, account_id: str | None = None) -> list[ApiKey]:
         return await self.runner.read(partial(accounts.list_keys, account_id=account_id))
 
+    async def mark_key_used(self, key_id: str) -> None:
+        await self.runner.write(partial(accounts.mark_key_used, key_id=key_id, at_ms=self._clock()))
+
     async def revoke_key(self, key_id: str) -> bool:
         return await self.runner.write(
             partial(accounts.revoke_key, key_id=key_id, now_ms=self._clock())
@@ -353,8 +357,17 @@ class SqlStore:
             )
         )
 
-    async def entries(self, account_id: str, limit: int) -> list[LedgerEntry]:
-        return await self.runner.read(partial(ledger.entries, account_id=account_id, limit=limit))
+    async def entries(
+        self, account_id: str, limit: int, before_seq: int | None = None
+    ) -> list[LedgerEntry]:
+        return await self.runner.read(
+            partial(ledger.entries, account_id=account_id, limit=limit, before_seq=before_seq)
+        )
+
+    async def usage_by_day(self, account_id: str, since_ms: int) -> list[DayUsage]:
+        return await self.runner.read(
+            partial(ledger.usage_by_day, account_id=account_id, since_ms=since_ms)
+        )
 
     async def audit(self) -> list[Discrepancy]:
         return await self.runner.read(ledger.audit)

@@ -57,6 +57,8 @@ api_keys = Table(
     Column("created_at", BigInteger, nullable=False),
     Column("revoked_at", BigInteger, nullable=True),
     Column("expires_at", BigInteger, nullable=True),
+    # Within a minute or so: each process records a key's use at most once a minute.
+    Column("last_used_at", BigInteger, nullable=True),
 )
 
 tasks = Table(

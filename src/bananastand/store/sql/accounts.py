@@ -106,6 +106,18 @@ def list_keys(connection: Connection, account_id: str | None = None) -> list[Api
     return [ApiKey.from_row(row) for row in connection.execute(query).mappings()]
 
 
+def mark_key_used(connection: Connection, key_id: str, at_ms: int) -> None:
+    """Never moves the time back: another process may have recorded a later use."""
+    connection.execute(
+        update(api_keys)
+        .where(
+            api_keys.c.id == key_id,
+            (api_keys.c.last_used_at.is_(None)) | (api_keys.c.last_used_at < at_ms),
+        )
+        .values(last_used_at=at_ms)
+    )
+
+
 def revoke_key(connection: Connection, key_id: str, now_ms: int) -> bool:
     result = connection.execute(
         update(api_keys)

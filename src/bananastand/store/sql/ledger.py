@@ -19,7 +19,9 @@ from sqlalchemy import Connection, bindparam, func, select, update
 from bananastand.records import LedgerEntry
 from bananastand.storable import INT64_MAX
 from bananastand.store.ports import (
+    DAY_MS,
     BalanceOverflow,
+    DayUsage,
     Discrepancy,
     MonthlyCapReached,
     NotEnoughCredits,
@@ -212,15 +214,54 @@ def refund_task(connection: Connection, task_id: str, now_ms: int) -> int:
     return amount
 
 
-def entries(connection: Connection, account_id: str, limit: int) -> list[LedgerEntry]:
-    """The account's newest rows first."""
+def entries(
+    connection: Connection, account_id: str, limit: int, before_seq: int | None = None
+) -> list[LedgerEntry]:
+    """The account's newest rows first; older than ``before_seq`` where given (a page)."""
     query = (
         select(credit_ledger)
         .where(credit_ledger.c.account_id == account_id)
         .order_by(credit_ledger.c.seq.desc())
         .limit(limit)
     )
+    if before_seq is not None:
+        query = query.where(credit_ledger.c.seq < before_seq)
     return [LedgerEntry.from_row(row) for row in connection.execute(query).mappings()]
+
+
+def usage_by_day(connection: Connection, account_id: str, since_ms: int) -> list[DayUsage]:
+    """Tasks created and credits spent (charges less refunds) per UTC day since ``since_ms``,
+    oldest first; days with neither are left out.
+
+    The day is ``created_at`` less its remainder of a day: epoch milliseconds count UTC
+    days exactly, and ``%`` is the same integer operator on SQLite and PostgreSQL.
+    """
+    task_day = (tasks.c.created_at - tasks.c.created_at % DAY_MS).label("day")
+    created = {
+        int(day): int(count)
+        for day, count in connection.execute(
+            select(task_day, func.count())
+            .where(tasks.c.account_id == account_id, tasks.c.created_at >= since_ms)
+            .group_by(task_day)
+        )
+    }
+    spend_day = (credit_ledger.c.created_at - credit_ledger.c.created_at % DAY_MS).label("day")
+    spent = {
+        int(day): int(amount)
+        for day, amount in connection.execute(
+            select(spend_day, -func.sum(credit_ledger.c.amount))
+            .where(
+                credit_ledger.c.account_id == account_id,
+                credit_ledger.c.reason.in_((CHARGE, REFUND)),
+                credit_ledger.c.created_at >= since_ms,
+            )
+            .group_by(spend_day)
+        )
+    }
+    return [
+        DayUsage(day_ms=day, tasks=created.get(day, 0), credits=spent.get(day, 0))
+        for day in sorted(created.keys() | spent.keys())
+    ]
 
 
 def audit(connection: Connection) -> list[Discrepancy]:

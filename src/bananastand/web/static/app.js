@@ -1,5 +1,7 @@
 // The page's entry: signing in, the header, and the views behind hash routes
-// (#/playground, #/gallery, #/task/ID; another view is another entry of `makeViews`).
+// (#/playground, #/gallery, #/task/ID, #/account, #/operator; another view is another
+// entry of `makeViews`). The operator view needs no API key: signed out, #/operator shows
+// it alone.
 
 import { api, ApiError } from "./api.js";
 import { h, replace, announce } from "./dom.js";
@@ -9,6 +11,8 @@ import { describe } from "./words.js";
 import { playgroundView } from "./playground.js";
 import { galleryView } from "./gallery.js";
 import { taskView } from "./task.js";
+import { accountView } from "./account.js";
+import { operatorView } from "./operator.js";
 
 const main = document.getElementById("main");
 const nav = document.querySelector(".nav");
@@ -27,7 +31,8 @@ function makeViews() {
     runAgain: (param) => open("#/playground").then(() => playground.fill(param)),
     useAsReference: (url) => open("#/playground").then(() => playground.useAsReference(url)),
   });
-  return { playground, gallery, task };
+  const account = accountView({ onBalance: showCredits, onOwnKeyRevoked: signOut });
+  return { playground, gallery, task, account, operator: operatorView() };
 }
 
 /** `#/task/ID` -> ["task", "ID"]; anything unknown is the playground. */
@@ -44,7 +49,7 @@ async function open(hash) {
 }
 
 async function showRoute() {
-  if (!views) return;
+  if (!views) return showSignedOut();
   const [name, argument] = route();
   for (const [other, view] of Object.entries(views)) {
     if (other !== name) view.hide?.();
@@ -71,10 +76,28 @@ async function refreshCredits() {
   const catalogue = await loadCatalogue();
   if (catalogue.sandbox) return; // test keys are never charged
   try {
-    credits.textContent = `Credits: ${await api.credit()}`;
+    showCredits(await api.credit());
   } catch (error) {
     if (!(error instanceof ApiError)) throw error;
   }
+}
+
+function showCredits(balance) {
+  credits.textContent = `Credits: ${balance}`;
+}
+
+/** Signed out: the operator view alone at #/operator, else the sign-in form. */
+let operatorAlone = null;
+function showSignedOut() {
+  if (location.hash !== "#/operator") {
+    operatorAlone?.hide();
+    return signInView();
+  }
+  operatorAlone ??= operatorView();
+  replace(main, operatorAlone.element);
+  document.title = "Operator · bananastand";
+  operatorAlone.element.querySelector("h1").focus({ preventScroll: true });
+  return operatorAlone.show();
 }
 
 function signOut() {
@@ -96,6 +119,7 @@ function signInView(problem = "") {
     h("div", { class: "field" }, h("label", { htmlFor: input.id, text: "API key" }), input),
     error,
     button,
+    h("p", { class: "hint" }, "Running this server? ", h("a", { href: "#/operator", text: "Operator view" }), " (with the admin token)."),
   );
   form.addEventListener("submit", async (event) => {
     event.preventDefault();
@@ -126,6 +150,7 @@ function signInView(problem = "") {
 /** Signed in: the key's catalogue first (a refused key fails here), then the views. */
 async function start() {
   const catalogue = await loadCatalogue();
+  operatorAlone?.hide();
   views = makeViews();
   replace(main);
   nav.hidden = false;
@@ -145,5 +170,5 @@ if (currentKey()) {
     signInView(describe(error));
   });
 } else {
-  signInView();
+  showSignedOut();
 }

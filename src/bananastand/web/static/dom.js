@@ -96,3 +96,28 @@ export function duration(ms) {
   const seconds = Math.max(0, Math.floor(ms / 1000));
   return seconds < 60 ? `${seconds} s` : `${Math.floor(seconds / 60)} min ${seconds % 60} s`;
 }
+
+const SVG = "http://www.w3.org/2000/svg";
+
+/** An SVG element (charts): attributes only, children as for `h`. */
+export function svg(tag, attrs = {}, ...children) {
+  const element = document.createElementNS(SVG, tag);
+  for (const [name, value] of Object.entries(attrs)) element.setAttribute(name, String(value));
+  return append(element, children);
+}
+
+/** A table with a caption, header cells and rows of cells (nodes or text), in a box that
+ * scrolls sideways on a narrow screen rather than the page. */
+export function table(caption, headers, rows) {
+  return h(
+    "div",
+    { class: "table-box" },
+    h(
+      "table",
+      { class: "data-table" },
+      h("caption", { text: caption }),
+      h("thead", {}, h("tr", {}, headers.map((text) => h("th", { attrs: { scope: "col" }, text })))),
+      h("tbody", {}, rows.map((cells) => h("tr", {}, cells.map((cell) => h("td", {}, cell))))),
+    ),
+  );
+}

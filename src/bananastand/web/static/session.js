@@ -1,17 +1,27 @@
-// The visitor's API key: in sessionStorage only (this tab, until it closes or "Sign out"),
-// never localStorage, a cookie or a URL; it leaves the page only as the Bearer header of
-// the page's own API calls.
+// The visitor's secrets: the API key and, for the operator view, the admin token. Both in
+// sessionStorage only (this tab, until it closes or "Sign out"), never localStorage, a
+// cookie or a URL; each leaves the page only as the Bearer header of the page's own calls.
 
-const STORAGE_NAME = "bananastand.apiKey";
-
-export function currentKey() {
-  return sessionStorage.getItem(STORAGE_NAME);
+/** Get, keep and drop one value of this tab's sessionStorage. */
+function stored(name) {
+  return {
+    get: () => sessionStorage.getItem(name),
+    set: (value) => sessionStorage.setItem(name, value),
+    remove: () => sessionStorage.removeItem(name),
+  };
 }
 
-export function remember(key) {
-  sessionStorage.setItem(STORAGE_NAME, key);
-}
+const apiKey = stored("bananastand.apiKey");
+const adminToken = stored("bananastand.adminToken");
 
+export const currentKey = apiKey.get;
+export const remember = apiKey.set;
+export const currentAdminToken = adminToken.get;
+export const rememberAdminToken = adminToken.set;
+export const forgetAdminToken = adminToken.remove;
+
+/** Signing out forgets both. */
 export function forget() {
-  sessionStorage.removeItem(STORAGE_NAME);
+  apiKey.remove();
+  adminToken.remove();
 }
