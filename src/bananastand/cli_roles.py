@@ -88,7 +88,7 @@ def _banner(
         return
     key = first_key.secret
     console.print(f"\nA test key was made for you (shown once, runs on the sandbox):\n  {key}\n")
-    console.print("Create a task:")
+    console.print(f"Open {base}/ in a browser and paste it, or create a task:")
     print(
         f"  curl -s {base}/api/v1/jobs/createTask -H 'Authorization: Bearer {key}' "
         "-H 'Content-Type: application/json' "
