@@ -254,9 +254,19 @@ class GoogleProvider:
             await asyncio.sleep(delay)
 
 
+#: The SDK's own httpx pool would hold 100 connections: calls past the 100th would wait
+#: for one unseen, inside the upstream slot and its timeout. The limiter is the one cap on
+#: calls in flight (``upstream_concurrency``), so the pool has none.
+_POOL = httpx.Limits(max_connections=None, max_keepalive_connections=100)
+
+
 def _http_options(base_url: str, retry: RetryPolicy) -> types.HttpOptions:
     # The SDK's timeout is in milliseconds; ours also wraps each call (asyncio.timeout).
-    return types.HttpOptions(base_url=base_url or None, timeout=int(retry.timeout_s * 1000))
+    return types.HttpOptions(
+        base_url=base_url or None,
+        timeout=int(retry.timeout_s * 1000),
+        async_client_args={"limits": _POOL},
+    )
 
 
 def _api_failure(exc: genai_errors.APIError) -> TaskFailure:
