@@ -56,13 +56,14 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
 
 from _serve import HOST, bananastand, free_port
+from api import migrate
 
 FAKE_KEY = "fake-key"
 PROMPT = "a banana in sunglasses"
@@ -122,10 +123,10 @@ def pinned(allowed: set[int] | None) -> Callable[[], None] | None:
     return lambda: os.sched_setaffinity(0, allowed)
 
 
-def tree_cpu_s(root: int) -> float:
-    """User + system CPU seconds of ``root`` and every live descendant (from /proc)."""
-    parents: dict[int, int] = {}
-    ticks: dict[int, int] = {}
+def process_tree(root: int) -> dict[int, list[str]]:
+    """``root`` and every live descendant: pid -> the fields of its /proc stat after the
+    command name (``fields[1]`` is the parent, ``fields[11:13]`` user and system ticks)."""
+    stats: dict[int, list[str]] = {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
@@ -134,18 +135,22 @@ def tree_cpu_s(root: int) -> float:
         except OSError:
             continue
         # The command name may hold spaces and parentheses: split after its last ')'.
-        fields = stat[stat.rindex(")") + 2 :].split()
-        pid = int(entry.name)
-        parents[pid] = int(fields[1])
-        ticks[pid] = int(fields[11]) + int(fields[12])
-    total = 0
-    for pid, spent in ticks.items():
+        stats[int(entry.name)] = stat[stat.rindex(")") + 2 :].split()
+    tree: dict[int, list[str]] = {}
+    for pid, fields in stats.items():
         walk = pid
         while walk not in (0, 1) and walk != root:
-            walk = parents.get(walk, 0)
+            walk = int(stats[walk][1]) if walk in stats else 0
         if walk == root:
-            total += spent
-    return total / TICKS
+            tree[pid] = fields
+    return tree
+
+
+def tree_cpu_s(root: int | None) -> float:
+    """User + system CPU seconds of ``root`` and every live descendant (0: no root)."""
+    if root is None:
+        return 0.0
+    return sum(int(f[11]) + int(f[12]) for f in process_tree(root).values()) / TICKS
 
 
 def self_cpu_s() -> float:
@@ -168,12 +173,17 @@ def wait_ready(url: str, process: subprocess.Popen[bytes], log: Path, ready: str
 
 
 @contextlib.contextmanager
-def fake_upstream(workdir: Path, allowed: set[int] | None) -> Iterator[tuple[str, int]]:
+def fake_upstream(
+    workdir: Path, allowed: set[int] | None, command: Sequence[str] = ()
+) -> Iterator[tuple[str, int]]:
+    """(base URL, pid) of a fake Google in its own process: ``bananastand fake-gemini``, or
+    ``command`` (given ``--port``), which prints the same line once it listens."""
     port = free_port()
     log = workdir / "fake-gemini.log"
+    fake = command or [*bananastand(), "fake-gemini", "--api-key", FAKE_KEY]
     with log.open("wb") as out:
         process = subprocess.Popen(
-            [*bananastand(), "fake-gemini", "--port", str(port), "--api-key", FAKE_KEY],
+            [*fake, "--port", str(port)],
             stdout=out,
             stderr=out,
             preexec_fn=pinned(allowed),
@@ -225,6 +235,8 @@ class Ours(Side):
     test_key: bool = False
     allowed: set[int] | None = None
     key: str = ""
+    #: Settings over the defaults below (a database URL, other slot counts).
+    extra: dict[str, str] = field(default_factory=dict)
 
     def settings(self, upstream: str) -> dict[str, str]:
         return {
@@ -252,7 +264,9 @@ class Ours(Side):
             "BANANASTAND_DATA_DIR": str(self.data_dir),
             "BANANASTAND_PORT": str(port),
             "BANANASTAND_STARTING_CREDITS": str(10**9),
+            **self.extra,
         }
+        migrate(env)  # keys create migrates SQLite only
         made = subprocess.run(
             [*bananastand(), "keys", "create", *(["--test"] if self.test_key else [])],
             env=env,
@@ -377,6 +391,8 @@ class Hooks:
     """The callback receiver: taskId -> (arrival time, whether it succeeded)."""
 
     port: int = field(default_factory=free_port)
+    #: How long one task may take from its creation to its callback.
+    patience_s: float = 120.0
     arrived: dict[str, tuple[float, bool]] = field(default_factory=dict)
     waiting: dict[str, asyncio.Future[tuple[float, bool]]] = field(default_factory=dict)
     duplicates: int = 0
@@ -391,15 +407,7 @@ class Hooks:
     async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             while True:
-                head = await reader.readuntil(b"\r\n\r\n")
-                headers = {
-                    name.strip().lower(): value.strip()
-                    for name, _, value in (line.partition(b":") for line in head.split(b"\r\n")[1:])
-                }
-                if headers.get(b"transfer-encoding") == b"chunked":
-                    body = await _chunked(reader)
-                else:
-                    body = await reader.readexactly(int(headers.get(b"content-length", b"0")))
+                _, _, body = await read_request(reader)
                 self._record(json.loads(body), time.perf_counter())
                 writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
                 await writer.drain()
@@ -427,7 +435,21 @@ class Hooks:
             return self.arrived[task_id]
         future = asyncio.get_running_loop().create_future()
         self.waiting[task_id] = future
-        return await asyncio.wait_for(future, 120)
+        return await asyncio.wait_for(future, self.patience_s)
+
+
+async def read_request(reader: asyncio.StreamReader) -> tuple[bytes, dict[bytes, bytes], bytes]:
+    """One HTTP/1.1 request off a keep-alive connection: (request line, headers by lower-case
+    name, body); raises ``asyncio.IncompleteReadError`` once the sender has closed."""
+    head = await reader.readuntil(b"\r\n\r\n")
+    first, *lines = head[:-4].split(b"\r\n")
+    headers = {
+        name.strip().lower(): value.strip()
+        for name, _, value in (line.partition(b":") for line in lines)
+    }
+    if headers.get(b"transfer-encoding") == b"chunked":
+        return first, headers, await _chunked(reader)
+    return first, headers, await reader.readexactly(int(headers.get(b"content-length", b"0")))
 
 
 async def _chunked(reader: asyncio.StreamReader) -> bytes:
@@ -481,9 +503,10 @@ HEADER = (
 
 
 async def drive(
-    side: Side, hooks: Hooks, outstanding: int, count: int, upstream_pid: int, label: str
+    side: Side, hooks: Hooks, outstanding: int, count: int, upstream_pid: int | None, label: str
 ) -> Run:
-    """Keep ``outstanding`` tasks in flight until ``count`` have been called back."""
+    """Keep ``outstanding`` tasks in flight until ``count`` have been called back
+    (``upstream_pid``: the fake upstream whose CPU is counted, if any)."""
     assert side.process is not None
     # Idle connections are dropped before a server's keep-alive timeout (uvicorn's is 5 s)
     # could close one just as it is reused: on a busy machine that race was a ReadError.
@@ -556,6 +579,24 @@ def sampled(side: Side, folder: Path | None, name: str) -> Iterator[None]:
         print(f"  profile: {out}", flush=True)
 
 
+@contextlib.asynccontextmanager
+async def started(
+    side: Side, workdir: Path, upstream: str, hooks: Hooks | None = None
+) -> AsyncIterator[Hooks]:
+    """``side`` running against ``upstream``, calling back to ``hooks`` (a new receiver
+    when None); stopped, and the receiver closed, when the block ends."""
+    hooks = hooks or Hooks()
+    receiver = await hooks.serve()
+    try:
+        await asyncio.to_thread(side.start, workdir, upstream, hooks.url)
+        try:
+            yield hooks
+        finally:
+            side.stop()
+    finally:
+        receiver.close()
+
+
 async def measure(
     side: Side,
     args: argparse.Namespace,
@@ -564,28 +605,20 @@ async def measure(
     outstanding: int,
     label: str,
 ) -> Run:
-    hooks = Hooks()
-    receiver = await hooks.serve()
-    try:
-        await asyncio.to_thread(side.start, workdir, upstream[0], hooks.url)
-        try:
-            await drive(side, hooks, outstanding, args.warmup, upstream[1], label)
-            with sampled(side, args.profile, f"{label}-k{outstanding}"):
-                run = await drive(side, hooks, outstanding, args.tasks, upstream[1], label)
-            if isinstance(side, Ours):
-                checked, missing = side.kill_and_check(run.succeeded)
-                run.durability = (
-                    f"{checked} success rows+files present"
-                    if not missing
-                    else f"MISSING {len(missing)}: {missing[:3]}"
-                )
-            if hooks.duplicates:
-                run.durability += f"; {hooks.duplicates} callbacks twice"
-            return run
-        finally:
-            side.stop()
-    finally:
-        receiver.close()
+    async with started(side, workdir, upstream[0]) as hooks:
+        await drive(side, hooks, outstanding, args.warmup, upstream[1], label)
+        with sampled(side, args.profile, f"{label}-k{outstanding}"):
+            run = await drive(side, hooks, outstanding, args.tasks, upstream[1], label)
+        if isinstance(side, Ours):
+            checked, missing = side.kill_and_check(run.succeeded)
+            run.durability = (
+                f"{checked} success rows+files present"
+                if not missing
+                else f"MISSING {len(missing)}: {missing[:3]}"
+            )
+        if hooks.duplicates:
+            run.durability += f"; {hooks.duplicates} callbacks twice"
+        return run
 
 
 def main() -> int:

@@ -1,7 +1,10 @@
-"""Processes apart: how fast a task made on one process reaches a worker in another, and
-what idle workers cost the database.
+"""Processes apart: how fast a task made on one process reaches a worker in another, what
+idle workers cost the database, how throughput scales with worker processes, and what
+thousands of tasks in flight in one worker cost.
 
-    .venv/bin/python bench/scale.py [--postgres] [--tasks 40] [--idle-workers 10]
+    .venv/bin/python bench/scale.py [--parts wakeup,idle,workers,flight] [--postgres]
+        [--tasks 40] [--idle-workers 10] [--worker-counts 1,2,4] [--load-tasks 2000]
+        [--load-warmup 200] [--outstanding 64] [--in-flight 5000] [--upstream-delay 10]
 
 For each database (a fresh SQLite file; with ``--postgres`` also a throwaway local
 PostgreSQL with durable settings, see ``_postgres``), in a temporary data folder:
@@ -19,6 +22,22 @@ PostgreSQL with durable settings, see ``_postgres``), in a temporary data folder
    ``pg_stat_statements`` (BEGIN and COMMIT included; the most frequent are printed).
    Aim: under 5 per second in all.
    The workers' CPU is printed for both databases.
+3. **Workers** (PostgreSQL, always; see ``_scale_load``): ``bananastand serve`` with
+   ``--worker-counts`` worker processes, sandbox tasks (a test key), ``--outstanding``
+   kept in flight by a load client that takes their callbacks: tasks/s, and CPU per task
+   of the server (all its processes), PostgreSQL and the client. Aim: the server's CPU
+   per task grows by under 15 % from the first count to the last (lock contention would
+   show there).
+4. **Flight** (PostgreSQL, always): ``--in-flight`` live tasks at once in one worker
+   process (worker and upstream concurrency as many, no pacing) against the real Google
+   provider and a fake Google (``_slow_gemini``, asyncio) answering a 64x64 PNG after
+   ``--upstream-delay`` s. Makespan, CPU per task, the fake's most calls at once, and the
+   peak RSS (VmHWM) of the worker and API processes. Aim: makespan under the delay plus
+   1.2 x tasks x the server's CPU per task of the same run; the worker's peak RSS under
+   500 MB.
+
+Its soft limit on open files is raised to the hard one (the servers inherit it): 5,000
+calls at once are 5,000 sockets in the worker, as many in the API and the load client.
 
 It never fails on speed; it exits 1 when a task is not claimed or a process fails.
 """
@@ -26,9 +45,11 @@ It never fails on speed; it exits 1 when a task is not claimed or a process fail
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import math
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -42,9 +63,11 @@ from pathlib import Path
 import httpx
 
 from _postgres import running_postgres
+from _scale_load import in_flight_part, workers_part
 from _serve import HOST, bananastand, free_port, start_serve, test_key
 from api import BenchError, migrate, query
 
+PARTS = ("wakeup", "idle", "workers", "flight")
 BODY = {"model": "nano-banana-pro", "input": {"prompt": "a banana in sunglasses"}}
 
 
@@ -199,40 +222,43 @@ def describe(delays: Sequence[int]) -> str:
     return f"p50 {statistics.median(ordered):7.1f} ms  p90 {p90:6d} ms  max {ordered[-1]:6d} ms"
 
 
-def run_deployment(deployment: Deployment, args: argparse.Namespace) -> bool:
+def run_deployment(deployment: Deployment, args: argparse.Namespace) -> None:
     print(f"\n{deployment.name}:")
     migrate(deployment.env)
-    key = test_key(deployment.env)
+    if "wakeup" in args.parts:
+        wakeup_part(deployment, test_key(deployment.env), args.tasks)
+    if "idle" in args.parts:
+        idle_part(deployment, args.idle_workers, args.idle_seconds)
+
+
+def wakeup_part(deployment: Deployment, key: str, count: int) -> None:
     cases = [
-        wakeup_case(deployment, key, "API A -> worker B", args.tasks, apart=True),
-        wakeup_case(deployment, key, "one process (baseline)", args.tasks, apart=False),
+        wakeup_case(deployment, key, "API A -> worker B", count, apart=True),
+        wakeup_case(deployment, key, "one process (baseline)", count, apart=False),
     ]
     if deployment.postgres:
         cases.append(
             wakeup_case(
-                deployment,
-                key,
-                "A -> B, PG_NOTIFY=off",
-                args.tasks,
-                apart=True,
+                deployment, key, "A -> B, PG_NOTIFY=off", count, apart=True,
                 BANANASTAND_PG_NOTIFY="off",
             )
-        )
+        )  # fmt: skip
     for label, delays in cases:
         print(f"  create -> claim, {label:24s} {describe(delays)}")
     apart, alone = (statistics.median(delays) for _, delays in cases[:2])
-    met = apart < 20
-    verdict = "met" if met else "NOT met"
+    verdict = "met" if apart < 20 else "NOT met"
     print(f"  aim: p50 A -> B under 20 ms: {apart:.1f} -> {verdict} (one process: {alone:.1f} ms)")
-    per_s, cpu = idle_cost(deployment, args.idle_workers, args.idle_seconds)
-    idle = f"  {args.idle_workers} idle workers, {args.idle_seconds:g} s: CPU {cpu:.1%} of a core"
+
+
+def idle_part(deployment: Deployment, workers: int, seconds: float) -> None:
+    per_s, cpu = idle_cost(deployment, workers, seconds)
+    idle = f"  {workers} idle workers, {seconds:g} s: CPU {cpu:.1%} of a core"
     if math.isnan(per_s):
         print(idle)
-        return met
+        return
     print(f"{idle}, {per_s:.2f} statements/s on the database")
-    idle_met = per_s < 5
-    print(f"  aim: under 5 statements/s: {per_s:.2f} -> {'met' if idle_met else 'NOT met'}")
-    return met and idle_met
+    verdict = "met" if per_s < 5 else "NOT met"
+    print(f"  aim: under 5 statements/s: {per_s:.2f} -> {verdict}")
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -240,15 +266,26 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--tasks", type=int, default=40, help="tasks per wake-up case")
     parser.add_argument("--idle-workers", type=int, default=10)
     parser.add_argument("--idle-seconds", type=float, default=30.0)
-    parser.add_argument("--postgres", action="store_true", help="also on a local PostgreSQL")
-    return parser.parse_args(argv)
+    parser.add_argument(
+        "--postgres", action="store_true", help="wake-up and idle also on a local PostgreSQL"
+    )
+    parser.add_argument("--parts", default=",".join(PARTS), help=f"of {', '.join(PARTS)}")
+    parser.add_argument("--worker-counts", default="1,2,4", help="worker processes per run")
+    parser.add_argument("--load-tasks", type=int, default=2000, help="measured tasks per run")
+    parser.add_argument("--load-warmup", type=int, default=200, help="unmeasured tasks first")
+    parser.add_argument("--outstanding", type=int, default=64, help="tasks kept in flight")
+    parser.add_argument("--in-flight", type=int, default=5000, help="tasks at once, one worker")
+    parser.add_argument("--upstream-delay", type=float, default=10.0, help="the fake's seconds")
+    args = parser.parse_args(argv)
+    args.parts = args.parts.split(",")
+    if unknown := set(args.parts) - set(PARTS):
+        parser.error(f"unknown parts: {', '.join(sorted(unknown))}")
+    return args
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(argv)
+def processes_apart(root: Path, args: argparse.Namespace) -> None:
+    """The wake-up and idle parts, on SQLite and (``--postgres``) PostgreSQL."""
     with contextlib.ExitStack() as stack:
-        root = Path(tempfile.mkdtemp(prefix="bananastand-scale-"))
-        stack.callback(shutil.rmtree, root, True)
         sqlite_folder = root / "sqlite"
         deployments = [
             Deployment("SQLite", sqlite_folder, f"sqlite:///{sqlite_folder}/bananastand.db", False)
@@ -258,13 +295,42 @@ def main(argv: Sequence[str] | None = None) -> int:
             url = server.url()
             query(url, "CREATE EXTENSION IF NOT EXISTS pg_stat_statements", autocommit=True)
             deployments.append(Deployment("PostgreSQL", root / "pg", url, True))
-        try:
-            for deployment in deployments:
-                deployment.folder.mkdir(parents=True)
-                run_deployment(deployment, args)
-        except BenchError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 1
+        for deployment in deployments:
+            deployment.folder.mkdir(parents=True)
+            run_deployment(deployment, args)
+
+
+def under_load(root: Path, args: argparse.Namespace) -> None:
+    """The workers and flight parts, on a PostgreSQL of their own (no statement counting)."""
+    folder = root / "load"
+    folder.mkdir()
+    with running_postgres(free_port()) as server:
+        if "workers" in args.parts:
+            counts = [int(count) for count in args.worker_counts.split(",")]
+            asyncio.run(
+                workers_part(
+                    server, folder, counts, args.load_tasks, args.load_warmup, args.outstanding
+                )
+            )
+        if "flight" in args.parts:
+            asyncio.run(in_flight_part(server, folder, args.in_flight, args.upstream_delay))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    root = Path(tempfile.mkdtemp(prefix="bananastand-scale-"))
+    try:
+        if {"wakeup", "idle"} & set(args.parts):
+            processes_apart(root, args)
+        if {"workers", "flight"} & set(args.parts):
+            under_load(root, args)
+    except BenchError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
     return 0
 
 

@@ -128,6 +128,38 @@ def test_success_at_every_resolution(fake: FakeGemini, resolution: Resolution) -
     assert isinstance(image.usage["upstream_ms"], int)
 
 
+def test_a_fixed_answer_size_overrides_the_requested_one(fake: FakeGemini) -> None:
+    fake.answer_size = (64, 64)
+    request = GenerationRequest(
+        model="nano-banana-pro", prompt="a banana", resolution=Resolution.R4K
+    )
+    image = _generate(_provider(fake), request)
+    assert _size(image.data) == (64, 64)
+    assert fake.requests[0].image_config["imageSize"] == "4K"
+
+
+def test_more_than_a_hundred_calls_are_in_flight_at_once(fake: FakeGemini) -> None:
+    """The SDK's own connection pool held 100: the 101st call waited inside its slot."""
+    calls = 120
+    fake.delay_s = 300.0  # every call is still held when the last one arrives
+    provider = _provider(fake, timeout_s=300.0)  # no call gives up and comes again
+
+    async def run() -> int:
+        pending = [asyncio.create_task(provider.generate(REQUEST)) for _ in range(calls)]
+        try:
+            async with asyncio.timeout(60):  # a guard against hanging, not a measure
+                while len(fake.requests) < calls:
+                    await asyncio.sleep(0.05)
+            return len(fake.requests)
+        finally:
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+            await provider.aclose()
+
+    assert asyncio.run(run()) == calls
+
+
 def test_auto_aspect_ratio_is_left_out_and_inputs_go_inline(fake: FakeGemini) -> None:
     wide = _png(400, 200)
     jpeg = io.BytesIO()

@@ -511,6 +511,19 @@ async def test_renew_keeps_a_lease_from_being_rescued(store: Store, clock: FakeC
 
 
 @scenario
+async def test_renew_covers_more_leases_than_one_statement(store: Store, clock: FakeClock) -> None:
+    count = 1_005  # the SQL stores renew 500 a statement: three statements
+    ids = await add_tasks(store, count)
+    await claim(store, token="lease-1", limit=count)
+    clock.now = T0 + 500
+    lost = ids[-2], ids[3]  # one in the last statement, one in the first
+    held = [(task_id, "lease-other" if task_id in lost else "lease-1") for task_id in ids]
+    assert await store.renew_leases(held, LEASE_MS) == set(lost)
+    clock.now = T0 + LEASE_MS + 1
+    assert sorted((await store.rescue_expired(3, GIVE_UP)).requeued) == sorted(lost)
+
+
+@scenario
 async def test_renew_answers_the_leases_that_are_gone(store: Store, clock: FakeClock) -> None:
     a, b = await add_tasks(store, 2)
     await claim(store, token="lease-a")

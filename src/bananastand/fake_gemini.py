@@ -7,10 +7,12 @@ camelCase JSON, URL-safe base64 in, standard base64 out, thought parts before th
 image, safety answers as HTTP 200, errors as ``{"error": {"code", "status", "message"}}``.
 
 Images are real and have the pixel size Google returns for the requested aspect ratio and
-``imageSize`` (1K when none is sent; ``auto`` follows the first input image). Tests script
+``imageSize`` (1K when none is sent; ``auto`` follows the first input image), unless
+``answer_size`` fixes one size for every answer (a load test's small, cheap images). Tests script
 outcomes with `FakeGemini.script`; a script is used up one reply per request, after which
 the fake answers with success. Every request is kept in `FakeGemini.requests`, with the
-time it came in.
+time it came in. `FakeGemini.respond` is the whole of the API short of its transport, so a
+benchmark can serve the same answers over another server (thousands of requests at once).
 
 Run it alone with ``bananastand fake-gemini --port 8089`` and start bananastand with
 ``GEMINI_API_KEY=fake GOOGLE_GEMINI_BASE_URL=http://127.0.0.1:8089``.
@@ -98,6 +100,8 @@ class FakeGemini:
     port: int = 0
     #: Default extra latency of a success, for demos.
     delay_s: float = 0.0
+    #: (width, height) of every answer's image; None: the size Google would return.
+    answer_size: tuple[int, int] | None = None
     requests: list[SeenRequest] = field(default_factory=list)
     _script: deque[Reply] = field(default_factory=deque)
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -140,6 +144,29 @@ class FakeGemini:
         with self._lock:
             self.requests.append(seen)
 
+    def respond(self, path: str, api_key: str, raw: bytes) -> tuple[int, dict[str, Any], float]:
+        """(HTTP status, JSON body, seconds to wait before sending it) for one request to
+        ``path`` with ``x-goog-api-key: api_key`` and body ``raw``."""
+        match = _PATH_RE.match(path.split("?", 1)[0])
+        if match is None:
+            return _error(404, f"no route for {path}")
+        try:
+            body = json.loads(raw)
+        except ValueError:
+            return _error(400, "Invalid JSON payload received.")
+        seen = SeenRequest(model=match.group(1), api_key=api_key, body=body)
+        self._record(seen)
+        if api_key != self.api_key:
+            return _error(400, "API key not valid. Please pass a valid API key.")
+        reply = self._next_reply()
+        if reply.status != 200:
+            status, error, _ = _error(reply.status, reply.message or f"scripted {reply.status}")
+            return status, error, reply.delay_s
+        try:
+            return 200, _answer(seen, reply, self.answer_size), reply.delay_s
+        except ValueError as exc:
+            return _error(400, str(exc))
+
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
@@ -154,56 +181,34 @@ class _Handler(BaseHTTPRequestHandler):
     def do_POST(self) -> None:
         length = int(self.headers.get("Content-Length") or 0)
         raw = self.rfile.read(length)
-        match = _PATH_RE.match(self.path.split("?", 1)[0])
-        if match is None:
-            self._error(404, f"no route for {self.path}")
-            return
-        try:
-            body = json.loads(raw)
-        except ValueError:
-            self._error(400, "Invalid JSON payload received.")
-            return
-        key = self.headers.get("x-goog-api-key", "")
-        seen = SeenRequest(model=match.group(1), api_key=key, body=body)
-        self.fake._record(seen)
-        if key != self.fake.api_key:
-            self._error(400, "API key not valid. Please pass a valid API key.")
-            return
-        reply = self.fake._next_reply()
-        if reply.delay_s:
-            time.sleep(reply.delay_s)
-        if reply.status != 200:
-            self._error(reply.status, reply.message or f"scripted {reply.status}")
-            return
-        try:
-            answer = _answer(seen, reply)
-        except ValueError as exc:
-            self._error(400, str(exc))
-            return
-        self._send(200, answer)
-
-    def _error(self, code: int, message: str) -> None:
-        status = _STATUS_NAMES.get(code, "UNKNOWN")
-        self._send(code, {"error": {"code": code, "message": message, "status": status}})
-
-    def _send(self, code: int, payload: dict[str, Any]) -> None:
+        status, payload, delay_s = self.fake.respond(
+            self.path, self.headers.get("x-goog-api-key", ""), raw
+        )
+        if delay_s:
+            time.sleep(delay_s)
         data = json.dumps(payload).encode()
         # A client that gave up (its timeout) is not an error: there is nobody to answer.
         with contextlib.suppress(BrokenPipeError, ConnectionResetError):
-            self.send_response(code)
+            self.send_response(status)
             self.send_header("Content-Type", "application/json; charset=UTF-8")
             self.send_header("Content-Length", str(len(data)))
             self.end_headers()
             self.wfile.write(data)
 
 
-def _answer(seen: SeenRequest, reply: Reply) -> dict[str, Any]:
+def _error(code: int, message: str) -> tuple[int, dict[str, Any], float]:
+    status = _STATUS_NAMES.get(code, "UNKNOWN")
+    return code, {"error": {"code": code, "message": message, "status": status}}, 0.0
+
+
+def _answer(seen: SeenRequest, reply: Reply, size: tuple[int, int] | None) -> dict[str, Any]:
     usage = {"promptTokenCount": 12, "totalTokenCount": 12}
     if reply.block_reason:
         return {"promptFeedback": {"blockReason": reply.block_reason}, "usageMetadata": usage}
     parts: list[dict[str, Any]] = []
     if reply.with_image and reply.finish_reason == "STOP":
-        width, height = _requested_size(seen)
+        requested = _requested_size(seen)  # checked even when the size is fixed
+        width, height = size or requested
         parts = [
             {"text": "Planning the composition.", "thought": True},
             {"inlineData": _inline(_png(64, 64, (90, 90, 90))), "thought": True},

@@ -271,7 +271,10 @@ class GoogleProvider:
 
 def _http_options(base_url: str, retry: UpstreamRetryPolicy) -> types.HttpOptions:
     # The SDK's timeout is in milliseconds; ours also wraps each call (asyncio.timeout).
-    return types.HttpOptions(base_url=base_url or None, timeout=int(retry.timeout_s * 1000))
+    return types.HttpOptions(
+        base_url=base_url or None,
+        timeout=int(retry.timeout_s * 1000),
+    )
 
 
 def _api_failure(exc: genai_errors.APIError) -> TaskFailure:
