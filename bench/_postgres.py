@@ -21,6 +21,8 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from _serve import proc_stats
+
 INSTALL_HINT = "apt-get install postgresql"
 #: The settings that make a commit durable; given on the command line so that nothing in
 #: a default configuration file can weaken them.
@@ -105,18 +107,10 @@ class LocalPostgres:
         if root is None:
             return float("nan")
         ticks = 0
-        for entry in Path("/proc").iterdir():
-            if not entry.name.isdigit():
-                continue
-            try:
-                stat = (entry / "stat").read_text()
-            except OSError:
-                continue
-            fields = stat[stat.rindex(")") + 2 :].split()
-            pid, ppid = int(entry.name), int(fields[1])
+        for pid, fields in proc_stats().items():
             if pid == root:
                 ticks += sum(int(f) for f in fields[11:15])  # utime stime cutime cstime
-            elif ppid == root:
+            elif int(fields[1]) == root:
                 ticks += int(fields[11]) + int(fields[12])
         return ticks / os.sysconf("SC_CLK_TCK")
 

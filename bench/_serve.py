@@ -16,6 +16,35 @@ import httpx
 HOST = "127.0.0.1"
 
 
+def proc_stats() -> dict[int, list[str]]:
+    """Every live process: pid -> the fields of its /proc stat after the command name
+    (``fields[1]`` is the parent, ``fields[11:15]`` user, system, and reaped children's
+    user and system ticks)."""
+    stats: dict[int, list[str]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        # The command name may hold spaces and parentheses: split after its last ')'.
+        stats[int(entry.name)] = stat[stat.rindex(")") + 2 :].split()
+    return stats
+
+
+def stop_process(process: subprocess.Popen[bytes] | None, timeout: float = 60) -> None:
+    """SIGTERM (a clean drain), then SIGKILL if it has not exited within ``timeout``."""
+    if process is None or process.poll() is not None:
+        return
+    process.terminate()
+    try:
+        process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind((HOST, 0))

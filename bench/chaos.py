@@ -55,7 +55,7 @@ from sqlalchemy import create_engine, func, select, text
 from sqlalchemy.pool import NullPool
 from standardwebhooks import Webhook, WebhookVerificationError
 
-from _serve import HOST, bananastand, free_port
+from _serve import HOST, bananastand, free_port, stop_process
 from bananastand.store.tables import tasks as tasks_table
 
 MODEL = "nano-banana-pro"
@@ -156,12 +156,7 @@ class Role:
             self.process.wait(30)
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(60)
-            except subprocess.TimeoutExpired:
-                self.kill()
+        stop_process(self.process)
 
 
 # --------------------------------------------------------------------------- the receiver

@@ -62,7 +62,7 @@ from pathlib import Path
 
 import httpx
 
-from _serve import HOST, bananastand, free_port
+from _serve import HOST, bananastand, free_port, proc_stats, stop_process
 from api import migrate
 
 FAKE_KEY = "fake-key"
@@ -126,16 +126,7 @@ def pinned(allowed: set[int] | None) -> Callable[[], None] | None:
 def process_tree(root: int) -> dict[int, list[str]]:
     """``root`` and every live descendant: pid -> the fields of its /proc stat after the
     command name (``fields[1]`` is the parent, ``fields[11:13]`` user and system ticks)."""
-    stats: dict[int, list[str]] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        # The command name may hold spaces and parentheses: split after its last ')'.
-        stats[int(entry.name)] = stat[stat.rindex(")") + 2 :].split()
+    stats = proc_stats()
     tree: dict[int, list[str]] = {}
     for pid, fields in stats.items():
         walk = pid
@@ -220,13 +211,7 @@ class Side:
         raise NotImplementedError
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(60)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process)
 
 
 @dataclass
