@@ -118,7 +118,7 @@ class FakeGemini:
 
     def start(self) -> FakeGemini:
         handler = functools.partial(_Handler, self)
-        self._httpd = ThreadingHTTPServer((self.host, self.port), handler)
+        self._httpd = _Server((self.host, self.port), handler)
         self._httpd.daemon_threads = True
         self.port = self._httpd.server_address[1]
         self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
@@ -166,6 +166,13 @@ class FakeGemini:
             return 200, _answer(seen, reply, self.answer_size), reply.delay_s
         except ValueError as exc:
             return _error(400, str(exc))
+
+
+class _Server(ThreadingHTTPServer):
+    """With a listen backlog for bursts: at the default 5, a hundred calls connecting at
+    once lose SYNs and wait out the kernel's retransmits (1 s, 3 s, 7 s, ...)."""
+
+    request_queue_size = 1024
 
 
 class _Handler(BaseHTTPRequestHandler):
