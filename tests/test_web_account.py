@@ -51,8 +51,11 @@ def test_the_account_shows_a_failed_tasks_charge_and_refund_linking_to_the_task(
     def look(page: Page) -> dict[str, Any]:
         sign_in(page, key)
         open_account(page)
+        # The balance is filled in when its request answers: read it once it says so.
+        balance = page.locator(".balance", has_text="credits")
+        balance.wait_for()
         seen: dict[str, Any] = {
-            "balance": page.locator(".balance").inner_text(),
+            "balance": balance.inner_text(),
             "rows": [row[1:4] for row in ledger_rows(page)],
             "chart": page.get_by_role("img", name="Tasks per day").get_attribute("aria-label"),
             "bars": page.locator(".usage-chart rect").count(),
