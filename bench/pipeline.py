@@ -39,7 +39,7 @@ from bananastand.contract import AspectRatio, OutputFormat, Resolution
 from bananastand.fake_gemini import FakeGemini
 from bananastand.fetch import FetchPolicy, SafeFetcher
 from bananastand.inputs import InputLoader
-from bananastand.providers.base import GenerationRequest
+from bananastand.providers.base import DetachedAttempt, GenerationRequest
 from bananastand.providers.google import GoogleProvider, UpstreamRetryPolicy
 from bananastand.providers.local_limiter import LocalLimiter
 from bananastand.settings import Settings
@@ -118,7 +118,8 @@ class Ours:
                     aspect_ratio=AspectRatio.R1_1,
                     resolution=Resolution.R4K,
                     output_format=OutputFormat.JPG,
-                )
+                ),
+                DetachedAttempt(),
             )
         data = await asyncio.to_thread(imaging.to_output_format, image.data, OutputFormat.JPG)
         await self.storage.put(f"results/t{i}/r.jpg", data, "image/jpeg")

@@ -21,7 +21,7 @@ from bananastand import imaging
 from bananastand.contract import AspectRatio, Resolution, output_size
 from bananastand.errors import InputError, SafetyBlocked, TaskFailure, UpstreamError
 from bananastand.fake_gemini import FakeGemini, Reply
-from bananastand.providers.base import GenerationRequest, InputImage
+from bananastand.providers.base import DetachedAttempt, GenerationRequest, InputImage
 from bananastand.providers.google import (
     GEMINI_LIMITS,
     GoogleProvider,
@@ -61,7 +61,7 @@ def _provider(
 def _generate(provider: GoogleProvider, request: GenerationRequest) -> Any:
     async def run() -> Any:
         try:
-            return await provider.generate(request)
+            return await provider.generate(request, DetachedAttempt())
         finally:
             await provider.aclose()
 
@@ -145,7 +145,9 @@ def test_more_than_a_hundred_calls_are_in_flight_at_once(fake: FakeGemini) -> No
     provider = _provider(fake, timeout_s=300.0)  # no call gives up and comes again
 
     async def run() -> int:
-        pending = [asyncio.create_task(provider.generate(REQUEST)) for _ in range(calls)]
+        pending = [
+            asyncio.create_task(provider.generate(REQUEST, DetachedAttempt())) for _ in range(calls)
+        ]
         try:
             async with asyncio.timeout(60):  # a guard against hanging, not a measure
                 while len(fake.requests) < calls:
@@ -218,7 +220,7 @@ def test_auto_follows_the_first_input_alike_in_the_fake_and_the_sandbox(
     async def from_the_sandbox() -> Any:
         sandbox = SandboxProvider(cache_size=0)
         try:
-            return await sandbox.generate(request)
+            return await sandbox.generate(request, DetachedAttempt())
         finally:
             await sandbox.aclose()
 
@@ -322,7 +324,7 @@ def test_a_connection_dropped_mid_answer_is_retried_then_fails_500() -> None:
                     connection.recv(65536)
                     connection.sendall(
                         b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
-                        b"Content-Length: 5000\r\n\r\n{\"candidates\": ["
+                        b'Content-Length: 5000\r\n\r\n{"candidates": ['
                     )
                 dropped.append(1)
 

@@ -21,7 +21,12 @@ from bananastand.errors import (
     UpstreamTimeout,
 )
 from bananastand.providers import sandbox
-from bananastand.providers.base import GeneratedImage, GenerationRequest, InputImage
+from bananastand.providers.base import (
+    DetachedAttempt,
+    GeneratedImage,
+    GenerationRequest,
+    InputImage,
+)
 from bananastand.providers.sandbox import SandboxProvider
 
 MODEL = "nano-banana-pro"
@@ -65,7 +70,7 @@ def generate(req: GenerationRequest, provider: SandboxProvider | None = None) ->
     async def run() -> GeneratedImage:
         p = provider or SandboxProvider()
         try:
-            return await p.generate(req)
+            return await p.generate(req, DetachedAttempt())
         finally:
             if provider is None:
                 await p.aclose()
@@ -186,12 +191,12 @@ def test_usage_names_the_provider() -> None:
 def test_cache_reuses_the_render() -> None:
     async def run() -> None:
         provider = SandboxProvider()
-        first = await provider.generate(request())
-        second = await provider.generate(request())
+        first = await provider.generate(request(), DetachedAttempt())
+        second = await provider.generate(request(), DetachedAttempt())
         assert provider.renders == 1
         assert second.data is first.data
         assert (first.usage["cache"], second.usage["cache"]) == ("miss", "hit")
-        await provider.generate(request("something else"))
+        await provider.generate(request("something else"), DetachedAttempt())
         assert provider.renders == 2
 
     asyncio.run(run())
@@ -200,11 +205,11 @@ def test_cache_reuses_the_render() -> None:
 def test_cache_is_bounded_lru() -> None:
     async def run() -> None:
         provider = SandboxProvider(cache_size=1)
-        await provider.generate(request("a"))
-        await provider.generate(request("b"))  # evicts "a"
-        await provider.generate(request("a"))
+        await provider.generate(request("a"), DetachedAttempt())
+        await provider.generate(request("b"), DetachedAttempt())  # evicts "a"
+        await provider.generate(request("a"), DetachedAttempt())
         assert provider.renders == 3
-        await provider.generate(request("a"))
+        await provider.generate(request("a"), DetachedAttempt())
         assert provider.renders == 3
 
     asyncio.run(run())
@@ -213,8 +218,8 @@ def test_cache_is_bounded_lru() -> None:
 def test_cache_size_zero_disables_caching() -> None:
     async def run() -> None:
         provider = SandboxProvider(cache_size=0)
-        first = await provider.generate(request())
-        second = await provider.generate(request())
+        first = await provider.generate(request(), DetachedAttempt())
+        second = await provider.generate(request(), DetachedAttempt())
         assert provider.renders == 2
         assert first.data == second.data
 
@@ -224,7 +229,9 @@ def test_cache_size_zero_disables_caching() -> None:
 def test_concurrent_identical_requests_render_once() -> None:
     async def run() -> None:
         provider = SandboxProvider()
-        results = await asyncio.gather(*(provider.generate(request()) for _ in range(5)))
+        results = await asyncio.gather(
+            *(provider.generate(request(), DetachedAttempt()) for _ in range(5))
+        )
         assert provider.renders == 1
         assert all(r.data is results[0].data for r in results)
 

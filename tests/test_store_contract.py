@@ -496,6 +496,35 @@ async def test_rescue_fences_out_the_old_lease(store: Store, clock: FakeClock) -
 
 
 @scenario
+async def test_the_upstream_handle_outlives_a_rescue(store: Store, clock: FakeClock) -> None:
+    """What an upstream knows a task by is written before the task shows generating, and
+    a rescue keeps it: the next claim follows that upstream task, never a second one."""
+    [task_id] = await add_tasks(store, 1)
+    await claim(store, token="lease-1")
+    assert await store.remember_upstream(
+        task_id, "lease-1", upstream="relay", handle="creating:key-1"
+    )
+    held = await get(store, task_id)
+    assert (held.state, held.upstream, held.upstream_handle) == (
+        TaskState.QUEUING,
+        "relay",
+        "creating:key-1",
+    )
+    assert await store.mark_generating(task_id, "lease-1", upstream="relay", handle="up-7")
+    clock.now = T0 + LEASE_MS + 1
+    assert await store.rescue_expired(3, GIVE_UP) == Rescue(requeued=[task_id], failed=[])
+    assert not await store.remember_upstream(task_id, "lease-1", upstream="other", handle="x")
+    [again] = await claim(store, token="lease-2")
+    assert (again.task.upstream, again.task.upstream_handle) == ("relay", "up-7")
+    # Generating without naming an upstream keeps the one written; naming one replaces it.
+    assert await store.mark_generating(task_id, "lease-2")
+    assert (await get(store, task_id)).upstream_handle == "up-7"
+    assert await store.mark_generating(task_id, "lease-2", upstream="google")
+    moved = await get(store, task_id)
+    assert (moved.upstream, moved.upstream_handle) == ("google", None)
+
+
+@scenario
 async def test_renew_keeps_a_lease_from_being_rescued(store: Store, clock: FakeClock) -> None:
     [task_id] = await add_tasks(store, 1)
     await claim(store, token="lease-1")

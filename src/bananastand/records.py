@@ -38,6 +38,10 @@ class Task:
     started_at: int | None
     completed_at: int | None
     attempts: int
+    #: The named upstream that took the task (None until one did), and what that upstream
+    #: knows it by (a relayed task's upstream taskId; None for Google's one-call tasks).
+    upstream: str | None = None
+    upstream_handle: str | None = None
 
     @classmethod
     def from_row(cls, row: Mapping[Any, Any]) -> Task:

@@ -22,6 +22,7 @@ from typing import Protocol
 import orjson
 
 from bananastand import imaging
+from bananastand.attempts import TaskAttempt
 from bananastand.contract import FAIL_INTERNAL, TaskInput, TaskState
 from bananastand.errors import LeaseLost, TaskFailure, UpstreamTimeout
 from bananastand.fetch import SafeFetcher
@@ -340,35 +341,39 @@ class Worker:
         spec = TaskInput.model_validate_json(task.input)
         images = await self._inputs.load(spec.image_input)
         provider = self._providers.get(task.provider)
-        # Waiting for an upstream slot is still ``queuing``; ``generating`` starts with it.
-        async with provider.limiter.slot():
-            marked = await self._store.mark_generating(task.id, claim.lease_token)
-            if not marked:
-                raise LeaseLost(task.id)
+
+        def on_started() -> None:
             self._wakeups.publish(Topic.TASKS, (task.id,))
-            started = now_ms()
             self._metrics.claim_to_start.observe(time.monotonic() - claimed)
-            request = GenerationRequest(
-                model=task.model,
-                prompt=spec.prompt,
-                images=images,
-                aspect_ratio=spec.aspect_ratio,
-                resolution=spec.resolution,
-                output_format=spec.output_format,
-            )
-            image = await self._call(provider, request)
+
+        attempt = TaskAttempt(self._store, claim, provider.name, on_started=on_started)
+        request = GenerationRequest(
+            model=task.model,
+            prompt=spec.prompt,
+            images=images,
+            aspect_ratio=spec.aspect_ratio,
+            resolution=spec.resolution,
+            output_format=spec.output_format,
+        )
+        # Waiting for an upstream slot is still ``queuing``; the provider says when the
+        # task starts ``generating`` (``attempt.started``).
+        async with provider.limiter.slot():
+            image = await self._call(provider, request, attempt)
+        started = attempt.started_at or now_ms()
         usage = {**image.usage, "provider_ms": now_ms() - started}
         data = await asyncio.to_thread(imaging.to_output_format, image.data, spec.output_format)
         key = f"results/{task.id}/{random_token(24)}.{spec.output_format.value}"
         await self._storage.put(key, data, spec.output_format.mime_type)
         return orjson.dumps([key]).decode(), orjson.dumps(usage).decode()
 
-    async def _call(self, provider: Provider, request: GenerationRequest) -> GeneratedImage:
+    async def _call(
+        self, provider: Provider, request: GenerationRequest, attempt: TaskAttempt
+    ) -> GeneratedImage:
         """The provider's call, timed and counted by how the upstream answered."""
         began = time.monotonic()
         status = "200"
         try:
-            return await provider.generate(request)
+            return await provider.generate(request, attempt)
         except TaskFailure as failure:
             status = failure.upstream_status or failure.fail_code
             raise

@@ -43,6 +43,29 @@ class GeneratedImage:
     usage: dict[str, int | float | str] = field(default_factory=dict)
 
 
+class Attempt(Protocol):
+    """One task's turn on one upstream, as the worker hands it to the provider.
+
+    The provider says when the task starts generating, so that an upstream that knows
+    the task by a handle of its own (a relayed task's upstream taskId) has it written
+    first: a worker that restarts finds the handle and follows that upstream task rather
+    than creating a second one. Both writes are fenced by the task's lease and raise
+    ``LeaseLost`` when it is gone.
+    """
+
+    task_id: str
+    #: What this upstream knows the task by from an earlier attempt, or None.
+    handle: str | None
+
+    async def remember(self, handle: str) -> None:
+        """Write the handle before a call whose lost answer must not be repeated."""
+        ...
+
+    async def started(self, handle: str | None = None) -> None:
+        """The task is ``generating`` on this upstream now (by ``handle``, if any)."""
+        ...
+
+
 class Provider(Protocol):
     """What the worker calls; one instance serves many concurrent tasks."""
 
@@ -50,10 +73,29 @@ class Provider(Protocol):
     #: Held by the worker around ``generate``: while a task waits here it is ``queuing``.
     limiter: UpstreamLimiter
 
-    async def generate(self, request: GenerationRequest) -> GeneratedImage:
-        """Make one image, or raise a ``TaskFailure`` subclass naming the failCode."""
+    async def generate(self, request: GenerationRequest, attempt: Attempt) -> GeneratedImage:
+        """Make one image, or raise a ``TaskFailure`` subclass naming the failCode; call
+        ``attempt.started()`` once, when the upstream call is about to begin."""
         ...
 
     async def aclose(self) -> None:
         """Release connections; called once at shutdown."""
         ...
+
+
+class DetachedAttempt:
+    """An attempt with no task row behind it, for calling a provider outside a worker (a
+    benchmark of the upstream path, a provider's own tests): it writes nothing and keeps
+    what it was told, so a caller can see the handle a provider remembered."""
+
+    def __init__(self, task_id: str = "detached", handle: str | None = None) -> None:
+        self.task_id = task_id
+        self.handle = handle
+        self.starts = 0
+
+    async def remember(self, handle: str) -> None:
+        self.handle = handle
+
+    async def started(self, handle: str | None = None) -> None:
+        self.handle = handle
+        self.starts += 1

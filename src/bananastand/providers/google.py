@@ -49,7 +49,7 @@ from bananastand.errors import (
     UpstreamError,
     UpstreamTimeout,
 )
-from bananastand.providers.base import GeneratedImage, GenerationRequest
+from bananastand.providers.base import Attempt, GeneratedImage, GenerationRequest
 from bananastand.providers.limits import UpstreamLimiter
 from bananastand.settings import ModelSpec
 
@@ -181,7 +181,7 @@ class GoogleProvider:
         await self._client.aio.aclose()
         await self.limiter.aclose()
 
-    async def generate(self, request: GenerationRequest) -> GeneratedImage:
+    async def generate(self, request: GenerationRequest, attempt: Attempt) -> GeneratedImage:
         spec = self._models.get(request.model)
         if spec is None:
             raise InputError(f"model {request.model!r} is not configured on this server")
@@ -202,6 +202,7 @@ class GoogleProvider:
         config = types.GenerateContentConfig(
             response_modalities=["TEXT", "IMAGE"], image_config=image_config
         )
+        await attempt.started()
         started = time.monotonic()
         response, attempts = await self._call(spec.upstream_id, contents, config)
         latency_ms = round((time.monotonic() - started) * 1000)

@@ -47,7 +47,7 @@ from bananastand.errors import (
     UpstreamError,
     UpstreamTimeout,
 )
-from bananastand.providers.base import GeneratedImage, GenerationRequest
+from bananastand.providers.base import Attempt, GeneratedImage, GenerationRequest
 from bananastand.providers.limits import UpstreamLimiter
 from bananastand.providers.local_limiter import LocalLimiter
 from bananastand.providers.sandbox_render import Render, render, request_key
@@ -111,7 +111,8 @@ class SandboxProvider:
         self._cache: OrderedDict[bytes, Render] = OrderedDict()
         self._inflight: dict[bytes, asyncio.Future[Render]] = {}
 
-    async def generate(self, request: GenerationRequest) -> GeneratedImage:
+    async def generate(self, request: GenerationRequest, attempt: Attempt) -> GeneratedImage:
+        await attempt.started()
         delay_ms = self.delay_ms + _magic_delay_ms(request.prompt)
         if delay_ms > 0:
             await asyncio.sleep(delay_ms / 1000)

@@ -250,7 +250,24 @@ class TaskStore(Clock, Protocol):
         """Extend the leases still held; the task ids whose lease is gone."""
         ...
 
-    async def mark_generating(self, task_id: str, lease_token: str) -> bool: ...
+    async def mark_generating(
+        self,
+        task_id: str,
+        lease_token: str,
+        *,
+        upstream: str | None = None,
+        handle: str | None = None,
+    ) -> bool:
+        """The task is generating, on ``upstream`` (by ``handle``) when named; False when
+        the lease was lost."""
+        ...
+
+    async def remember_upstream(
+        self, task_id: str, lease_token: str, *, upstream: str, handle: str | None
+    ) -> bool:
+        """Which upstream holds the task and by what handle, before its state changes;
+        False when the lease was lost."""
+        ...
 
     async def finish_task(
         self,

@@ -146,13 +146,36 @@ class SqlStore:
             partial(leases.renew_leases, held=held, now_ms=self._clock(), lease_ms=lease_ms)
         )
 
-    async def mark_generating(self, task_id: str, lease_token: str) -> bool:
+    async def mark_generating(
+        self,
+        task_id: str,
+        lease_token: str,
+        *,
+        upstream: str | None = None,
+        handle: str | None = None,
+    ) -> bool:
         return await self.runner.write(
             partial(
                 leases.mark_generating,
                 task_id=task_id,
                 lease_token=lease_token,
                 now_ms=self._clock(),
+                upstream=upstream,
+                handle=handle,
+            )
+        )
+
+    async def remember_upstream(
+        self, task_id: str, lease_token: str, *, upstream: str, handle: str | None
+    ) -> bool:
+        return await self.runner.write(
+            partial(
+                leases.remember_upstream,
+                task_id=task_id,
+                lease_token=lease_token,
+                now_ms=self._clock(),
+                upstream=upstream,
+                handle=handle,
             )
         )
 

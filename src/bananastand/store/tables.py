@@ -90,12 +90,18 @@ tasks = Table(
     Column("lease_token", String(32), nullable=True),
     Column("lease_expires_at", BigInteger, nullable=True),
     Column("worker_id", String(64), nullable=True),
+    # The named upstream that took the task, and what it knows the task by (a relayed
+    # task's upstream taskId): a restarted worker follows that one, never a second.
+    Column("upstream", String(64), nullable=True),
+    Column("upstream_handle", Text, nullable=True),
     Index("ix_tasks_state_seq", "state", "seq"),
     Index("ix_tasks_account_id_seq", "account_id", "seq"),
     Index("ix_tasks_lease_expires_at", "lease_expires_at"),
     Index("ix_tasks_account_id_state", "account_id", "state"),
     # The list filtered by model pages through one model's tasks, not the account's.
     Index("ix_tasks_account_id_model_seq", "account_id", "model", "seq"),
+    # An upstream's callback names its own taskId: this finds ours.
+    Index("ix_tasks_upstream_handle", "upstream", "upstream_handle"),
 )
 
 idempotency_keys = Table(
@@ -203,4 +209,17 @@ leases = Table(
     Column("name", String(100), primary_key=True),
     Column("holder", String(300), nullable=False),
     Column("expires_at", BigInteger, nullable=False),
+)
+
+# Each upstream's circuit breaker, shared by every process: ``state`` is closed, open or
+# half_open; ``failures`` counts consecutive failures; an open breaker half-opens once its
+# cool-down has passed since ``opened_at`` (by the store's clock).
+upstream_breakers = Table(
+    "upstream_breakers",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("state", String(16), nullable=False),
+    Column("failures", Integer, nullable=False, server_default="0"),
+    Column("opened_at", BigInteger, nullable=True),
+    Column("updated_at", BigInteger, nullable=False),
 )

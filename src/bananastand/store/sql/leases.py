@@ -106,11 +106,39 @@ def renew_leases(
     return {task_id for task_id, _ in pairs} - renewed
 
 
-def mark_generating(connection: Connection, task_id: str, lease_token: str, now_ms: int) -> bool:
+def mark_generating(
+    connection: Connection,
+    task_id: str,
+    lease_token: str,
+    now_ms: int,
+    *,
+    upstream: str | None = None,
+    handle: str | None = None,
+) -> bool:
+    """The task runs upstream now; ``upstream`` names the upstream that took it (kept as
+    it was when None) and ``handle`` what that upstream knows it by."""
+    values: dict[str, Any] = {"state": TaskState.GENERATING.value, "updated_at": now_ms}
+    if upstream is not None:
+        values.update(upstream=upstream, upstream_handle=handle)
+    result = connection.execute(update(tasks).where(_fenced(task_id, lease_token)).values(values))
+    return result.rowcount == 1
+
+
+def remember_upstream(
+    connection: Connection,
+    task_id: str,
+    lease_token: str,
+    now_ms: int,
+    *,
+    upstream: str,
+    handle: str | None,
+) -> bool:
+    """Which upstream holds the task and by what handle, the state left as it is: written
+    before a call whose answer, if lost, must not lead to a second upstream task."""
     result = connection.execute(
         update(tasks)
         .where(_fenced(task_id, lease_token))
-        .values(state=TaskState.GENERATING.value, updated_at=now_ms)
+        .values(upstream=upstream, upstream_handle=handle, updated_at=now_ms)
     )
     return result.rowcount == 1
 
