@@ -44,14 +44,15 @@ NoMigrate = Annotated[
 def _banner(
     settings: Settings,
     first_key: NewKey | None,
-    live: str | None,
+    live: list[str],
     *,
     loopback: bool | None,
     worker_processes: int | None,
 ) -> None:
     """``loopback``: whether ``--allow-loopback`` opened this machine (None: not asked).
     ``worker_processes``: how many supervised worker processes run tasks (0: this process
-    does; None: none here, ``--no-worker``)."""
+    does; None: none here, ``--no-worker``). ``live``: what live keys run on, a line each
+    (``describe_routes``)."""
     base = settings.effective_public_url
     console.print(f"[bold]bananastand[/] serving on {base}  (web page: {base}/, docs: {base}/docs)")
     console.print(f"data folder: {settings.data_dir.resolve()}")
@@ -61,11 +62,10 @@ def _banner(
         console.print("tasks run: in this process (--worker-processes N: in N processes)")
     else:
         console.print(f"tasks run: in {worker_processes} worker processes, restarted if they die")
-    console.print(
-        f"live keys run on: {live}"
-        if live
-        else "live keys: no provider configured (createTask answers 505); test keys use the sandbox"
-    )
+    for line in live or [
+        "live keys: no provider configured (createTask answers 505); test keys use the sandbox"
+    ]:
+        console.print(line, markup=False)  # "[routes]" is no style
     networks = ", ".join(settings.allow_private_networks)
     if loopback:
         console.print(
@@ -130,7 +130,7 @@ def serve(
 
     from bananastand.app import create_app
     from bananastand.metrics import shared_between_processes
-    from bananastand.providers.registry import describe_live
+    from bananastand.providers.registry import describe_routes
     from bananastand.server import DrainingServer
     from bananastand.supervisor import worker_supervisor
 
@@ -157,7 +157,11 @@ def serve(
     first_key = with_accounts(settings, first_start, migrate=settings.auto_migrate, starting=True)
     processes = settings.worker_processes if worker else None
     _banner(
-        settings, first_key, describe_live(settings), loopback=loopback, worker_processes=processes
+        settings,
+        first_key,
+        describe_routes(settings),
+        loopback=loopback,
+        worker_processes=processes,
     )
     # The children's metrics reach the API's /metrics through files they all write.
     with shared_between_processes() if processes else contextlib.nullcontext():

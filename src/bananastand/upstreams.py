@@ -168,6 +168,12 @@ class RoutePlan:
         return self.routes.get(model, ())
 
     @property
+    def routed(self) -> tuple[str, ...]:
+        """The upstreams some route names, each once, in the order routes name them."""
+        names = (name for route in self.routes.values() for name in route)
+        return tuple(dict.fromkeys(name for name in names if name in self.upstreams))
+
+    @property
     def live(self) -> bool:
         """Whether any model has a route for live keys."""
         return any(self.routes.values())

@@ -43,15 +43,9 @@ from google.genai import types
 
 from bananastand import imaging
 from bananastand.contract import AspectRatio
-from bananastand.errors import (
-    ConfigurationError,
-    InputError,
-    SafetyBlocked,
-    TaskFailure,
-    UpstreamError,
-    UpstreamTimeout,
-)
+from bananastand.errors import ConfigurationError, InputError, UpstreamError, UpstreamTimeout
 from bananastand.providers.base import Attempt, GeneratedImage, GenerationRequest
+from bananastand.providers.google_answers import api_failure, pick_image
 from bananastand.providers.key_pool import KeyPool, PooledKey, retry_delay
 from bananastand.providers.limits import UpstreamLimiter
 from bananastand.settings import ModelSpec
@@ -70,22 +64,6 @@ _MB = 1024 * 1024
 
 #: Statuses worth trying again: overload and transient server trouble.
 _TRANSIENT = frozenset({429, 500, 503, 504})
-
-#: finishReason values that mean "no image, on purpose" (the request is 200 OK).
-_BLOCKING_FINISH = frozenset(
-    {
-        "SAFETY",
-        "RECITATION",
-        "BLOCKLIST",
-        "PROHIBITED_CONTENT",
-        "SPII",
-        "IMAGE_SAFETY",
-        "IMAGE_PROHIBITED_CONTENT",
-        "IMAGE_RECITATION",
-        "IMAGE_OTHER",
-        "NO_IMAGE",
-    }
-)
 
 
 @dataclass(frozen=True, slots=True)
@@ -265,7 +243,7 @@ class GoogleProvider:
         upstream_model = self._upstream_model or spec.upstream_id
         response, calls = await self._call(upstream_model, contents, config)
         latency_ms = round((time.monotonic() - started) * 1000)
-        data, mime_type = _pick_image(response)
+        data, mime_type = pick_image(response)
         usage: dict[str, int | float | str] = {
             "provider": self.name,
             "upstream_model": upstream_model,
@@ -319,7 +297,7 @@ class GoogleProvider:
                     )
                 return response, calls
             except genai_errors.APIError as exc:
-                failure = _api_failure(exc)
+                failure = api_failure(exc)
                 transient = exc.code in _TRANSIENT
                 if exc.code == 429:
                     rested = self._rest(key, exc)
@@ -397,63 +375,3 @@ def _http_options(base_url: str, retry: UpstreamRetryPolicy) -> types.HttpOption
         base_url=base_url or None,
         timeout=int(retry.timeout_s * 1000),
     )
-
-
-def _api_failure(exc: genai_errors.APIError) -> TaskFailure:
-    what = f"{exc.code} {exc.status or ''}".strip()
-    message = exc.message or "no message"
-    status = str(exc.code)
-    if exc.code == 400:
-        return InputError(
-            f"Google rejected the request ({what}): {message}", upstream_status=status
-        )
-    if exc.code == 429:
-        return UpstreamError(
-            f"Google is rate limiting us ({what}): {message}", upstream_status=status
-        )
-    if exc.code in (401, 403):
-        return UpstreamError(
-            f"Google refused this server's credentials ({what}): {message}", upstream_status=status
-        )
-    return UpstreamError(f"Google answered {what}: {message}", upstream_status=status)
-
-
-def _pick_image(response: types.GenerateContentResponse) -> tuple[bytes, str]:
-    """The last image part that is not a thought (drafts come first), or the reason why
-    there is none."""
-    feedback = response.prompt_feedback
-    if feedback is not None and feedback.block_reason is not None:
-        reason = _enum_name(feedback.block_reason)
-        detail = f": {feedback.block_reason_message}" if feedback.block_reason_message else ""
-        raise SafetyBlocked(f"the prompt was blocked by Google's filters ({reason}){detail}")
-    candidates = response.candidates or []
-    if not candidates:
-        raise UpstreamError("Google answered with no candidates and no reason")
-    candidate = candidates[0]
-    finish = _enum_name(candidate.finish_reason) if candidate.finish_reason else ""
-    parts = candidate.content.parts if candidate.content and candidate.content.parts else []
-    image: tuple[bytes, str] | None = None
-    texts: list[str] = []
-    for part in parts:
-        if part.thought:
-            continue
-        if part.inline_data is not None and part.inline_data.data:
-            image = (part.inline_data.data, part.inline_data.mime_type or "image/png")
-        elif part.text:
-            texts.append(part.text.strip())
-    said = " ".join(texts)[:300]
-    if finish in _BLOCKING_FINISH:
-        detail = candidate.finish_message or said
-        raise SafetyBlocked(
-            f"Google returned no image (finishReason {finish})" + (f": {detail}" if detail else "")
-        )
-    if image is None:
-        raise UpstreamError(
-            f"Google returned no image (finishReason {finish or 'unknown'})"
-            + (f"; the model said: {said}" if said else "")
-        )
-    return image
-
-
-def _enum_name(value: object) -> str:
-    return str(getattr(value, "value", value))

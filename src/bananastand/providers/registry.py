@@ -81,10 +81,8 @@ class ProviderRegistry:
         sandbox = SandboxProvider(delay_ms=settings.sandbox_delay_ms)
         providers: dict[str, Provider] = {sandbox.name: sandbox}
         plan = route_plan(settings)
-        routed = {name for route in plan.routes.values() for name in route}
-        for name, config in plan.upstreams.items():
-            if name in routed:
-                providers[name] = _provider(name, config, settings, live_workers)
+        for name in plan.routed:
+            providers[name] = _provider(name, plan.upstreams[name], settings, live_workers)
         return cls(providers, plan)
 
     def get(self, name: str) -> Provider:
@@ -169,6 +167,21 @@ def describe_live(settings: Settings) -> str | None:
         where = settings.google_gemini_base_url or "the Gemini API"
         return f"gemini ({where}, API key from GEMINI_API_KEY/GOOGLE_API_KEY)"
     return live.value if live else None
+
+
+def describe_routes(settings: Settings) -> list[str]:
+    """The start banner's lines on live keys: the config file's routes, one per model
+    (a model without one answers 505), or the one legacy provider; empty: none."""
+    plan = route_plan(settings)
+    if not plan.configured:
+        live = describe_live(settings)
+        return [f"live keys run on: {live}"] if live else []
+    unrouted = [model for model in settings.models if not plan.route(model)]
+    return [
+        "live keys are routed (BANANASTAND_CONFIG [routes], tried in order):",
+        *(f"  {line}" for line in plan.describe()),
+        *(f"  {model}: no route (createTask answers 505)" for model in unrouted),
+    ]
 
 
 def upstream_limiter(

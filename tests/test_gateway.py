@@ -1,0 +1,197 @@
+"""Acceptance: named upstreams and routes. A real server whose live keys are routed over two
+fake Gemini servers (the real google-genai SDK speaking Google's wire format to each): failover
+on upstream trouble, a caller's error that stays final, a circuit breaker that opens and
+half-opens, and the upstream a task remembers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from sqlalchemy import select
+
+from bananastand.fake_gemini import FakeGemini, Reply
+from bananastand.store.tables import tasks, upstream_breakers
+from conftest import Server, prompt_body, rows_of
+from waiting import wait_for
+
+
+@pytest.fixture
+def primary() -> Iterator[FakeGemini]:
+    with FakeGemini(api_key="primary-key") as server:
+        yield server
+
+
+@pytest.fixture
+def secondary() -> Iterator[FakeGemini]:
+    with FakeGemini(api_key="secondary-key") as server:
+        yield server
+
+
+def gemini(fake: FakeGemini, **fields: Any) -> dict[str, Any]:
+    """An [upstreams.NAME] table for a fake: one call, no retries, unless told."""
+    return {
+        "kind": "gemini",
+        "api_keys": [fake.api_key],
+        "base_url": fake.base_url,
+        "max_attempts": 1,
+        **fields,
+    }
+
+
+@pytest.fixture
+def routed(
+    start_server: Callable[..., Server], primary: FakeGemini, secondary: FakeGemini
+) -> Callable[..., Server]:
+    """A server routing nano-banana-pro over primary, then secondary."""
+
+    def start(primary_fields: dict[str, Any] | None = None, **overrides: Any) -> Server:
+        return start_server(
+            billing=False,
+            upstreams={
+                "primary": gemini(primary, **(primary_fields or {})),
+                "secondary": gemini(secondary),
+            },
+            routes={"nano-banana-pro": ["primary", "secondary"]},
+            **overrides,
+        )
+
+    return start
+
+
+def run(server: Server, key: str) -> dict[str, Any]:
+    answer = server.create(key, prompt_body())
+    assert answer["code"] == 200, answer
+    return server.wait(key, answer["data"]["taskId"])
+
+
+def upstream_of(server: Server, task_id: str) -> str | None:
+    with rows_of(server.data_dir) as connection:
+        found: str | None = connection.execute(
+            select(tasks.c.upstream).where(tasks.c.id == task_id)
+        ).scalar_one()
+    return found
+
+
+def breaker_state(server: Server, name: str) -> str | None:
+    with rows_of(server.data_dir) as connection:
+        found: str | None = connection.execute(
+            select(upstream_breakers.c.state).where(upstream_breakers.c.name == name)
+        ).scalar_one_or_none()
+    return found
+
+
+def test_a_task_fails_over_from_a_google_answering_503_to_the_next_upstream(
+    routed: Callable[..., Server], primary: FakeGemini, secondary: FakeGemini
+) -> None:
+    server = routed()
+    primary.script(Reply(status=503, message="The model is overloaded."))
+    record = run(server, server.key(test=False))
+    assert record["state"] == "success", record
+    assert len(primary.requests) == 1
+    assert len(secondary.requests) == 1
+    assert secondary.requests[0].api_key == "secondary-key"
+    assert upstream_of(server, record["taskId"]) == "secondary"
+    assert "upstream" not in record  # recordInfo's contract fields are the hosted API's
+
+
+def test_a_400_is_final_and_goes_to_no_other_upstream(
+    routed: Callable[..., Server], primary: FakeGemini, secondary: FakeGemini
+) -> None:
+    server = routed()
+    primary.script(Reply(status=400, message="Request contains an invalid argument."))
+    record = run(server, server.key(test=False))
+    assert record["failCode"] == "400", record
+    assert "invalid argument" in record["failMsg"]
+    assert len(primary.requests) == 1
+    assert secondary.requests == []
+    assert upstream_of(server, record["taskId"]) == "primary"
+
+
+def test_a_safety_block_is_final_too(
+    routed: Callable[..., Server], primary: FakeGemini, secondary: FakeGemini
+) -> None:
+    server = routed()
+    primary.script(Reply(block_reason="PROHIBITED_CONTENT"))
+    record = run(server, server.key(test=False))
+    assert record["failCode"] == "403", record
+    assert secondary.requests == []
+
+
+def test_when_every_upstream_fails_the_task_names_each(
+    routed: Callable[..., Server], primary: FakeGemini, secondary: FakeGemini
+) -> None:
+    server = routed()
+    primary.script(Reply(status=503, message="overloaded here"))
+    secondary.script(Reply(status=500, message="broken there"))
+    record = run(server, server.key(test=False))
+    assert record["failCode"] == "500", record
+    assert record["failMsg"].startswith("every upstream failed (primary: "), record["failMsg"]
+    assert "overloaded here" in record["failMsg"]
+    assert "secondary: " in record["failMsg"]
+    assert "broken there" in record["failMsg"]
+
+
+def test_test_keys_stay_on_the_sandbox(
+    routed: Callable[..., Server], primary: FakeGemini, secondary: FakeGemini
+) -> None:
+    server = routed()
+    record = run(server, server.key(test=True))
+    assert record["state"] == "success", record
+    assert primary.requests == []
+    assert secondary.requests == []
+    assert upstream_of(server, record["taskId"]) == "sandbox"
+
+
+def test_a_model_without_a_route_answers_505(routed: Callable[..., Server]) -> None:
+    server = routed()
+    body = {"model": "nano-banana-2", "input": {"prompt": "a banana"}}
+    answer = server.create(server.key(test=False), body)
+    assert answer["code"] == 505, answer
+    assert server.create(server.key(test=True), body)["code"] == 200  # the sandbox has all
+
+
+def test_a_breaker_opens_after_its_failures_and_half_opens_after_its_cool_down(
+    routed: Callable[..., Server], primary: FakeGemini, secondary: FakeGemini
+) -> None:
+    cooldown_s = 1.0
+    server = routed({"breaker_failures": 2, "breaker_cooldown_seconds": cooldown_s})
+    key = server.key(test=False)
+    primary.script(Reply(status=503), Reply(status=503))
+    for _ in range(2):
+        assert run(server, key)["state"] == "success"
+    assert len(primary.requests) == 2
+    assert breaker_state(server, "primary") == "open"
+
+    # While it is open, tasks go straight to secondary; once the cool-down has passed,
+    # one is the trial, and primary's success closes the breaker.
+    def primary_called_again() -> bool:
+        record = run(server, key)
+        assert record["state"] == "success", record
+        return len(primary.requests) == 3
+
+    wait_for(primary_called_again, what="a trial task on primary")
+    opened_by, trial = primary.requests[1], primary.requests[2]
+    # The breaker opened after the second call was answered: no call came sooner.
+    assert trial.received_at - opened_by.received_at >= cooldown_s - 0.05
+    assert breaker_state(server, "primary") == "closed"
+
+
+def test_a_failed_trial_opens_the_breaker_again(
+    routed: Callable[..., Server], primary: FakeGemini, secondary: FakeGemini
+) -> None:
+    server = routed({"breaker_failures": 1, "breaker_cooldown_seconds": 0.2})
+    key = server.key(test=False)
+    primary.script(Reply(status=503), Reply(status=503))
+    assert run(server, key)["state"] == "success"
+    assert breaker_state(server, "primary") == "open"
+
+    def trial_failed() -> bool:
+        assert run(server, key)["state"] == "success"
+        return len(primary.requests) == 2
+
+    wait_for(trial_failed, what="a failing trial on primary")
+    assert breaker_state(server, "primary") == "open"
+    assert len(secondary.requests) >= 2
