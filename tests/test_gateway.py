@@ -7,6 +7,7 @@ half-opens, and the upstream a task remembers.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -14,8 +15,11 @@ from sqlalchemy import select
 
 from bananastand.fake_gemini import FakeGemini, Reply
 from bananastand.store.tables import tasks, upstream_breakers
-from conftest import Server, prompt_body, rows_of
+from conftest import Server, cli, prompt_body, rows_of
+from test_metrics import scrape, value
 from waiting import wait_for
+
+ADMIN_TOKEN = "admin-token-of-the-gateway-tests"
 
 
 @pytest.fixture
@@ -195,3 +199,96 @@ def test_a_failed_trial_opens_the_breaker_again(
     wait_for(trial_failed, what="a failing trial on primary")
     assert breaker_state(server, "primary") == "open"
     assert len(secondary.requests) >= 2
+
+
+def test_the_operator_sees_the_upstreams_their_breakers_and_who_served_a_task(
+    routed: Callable[..., Server], primary: FakeGemini, secondary: FakeGemini, tmp_path: Path
+) -> None:
+    server = routed(
+        {"breaker_failures": 1, "breaker_cooldown_seconds": 3600}, admin_token=ADMIN_TOKEN
+    )
+    key = server.key(test=False)
+    primary.script(Reply(status=503))
+    record = run(server, key)
+    assert record["state"] == "success", record
+
+    listed = server.client.get(
+        "/api/v1/jobs/list", headers={"Authorization": f"Bearer {key}"}
+    ).json()["data"]["items"]
+    assert [(item["taskId"], item["upstream"]) for item in listed] == [
+        (record["taskId"], "secondary")
+    ]
+
+    answer = server.client.get(
+        "/admin/upstreams", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    ).json()
+    assert answer["code"] == 200, answer
+    shown = {view["name"]: view for view in answer["data"]["upstreams"]}
+    assert shown["primary"]["breaker"]["state"] == "open"
+    assert shown["primary"]["breaker"]["failures"] == 1
+    assert shown["primary"]["models"] == {"nano-banana-pro": 1}
+    assert shown["secondary"]["breaker"] == {
+        "state": "closed",
+        "failures": 0,
+        "openedAt": None,
+        "updatedAt": None,
+    }
+    assert shown["secondary"]["models"] == {"nano-banana-pro": 2}
+    assert shown["secondary"]["keys"] == 1
+    assert "secondary-key" not in str(answer)  # keys are counted, never shown
+    assert answer["data"]["routes"] == {"nano-banana-pro": ["primary", "secondary"]}
+
+    samples = scrape(server.base_url)
+    failovers = "bananastand_upstream_failovers_total"
+    assert value(samples, failovers, provider="primary", reason="503") == 1
+    breaker = "bananastand_upstream_breaker_state"
+    assert value(samples, breaker, provider="primary", state="open") == 1
+    assert value(samples, breaker, provider="secondary", state="closed") == 1
+
+    # The command reads the same config (here a file) and the same database.
+    config = tmp_path / "gateway.toml"
+    config.write_text(
+        f"""
+[upstreams.primary]
+kind = "gemini"
+api_key = "env:PRIMARY_KEY"
+base_url = "{primary.base_url}"
+
+[upstreams.secondary]
+kind = "gemini"
+api_key = "env:SECONDARY_KEY"
+base_url = "{secondary.base_url}"
+
+[routes]
+"nano-banana-pro" = ["primary", "secondary"]
+"""
+    )
+    done = cli(
+        server.data_dir,
+        "upstreams",
+        BANANASTAND_CONFIG=str(config),
+        PRIMARY_KEY=primary.api_key,
+        SECONDARY_KEY=secondary.api_key,
+    )
+    assert done.returncode == 0, done.stderr
+    lines = [line.split("\t") for line in done.stdout.splitlines()]
+    assert [(line[0], line[1], line[2], line[3], line[5]) for line in lines] == [
+        ("primary", "gemini", "open", "1", "nano-banana-pro#1"),
+        ("secondary", "gemini", "closed", "0", "nano-banana-pro#2"),
+    ]
+    assert lines[0][4] != "-"  # when it opened
+    assert lines[1][4] == "-"
+
+
+def test_a_call_abandoned_on_its_timeout_is_counted_and_the_next_upstream_takes_the_task(
+    routed: Callable[..., Server], primary: FakeGemini, secondary: FakeGemini
+) -> None:
+    server = routed({"timeout_seconds": 1})
+    primary.script(Reply(delay_s=30))  # answers long after we gave up on it
+    record = run(server, server.key(test=False))
+    assert record["state"] == "success", record
+    assert upstream_of(server, record["taskId"]) == "secondary"
+    samples = scrape(server.base_url)
+    assert value(samples, "bananastand_upstream_abandoned_calls_total", provider="primary") == 1
+    failovers = "bananastand_upstream_failovers_total"
+    assert value(samples, failovers, provider="primary", reason="timeout") == 1

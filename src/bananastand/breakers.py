@@ -16,11 +16,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 from bananastand.records import Breaker, BreakerState
 from bananastand.store.ports import BreakerStore
-from bananastand.upstreams import UpstreamConfig
+from bananastand.upstreams import RoutePlan, UpstreamConfig
 
 log = logging.getLogger(__name__)
 
@@ -89,3 +90,34 @@ class Breakers:
                     self._known = {row.name: row for row in rows}
                     self._read_at = time.monotonic()
         return self._known.get(name) or Breaker.closed(name)
+
+
+def upstream_views(plan: RoutePlan, breakers: Iterable[Breaker]) -> list[dict[str, Any]]:
+    """Each routed upstream as the operator sees it (``GET /admin/upstreams``,
+    ``bananastand upstreams``): what it is, the models routed to it (its place in each
+    route, from 1), its limits, and its breaker. Never a secret: keys are counted."""
+    known = {breaker.name: breaker for breaker in breakers}
+    views = []
+    for name in plan.routed:
+        config = plan.upstreams[name]
+        views.append(
+            {
+                "name": name,
+                "kind": config.kind.value,
+                "baseUrl": config.base_url or None,
+                "keys": len(config.keys),
+                "models": {
+                    model: route.index(name) + 1
+                    for model, route in plan.routes.items()
+                    if name in route
+                },
+                "concurrency": config.concurrency,
+                "requestsPerMinute": config.requests_per_minute,
+                "timeoutSeconds": config.timeout_seconds,
+                "maxAttempts": config.max_attempts,
+                "breakerFailures": config.breaker_failures,
+                "breakerCooldownSeconds": config.breaker_cooldown_seconds,
+                "breaker": (known.get(name) or Breaker.closed(name)).to_admin(),
+            }
+        )
+    return views

@@ -221,10 +221,13 @@ class Callback:
     next_attempt_at: int | None
     delivered_at: int | None
     attempts: tuple[CallbackAttempt, ...]
+    #: The named upstream that served the task (None: none took it).
+    upstream: str | None = None
 
     def to_wire(self) -> dict[str, Any]:
         return {
             "taskId": self.task_id,
+            "upstream": self.upstream,
             "webhookId": self.id,
             "callBackUrl": self.url,
             "deliveryState": self.state.value,
