@@ -153,9 +153,11 @@ def serve(
             return None
         return await accounts.create_key(name="first test key", is_test=True)
 
+    processes = settings.worker_processes if worker else None
+    if processes is not None:
+        _check_providers(settings)
     # Migrated here, once, before any worker process starts (they start with --no-migrate).
     first_key = with_accounts(settings, first_start, migrate=settings.auto_migrate, starting=True)
-    processes = settings.worker_processes if worker else None
     _banner(
         settings,
         first_key,
@@ -181,6 +183,19 @@ def serve(
         DrainingServer(config, api).run()
 
 
+def _check_providers(settings: Settings) -> None:
+    """The upstreams' clients can be made (a Vertex AI project needs credentials, ...):
+    else one line now, rather than a traceback when the workers start."""
+    from bananastand.errors import ConfigurationError
+    from bananastand.providers.registry import ProviderRegistry
+
+    try:
+        registry = ProviderRegistry.from_settings(settings)
+    except ConfigurationError as exc:
+        fail(f"{exc}: fix the config file or the settings", NOT_STARTED)
+    asyncio.run(registry.aclose())
+
+
 def run_worker(
     no_migrate: NoMigrate = False,
     supervisor_pid: Annotated[
@@ -200,6 +215,7 @@ def run_worker(
     """Run tasks only (no HTTP but --metrics-port); run as many as you like beside
     `serve --no-worker`."""
     from bananastand.app import close_runtime, freeze_startup_objects, open_runtime
+    from bananastand.errors import ConfigurationError
     from bananastand.metrics.endpoint import serve_metrics
 
     if supervisor_pid is not None:
@@ -212,7 +228,10 @@ def run_worker(
     with_services(settings, _nothing, migrate=settings.auto_migrate, starting=True)
 
     async def main() -> None:
-        runtime = await open_runtime(settings, run_worker=True, worker_role="worker")
+        try:
+            runtime = await open_runtime(settings, run_worker=True, worker_role="worker")
+        except ConfigurationError as exc:
+            fail(f"{exc}: fix the config file or the settings", NOT_STARTED)
         assert runtime.worker is not None
         assert runtime.sender is not None
         freeze_startup_objects()
