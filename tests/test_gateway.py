@@ -16,6 +16,7 @@ from sqlalchemy import select
 from bananastand.fake_gemini import FakeGemini, Reply
 from bananastand.store.tables import tasks, upstream_breakers
 from conftest import Server, cli, prompt_body, rows_of
+from test_gateway_config import as_toml, config_file
 from test_metrics import scrape, value
 from waiting import wait_for
 
@@ -246,27 +247,15 @@ def test_the_operator_sees_the_upstreams_their_breakers_and_who_served_a_task(
     assert value(samples, breaker, provider="secondary", state="closed") == 1
 
     # The command reads the same config (here a file) and the same database.
-    config = tmp_path / "gateway.toml"
-    config.write_text(
-        f"""
-[upstreams.primary]
-kind = "gemini"
-api_key = "env:PRIMARY_KEY"
-base_url = "{primary.base_url}"
-
-[upstreams.secondary]
-kind = "gemini"
-api_key = "env:SECONDARY_KEY"
-base_url = "{secondary.base_url}"
-
-[routes]
-"nano-banana-pro" = ["primary", "secondary"]
-"""
-    )
+    upstreams = {
+        "primary": {**gemini(primary), "api_keys": ["env:PRIMARY_KEY"]},
+        "secondary": {**gemini(secondary), "api_keys": ["env:SECONDARY_KEY"]},
+    }
+    text = as_toml(upstreams, {"nano-banana-pro": ["primary", "secondary"]})
     done = cli(
         server.data_dir,
         "upstreams",
-        BANANASTAND_CONFIG=str(config),
+        BANANASTAND_CONFIG=config_file(tmp_path, text),
         PRIMARY_KEY=primary.api_key,
         SECONDARY_KEY=secondary.api_key,
     )

@@ -4,8 +4,10 @@ printed as the routes it will use."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -33,6 +35,19 @@ def config_file(tmp_path: Path, text: str) -> str:
     path = tmp_path / "bananastand.toml"
     path.write_text(text)
     return str(path)
+
+
+def as_toml(upstreams: dict[str, dict[str, Any]], routes: dict[str, list[str]]) -> str:
+    """The config file's text for these tables (their values: strings, numbers, lists of
+    strings, each written as JSON writes it, which TOML reads the same)."""
+    lines: list[str] = []
+    for name, table in upstreams.items():
+        lines += [f"[upstreams.{name}]", *(f"{k} = {json.dumps(v)}" for k, v in table.items())]
+    lines += [
+        "[routes]",
+        *(f"{json.dumps(model)} = {json.dumps(r)}" for model, r in routes.items()),
+    ]
+    return "\n".join(lines) + "\n"
 
 
 @pytest.mark.parametrize(

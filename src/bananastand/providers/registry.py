@@ -121,19 +121,22 @@ def route_plan(settings: Settings) -> RoutePlan:
         routes = {model: tuple(names) for model, names in settings.routes.items()}
         return RoutePlan(dict(settings.upstreams), routes, configured=True)
     live = choose_live(settings)
+    legacy = {
+        LiveProvider.GEMINI: {
+            "kind": UpstreamKind.GEMINI,
+            "api_key": settings.google_api_key,
+            "base_url": settings.google_gemini_base_url,
+        },
+        LiveProvider.VERTEX: {
+            "kind": UpstreamKind.VERTEX,
+            "project": settings.google_cloud_project,
+            "location": settings.google_cloud_location,
+        },
+    }
     upstreams: dict[str, UpstreamConfig] = {}
-    if live is LiveProvider.GEMINI:
-        upstreams[live.value] = UpstreamConfig(
-            kind=UpstreamKind.GEMINI,
-            api_key=settings.google_api_key,
-            base_url=settings.google_gemini_base_url,
-        ).inheriting(settings.upstream_defaults())
-    elif live is LiveProvider.VERTEX:
-        upstreams[live.value] = UpstreamConfig(
-            kind=UpstreamKind.VERTEX,
-            project=settings.google_cloud_project,
-            location=settings.google_cloud_location,
-        ).inheriting(settings.upstream_defaults())
+    if live in legacy:
+        table = UpstreamConfig.model_validate(legacy[live])
+        upstreams[live.value] = table.inheriting(settings.upstream_defaults())
     routes = dict.fromkeys(settings.models, (live.value,)) if live else {}
     return RoutePlan(upstreams, routes, configured=False)
 
