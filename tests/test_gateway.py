@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from bananastand.fake_gemini import FakeGemini, Reply
 from bananastand.store.tables import tasks, upstream_breakers
@@ -156,6 +156,29 @@ def test_a_model_without_a_route_answers_505(routed: Callable[..., Server]) -> N
     answer = server.create(server.key(test=False), body)
     assert answer["code"] == 505, answer
     assert server.create(server.key(test=True), body)["code"] == 200  # the sandbox has all
+
+
+def test_a_task_resumed_with_an_upstream_handle_goes_back_to_that_upstream(
+    routed: Callable[..., Server], primary: FakeGemini, secondary: FakeGemini, tmp_path: Path
+) -> None:
+    """A later upstream may still be working on it: an earlier one must not start it anew."""
+    shared = tmp_path / "shared"
+    idle = routed(run_worker=False, data_dir=shared)
+    key = idle.key(test=False)
+    answer = idle.create(key, prompt_body())
+    assert answer["code"] == 200, answer
+    task_id = answer["data"]["taskId"]
+    with rows_of(shared) as connection:  # as a worker that stopped mid-task left it
+        connection.execute(
+            update(tasks)
+            .where(tasks.c.id == task_id)
+            .values(upstream="secondary", upstream_handle="their-task-1")
+        )
+    worker = routed(data_dir=shared)
+    record = worker.wait(key, task_id)
+    assert record["state"] == "success", record
+    assert primary.requests == []
+    assert len(secondary.requests) == 1
 
 
 def test_a_breaker_opens_after_its_failures_and_half_opens_after_its_cool_down(
