@@ -85,7 +85,7 @@ class Worker:
         self._settings = settings
         self._providers = providers
         breakers = Breakers(
-            store, providers.config_of, refresh_s=settings.upstream_breaker_refresh_seconds
+            store, providers.breaker_policy, refresh_s=settings.upstream_breaker_refresh_seconds
         )
         self._route = RouteRunner(store, breakers, metrics)
         self._storage = storage

@@ -104,9 +104,10 @@ class ProviderRegistry:
             raise UpstreamError(f"no upstream is routed for {task.model} on this server")
         return route
 
-    def config_of(self, name: str) -> UpstreamConfig | None:
-        """An upstream's table (None: the sandbox, which has no breaker)."""
-        return self.plan.upstreams.get(name)
+    def breaker_policy(self, name: str) -> UpstreamConfig | None:
+        """The table an upstream's breaker follows; None: it has none (the sandbox, and
+        the legacy settings' one upstream: without [upstreams] nothing changes)."""
+        return self.plan.upstreams.get(name) if self.plan.configured else None
 
     async def aclose(self) -> None:
         for provider in self._providers.values():
