@@ -48,14 +48,17 @@ class RouteRunner:
         """The image and the attempt that made it; raises the last upstream's
         ``TaskFailure`` when none could (a final one at once)."""
         failures: list[tuple[str, TaskFailure]] = []
-        for provider in _resumed(route, claim):
+        tried = _resumed(route, claim)
+        for place, provider in enumerate(tried, start=1):
+            handing_on = place < len(tried)  # to the next upstream, if this one fails
             if not await self._breakers.allows(provider.name):
                 failure: TaskFailure = UpstreamError(
                     "its circuit breaker is open (it failed too often lately)",
                     upstream_status="breaker_open",
                 )
                 failures.append((provider.name, failure))
-                self._metrics.upstream_failovers.labels(provider.name, "breaker_open").inc()
+                if handing_on:
+                    self._metrics.upstream_failovers.labels(provider.name, "breaker_open").inc()
                 continue
             attempt = TaskAttempt(self._store, claim, provider.name, on_started=on_started)
             try:
@@ -69,12 +72,13 @@ class RouteRunner:
                     raise
                 await self._breakers.failed(provider.name, trip=failure.trip)
                 failures.append((provider.name, failure))
-                reason = failure.upstream_status or failure.fail_code
-                self._metrics.upstream_failovers.labels(provider.name, reason).inc()
-                log.warning(
-                    "upstream failed the task; trying the next one",
-                    extra={"upstream": provider.name, "reason": failure.message},
-                )
+                if handing_on:
+                    reason = failure.upstream_status or failure.fail_code
+                    self._metrics.upstream_failovers.labels(provider.name, reason).inc()
+                    log.warning(
+                        "upstream failed the task; trying the next one",
+                        extra={"upstream": provider.name, "reason": failure.message},
+                    )
                 continue
             await self._breakers.succeeded(provider.name)
             return image, attempt
