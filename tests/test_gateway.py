@@ -153,9 +153,12 @@ def test_test_keys_stay_on_the_sandbox(
 def test_a_model_without_a_route_answers_505(routed: Callable[..., Server]) -> None:
     server = routed()
     body = {"model": "nano-banana-2", "input": {"prompt": "a banana"}}
-    answer = server.create(server.key(test=False), body)
+    live = server.key(test=False)
+    answer = server.create(live, body)
     assert answer["code"] == 505, answer
     assert server.create(server.key(test=True), body)["code"] == 200  # the sandbox has all
+    offered = server.client.get("/api/v1/models", headers={"Authorization": f"Bearer {live}"})
+    assert [offer["model"] for offer in offered.json()["data"]["models"]] == ["nano-banana-pro"]
 
 
 def test_a_task_resumed_with_an_upstream_handle_goes_back_to_that_upstream(
