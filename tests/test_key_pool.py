@@ -16,6 +16,7 @@ from bananastand.providers.base import DetachedAttempt, GenerationRequest
 from bananastand.providers.google import GoogleProvider, KeyRest, UpstreamRetryPolicy
 from bananastand.providers.key_pool import retry_delay
 from bananastand.providers.local_limiter import LocalLimiter
+from bananastand.providers.registry import ProviderRegistry
 from bananastand.settings import Settings
 from waiting import DEADLINE_S
 
@@ -139,3 +140,28 @@ def test_retry_info_is_read_as_google_sends_it() -> None:
     assert retry_delay({"error": {"code": 429, "details": [other]}}) is None
     assert retry_delay({"error": {"code": 429}}) is None
     assert retry_delay(None) is None
+
+
+def test_the_rate_is_per_key_and_the_pool_has_the_sum() -> None:
+    settings = Settings(
+        upstreams={
+            "google": {"kind": "gemini", "api_keys": ["a", "b", "c"], "requests_per_minute": 60}
+        },
+        routes={"nano-banana-pro": ["google"]},
+    )
+
+    async def limiters() -> tuple[object, list[object]]:
+        registry = ProviderRegistry.from_settings(settings)
+        provider = registry.get("google")
+        assert isinstance(provider, GoogleProvider)
+        found = provider.limiter, [key.limiter for key in provider._keys.keys]
+        await registry.aclose()
+        return found
+
+    pool, keys = asyncio.run(limiters())
+    assert isinstance(pool, LocalLimiter)
+    assert pool.interval() == 60 / 180  # three keys at 60 a minute each
+    assert pool.concurrency_share() == 8  # BANANASTAND_UPSTREAM_CONCURRENCY, for them all
+    for key in keys:
+        assert isinstance(key, LocalLimiter)
+        assert key.interval() == 1.0
