@@ -1344,6 +1344,7 @@ def test_list_pages_newest_first_without_gaps_or_duplicates(idle: Server) -> Non
     for page in pages:
         for item in page:
             assert item.pop("thumbnailUrl") is None  # none until a task has succeeded
+            assert item.pop("upstream") is None  # no worker here: no upstream took it
             check_record(item)
     times = [item["createTime"] for page in pages for item in page]
     assert times == sorted(times, reverse=True)

@@ -88,6 +88,7 @@ def test_a_task_from_sign_in_to_its_resent_callback(
         facts = page.locator(".facts").all_inner_texts()
         inputs = page.get_by_role("img", name="Reference 1").count()
         page.locator("table.attempts tbody tr").first.wait_for()
+        served_by = page.locator(".callback-upstream").inner_text()
         page.get_by_role("button", name="Resend callback").click()
         page.get_by_text("Sent again").wait_for()
         # The new attempt shows up in the table once the server has made it.
@@ -103,6 +104,7 @@ def test_a_task_from_sign_in_to_its_resent_callback(
             "prompt": shown_prompt,
             "facts": "\n".join(facts),
             "inputs": inputs,
+            "served_by": served_by,
             "url": page.url,
             "session": page.evaluate("() => Object.keys(sessionStorage)"),
         }
@@ -130,6 +132,7 @@ def test_a_task_from_sign_in_to_its_resent_callback(
     for fact in ("16:9", "2K", "png", receiver.url):
         assert fact in seen["facts"]
     assert seen["inputs"] == 1
+    assert seen["served_by"] == "Served by upstream sandbox"  # the callback log's
     assert seen["url"].startswith(server.base_url + "/#/task/")
     assert seen["session"] == ["bananastand.apiKey"]
 

@@ -182,6 +182,7 @@ async def open_runtime(
             store,
             multiprocess_dir=multiprocess_directory(),
             live_workers=partial(count_live_workers, store),
+            upstreams=provider_choice.plan.routed if provider_choice.plan.configured else (),
         ),
     )
     await wakeups.start()

@@ -125,6 +125,25 @@ def list_workers() -> None:
         )
 
 
+@app.command("upstreams")
+def list_upstreams() -> None:
+    """The routed upstreams, one a line: name, kind, breaker state, consecutive failures,
+    when it opened, and the models routed to it (with its place in each route)."""
+    from bananastand.breakers import upstream_views
+    from bananastand.providers.registry import route_plan
+
+    settings = env_settings()
+    found = with_services(settings, lambda services: services.store.breakers())
+    for view in upstream_views(route_plan(settings), found):
+        breaker = view["breaker"]
+        opened = _format_ms(breaker["openedAt"]) if breaker["openedAt"] else "-"
+        models = ",".join(f"{model}#{place}" for model, place in view["models"].items())
+        print(
+            f"{view['name']}\t{view['kind']}\t{breaker['state']}\t{breaker['failures']}"
+            f"\t{opened}\t{models}"
+        )
+
+
 @files_app.command("sweep")
 def sweep() -> None:
     """Delete uploads and results past their retention (safe beside running workers)."""

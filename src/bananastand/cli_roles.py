@@ -44,14 +44,15 @@ NoMigrate = Annotated[
 def _banner(
     settings: Settings,
     first_key: NewKey | None,
-    live: str | None,
+    live: list[str],
     *,
     loopback: bool | None,
     worker_processes: int | None,
 ) -> None:
     """``loopback``: whether ``--allow-loopback`` opened this machine (None: not asked).
     ``worker_processes``: how many supervised worker processes run tasks (0: this process
-    does; None: none here, ``--no-worker``)."""
+    does; None: none here, ``--no-worker``). ``live``: what live keys run on, a line each
+    (``describe_routes``)."""
     base = settings.effective_public_url
     console.print(f"[bold]bananastand[/] serving on {base}  (web page: {base}/, docs: {base}/docs)")
     console.print(f"data folder: {settings.data_dir.resolve()}")
@@ -61,11 +62,10 @@ def _banner(
         console.print("tasks run: in this process (--worker-processes N: in N processes)")
     else:
         console.print(f"tasks run: in {worker_processes} worker processes, restarted if they die")
-    console.print(
-        f"live keys run on: {live}"
-        if live
-        else "live keys: no provider configured (createTask answers 505); test keys use the sandbox"
-    )
+    for line in live or [
+        "live keys: no provider configured (createTask answers 505); test keys use the sandbox"
+    ]:
+        console.print(line, markup=False)  # "[routes]" is no style
     networks = ", ".join(settings.allow_private_networks)
     if loopback:
         console.print(
@@ -130,7 +130,7 @@ def serve(
 
     from bananastand.app import create_app
     from bananastand.metrics import shared_between_processes
-    from bananastand.providers.registry import describe_live
+    from bananastand.providers.registry import describe_routes
     from bananastand.server import DrainingServer
     from bananastand.supervisor import worker_supervisor
 
@@ -153,11 +153,17 @@ def serve(
             return None
         return await accounts.create_key(name="first test key", is_test=True)
 
+    processes = settings.worker_processes if worker else None
+    if processes is not None:
+        _check_providers(settings)
     # Migrated here, once, before any worker process starts (they start with --no-migrate).
     first_key = with_accounts(settings, first_start, migrate=settings.auto_migrate, starting=True)
-    processes = settings.worker_processes if worker else None
     _banner(
-        settings, first_key, describe_live(settings), loopback=loopback, worker_processes=processes
+        settings,
+        first_key,
+        describe_routes(settings),
+        loopback=loopback,
+        worker_processes=processes,
     )
     # The children's metrics reach the API's /metrics through files they all write.
     with shared_between_processes() if processes else contextlib.nullcontext():
@@ -175,6 +181,19 @@ def serve(
             timeout_graceful_shutdown=int(settings.shutdown_grace_seconds) + 5,
         )
         DrainingServer(config, api).run()
+
+
+def _check_providers(settings: Settings) -> None:
+    """The upstreams' clients can be made (a Vertex AI project needs credentials, ...):
+    else one line now, rather than a traceback when the workers start."""
+    from bananastand.errors import ConfigurationError
+    from bananastand.providers.registry import ProviderRegistry
+
+    try:
+        registry = ProviderRegistry.from_settings(settings)
+    except ConfigurationError as exc:
+        fail(f"{exc}: fix the config file or the settings", NOT_STARTED)
+    asyncio.run(registry.aclose())
 
 
 def run_worker(
@@ -196,6 +215,7 @@ def run_worker(
     """Run tasks only (no HTTP but --metrics-port); run as many as you like beside
     `serve --no-worker`."""
     from bananastand.app import close_runtime, freeze_startup_objects, open_runtime
+    from bananastand.errors import ConfigurationError
     from bananastand.metrics.endpoint import serve_metrics
 
     if supervisor_pid is not None:
@@ -208,7 +228,10 @@ def run_worker(
     with_services(settings, _nothing, migrate=settings.auto_migrate, starting=True)
 
     async def main() -> None:
-        runtime = await open_runtime(settings, run_worker=True, worker_role="worker")
+        try:
+            runtime = await open_runtime(settings, run_worker=True, worker_role="worker")
+        except ConfigurationError as exc:
+            fail(f"{exc}: fix the config file or the settings", NOT_STARTED)
         assert runtime.worker is not None
         assert runtime.sender is not None
         freeze_startup_objects()

@@ -255,9 +255,11 @@ class TaskRecord(BaseModel):
 
 class TaskListItem(TaskRecord):
     """A record as the list shows it, with a link to a small WebP preview of its first
-    result (at most 256 px on the long side; null until the task has succeeded)."""
+    result (at most 256 px on the long side; null until the task has succeeded), and the
+    named upstream that served it (``sandbox`` for test keys; null until one took it)."""
 
     thumbnailUrl: str | None = None
+    upstream: str | None = None
 
 
 class TaskPage(BaseModel):

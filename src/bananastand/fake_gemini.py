@@ -66,6 +66,9 @@ class Reply:
     finish_reason: str = "STOP"
     delay_s: float = 0.0
     with_image: bool = True
+    #: A ``google.rpc.RetryInfo`` detail in an error answer (``"2s"``), as Google sends
+    #: with 429 RESOURCE_EXHAUSTED.
+    retry_delay: str = ""
 
 
 @dataclass(frozen=True)
@@ -96,6 +99,8 @@ class FakeGemini:
     """The fake server; start with `start` (or use as a context manager)."""
 
     api_key: str = "fake-key"
+    #: More keys it accepts besides ``api_key``: a key pool.
+    api_keys: tuple[str, ...] = ()
     host: str = "127.0.0.1"
     port: int = 0
     #: Default extra latency of a success, for demos.
@@ -104,6 +109,7 @@ class FakeGemini:
     answer_size: tuple[int, int] | None = None
     requests: list[SeenRequest] = field(default_factory=list)
     _script: deque[Reply] = field(default_factory=deque)
+    _key_scripts: dict[str, deque[Reply]] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _httpd: ThreadingHTTPServer | None = None
     _thread: threading.Thread | None = None
@@ -115,6 +121,17 @@ class FakeGemini:
     def script(self, *replies: Reply) -> None:
         with self._lock:
             self._script.extend(replies)
+
+    def script_key(self, api_key: str, *replies: Reply) -> None:
+        """Replies for requests with ``api_key`` alone (one of a pool: Google's quotas
+        are per key), used before the shared script's."""
+        with self._lock:
+            self._key_scripts.setdefault(api_key, deque()).extend(replies)
+
+    def _keyed_reply(self, api_key: str) -> Reply | None:
+        with self._lock:
+            script = self._key_scripts.get(api_key)
+            return script.popleft() if script else None
 
     def start(self) -> FakeGemini:
         handler = functools.partial(_Handler, self)
@@ -156,12 +173,12 @@ class FakeGemini:
             return _error(400, "Invalid JSON payload received.")
         seen = SeenRequest(model=match.group(1), api_key=api_key, body=body)
         self._record(seen)
-        if api_key != self.api_key:
+        if api_key != self.api_key and api_key not in self.api_keys:
             return _error(400, "API key not valid. Please pass a valid API key.")
-        reply = self._next_reply()
+        reply = self._keyed_reply(api_key) or self._next_reply()
         if reply.status != 200:
             status, error, _ = _error(reply.status, reply.message or f"scripted {reply.status}")
-            return status, error, reply.delay_s
+            return status, _with_retry_info(error, reply.retry_delay), reply.delay_s
         try:
             return 200, _answer(seen, reply, self.answer_size), reply.delay_s
         except ValueError as exc:
@@ -206,6 +223,14 @@ class _Handler(BaseHTTPRequestHandler):
 def _error(code: int, message: str) -> tuple[int, dict[str, Any], float]:
     status = _STATUS_NAMES.get(code, "UNKNOWN")
     return code, {"error": {"code": code, "message": message, "status": status}}, 0.0
+
+
+def _with_retry_info(error: dict[str, Any], retry_delay: str) -> dict[str, Any]:
+    if retry_delay:
+        error["error"]["details"] = [
+            {"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": retry_delay}
+        ]
+    return error
 
 
 def _answer(seen: SeenRequest, reply: Reply, size: tuple[int, int] | None) -> dict[str, Any]:

@@ -56,8 +56,12 @@ class RecordMaker:
         }
 
     def list_item(self, task: Task) -> dict[str, Any]:
-        """An item of the list: the record and ``thumbnailUrl``."""
-        return {**self.record(task), "thumbnailUrl": self.thumbnail_url(task)}
+        """An item of the list: the record, ``thumbnailUrl`` and ``upstream``."""
+        return {
+            **self.record(task),
+            "thumbnailUrl": self.thumbnail_url(task),
+            "upstream": task.upstream,
+        }
 
     def thumbnail_url(self, task: Task) -> str | None:
         """A link to the preview of the first result (made on its first request), or

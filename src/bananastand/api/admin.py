@@ -24,8 +24,10 @@ from bananastand.api.deps import ServicesDep, services_of
 from bananastand.api.envelope import envelope
 from bananastand.api.jobs import parse_json, read_body
 from bananastand.billing import account_details
+from bananastand.breakers import upstream_views
 from bananastand.contract import describe_validation_error
 from bananastand.errors import AuthenticationError, NotFoundError, ValidationError
+from bananastand.providers.registry import route_plan
 from bananastand.storable import INT32_MAX, INT64_MAX
 
 
@@ -174,6 +176,16 @@ async def workers(services: ServicesDep) -> Response:
     intervals), by host and pid."""
     found = await services.store.live_workers()
     return envelope([worker.to_admin() for worker in found])
+
+
+@router.get("/upstreams")
+async def upstreams(services: ServicesDep) -> Response:
+    """The routed upstreams with their circuit breakers (as the cluster shares them), and
+    the routes: per model, the upstreams its live tasks are tried on, in order."""
+    plan = route_plan(services.settings)
+    found = await services.store.breakers()
+    routes = {model: list(route) for model, route in plan.routes.items()}
+    return envelope({"upstreams": upstream_views(plan, found), "routes": routes})
 
 
 @router.get("/queue")

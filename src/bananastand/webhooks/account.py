@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 
 from bananastand.addresses import HostList
 from bananastand.errors import NotFoundError, ValidationError
@@ -54,8 +55,9 @@ class Webhooks:
                 next_attempt_at=None,
                 delivered_at=None,
                 attempts=(),
+                upstream=task.upstream,
             )
-        return found
+        return replace(found, upstream=task.upstream)
 
     async def resend(self, account_id: str, task_id: str) -> Callback:
         """Send the callback again now (same webhook-id, a fresh retry schedule).

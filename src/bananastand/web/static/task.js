@@ -183,6 +183,7 @@ function showCallback(target, callback) {
   replace(
     target,
     h("p", {}, `Delivery: ${callback.deliveryState}`, callback.deliveredTime ? ` (${when(callback.deliveredTime)})` : ""),
+    callback.upstream ? h("p", { class: "hint callback-upstream", text: `Served by upstream ${callback.upstream}` }) : null,
     h("p", { class: "hint callback-url", text: callback.callBackUrl }),
     rows.length
       ? h(
