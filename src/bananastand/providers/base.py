@@ -27,6 +27,9 @@ class GenerationRequest:
     model: str
     prompt: str
     images: Sequence[InputImage] = ()
+    #: The caller's ``image_input``, in the order of ``images`` (a relay passes foreign
+    #: URLs through and re-uploads the bytes of our own links).
+    image_urls: tuple[str, ...] = ()
     aspect_ratio: AspectRatio = AspectRatio.R1_1
     resolution: Resolution = Resolution.R1K
     output_format: OutputFormat = OutputFormat.PNG
