@@ -16,7 +16,7 @@ from fastapi.middleware.cors import CORSMiddleware
 
 from bananastand import __version__
 from bananastand.accounts import Accounts
-from bananastand.api import account, admin, files, health, jobs, models, uploads, webhooks
+from bananastand.api import account, admin, files, health, hooks, jobs, models, uploads, webhooks
 from bananastand.api.deps import Services
 from bananastand.api.docs import install_docs
 from bananastand.api.envelope import install_error_handlers
@@ -30,6 +30,7 @@ from bananastand.metrics import Metrics, multiprocess_directory
 from bananastand.metrics.exposition import Scrape
 from bananastand.ops import Switches
 from bananastand.providers.registry import ProviderChoice, ProviderRegistry
+from bananastand.providers.relay_hooks import UpstreamHooks
 from bananastand.ratelimit import RateLimiter
 from bananastand.results import RecordMaker
 from bananastand.settings import Settings
@@ -183,6 +184,7 @@ async def open_runtime(
             multiprocess_dir=multiprocess_directory(),
             live_workers=partial(count_live_workers, store),
         ),
+        upstream_hooks=UpstreamHooks({}, store, wakeups),
     )
     await wakeups.start()
     return Runtime(
@@ -312,6 +314,7 @@ def create_app(
     app.include_router(uploads.router)
     app.include_router(health.router)
     app.include_router(webhooks.router)
+    app.include_router(hooks.router)
     install_docs(app)
     install_web(app, settings)
     return app
