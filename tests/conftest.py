@@ -52,6 +52,8 @@ from bananastand.app import create_app
 from bananastand.server import AppServer
 from bananastand.settings import Settings
 from bananastand.store import migrate, open_runner, open_store
+from hosted_fake import HostedFake
+from hosted_fake import serve as serve_hosted
 from waiting import DEADLINE_S, wait_for
 
 if TYPE_CHECKING:
@@ -533,6 +535,16 @@ def s3_server() -> Iterator[S3Server]:
 
 
 # -- Redis: a throwaway redis-server on loopback ------------------------------------------
+
+
+@pytest.fixture
+def hosted() -> Iterator[HostedFake]:
+    """The loopback fake of the hosted jobs API (``hosted_fake``)."""
+    fake = HostedFake()
+    server = serve_hosted(fake)
+    yield fake
+    server.shutdown()
+    server.server_close()
 
 
 @pytest.fixture

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import pytest
@@ -18,21 +18,12 @@ from bananastand.providers.local_limiter import LocalLimiter
 from bananastand.providers.relay import CREATING, RelayOptions, RelayProvider
 from bananastand.storage.links import LinkSigner
 from bananastand.wakeups import Topic, Wakeups
-from hosted_fake import PNG, HostedFake, serve
+from hosted_fake import PNG, HostedFake
 from waiting import wait_for
 
 T = TypeVar("T")
 LINKS = LinkSigner(b"relay-test-secret-0123456789", "http://ours.example")
 FOREIGN = "https://example.com/ref.png"
-
-
-@pytest.fixture
-def hosted() -> Iterator[HostedFake]:
-    fake = HostedFake()
-    server = serve(fake)
-    yield fake
-    server.shutdown()
-    server.server_close()
 
 
 class RecordingAttempt(DetachedAttempt):
