@@ -24,15 +24,17 @@ class InputImage:
 
 @dataclass(frozen=True, slots=True)
 class GenerationRequest:
+    """``image_urls``: the caller's ``image_input`` as sent, in the order of ``images``:
+    an upstream that fetches inputs itself (a relay) passes foreign links on rather than
+    the bytes."""
+
     model: str
     prompt: str
     images: Sequence[InputImage] = ()
-    #: The caller's ``image_input``, in the order of ``images`` (a relay passes foreign
-    #: URLs through and re-uploads the bytes of our own links).
-    image_urls: tuple[str, ...] = ()
     aspect_ratio: AspectRatio = AspectRatio.R1_1
     resolution: Resolution = Resolution.R1K
     output_format: OutputFormat = OutputFormat.PNG
+    image_urls: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
