@@ -166,7 +166,8 @@ def test_refusals_fail_over_without_waiting(hosted: HostedFake, code: int, said:
     hosted.refuse_creates = [code]
     failure = failure_of(hosted, DetachedAttempt())
     assert isinstance(failure, UpstreamError)
-    assert failure.retryable
+    assert not failure.final  # the next upstream of the route takes the task
+    assert failure.trip == (code == 401)  # a wrong key for them opens their breaker now
     assert said in failure.message
     assert failure.message.startswith("kie")
     assert failure.upstream_status == str(code)
@@ -193,6 +194,7 @@ def test_a_lost_create_answer_fails_the_task_without_idempotency_keys(hosted: Ho
     failure = failure_of(hosted, DetachedAttempt())
     assert isinstance(failure, UpstreamError)
     assert "not sent again" in failure.message
+    assert failure.final  # no other upstream either: this one may be making the image
     assert hosted.create_calls == 1
 
 

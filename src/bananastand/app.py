@@ -115,7 +115,9 @@ async def open_runtime(
         return worker.live_workers if worker is not None else 1
 
     if run_worker:
-        providers = ProviderRegistry.from_settings(settings, live_workers=live_workers)
+        providers = ProviderRegistry.from_settings(
+            settings, live_workers=live_workers, links=links, wakeups=wakeups
+        )
         # Its own fetcher: slow receivers never hold connections that image inputs need.
         webhook_policy = FetchPolicy(
             allow=tuple(settings.allow_private_networks),
@@ -184,7 +186,7 @@ async def open_runtime(
             multiprocess_dir=multiprocess_directory(),
             live_workers=partial(count_live_workers, store),
         ),
-        upstream_hooks=UpstreamHooks({}, store, wakeups),
+        upstream_hooks=UpstreamHooks.from_settings(settings, store, wakeups),
     )
     await wakeups.start()
     return Runtime(

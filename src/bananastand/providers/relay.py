@@ -50,7 +50,7 @@ from bananastand.client.models import Task
 from bananastand.client.pacing import PollSchedule
 from bananastand.contract import OutputFormat, TaskState
 from bananastand.errors import UpstreamError
-from bananastand.fetch import SafeFetcher
+from bananastand.fetch import FetchPolicy, SafeFetcher
 from bananastand.fetch.errors import FetchError
 from bananastand.providers.base import Attempt, GeneratedImage, GenerationRequest
 from bananastand.providers.limits import UpstreamLimiter
@@ -58,9 +58,12 @@ from bananastand.providers.relay_failures import (
     FailoverRetry,
     lost_create,
     refusal,
+    stranded,
     task_failure,
 )
+from bananastand.settings import Settings
 from bananastand.storage.links import LinkSigner
+from bananastand.upstreams import UpstreamConfig
 from bananastand.wakeups import Topic, Wakeups
 
 __all__ = ["RelayOptions", "RelayProvider"]
@@ -135,6 +138,55 @@ class RelayProvider:
         first = slowest if options.callback_url else min(1.0, slowest)
         self._poll = PollSchedule(first_s=first, factor=1.5, max_s=slowest)
         self._nudges = _Nudges(wakeups)
+
+    @classmethod
+    def from_config(
+        cls,
+        name: str,
+        config: UpstreamConfig,
+        *,
+        settings: Settings,
+        limiter: UpstreamLimiter,
+        links: LinkSigner,
+        wakeups: Wakeups | None = None,
+    ) -> RelayProvider:
+        """The relay of one ``[upstreams.NAME]`` table of kind ``jobs-api``. The upstream
+        calls us back only where both sides are set up for it: an explicit public URL
+        (ours as it reaches us) and the upstream's ``webhook_secret``."""
+        callback_url = ""
+        if settings.public_url and config.webhook_secret:
+            callback_url = f"{settings.effective_public_url}/hooks/upstream/{name}"
+        options = RelayOptions(
+            base_url=config.base_url.rstrip("/"),
+            api_key=config.api_key,
+            upload_base_url=config.upload_base_url.rstrip("/"),
+            model=config.model,
+            timeout_s=config.timeout_seconds,
+            max_attempts=config.max_attempts,
+            retry_budget_s=config.retry_budget_seconds,
+            backoff_s=config.backoff_seconds,
+            idempotency_keys=config.idempotency_keys,
+            poll_interval_s=config.poll_interval_seconds,
+            callback_url=callback_url,
+        )
+        # Results are fetched as any outside URL is; the operator's upstream itself may be
+        # private (another bananastand on the LAN), and so may its result links.
+        upstream_hosts = {
+            httpx.URL(url).host for url in (options.base_url, options.upload_base_url)
+        }
+        policy = FetchPolicy(
+            allow=(*settings.allow_private_networks, *sorted(upstream_hosts - {""})),
+            max_bytes=settings.max_input_image_bytes,
+            timeout_s=settings.fetch_timeout_seconds,
+        )
+        return cls(
+            name,
+            options,
+            limiter=limiter,
+            links=links,
+            fetcher=SafeFetcher(policy),
+            wakeups=wakeups,
+        )
 
     async def aclose(self) -> None:
         await self._api.aclose()
@@ -225,7 +277,7 @@ class RelayProvider:
                     if record.is_final:
                         return record
                 except (AuthenticationError, NotFoundError) as exc:
-                    raise refusal(self.name, exc, doing=f"following task {handle}") from None
+                    raise stranded(self.name, handle, exc) from None
                 except (TransportError, ApiError) as exc:
                     log.warning(
                         "could not poll the upstream task; trying again",

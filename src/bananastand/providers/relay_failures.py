@@ -9,7 +9,8 @@ upstream                            raises                               failove
 455 (maintenance), at once          ``UpstreamError``                    yes
 505 (feature disabled)              ``UpstreamError``                    yes
 422 (the request is not valid)      ``InputError`` (400)                 no
-createTask's answer lost / 500      ``UpstreamError``, final             no
+createTask's answer lost / 500      ``StrandedUpstreamTask`` (500)       no
+401 / 404 while following the task  ``StrandedUpstreamTask`` (500)       no
 task ``fail``: failCode 400 / 403   ``InputError`` / ``SafetyBlocked``   no
 task ``fail``: 500 / 504 / other    ``UpstreamError`` / ``UpstreamTimeout``  yes
 ==================================  ===================================  ===========
@@ -79,16 +80,36 @@ def refusal(name: str, error: ApiError | TransportError, *, doing: str = "") -> 
         why = "is in maintenance"
     else:
         why = "answered"
-    return UpstreamError(f"{where} {why} ({error.code}): {error.msg}", upstream_status=status)
+    return UpstreamError(
+        f"{where} {why} ({error.code}): {error.msg}",
+        upstream_status=status,
+        trip=isinstance(error, AuthenticationError),
+    )
+
+
+class StrandedUpstreamTask(UpstreamError):
+    """The upstream may hold a task of ours that we cannot follow (createTask's answer
+    was lost, or it stopped answering for it): the task fails here, refunded, and goes
+    to no other upstream, lest two of them make, and bill for, the same image."""
+
+    final = True
 
 
 def lost_create(name: str, reason: str) -> TaskFailure:
-    """createTask may have made a task upstream that we cannot know of: the task fails
-    here (refunded) rather than run a second time, here or on another upstream."""
-    return UpstreamError(
+    return StrandedUpstreamTask(
         f"{name}: the answer to createTask was lost ({reason}); not sent again, so as not "
         "to pay twice (the upstream's table may set idempotency_keys = true)",
         upstream_status="lost",
+    )
+
+
+def stranded(name: str, handle: str, error: ApiError) -> TaskFailure:
+    """The upstream refuses to tell us of its task ``handle`` (401: our key for it is
+    wrong now, which opens its breaker; 404: it forgot the task)."""
+    return StrandedUpstreamTask(
+        f"{name} no longer answers for task {handle} ({error.code}): {error.msg}",
+        upstream_status=str(error.code),
+        trip=isinstance(error, AuthenticationError),
     )
 
 

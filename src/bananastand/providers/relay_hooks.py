@@ -15,7 +15,9 @@ import logging
 from collections.abc import Mapping
 
 from bananastand.client.webhooks import CallbackVerificationError, verify_callback
+from bananastand.settings import Settings
 from bananastand.store.ports import TaskStore
+from bananastand.upstreams import UpstreamKind
 from bananastand.wakeups import Topic, Wakeups
 
 log = logging.getLogger(__name__)
@@ -39,6 +41,16 @@ class UpstreamHooks:
         self._secrets = {name: secret for name, secret in secrets.items() if secret}
         self._store = store
         self._wakeups = wakeups
+
+    @classmethod
+    def from_settings(cls, settings: Settings, store: TaskStore, wakeups: Wakeups) -> UpstreamHooks:
+        """The jobs-api upstreams of the config file that have a ``webhook_secret``."""
+        secrets = {
+            name: config.webhook_secret
+            for name, config in settings.upstreams.items()
+            if config.kind is UpstreamKind.JOBS_API
+        }
+        return cls(secrets, store, wakeups)
 
     async def receive(self, upstream: str, body: bytes, headers: Mapping[str, str]) -> HookOutcome:
         secret = self._secrets.get(upstream)
