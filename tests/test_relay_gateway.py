@@ -154,6 +154,26 @@ def test_google_failing_over_to_the_relay(
     assert balance(server, key) == 100 - PRICE
 
 
+def test_a_refused_key_opens_the_upstreams_breaker_at_once(
+    relaying: Callable[..., Server], hosted: HostedFake
+) -> None:
+    """One 401 is enough (not the five failures in a row the breaker waits for otherwise):
+    our key for them is wrong, so every task would fail the same way."""
+    hosted.refuse_creates = [401]
+    server = relaying(
+        kie=jobs_api(hosted, breaker_failures=5, breaker_cooldown_seconds=3600),
+    )
+    _, key = new_account(server, 100)
+    first = run_task(server, key)
+    assert (first["state"], first["failCode"]) == ("fail", "500")
+    assert "kie refused our API key for it (401)" in first["failMsg"]
+    second = run_task(server, key)
+    assert second["state"] == "fail"
+    assert "circuit breaker is open" in second["failMsg"]
+    assert hosted.create_calls == 1
+    assert balance(server, key) == 100
+
+
 @pytest.mark.parametrize("idempotency_keys", [False, True])
 def test_a_lost_create_answer(
     relaying: Callable[..., Server], hosted: HostedFake, idempotency_keys: bool
