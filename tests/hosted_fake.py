@@ -15,6 +15,7 @@ What tests tell it to do:
   402, 429, 455, 500, 505 ...), making nothing;
 * ``hang``: tasks stay ``generating`` until `HostedFake.finish` ends them;
 * ``fail_with``: tasks end in ``fail`` with this (failCode, failMsg);
+* ``unavailable_results``: that many result downloads answer HTTP 503;
 * ``webhook_secret``: a task that ends and names a ``callBackUrl`` is called back there,
   signed as the hosted API signs (``X-Webhook-Timestamp``, ``X-Webhook-Signature``); each
   delivery's answer is kept in ``callbacks``.
@@ -61,6 +62,7 @@ class HostedFake:
     honour_idempotency_keys: bool = False
     hang: bool = False
     fail_with: tuple[str, str] | None = None
+    unavailable_results: int = 0
     webhook_secret: str = ""
     polls: dict[str, int] = field(default_factory=dict)
     #: (taskId, Accept header or None) of each recordInfo call, in order.
@@ -197,7 +199,13 @@ def serve(fake: HostedFake) -> ThreadingHTTPServer:
         def do_GET(self) -> None:
             parts = urlsplit(self.path)
             if parts.path.startswith("/results/"):
-                self._send(PNG, "image/png")
+                with fake.lock:
+                    unavailable = fake.unavailable_results > 0
+                    fake.unavailable_results -= unavailable
+                if unavailable:
+                    self.send_error(503)
+                else:
+                    self._send(PNG, "image/png")
             elif parts.path.startswith("/files/"):
                 with fake.lock:
                     data = fake.uploads.get(parts.path.removeprefix("/files/"))

@@ -189,6 +189,14 @@ def test_429_is_paced_and_retried(hosted: HostedFake) -> None:
     assert len(hosted.tasks) == 1
 
 
+def test_a_result_download_that_fails_is_tried_again(hosted: HostedFake) -> None:
+    hosted.unavailable_results = 2
+    image = run(hosted, lambda provider: provider.generate(request(), DetachedAttempt()))
+    assert image.data == PNG
+    assert hosted.unavailable_results == 0
+    assert hosted.create_calls == 1
+
+
 def test_a_lost_create_answer_fails_the_task_without_idempotency_keys(hosted: HostedFake) -> None:
     hosted.drop_creates = 1
     failure = failure_of(hosted, DetachedAttempt())

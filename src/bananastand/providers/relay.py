@@ -51,7 +51,7 @@ from bananastand.client.pacing import PollSchedule
 from bananastand.contract import OutputFormat, TaskState
 from bananastand.errors import UpstreamError
 from bananastand.fetch import FetchPolicy, SafeFetcher
-from bananastand.fetch.errors import FetchError
+from bananastand.fetch.errors import FetchError, FetchTimeoutError
 from bananastand.providers.base import Attempt, GeneratedImage, GenerationRequest
 from bananastand.providers.limits import UpstreamLimiter
 from bananastand.providers.relay_failures import (
@@ -121,7 +121,7 @@ class RelayProvider:
         self._options = options
         self._links = links
         self._fetcher = fetcher
-        retry = FailoverRetry(
+        self._retry = retry = FailoverRetry(
             max_attempts=options.max_attempts,
             budget_s=options.retry_budget_s,
             base_s=options.backoff_s,
@@ -290,16 +290,26 @@ class RelayProvider:
                 nudged.clear()
 
     async def _download(self, record: Task) -> tuple[bytes, str]:
+        """The upstream has made (and billed) the image: a download that failed for want
+        of an answer is tried again before the task is given up."""
         urls = record.result_urls
         if not urls:
             raise UpstreamError(f"{self.name}: task {record.taskId} succeeded without a result")
-        try:
-            fetched = await self._fetcher.fetch_image(urls[0])
-        except FetchError as exc:
-            raise UpstreamError(
-                f"{self.name}: its result could not be downloaded: {exc.message}"
-            ) from None
-        return fetched.data, fetched.mime_type
+        began = time.monotonic()
+        tries = 0
+        while True:
+            tries += 1
+            try:
+                fetched = await self._fetcher.fetch_image(urls[0])
+                return fetched.data, fetched.mime_type
+            except FetchError as exc:
+                transient = type(exc) in (FetchError, FetchTimeoutError)
+                delay = self._retry.delay(tries, exc, time.monotonic() - began)
+                if not transient or delay is None:
+                    raise UpstreamError(
+                        f"{self.name}: its result could not be downloaded: {exc.message}"
+                    ) from None
+            await asyncio.sleep(delay)
 
 
 class _Nudges:

@@ -1,19 +1,20 @@
 """How a jobs-api upstream's answers end a relayed task.
 
-==================================  ===================================  ===========
-upstream                            raises                               failover
-==================================  ===================================  ===========
-401 (our key for them is wrong)     ``UpstreamError``, breaker opened    yes
-402 (no credits upstream)           ``UpstreamError``                    yes
-429 (past the retry budget)         ``UpstreamError``                    yes
-455 (maintenance), at once          ``UpstreamError``                    yes
-505 (feature disabled)              ``UpstreamError``                    yes
-422 (the request is not valid)      ``InputError`` (400)                 no
-createTask's answer lost / 500      ``StrandedUpstreamTask`` (500)       no
-401 / 404 while following the task  ``StrandedUpstreamTask`` (500)       no
-task ``fail``: failCode 400 / 403   ``InputError`` / ``SafetyBlocked``   no
-task ``fail``: 500 / 504 / other    ``UpstreamError`` / ``UpstreamTimeout``  yes
-==================================  ===================================  ===========
+==================================  ==========================================  ========
+upstream                            raises                                      failover
+==================================  ==========================================  ========
+401 (our key for them is wrong)     ``UpstreamError``, ``trip``: breaker opens  yes
+402 (no credits upstream)           ``UpstreamError``                           yes
+429 (past the retry budget)         ``UpstreamError``                           yes
+455 (maintenance), not waited out   ``UpstreamError``                           yes
+505 (feature disabled)              ``UpstreamError``                           yes
+422 (the request is not valid)      ``InputError`` (400)                        no
+createTask's answer lost, or 500    ``StrandedUpstreamTask`` (500)              no
+401 / 404 while following the task  ``StrandedUpstreamTask`` (500), ``trip``    no
+task ``fail``: failCode 400 / 403   ``InputError`` / ``SafetyBlocked``          no
+task ``fail``: 500 / 504            ``UpstreamError`` / ``UpstreamTimeout``     yes
+task ``fail``: any other failCode   ``UpstreamError`` (500)                     yes
+==================================  ==========================================  ========
 
 Every message starts with the upstream's name, so a caller reading failMsg, or an
 operator reading the log, knows who said it.
