@@ -15,7 +15,8 @@ What tests tell it to do:
   402, 429, 455, 500, 505 ...), making nothing;
 * ``hang``: tasks stay ``generating`` until `HostedFake.finish` ends them;
 * ``fail_with``: tasks end in ``fail`` with this (failCode, failMsg);
-* ``unavailable_results``: that many result downloads answer HTTP 503;
+* ``unavailable_results``, ``unavailable_polls``: that many result downloads, or
+  recordInfo calls, answer HTTP 503;
 * ``webhook_secret``: a task that ends and names a ``callBackUrl`` is called back there,
   signed as the hosted API signs (``X-Webhook-Timestamp``, ``X-Webhook-Signature``); each
   delivery's answer is kept in ``callbacks``.
@@ -63,6 +64,7 @@ class HostedFake:
     hang: bool = False
     fail_with: tuple[str, str] | None = None
     unavailable_results: int = 0
+    unavailable_polls: int = 0
     webhook_secret: str = ""
     polls: dict[str, int] = field(default_factory=dict)
     #: (taskId, Accept header or None) of each recordInfo call, in order.
@@ -219,6 +221,11 @@ def serve(fake: HostedFake) -> ThreadingHTTPServer:
                 task_id = parse_qs(parts.query).get("taskId", [""])[0]
                 with fake.lock:
                     fake.accepts.append((task_id, self.headers.get("Accept")))
+                    unavailable = fake.unavailable_polls > 0
+                    fake.unavailable_polls -= unavailable
+                if unavailable:
+                    self.send_error(503)
+                    return
                 record = fake.record(task_id)
                 if record is None:
                     self._answer(404, "recordInfo is null")

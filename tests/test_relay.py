@@ -189,6 +189,40 @@ def test_429_is_paced_and_retried(hosted: HostedFake) -> None:
     assert len(hosted.tasks) == 1
 
 
+def test_an_upstream_that_cannot_answer_for_its_task_a_while_is_polled_on(
+    hosted: HostedFake,
+) -> None:
+    """More 503s than the client's own retries take (5 attempts): the relay polls on."""
+    hosted.unavailable_polls = 12
+    image = run(hosted, lambda provider: provider.generate(request(), DetachedAttempt()))
+    assert image.data == PNG
+    assert hosted.unavailable_polls == 0
+
+
+@pytest.mark.parametrize("idempotency_keys", [False, True])
+def test_a_create_answered_500_may_have_made_the_task(
+    hosted: HostedFake, idempotency_keys: bool
+) -> None:
+    hosted.refuse_creates = [500]
+    attempt = DetachedAttempt()
+
+    async def body(provider: RelayProvider) -> TaskFailure | None:
+        try:
+            await provider.generate(request(), attempt)
+        except TaskFailure as failure:
+            return failure
+        return None
+
+    failure = run(hosted, body, idempotency_keys=idempotency_keys)
+    if idempotency_keys:
+        assert failure is None
+        assert hosted.create_calls == 2
+    else:
+        assert isinstance(failure, UpstreamError)
+        assert failure.final
+        assert hosted.create_calls == 1
+
+
 def test_a_result_download_that_fails_is_tried_again(hosted: HostedFake) -> None:
     hosted.unavailable_results = 2
     image = run(hosted, lambda provider: provider.generate(request(), DetachedAttempt()))
