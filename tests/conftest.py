@@ -52,6 +52,8 @@ from bananastand.app import create_app
 from bananastand.server import AppServer
 from bananastand.settings import Settings
 from bananastand.store import migrate, open_runner, open_store
+from hosted_fake import HostedFake
+from hosted_fake import serve as serve_hosted
 from waiting import DEADLINE_S, wait_for
 
 if TYPE_CHECKING:
@@ -64,11 +66,13 @@ BIN = Path(sys.executable).parent
 #: kernel's ephemeral range (32768+ on Linux), where outgoing connections and ``bind(0)``
 #: never land, each pytest-xdist worker in a slice of its own, in turn (a port comes back
 #: only after its whole slice was used). So no other test can take one before it is bound.
+#: Each session starts at a place of its own in the slice: test runs of several checkouts
+#: at once on one machine would otherwise hand out the same ports in the same order.
 _PORT_SLICE = 1500
 _worker = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0)
-_ports = itertools.cycle(
-    range(20000 + _worker % 8 * _PORT_SLICE, 20000 + (_worker % 8 + 1) * _PORT_SLICE)
-)
+_slice = range(20000 + _worker % 8 * _PORT_SLICE, 20000 + (_worker % 8 + 1) * _PORT_SLICE)
+_start = os.getpid() % _PORT_SLICE
+_ports = itertools.cycle([*_slice[_start:], *_slice[:_start]])
 
 
 def free_port() -> int:
@@ -533,6 +537,16 @@ def s3_server() -> Iterator[S3Server]:
 
 
 # -- Redis: a throwaway redis-server on loopback ------------------------------------------
+
+
+@pytest.fixture
+def hosted() -> Iterator[HostedFake]:
+    """The loopback fake of the hosted jobs API (``hosted_fake``)."""
+    fake = HostedFake()
+    server = serve_hosted(fake)
+    yield fake
+    server.shutdown()
+    server.server_close()
 
 
 @pytest.fixture

@@ -6,25 +6,15 @@ import json
 import os
 import re
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from bananastand.client import Client, NotFoundError, RetryPolicy, TransportError
 from conftest import BIN
-from hosted_fake import PNG, HostedFake, serve
+from hosted_fake import PNG, HostedFake
 
 QUICK = RetryPolicy(base_s=0.01)
-
-
-@pytest.fixture
-def hosted() -> Iterator[HostedFake]:
-    fake = HostedFake()
-    server = serve(fake)
-    yield fake
-    server.shutdown()
-    server.server_close()
 
 
 def test_generate_against_the_hosted_shapes(hosted: HostedFake, tmp_path: Path) -> None:

@@ -526,6 +526,18 @@ async def test_the_upstream_handle_outlives_a_rescue(store: Store, clock: FakeCl
 
 
 @scenario
+async def test_a_task_is_found_by_its_upstream_handle(store: Store) -> None:
+    """Whom an upstream's callback is about: the handle names a task only on its upstream."""
+    first, second = await add_tasks(store, 2)
+    await claim(store, limit=2)
+    assert await store.mark_generating(first, "lease-1", upstream="kie", handle="up-1")
+    assert await store.mark_generating(second, "lease-1", upstream="other", handle="up-1")
+    assert await store.task_by_upstream_handle("kie", "up-1") == first
+    assert await store.task_by_upstream_handle("other", "up-1") == second
+    assert await store.task_by_upstream_handle("kie", "up-2") is None
+
+
+@scenario
 async def test_renew_keeps_a_lease_from_being_rescued(store: Store, clock: FakeClock) -> None:
     [task_id] = await add_tasks(store, 1)
     await claim(store, token="lease-1")

@@ -16,7 +16,7 @@ from fastapi.middleware.cors import CORSMiddleware
 
 from bananastand import __version__
 from bananastand.accounts import Accounts
-from bananastand.api import account, admin, files, health, jobs, models, uploads, webhooks
+from bananastand.api import account, admin, files, health, hooks, jobs, models, uploads, webhooks
 from bananastand.api.deps import Services
 from bananastand.api.docs import install_docs
 from bananastand.api.envelope import install_error_handlers
@@ -30,6 +30,7 @@ from bananastand.metrics import Metrics, multiprocess_directory
 from bananastand.metrics.exposition import Scrape
 from bananastand.ops import Switches
 from bananastand.providers.registry import ProviderChoice, ProviderRegistry
+from bananastand.providers.relay_hooks import UpstreamHooks
 from bananastand.ratelimit import RateLimiter
 from bananastand.results import RecordMaker
 from bananastand.settings import Settings
@@ -114,7 +115,9 @@ async def open_runtime(
         return worker.live_workers if worker is not None else 1
 
     if run_worker:
-        providers = ProviderRegistry.from_settings(settings, live_workers=live_workers)
+        providers = ProviderRegistry.from_settings(
+            settings, live_workers=live_workers, links=links, wakeups=wakeups
+        )
         # Its own fetcher: slow receivers never hold connections that image inputs need.
         webhook_policy = FetchPolicy(
             allow=tuple(settings.allow_private_networks),
@@ -184,6 +187,7 @@ async def open_runtime(
             live_workers=partial(count_live_workers, store),
             upstreams=provider_choice.plan.routed if provider_choice.plan.configured else (),
         ),
+        upstream_hooks=UpstreamHooks.from_settings(settings, store, wakeups),
     )
     await wakeups.start()
     return Runtime(
@@ -313,6 +317,7 @@ def create_app(
     app.include_router(uploads.router)
     app.include_router(health.router)
     app.include_router(webhooks.router)
+    app.include_router(hooks.router)
     install_docs(app)
     install_web(app, settings)
     return app

@@ -13,6 +13,7 @@ from bananastand.catalog import Catalog
 from bananastand.files import Files
 from bananastand.metrics.exposition import Scrape
 from bananastand.ops import Switches
+from bananastand.providers.relay_hooks import UpstreamHooks
 from bananastand.ratelimit import RateLimiter
 from bananastand.records import ApiKey
 from bananastand.results import RecordMaker
@@ -41,6 +42,8 @@ class Services:
     webhooks: Webhooks
     #: What ``/metrics`` answers.
     scrape: Scrape
+    #: Callbacks from the jobs-api upstreams tasks are relayed to.
+    upstream_hooks: UpstreamHooks
 
 
 async def get_services(request: Request) -> Services:

@@ -16,7 +16,9 @@ from bananastand.providers.local_limiter import LocalLimiter
 from bananastand.providers.sandbox import SandboxProvider
 from bananastand.records import Task
 from bananastand.settings import LiveProvider, Settings
+from bananastand.storage.links import LinkSigner
 from bananastand.upstreams import SANDBOX, RoutePlan, UpstreamConfig, UpstreamKind
+from bananastand.wakeups import Wakeups
 
 if TYPE_CHECKING:
     from bananastand.providers.google import GoogleProvider
@@ -74,15 +76,23 @@ class ProviderRegistry:
 
     @classmethod
     def from_settings(
-        cls, settings: Settings, *, live_workers: WorkerCount = one_process
+        cls,
+        settings: Settings,
+        *,
+        live_workers: WorkerCount = one_process,
+        links: LinkSigner | None = None,
+        wakeups: Wakeups | None = None,
     ) -> ProviderRegistry:
         """``live_workers``: how many worker processes share the upstream budgets (the
-        live-worker registry's count); it splits them where Redis does not share them."""
+        live-worker registry's count); it splits them where Redis does not share them.
+        ``links`` tell a relay our own links; ``wakeups`` carry upstreams' callbacks."""
         sandbox = SandboxProvider(delay_ms=settings.sandbox_delay_ms)
         providers: dict[str, Provider] = {sandbox.name: sandbox}
         plan = route_plan(settings)
         for name in plan.routed:
-            providers[name] = _provider(name, plan.upstreams[name], settings, live_workers)
+            providers[name] = _provider(
+                name, plan.upstreams[name], settings, live_workers, links=links, wakeups=wakeups
+            )
         return cls(providers, plan)
 
     def get(self, name: str) -> Provider:
@@ -213,10 +223,29 @@ def upstream_limiter(
 
 
 def _provider(
-    name: str, config: UpstreamConfig, settings: Settings, live_workers: WorkerCount
+    name: str,
+    config: UpstreamConfig,
+    settings: Settings,
+    live_workers: WorkerCount,
+    *,
+    links: LinkSigner | None,
+    wakeups: Wakeups | None,
 ) -> Provider:
     if config.kind is UpstreamKind.JOBS_API:
-        raise ConfigurationError(f"upstream {name}: kind jobs-api is not available yet")
+        from bananastand.providers.relay import RelayProvider
+
+        if links is None:
+            raise ConfigurationError(f"upstream {name}: a relay needs this server's links")
+        limiter = upstream_limiter(
+            settings,
+            name,
+            live_workers,
+            concurrency=config.concurrency,
+            per_minute=config.requests_per_minute,
+        )
+        return RelayProvider.from_config(
+            name, config, settings=settings, limiter=limiter, links=links, wakeups=wakeups
+        )
     return _google_provider(name, config, settings, live_workers)
 
 

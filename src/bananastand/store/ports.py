@@ -270,6 +270,11 @@ class TaskStore(Clock, Protocol):
         False when the lease was lost."""
         ...
 
+    async def task_by_upstream_handle(self, upstream: str, handle: str) -> str | None:
+        """Our task that ``upstream`` runs as ``handle`` (a relayed task's upstream taskId),
+        or None: whom an upstream's callback is about."""
+        ...
+
     async def finish_task(
         self,
         task_id: str,

@@ -181,6 +181,11 @@ class SqlStore:
             )
         )
 
+    async def task_by_upstream_handle(self, upstream: str, handle: str) -> str | None:
+        return await self.runner.lookup(
+            partial(tasks.task_by_upstream_handle, upstream=upstream, handle=handle)
+        )
+
     async def finish_task(
         self,
         task_id: str,

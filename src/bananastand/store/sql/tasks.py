@@ -62,6 +62,18 @@ def task_versions(connection: Connection, task_ids: Sequence[str]) -> dict[str, 
     return found
 
 
+_TASK_BY_UPSTREAM_HANDLE = select(tasks.c.id).where(
+    tasks.c.upstream == bindparam("upstream"), tasks.c.upstream_handle == bindparam("handle")
+)
+
+
+def task_by_upstream_handle(connection: Connection, upstream: str, handle: str) -> str | None:
+    """By ``ix_tasks_upstream_handle``; a handle is unique within its upstream."""
+    found = connection.execute(_TASK_BY_UPSTREAM_HANDLE, {"upstream": upstream, "handle": handle})
+    task_id: str | None = found.scalar()
+    return task_id
+
+
 def list_tasks(
     connection: Connection,
     account_id: str,
