@@ -21,12 +21,14 @@ from bananastand.contract import (
     CANCELED_MSG,
     FAIL_INPUT,
     CreateTaskRequest,
+    Lane,
     TaskState,
     describe_validation_error,
 )
 from bananastand.cursors import decode_cursor, encode_cursor
 from bananastand.errors import (
     AuthenticationError,
+    FeatureDisabledError,
     InsufficientCreditsError,
     NotFoundError,
     RateLimitedError,
@@ -59,6 +61,10 @@ from bananastand.wakeups import Topic, Wakeups
 MAX_IDEMPOTENCY_KEY = 255
 MAX_PAGE = 100
 CANCELED = Failure(code=FAIL_INPUT, message=CANCELED_MSG)
+VERTEX_HAS_NO_BATCH_LANE = (
+    "lane: the batch lane needs a Gemini API upstream; Vertex AI batch jobs read and write "
+    "Cloud Storage or BigQuery, which this server does not use"
+)
 #: Why a task can no longer be canceled, in words (a state is no adjective: "is fail").
 _TOO_LATE = {TaskState.SUCCESS: "has already succeeded", TaskState.FAIL: "has already failed"}
 
@@ -168,6 +174,8 @@ class Tasks:
             month_start_ms=month_start_ms(self._store.now_ms()),
         )
         provider = self._provider_choice.provider_name_for(request.model, is_test=key.is_test)
+        if request.lane is Lane.BATCH and provider == "vertex":
+            raise FeatureDisabledError(VERTEX_HAS_NO_BATCH_LANE)
         idempotency = None
         if idempotency_key is not None:
             if not 0 < len(idempotency_key) <= MAX_IDEMPOTENCY_KEY:
@@ -188,7 +196,8 @@ class Tasks:
             param=raw_body.decode(),
             input=request.input.model_dump_json(),
             callback_url=request.callback_url,
-            credits=self._billing.price(key, request.model, request.input.resolution),
+            credits=self._billing.price(key, request.model, request.input.resolution, request.lane),
+            lane=request.lane.value,
         )
         created = await self._store.create_task(new, idempotency, admission)
         if not isinstance(created, Created):

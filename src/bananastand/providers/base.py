@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from bananastand.contract import AspectRatio, OutputFormat, Resolution
+from bananastand.contract import AspectRatio, Lane, OutputFormat, Resolution
 from bananastand.providers.limits import UpstreamLimiter
 
 
@@ -30,6 +30,9 @@ class GenerationRequest:
     aspect_ratio: AspectRatio = AspectRatio.R1_1
     resolution: Resolution = Resolution.R1K
     output_format: OutputFormat = OutputFormat.PNG
+    #: The task's lane: a batch-lane task reaches a provider only on the sandbox (its
+    #: batch delay) or after its batch job failed (the now lane's run, once).
+    lane: Lane = Lane.NOW
 
 
 @dataclass(frozen=True, slots=True)

@@ -61,7 +61,9 @@ class ProviderRegistry:
     ) -> ProviderRegistry:
         """``live_workers``: how many worker processes share the upstream budgets (the
         live-worker registry's count); it splits them where Redis does not share them."""
-        sandbox = SandboxProvider(delay_ms=settings.sandbox_delay_ms)
+        sandbox = SandboxProvider(
+            delay_ms=settings.sandbox_delay_ms, batch_delay_ms=settings.sandbox_batch_delay_ms
+        )
         providers: dict[str, Provider] = {sandbox.name: sandbox}
         live = choose_live(settings)
         if live in (LiveProvider.GEMINI, LiveProvider.VERTEX):

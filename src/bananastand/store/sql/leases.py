@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from sqlalchemy import ColumnElement, Connection, and_, func, select, tuple_, update
+from sqlalchemy import ColumnElement, Connection, and_, func, or_, select, tuple_, update
 
 from bananastand.contract import TaskState
 from bananastand.records import Claim, Task
@@ -20,6 +20,19 @@ from bananastand.store.sql.tasks import end_tasks
 from bananastand.store.tables import tasks
 
 ACTIVE = (TaskState.QUEUING.value, TaskState.GENERATING.value)
+#: The lanes' names: a worker runs ``now`` tasks; the batch singleton ``batch`` ones.
+NOW_LANE, BATCH_LANE = "now", "batch"
+#: Test keys' tasks run on the sandbox whatever their lane.
+SANDBOX = "sandbox"
+
+
+def for_workers() -> ColumnElement[bool]:
+    """The waiting tasks a worker may claim: all but the batch lane's, which the batch
+    singleton sends upstream in jobs (the sandbox's run here, with its batch delay)."""
+    return and_(
+        tasks.c.state == TaskState.WAITING.value,
+        or_(tasks.c.lane == NOW_LANE, tasks.c.provider == SANDBOX),
+    )
 
 
 def claim_tasks(
@@ -42,7 +55,7 @@ def claim_tasks(
     # once (it has a side effect, so PostgreSQL never inlines it).
     oldest = (
         select(tasks.c.seq)
-        .where(tasks.c.state == TaskState.WAITING.value)
+        .where(for_workers())
         .order_by(tasks.c.seq)
         .limit(limit)
         .with_for_update(skip_locked=True)
