@@ -166,7 +166,7 @@ def test_an_expired_job_puts_its_tasks_on_the_now_lane_once(
     start_server: Callable[..., Server], fake: FakeGemini
 ) -> None:
     server = start_server(**settings_for(fake))
-    account_id, key = new_account(server, 30)
+    _account_id, key = new_account(server, 30)
     task_ids = create_batch(server, key, 3)
 
     fake.batches.expire(the_job(fake).name)
@@ -184,7 +184,7 @@ def test_one_request_failing_inside_a_job_fails_only_its_task(
     start_server: Callable[..., Server], fake: FakeGemini
 ) -> None:
     server = start_server(**settings_for(fake))
-    account_id, key = new_account(server, 30)
+    _account_id, key = new_account(server, 30)
     create_batch(server, key, 3)
     job = the_job(fake)
 
@@ -207,7 +207,7 @@ def test_a_restart_while_a_job_is_open_finds_it_again_and_sends_no_second_one(
 ) -> None:
     data_dir = tmp_path / "data"
     with running_server(data_dir, **settings_for(fake)) as first:
-        account_id, key = new_account(first, 30)
+        _account_id, key = new_account(first, 30)
         task_ids = create_batch(first, key, 3)
         job = the_job(fake)
         wait_queuing(first, key, task_ids)
