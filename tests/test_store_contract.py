@@ -23,6 +23,7 @@ import pytest
 from bananastand.contract import TaskState
 from bananastand.records import (
     ApiKey,
+    BreakerState,
     Callback,
     CallbackAttempt,
     Claim,
@@ -1672,6 +1673,68 @@ async def test_of_many_callers_at_once_exactly_one_takes_a_lease(
         taken = await asyncio.to_thread(in_threads, 20, take)
         assert sum(taken) == 1, taken
         clock.advance(1_001)
+
+
+# -- circuit breakers ------------------------------------------------------------------------
+
+
+@scenario
+async def test_a_breaker_opens_at_its_threshold_half_opens_once_and_closes(
+    store: Store, connect: Callable[[], Store], clock: FakeClock
+) -> None:
+    other = connect()  # a second process
+    assert await store.breakers() == []
+    await store.breaker_closed("google")  # a success with no row writes none
+    assert await store.breakers() == []
+    first = await store.breaker_failed("google", threshold=3, trip=False)
+    assert (first.state, first.failures, first.opened_at) == (BreakerState.CLOSED, 1, None)
+    await other.breaker_failed("google", threshold=3, trip=False)
+    clock.advance(10)
+    opened = await store.breaker_failed("google", threshold=3, trip=False)
+    assert (opened.state, opened.failures, opened.opened_at) == (BreakerState.OPEN, 3, T0 + 10)
+    clock.advance(10)
+    still = await other.breaker_failed("google", threshold=3, trip=False)
+    assert (still.state, still.opened_at) == (BreakerState.OPEN, T0 + 10)  # cool-down runs on
+    assert not await store.breaker_trial("google", cooldown_ms=1_000)
+    clock.advance(990)
+    assert await store.breaker_trial("google", cooldown_ms=1_000)
+    assert not await other.breaker_trial("google", cooldown_ms=1_000)  # one trial at a time
+    (trial,) = await other.breakers()
+    assert trial.state is BreakerState.HALF_OPEN
+    reopened = await other.breaker_failed("google", threshold=3, trip=False)  # the trial failed
+    assert (reopened.state, reopened.opened_at) == (BreakerState.OPEN, clock.now)
+    clock.advance(1_000)
+    assert await other.breaker_trial("google", cooldown_ms=1_000)
+    await other.breaker_closed("google")  # the trial succeeded
+    (closed,) = await store.breakers()
+    assert (closed.state, closed.failures, closed.opened_at) == (BreakerState.CLOSED, 0, None)
+    tripped = await store.breaker_failed("kie", threshold=5, trip=True)  # a wrong key: at once
+    assert (tripped.state, tripped.failures) == (BreakerState.OPEN, 1)
+    assert [breaker.name for breaker in await store.breakers()] == ["google", "kie"]
+
+
+@scenario
+async def test_failures_at_once_are_each_counted_and_one_caller_wins_the_trial(
+    store: Store, connect: Callable[[], Store], clock: FakeClock
+) -> None:
+    second = connect()
+    await second.heartbeat(worker_process(1), 0, LIVE_MS)  # each store has written before
+    stores = [store, second]
+
+    async def fail(n: int) -> object:
+        return await stores[n % 2].breaker_failed("google", threshold=100, trip=False)
+
+    await asyncio.to_thread(in_threads, 20, fail)  # the first INSERT races too
+    (counted,) = await store.breakers()
+    assert (counted.failures, counted.state) == (20, BreakerState.CLOSED)
+    await store.breaker_failed("google", threshold=21, trip=False)
+    clock.advance(1_000)
+
+    async def trial(n: int) -> bool:
+        return await stores[n % 2].breaker_trial("google", cooldown_ms=1_000)
+
+    taken = await asyncio.to_thread(in_threads, 20, trial)
+    assert sum(taken) == 1, taken
 
 
 # -- concurrent callers ----------------------------------------------------------------------

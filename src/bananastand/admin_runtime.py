@@ -21,6 +21,7 @@ from collections.abc import Awaitable, Callable
 from functools import cached_property, partial
 from typing import TypeVar
 
+from pydantic_core import ErrorDetails
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -95,14 +96,24 @@ def load_settings(*, starting: bool = False, **overrides: object) -> Settings:
     try:
         settings = Settings(**given)  # type: ignore[arg-type]
     except pydantic.ValidationError as exc:
-        first = exc.errors()[0]
-        where = "_".join(str(part) for part in first["loc"]).upper()
-        fail(
-            f"BANANASTAND_{where}: {first['msg']}: fix the setting",
-            NOT_STARTED if starting else USAGE,
-        )
+        fail(_setting_error(exc.errors()[0]), NOT_STARTED if starting else USAGE)
     logs.configure(settings.log_level, settings.log_format)
     return settings
+
+
+#: Settings only the config file's tables hold: named by their place in the file.
+_CONFIG_TABLES = frozenset({"upstreams", "routes", "models", "prices"})
+
+
+def _setting_error(error: ErrorDetails) -> str:
+    """One line naming the setting (or the config file's entry) and what is wrong."""
+    loc = [str(part) for part in error["loc"]]
+    said = error["msg"].removeprefix("Value error, ")
+    if error["type"] == "extra_forbidden":
+        said = "unknown field"
+    if loc and loc[0] in _CONFIG_TABLES:
+        return f"BANANASTAND_CONFIG [{'.'.join(loc)}]: {said}: fix the config file"
+    return f"BANANASTAND_{'_'.join(loc).upper()}: {said}: fix the setting"
 
 
 def run_admin(

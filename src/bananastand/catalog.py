@@ -89,18 +89,18 @@ class Catalog:
 
     async def for_key(self, key: ApiKey) -> ModelCatalog:
         """The models ``key`` may use now, as the settings list them: not those switched
-        off for everyone or for its account, and none for a live key while live keys
-        have no provider (createTask would answer 505 for each).
+        off for everyone or for its account, and none for a live key that has no
+        upstream routed for it (createTask would answer 505).
 
         Prices are what createTask charges this key (``Billing.price``): a test key is
         never charged, so its prices are 0, as are everyone's with billing off.
         """
         switches = await self._switches.current()
-        usable = key.is_test or self._provider_choice.live is not None
         offers = [
             self._offer(name, spec, key)
             for name, spec in self._models.items()
-            if usable and switches.allows(name, key.account_id)
+            if self._provider_choice.serves(name, is_test=key.is_test)
+            and switches.allows(name, key.account_id)
         ]
         sandbox = None
         if key.is_test:

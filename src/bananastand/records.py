@@ -321,3 +321,40 @@ class LiveWorker:
             "concurrency": self.concurrency,
             "inFlight": self.in_flight,
         }
+
+
+class BreakerState(StrEnum):
+    CLOSED = "closed"  # tasks go to the upstream
+    OPEN = "open"  # none do, until the cool-down has passed
+    HALF_OPEN = "half_open"  # one trial task does; its outcome closes or reopens it
+
+
+@dataclass(frozen=True, slots=True)
+class Breaker:
+    """An upstream's circuit breaker as the cluster shares it (no row: closed, no
+    failures). Times are the store's clock."""
+
+    name: str
+    state: BreakerState
+    #: Consecutive failures (a success resets them).
+    failures: int
+    opened_at: int | None
+    updated_at: int
+
+    @classmethod
+    def from_row(cls, row: Mapping[Any, Any]) -> Breaker:
+        values = {name: row[name] for name in cls.__slots__}
+        values["state"] = BreakerState(values["state"])
+        return cls(**values)
+
+    @classmethod
+    def closed(cls, name: str) -> Breaker:
+        return cls(name, BreakerState.CLOSED, 0, None, 0)
+
+    def to_admin(self) -> dict[str, Any]:
+        return {
+            "state": self.state.value,
+            "failures": self.failures,
+            "openedAt": self.opened_at,
+            "updatedAt": self.updated_at or None,
+        }

@@ -12,7 +12,15 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import AliasChoices, BaseModel, Field, SecretStr, field_validator
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    Field,
+    SecretStr,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     NoDecode,
@@ -21,9 +29,11 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from bananastand import upstreams as up
 from bananastand.addresses import HostList, is_loopback_host
 from bananastand.contract import STANDARD_ASPECT_RATIOS, AspectRatio, OutputFormat, Resolution
 from bananastand.ratelimit import parse_rate
+from bananastand.upstreams import UpstreamConfig
 
 
 class LiveProvider(StrEnum):
@@ -180,14 +190,16 @@ class Settings(BaseSettings):
     google_use_vertexai: bool = Field(default=False, validation_alias="GOOGLE_GENAI_USE_VERTEXAI")
     google_cloud_project: str = Field(default="", validation_alias="GOOGLE_CLOUD_PROJECT")
     google_cloud_location: str = Field(default="global", validation_alias="GOOGLE_CLOUD_LOCATION")
-    # How bananastand talks to Google.
-    upstream_timeout_seconds: float = 300.0  # one call; 4K runs can take minutes
-    upstream_retry_budget_seconds: float = 120.0  # time spent waiting between retries
-    upstream_max_attempts: int = 5
-    upstream_backoff_seconds: float = 2.0  # first retry delay, doubled each time, jittered
-    # Per provider, for the whole cluster: shared in Redis, else split among live workers.
-    upstream_concurrency: int = 8  # calls in flight; more tasks queue
-    upstream_requests_per_minute: float = 60.0  # 0: no cap
+    # How bananastand talks to its upstreams (the defaults of each [upstreams.NAME] table).
+    upstream_timeout_seconds: float = up.DEFAULT_TIMEOUT_SECONDS  # one call; 4K takes minutes
+    upstream_retry_budget_seconds: float = up.DEFAULT_RETRY_BUDGET_SECONDS  # between retries
+    upstream_max_attempts: int = up.DEFAULT_MAX_ATTEMPTS
+    upstream_backoff_seconds: float = up.DEFAULT_BACKOFF_SECONDS  # doubled each time, jittered
+    # Per upstream, for the whole cluster: shared in Redis, else split among live workers.
+    upstream_concurrency: int = up.DEFAULT_CONCURRENCY  # calls in flight; more tasks queue
+    upstream_requests_per_minute: float = up.DEFAULT_REQUESTS_PER_MINUTE  # per key; 0: no cap
+    # How stale a process's view of the cluster's circuit breakers may be.
+    upstream_breaker_refresh_seconds: float = Field(default=2.0, gt=0)
 
     # Outbound fetches (image_input): networks or host names allowed although private.
     allow_private_networks: Annotated[list[str], NoDecode] = Field(default_factory=list)
@@ -255,6 +267,10 @@ class Settings(BaseSettings):
     # The batch lane's prices, per model and resolution; what is not here is half the
     # price above, rounded up.
     batch_prices: dict[str, dict[Resolution, int]] = Field(default_factory=dict)
+    # The upstreams live keys may run on, and per model the order they are tried in
+    # (``bananastand.upstreams``); without [upstreams], the Google settings above.
+    upstreams: dict[str, UpstreamConfig] = Field(default_factory=dict)
+    routes: dict[str, list[str]] = Field(default_factory=dict)
 
     @field_validator("cors_origins", "allow_private_networks", "callback_deny_hosts", mode="before")
     @classmethod
@@ -307,6 +323,31 @@ class Settings(BaseSettings):
         if backend not in ("sqlite", "postgresql", "postgres"):
             raise ValueError(f"{backend} is not supported: use sqlite:///PATH or postgresql://...")
         return value
+
+    @field_validator("upstreams")
+    @classmethod
+    def _named_upstreams(cls, value: dict[str, UpstreamConfig]) -> dict[str, UpstreamConfig]:
+        up.check_upstreams(value)
+        return value
+
+    @field_validator("routes")
+    @classmethod
+    def _known_upstreams(cls, value: dict[str, list[str]], info: ValidationInfo) -> Any:
+        # A field that failed its own validation is missing here: its error is reported.
+        up.check_routes(value, info.data.get("upstreams", {}), info.data.get("models", {}))
+        return value
+
+    @model_validator(mode="after")
+    def _inherit_upstream_settings(self) -> Settings:
+        """An upstream's table inherits what it leaves out of ``BANANASTAND_UPSTREAM_*``."""
+        defaults = self.upstream_defaults()
+        self.upstreams = {
+            name: config.inheriting(defaults) for name, config in self.upstreams.items()
+        }
+        return self
+
+    def upstream_defaults(self) -> dict[str, object]:
+        return {name: getattr(self, f"upstream_{name}") for name in up.INHERITED}
 
     @field_validator("sqlite_synchronous")
     @classmethod

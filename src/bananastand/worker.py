@@ -20,10 +20,11 @@ from collections.abc import Mapping
 from functools import partial
 from typing import Protocol
 
-from bananastand.attempts import TaskAttempt
 from bananastand.batch_lane import BatchLane
+from bananastand.breakers import Breakers
 from bananastand.contract import FAIL_INTERNAL, Lane, TaskInput, TaskState
 from bananastand.errors import LeaseLost, TaskFailure, UpstreamTimeout
+from bananastand.failover import RouteRunner
 from bananastand.fetch import SafeFetcher
 from bananastand.ids import now_ms, random_token
 from bananastand.inputs import InputLoader
@@ -31,7 +32,7 @@ from bananastand.logs import bind_task
 from bananastand.membership import Membership
 from bananastand.metrics import Metrics
 from bananastand.outcomes import Outcomes, save_result
-from bananastand.providers.base import GeneratedImage, GenerationRequest, Provider
+from bananastand.providers.base import GenerationRequest
 from bananastand.providers.batch_base import BatchUpstream
 from bananastand.providers.registry import ProviderRegistry
 from bananastand.records import Claim
@@ -41,6 +42,7 @@ from bananastand.storage.base import Storage
 from bananastand.storage.links import LinkSigner
 from bananastand.store.ports import (
     BatchStore,
+    BreakerStore,
     Failure,
     StoreUnavailable,
     TaskStore,
@@ -56,9 +58,10 @@ log = logging.getLogger(__name__)
 _PURGE_INTERVAL = 3600.0
 
 
-class WorkerStore(TaskStore, WorkerRegistry, BatchStore, Protocol):
-    """What a worker needs of the store: the queue, the registry it heartbeats, and the
-    batch lane's tasks and jobs (for the worker that runs the lane)."""
+class WorkerStore(TaskStore, WorkerRegistry, BreakerStore, BatchStore, Protocol):
+    """What a worker needs of the store: the queue, the registry it heartbeats, the
+    upstreams' breakers, and the batch lane's tasks and jobs (for the worker that runs
+    the lane)."""
 
 
 class Worker:
@@ -88,6 +91,10 @@ class Worker:
         self._settings = settings
         self._outcomes = Outcomes(store, self._wakeups, metrics)
         self._providers = providers
+        breakers = Breakers(
+            store, providers.config_of, refresh_s=settings.upstream_breaker_refresh_seconds
+        )
+        self._route = RouteRunner(store, breakers, metrics)
         self._storage = storage
         self._inputs = InputLoader(
             fetcher,
@@ -366,13 +373,12 @@ class Worker:
         task = claim.task
         spec = TaskInput.model_validate_json(task.input)
         images = await self._inputs.load(spec.image_input)
-        provider = self._providers.get(task.provider)
+        route = self._providers.route_of(task)
 
         def on_started() -> None:
             self._wakeups.publish(Topic.TASKS, (task.id,))
             self._metrics.claim_to_start.observe(time.monotonic() - claimed)
 
-        attempt = TaskAttempt(self._store, claim, provider.name, on_started=on_started)
         request = GenerationRequest(
             model=task.model,
             prompt=spec.prompt,
@@ -380,32 +386,13 @@ class Worker:
             aspect_ratio=spec.aspect_ratio,
             resolution=spec.resolution,
             output_format=spec.output_format,
+            image_urls=tuple(spec.image_input),
             lane=Lane(task.lane),
         )
-        # Waiting for an upstream slot is still ``queuing``; the provider says when the
-        # task starts ``generating`` (``attempt.started``).
-        async with provider.limiter.slot():
-            image = await self._call(provider, request, attempt)
+        image, attempt = await self._route.run(claim, route, request, on_started=on_started)
         started = attempt.started_at or now_ms()
         usage = {**image.usage, "provider_ms": now_ms() - started}
         return await save_result(self._storage, task.id, image, spec.output_format, usage)
-
-    async def _call(
-        self, provider: Provider, request: GenerationRequest, attempt: TaskAttempt
-    ) -> GeneratedImage:
-        """The provider's call, timed and counted by how the upstream answered."""
-        began = time.monotonic()
-        status = "200"
-        try:
-            return await provider.generate(request, attempt)
-        except TaskFailure as failure:
-            status = failure.upstream_status or failure.fail_code
-            raise
-        except BaseException:  # canceled (lease lost, shutdown) or crashed: no answer
-            status = "none"
-            raise
-        finally:
-            self._metrics.upstream_call(provider.name, time.monotonic() - began, status)
 
     async def _finish(
         self,

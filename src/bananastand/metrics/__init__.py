@@ -84,6 +84,20 @@ class Metrics:
             ["provider", "status"],
             registry=r,
         )
+        self.upstream_failovers = Counter(
+            f"{PREFIX}_upstream_failovers",
+            "Tasks an upstream handed to the next one of their route, by why (its HTTP "
+            "status, timeout, connection, breaker_open).",
+            ["provider", "reason"],
+            registry=r,
+        )
+        self.upstream_abandoned_calls = Counter(
+            f"{PREFIX}_upstream_abandoned_calls",
+            "Upstream calls given up on while the upstream may still run (and bill) them: "
+            "timed out, or canceled with the task.",
+            ["provider"],
+            registry=r,
+        )
         self.callback_deliveries = Counter(
             f"{PREFIX}_callback_deliveries",
             "Callback delivery attempts, by outcome (delivered, retrying, failed, refused).",

@@ -24,12 +24,17 @@ class InputImage:
 
 @dataclass(frozen=True, slots=True)
 class GenerationRequest:
+    """``image_urls``: the caller's ``image_input`` as sent, in the order of ``images``:
+    an upstream that fetches inputs itself (a relay) passes foreign links on rather than
+    the bytes."""
+
     model: str
     prompt: str
     images: Sequence[InputImage] = ()
     aspect_ratio: AspectRatio = AspectRatio.R1_1
     resolution: Resolution = Resolution.R1K
     output_format: OutputFormat = OutputFormat.PNG
+    image_urls: tuple[str, ...] = ()
     #: The task's lane: a batch-lane task reaches a provider only on the sandbox (its
     #: batch delay) or after its batch job failed (the now lane's run, once).
     lane: Lane = Lane.NOW

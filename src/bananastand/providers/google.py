@@ -20,7 +20,9 @@ other 4xx/5xx (bad key, unknown model, ...)     ``UpstreamError``   500
 
 The SDK retries nothing by default and is left that way: retries happen here, with
 jittered exponential backoff bounded by attempts and by a time budget, each attempt
-paced by the provider's `UpstreamLimiter`.
+paced by the provider's `UpstreamLimiter`. The Gemini API may have a pool of keys
+(`bananastand.providers.key_pool`): a key answered 429 rests and the next one takes the
+call at once.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -50,6 +52,7 @@ from bananastand.errors import (
     UpstreamTimeout,
 )
 from bananastand.providers.base import Attempt, GeneratedImage, GenerationRequest
+from bananastand.providers.key_pool import KeyPool, PooledKey, retry_delay
 from bananastand.providers.limits import UpstreamLimiter
 from bananastand.settings import ModelSpec
 
@@ -119,40 +122,82 @@ class UpstreamRetryPolicy:
         return random.uniform(0, self.backoff_s * 2 ** (retry - 1))  # noqa: S311 (jitter)
 
 
+@dataclass(frozen=True, slots=True)
+class KeyRest:
+    """How long a key answered 429 is skipped when Google's answer does not say: the
+    cool-down in a pool of several keys (the others take the calls meanwhile); a key
+    alone waits out the usual backoff instead."""
+
+    cooldown_s: float = 60.0
+
+
 class GoogleProvider:
-    """Generates with Gemini image models; ``name`` is ``gemini`` or ``vertex``."""
+    """Generates with Gemini image models; ``name`` is the upstream's (``gemini`` or
+    ``vertex`` without a config file's [upstreams])."""
 
     def __init__(
         self,
         name: str,
-        client: genai.Client,
+        keys: KeyPool[genai.Client],
         models: Mapping[str, ModelSpec],
         *,
         limits: InlineLimits,
         retry: UpstreamRetryPolicy,
         limiter: UpstreamLimiter,
+        key_rest: KeyRest = KeyRest(),
+        upstream_model: str = "",
     ) -> None:
+        """``upstream_model``: the model id sent for every request (empty: the model's
+        ``upstream_id``)."""
         self.name = name
         self.limiter = limiter
-        self._client = client
+        self._keys = keys
         self._models = dict(models)
         self._limits = limits
         self._retry = retry
+        self._key_rest = key_rest
+        self._upstream_model = upstream_model
 
     @classmethod
     def gemini(
         cls,
-        api_key: str,
+        api_keys: str | Sequence[str],
         models: Mapping[str, ModelSpec],
         *,
         base_url: str = "",
         retry: UpstreamRetryPolicy,
         limiter: UpstreamLimiter,
+        name: str = "gemini",
+        key_limiters: Sequence[UpstreamLimiter] = (),
+        key_rest: KeyRest = KeyRest(),
+        upstream_model: str = "",
     ) -> GoogleProvider:
-        if not api_key:
+        """``key_limiters``: one per key of a pool of several (none: the keys are paced by
+        ``limiter`` alone)."""
+        secrets = [api_keys] if isinstance(api_keys, str) else list(api_keys)
+        if not all(secrets) or not secrets:
             raise ConfigurationError("the Gemini API needs GEMINI_API_KEY or GOOGLE_API_KEY")
-        client = genai.Client(api_key=api_key, http_options=_http_options(base_url, retry))
-        return cls("gemini", client, models, limits=GEMINI_LIMITS, retry=retry, limiter=limiter)
+        options = _http_options(base_url, retry)
+        pool = KeyPool(
+            [
+                PooledKey(
+                    index,
+                    genai.Client(api_key=secret, http_options=options),
+                    key_limiters[index] if key_limiters else None,
+                )
+                for index, secret in enumerate(secrets)
+            ]
+        )
+        return cls(
+            name,
+            pool,
+            models,
+            limits=GEMINI_LIMITS,
+            retry=retry,
+            limiter=limiter,
+            key_rest=key_rest,
+            upstream_model=upstream_model,
+        )
 
     @classmethod
     def vertex(
@@ -163,6 +208,9 @@ class GoogleProvider:
         *,
         retry: UpstreamRetryPolicy,
         limiter: UpstreamLimiter,
+        name: str = "vertex",
+        base_url: str = "",
+        upstream_model: str = "",
     ) -> GoogleProvider:
         if not project:
             raise ConfigurationError("Vertex AI needs GOOGLE_CLOUD_PROJECT")
@@ -171,14 +219,24 @@ class GoogleProvider:
                 vertexai=True,
                 project=project,
                 location=location or "global",
-                http_options=_http_options("", retry),
+                http_options=_http_options(base_url, retry),
             )
         except Exception as exc:  # the SDK raises plain errors for missing credentials
             raise ConfigurationError(f"Vertex AI client could not start: {exc}") from exc
-        return cls("vertex", client, models, limits=VERTEX_LIMITS, retry=retry, limiter=limiter)
+        return cls(
+            name,
+            KeyPool([PooledKey(0, client)]),
+            models,
+            limits=VERTEX_LIMITS,
+            retry=retry,
+            limiter=limiter,
+            upstream_model=upstream_model,
+        )
 
     async def aclose(self) -> None:
-        await self._client.aio.aclose()
+        for key in self._keys.keys:
+            await key.client.aio.aclose()
+        await self._keys.aclose()
         await self.limiter.aclose()
 
     async def generate(self, request: GenerationRequest, attempt: Attempt) -> GeneratedImage:
@@ -204,15 +262,18 @@ class GoogleProvider:
         )
         await attempt.started()
         started = time.monotonic()
-        response, attempts = await self._call(spec.upstream_id, contents, config)
+        upstream_model = self._upstream_model or spec.upstream_id
+        response, calls = await self._call(upstream_model, contents, config)
         latency_ms = round((time.monotonic() - started) * 1000)
         data, mime_type = _pick_image(response)
         usage: dict[str, int | float | str] = {
             "provider": self.name,
-            "upstream_model": spec.upstream_id,
+            "upstream_model": upstream_model,
             "upstream_ms": latency_ms,
-            "attempts": attempts,
+            "attempts": calls.attempts,
         }
+        if calls.abandoned:
+            usage["abandoned_calls"] = calls.abandoned
         meta = response.usage_metadata
         if meta is not None:
             for key, value in (
@@ -227,25 +288,43 @@ class GoogleProvider:
 
     async def _call(
         self, model: str, contents: list[Any], config: types.GenerateContentConfig
-    ) -> tuple[types.GenerateContentResponse, int]:
-        """One response, retried on transient trouble; raises a ``TaskFailure``."""
+    ) -> tuple[types.GenerateContentResponse, _Calls]:
+        """One response, retried on transient trouble; raises a ``TaskFailure``.
+
+        A key answered 429 rests and the next free key is called at once; when every key
+        rests, the call waits for the first to wake, within the retry budget.
+        """
         retry = self._retry
+        calls = _Calls()
         slept = 0.0
-        attempt = 0
         while True:
-            attempt += 1
-            if attempt > 1:
+            key = self._keys.next_key()
+            if key is None:
+                wait = self._keys.seconds_until_one_wakes()
+                if calls.attempts >= retry.max_attempts or slept + wait > retry.budget_s:
+                    raise self._exhausted(calls, wait)
+                slept += wait
+                await asyncio.sleep(wait)
+                continue
+            calls.attempts += 1
+            if calls.attempts > 1:
                 await self.limiter.pace()
+            if key.limiter is not None:
+                await key.limiter.pace()
+            rested = False
             try:
                 async with asyncio.timeout(retry.timeout_s):
-                    response = await self._client.aio.models.generate_content(
+                    response = await key.client.aio.models.generate_content(
                         model=model, contents=contents, config=config
                     )
-                return response, attempt
+                return response, calls
             except genai_errors.APIError as exc:
                 failure = _api_failure(exc)
                 transient = exc.code in _TRANSIENT
+                if exc.code == 429:
+                    rested = self._rest(key, exc)
             except (TimeoutError, httpx.TimeoutException):
+                calls.abandoned += 1  # Google may still run (and bill) it
                 failure = UpstreamTimeout(f"Google did not answer within {retry.timeout_s:g} s")
                 transient = True
             except (aiohttp.ClientError, httpx.TransportError) as exc:
@@ -254,20 +333,62 @@ class GoogleProvider:
                     upstream_status="connection",
                 )
                 transient = True
-            delay = retry.delay(attempt)
-            if not transient or attempt >= retry.max_attempts or slept + delay > retry.budget_s:
+            # A rested key's turn comes back by itself; another key may go at once.
+            delay = 0.0 if rested else retry.delay(calls.attempts)
+            if (
+                not transient
+                or calls.attempts >= retry.max_attempts
+                or slept + delay > retry.budget_s
+            ):
                 if transient:
                     failure = type(failure)(
-                        f"{failure.message}; gave up after {attempt} attempt(s)",
+                        f"{failure.message}; gave up after {calls.attempts} attempt(s)",
                         upstream_status=failure.upstream_status,
+                        abandoned_calls=calls.abandoned,
                     )
                 raise failure
             log.warning(
                 "upstream attempt failed; retrying",
-                extra={"attempt": attempt, "delay_s": round(delay, 2), "reason": failure.message},
+                extra={
+                    "attempt": calls.attempts,
+                    "delay_s": round(delay, 2),
+                    "reason": failure.message,
+                    "key": key.index,
+                },
             )
             slept += delay
-            await asyncio.sleep(delay)
+            if delay:
+                await asyncio.sleep(delay)
+
+    def _rest(self, key: PooledKey[genai.Client], exc: genai_errors.APIError) -> bool:
+        """Skip a key Google answered 429 for as long as it says, else the cool-down
+        (for a key alone: the usual backoff, so not rested); whether it rests."""
+        told = retry_delay(exc.details if isinstance(exc.details, Mapping) else None)
+        if told is None and len(self._keys) == 1:
+            return False
+        seconds = told if told is not None else self._key_rest.cooldown_s
+        self._keys.rest(key, seconds)
+        log.warning(
+            "an API key is rate limited; resting it",
+            extra={"upstream": self.name, "key": key.index, "rest_s": seconds},
+        )
+        return True
+
+    def _exhausted(self, calls: _Calls, wait: float) -> UpstreamError:
+        return UpstreamError(
+            f"every API key of {self.name} is rate limited for {wait:.0f} s more "
+            f"(429 RESOURCE_EXHAUSTED); gave up after {calls.attempts} attempt(s)",
+            upstream_status="429",
+            abandoned_calls=calls.abandoned,
+        )
+
+
+@dataclass(slots=True)
+class _Calls:
+    """What one task's calls to Google came to: calls made, and those given up on."""
+
+    attempts: int = 0
+    abandoned: int = 0
 
 
 def _http_options(base_url: str, retry: UpstreamRetryPolicy) -> types.HttpOptions:

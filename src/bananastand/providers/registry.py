@@ -1,17 +1,22 @@
-"""Which provider runs a task: settled when the task is accepted (``ProviderChoice``),
-looked up by the worker among the clients it built (``ProviderRegistry``)."""
+"""Which upstreams run a task: settled when the task is accepted (``ProviderChoice``),
+looked up by the worker among the clients it built (``ProviderRegistry``), both from one
+`RoutePlan`: the config file's [upstreams] and [routes], or the legacy settings' one
+provider routed for every model."""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
-from bananastand.errors import FeatureDisabledError
+from bananastand.errors import ConfigurationError, FeatureDisabledError, UpstreamError
 from bananastand.providers.base import Provider
 from bananastand.providers.limits import UpstreamLimiter, WorkerCount, one_process
 from bananastand.providers.local_limiter import LocalLimiter
 from bananastand.providers.sandbox import SandboxProvider
+from bananastand.records import Task
 from bananastand.settings import LiveProvider, Settings
+from bananastand.upstreams import SANDBOX, RoutePlan, UpstreamConfig, UpstreamKind
 
 if TYPE_CHECKING:
     from bananastand.providers.google import GoogleProvider
@@ -20,40 +25,52 @@ log = logging.getLogger(__name__)
 
 
 class ProviderChoice:
-    """Which provider a new task runs on: configuration alone, no client.
+    """Which upstream a new task is for: configuration alone, no client.
 
-    The API settles it as it accepts a task; only a worker builds the providers that run
-    them (``ProviderRegistry``), so an API process without a worker opens no connection
-    to Google and never imports google-genai.
+    The API settles it as it accepts a task (the first upstream of the model's route; the
+    worker tries the rest of the route after it); only a worker builds the providers that
+    run them (``ProviderRegistry``), so an API process without a worker opens no
+    connection to Google and never imports google-genai.
     """
 
-    def __init__(self, live: str | None) -> None:
-        self.live = live
+    def __init__(self, plan: RoutePlan) -> None:
+        self.plan = plan
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ProviderChoice:
-        live = choose_live(settings)
-        if live is None and settings.live_provider is not LiveProvider.AUTO:
+        plan = route_plan(settings)
+        if not plan.live and settings.live_provider is not LiveProvider.AUTO:
             log.error(
                 "live provider %s lacks its settings; live keys are disabled",
                 settings.live_provider.value,
             )
-        return cls(live.value if live else None)
+        return cls(plan)
+
+    def serves(self, model: str, *, is_test: bool) -> bool:
+        """Whether a key of this kind may use ``model`` here at all."""
+        return is_test or bool(self.plan.route(model))
 
     def provider_name_for(self, model: str, *, is_test: bool) -> str:
         """The provider a new task will run on, or 505 when live keys have none."""
         if is_test:
-            return "sandbox"
-        if self.live is None:
+            return SANDBOX
+        route = self.plan.route(model)
+        if not route:
             raise FeatureDisabledError(f"no provider configured for {model}")
-        return self.live
+        return route[0]
 
 
 class ProviderRegistry:
-    """The clients of a worker, one per provider; test keys always use the sandbox."""
+    """The clients of a worker, one per upstream, and the routes between them; test keys
+    always use the sandbox."""
 
-    def __init__(self, providers: dict[str, Provider]) -> None:
-        self._providers = providers
+    def __init__(
+        self,
+        providers: Mapping[str, Provider],
+        plan: RoutePlan | None = None,
+    ) -> None:
+        self._providers = dict(providers)
+        self.plan = plan or RoutePlan({}, {}, configured=False)
 
     @classmethod
     def from_settings(
@@ -65,18 +82,64 @@ class ProviderRegistry:
             delay_ms=settings.sandbox_delay_ms, batch_delay_ms=settings.sandbox_batch_delay_ms
         )
         providers: dict[str, Provider] = {sandbox.name: sandbox}
-        live = choose_live(settings)
-        if live in (LiveProvider.GEMINI, LiveProvider.VERTEX):
-            google = _google_provider(settings, live, live_workers)
-            providers[google.name] = google
-        return cls(providers)
+        plan = route_plan(settings)
+        routed = {name for route in plan.routes.values() for name in route}
+        for name, config in plan.upstreams.items():
+            if name in routed:
+                providers[name] = _provider(name, config, settings, live_workers)
+        return cls(providers, plan)
 
     def get(self, name: str) -> Provider:
         return self._providers[name]
 
+    def route_for(self, model: str) -> list[Provider]:
+        """The providers a live task of ``model`` is tried on, in order (empty: none)."""
+        return [self._providers[name] for name in self.plan.route(model)]
+
+    def route_of(self, task: Task) -> list[Provider]:
+        """Test keys' tasks run on the sandbox alone; live ones along their model's route
+        (or, for a task accepted before the routes changed, on the provider it was for)."""
+        if task.provider == SANDBOX:
+            return [self._providers[SANDBOX]]
+        route = self.route_for(task.model)
+        if not route and task.provider in self._providers:
+            route = [self._providers[task.provider]]
+        if not route:
+            raise UpstreamError(f"no upstream is routed for {task.model} on this server")
+        return route
+
+    def config_of(self, name: str) -> UpstreamConfig | None:
+        """An upstream's table (None: the sandbox, which has no breaker)."""
+        return self.plan.upstreams.get(name)
+
     async def aclose(self) -> None:
         for provider in self._providers.values():
             await provider.aclose()
+
+
+def route_plan(settings: Settings) -> RoutePlan:
+    """The config file's upstreams and routes; without [upstreams], today's one live
+    provider as one upstream named after its kind (``gemini``, ``vertex``; ``sandbox``
+    when live keys run on the sandbox), routed for every model."""
+    if settings.upstreams:
+        routes = {model: tuple(names) for model, names in settings.routes.items()}
+        return RoutePlan(dict(settings.upstreams), routes, configured=True)
+    live = choose_live(settings)
+    upstreams: dict[str, UpstreamConfig] = {}
+    if live is LiveProvider.GEMINI:
+        upstreams[live.value] = UpstreamConfig(
+            kind=UpstreamKind.GEMINI,
+            api_key=settings.google_api_key,
+            base_url=settings.google_gemini_base_url,
+        ).inheriting(settings.upstream_defaults())
+    elif live is LiveProvider.VERTEX:
+        upstreams[live.value] = UpstreamConfig(
+            kind=UpstreamKind.VERTEX,
+            project=settings.google_cloud_project,
+            location=settings.google_cloud_location,
+        ).inheriting(settings.upstream_defaults())
+    routes = dict.fromkeys(settings.models, (live.value,)) if live else {}
+    return RoutePlan(upstreams, routes, configured=False)
 
 
 def choose_live(settings: Settings) -> LiveProvider | None:
@@ -110,11 +173,16 @@ def describe_live(settings: Settings) -> str | None:
     return live.value if live else None
 
 
-def upstream_limiter(settings: Settings, scope: str, live_workers: WorkerCount) -> UpstreamLimiter:
-    """The budget of one upstream (``scope``: its name): shared in Redis when there is
-    one, else this process's share of it."""
-    concurrency = settings.upstream_concurrency
-    per_minute = settings.upstream_requests_per_minute
+def upstream_limiter(
+    settings: Settings,
+    scope: str,
+    live_workers: WorkerCount,
+    *,
+    concurrency: int | None,
+    per_minute: float,
+) -> UpstreamLimiter:
+    """The budget of one upstream or key (``scope``: its name): shared in Redis when
+    there is one, else this process's share of it."""
     if settings.redis_url:
         # coredis is imported only by servers that share their limits in Redis.
         from bananastand.providers.redis_limiter import RedisLimiter
@@ -129,31 +197,65 @@ def upstream_limiter(settings: Settings, scope: str, live_workers: WorkerCount) 
     return LocalLimiter(concurrency=concurrency, per_minute=per_minute, workers=live_workers)
 
 
+def _provider(
+    name: str, config: UpstreamConfig, settings: Settings, live_workers: WorkerCount
+) -> Provider:
+    if config.kind is UpstreamKind.JOBS_API:
+        raise ConfigurationError(f"upstream {name}: kind jobs-api is not available yet")
+    return _google_provider(name, config, settings, live_workers)
+
+
 def _google_provider(
-    settings: Settings, live: LiveProvider, live_workers: WorkerCount
+    name: str, config: UpstreamConfig, settings: Settings, live_workers: WorkerCount
 ) -> GoogleProvider:
     # google-genai takes ~0.6 s to import: only servers whose live keys use it pay for it.
-    from bananastand.providers.google import GoogleProvider, UpstreamRetryPolicy
+    from bananastand.providers.google import GoogleProvider, KeyRest, UpstreamRetryPolicy
 
     retry = UpstreamRetryPolicy(
-        timeout_s=settings.upstream_timeout_seconds,
-        max_attempts=settings.upstream_max_attempts,
-        budget_s=settings.upstream_retry_budget_seconds,
-        backoff_s=settings.upstream_backoff_seconds,
+        timeout_s=config.timeout_seconds,
+        max_attempts=config.max_attempts,
+        budget_s=config.retry_budget_seconds,
+        backoff_s=config.backoff_seconds,
     )
-    limiter = upstream_limiter(settings, live.value, live_workers)
-    if live is LiveProvider.VERTEX:
+    keys = config.keys
+    # The rate is per key (Google's quotas are); the upstream's limiter holds the pool's.
+    limiter = upstream_limiter(
+        settings,
+        name,
+        live_workers,
+        concurrency=config.concurrency,
+        per_minute=config.requests_per_minute * max(1, len(keys)),
+    )
+    if config.kind is UpstreamKind.VERTEX:
         return GoogleProvider.vertex(
-            settings.google_cloud_project,
-            settings.google_cloud_location,
+            config.project,
+            config.location,
             settings.models,
             retry=retry,
             limiter=limiter,
+            name=name,
+            base_url=config.base_url,
+            upstream_model=config.model,
         )
+    key_limiters = [
+        upstream_limiter(
+            settings,
+            f"{name}/key{index}",
+            live_workers,
+            concurrency=None,
+            per_minute=config.requests_per_minute,
+        )
+        for index in range(len(keys))
+        if len(keys) > 1
+    ]
     return GoogleProvider.gemini(
-        settings.google_api_key,
+        keys,
         settings.models,
-        base_url=settings.google_gemini_base_url,
+        base_url=config.base_url,
         retry=retry,
         limiter=limiter,
+        name=name,
+        key_limiters=key_limiters,
+        key_rest=KeyRest(cooldown_s=config.key_cooldown_seconds),
+        upstream_model=config.model,
     )

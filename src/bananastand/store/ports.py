@@ -19,6 +19,7 @@ from bananastand.records import (
     Account,
     ApiKey,
     BatchJob,
+    Breaker,
     Callback,
     CallbackAttempt,
     Claim,
@@ -491,8 +492,38 @@ class BatchStore(Protocol):
         ...
 
 
+class BreakerStore(Clock, Protocol):
+    """The cluster's circuit breakers, one row per upstream that has failed: every
+    process reads them (briefly cached) and writes only on failure or a change of state."""
+
+    async def breakers(self) -> list[Breaker]: ...
+
+    async def breaker_failed(self, name: str, *, threshold: int, trip: bool) -> Breaker:
+        """Count one more consecutive failure, atomically; the breaker opens at
+        ``threshold`` failures, at once when ``trip``, and again after a failed trial."""
+        ...
+
+    async def breaker_closed(self, name: str) -> None:
+        """A success: no failures, closed."""
+        ...
+
+    async def breaker_trial(self, name: str, cooldown_ms: int) -> bool:
+        """Half-open the breaker for one trial once its cool-down has passed (an open
+        one since it opened, a half-open one since its last trial began); of any number
+        of callers at once, one wins."""
+        ...
+
+
 class Store(
-    TaskStore, Outbox, AccountStore, Ledger, SwitchStore, WorkerRegistry, BatchStore, Protocol
+    TaskStore,
+    Outbox,
+    AccountStore,
+    Ledger,
+    SwitchStore,
+    WorkerRegistry,
+    BreakerStore,
+    BatchStore,
+    Protocol,
 ):
     """Everything at once: what an adapter is, and what a process opens."""
 

@@ -16,6 +16,7 @@ from bananastand.contract import TaskState
 from bananastand.records import (
     Account,
     ApiKey,
+    Breaker,
     Callback,
     CallbackAttempt,
     Claim,
@@ -46,6 +47,7 @@ from bananastand.store.ports import (
 from bananastand.store.runner import KeyedLookup, Runner
 from bananastand.store.sql import (
     accounts,
+    breakers,
     callbacks,
     idempotency,
     leases,
@@ -433,3 +435,19 @@ class SqlStore(BatchQueries):
 
     async def release_lease(self, name: str, holder: str) -> bool:
         return await self.runner.write(partial(workers.release_lease, name=name, holder=holder))
+
+    # -- the circuit breakers -------------------------------------------------------------
+
+    async def breakers(self) -> list[Breaker]:
+        return await self.runner.read(breakers.all_breakers)
+
+    async def breaker_failed(self, name: str, *, threshold: int, trip: bool) -> Breaker:
+        count = partial(breakers.breaker_failed, name=name, threshold=threshold, trip=trip)
+        return await self.runner.write(partial(count, now_ms=self._clock()))
+
+    async def breaker_closed(self, name: str) -> None:
+        await self.runner.write(partial(breakers.breaker_closed, name=name, now_ms=self._clock()))
+
+    async def breaker_trial(self, name: str, cooldown_ms: int) -> bool:
+        trial = partial(breakers.breaker_trial, name=name, cooldown_ms=cooldown_ms)
+        return await self.runner.write(partial(trial, now_ms=self._clock()))
