@@ -31,17 +31,19 @@ from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 from bananastand.contract import Lane, TaskInput, TaskState
-from bananastand.errors import TaskFailure, UpstreamError, UpstreamTimeout
+from bananastand.errors import FeatureDisabledError, TaskFailure, UpstreamError, UpstreamTimeout
 from bananastand.ids import random_token
 from bananastand.inputs import InputLoader
 from bananastand.logs import bind_task
 from bananastand.outcomes import Outcomes, save_result
 from bananastand.providers.base import GenerationRequest
 from bananastand.providers.batch_base import BatchItem, BatchUpstream, ItemResult, JobProgress
+from bananastand.providers.registry import route_plan
 from bananastand.records import BatchJob, Claim
 from bananastand.settings import Settings
 from bananastand.storage.base import Storage
 from bananastand.store.ports import BatchGroup, BatchStore, TaskStore, WorkerRegistry
+from bananastand.upstreams import SANDBOX, RoutePlan, UpstreamKind
 from bananastand.wakeups import Topic, Wakeups
 
 log = logging.getLogger(__name__)
@@ -339,22 +341,49 @@ class BatchLane:
             self._leading = False
 
 
-def batch_upstreams(settings: Settings) -> dict[str, BatchUpstream]:
-    """The Batch APIs of the upstreams that have one: the Gemini API's. Built only where
-    some exist, so a server without them never imports google-genai for this."""
-    from bananastand.providers.registry import choose_live
-    from bananastand.settings import LiveProvider
+def batch_provider(plan: RoutePlan, model: str, chosen: str) -> str:
+    """The upstream a batch-lane task of ``model`` is for: the first of kind ``gemini`` on
+    the model's route (``chosen``, the sandbox, stays: test keys run there); 505 when the
+    route has none."""
+    if chosen == SANDBOX:
+        return chosen
+    route = plan.route(model)
+    kinds = [plan.upstreams[name].kind for name in route if name in plan.upstreams]
+    for name, kind in zip(route, kinds, strict=False):
+        if kind is UpstreamKind.GEMINI:
+            return name
+    if UpstreamKind.VERTEX in kinds:
+        raise FeatureDisabledError(
+            "lane: the batch lane needs a Gemini API upstream; Vertex AI batch jobs read and "
+            "write Cloud Storage or BigQuery, which this server does not use"
+        )
+    raise FeatureDisabledError(f"lane: no Gemini API upstream on the route of {model}")
 
-    if choose_live(settings) is not LiveProvider.GEMINI:
+
+def batch_upstreams(settings: Settings) -> dict[str, BatchUpstream]:
+    """The Batch APIs of the routed upstreams of kind ``gemini``, each on the first key of
+    its pool (a job is found again only by the key that made it). Built only where some
+    exist, so a server without them never imports google-genai for this."""
+    plan = route_plan(settings)
+    routed = {name for route in plan.routes.values() for name in route}
+    gemini = {
+        name: config
+        for name, config in plan.upstreams.items()
+        if name in routed and config.kind is UpstreamKind.GEMINI
+    }
+    if not gemini:
         return {}
     from bananastand.providers.google_batch import GoogleBatches
 
-    gemini = GoogleBatches.gemini(
-        "gemini",
-        settings.google_api_key,
-        settings.models,
-        base_url=settings.google_gemini_base_url,
-        timeout_s=settings.upstream_timeout_seconds,
-        inline_limit_bytes=settings.batch_inline_limit_bytes,
-    )
-    return {gemini.name: gemini}
+    return {
+        name: GoogleBatches.gemini(
+            name,
+            config.keys[0],
+            settings.models,
+            base_url=config.base_url,
+            timeout_s=config.timeout_seconds,
+            inline_limit_bytes=settings.batch_inline_limit_bytes,
+            upstream_model=config.model,
+        )
+        for name, config in gemini.items()
+    }

@@ -16,6 +16,7 @@ from pydantic import ValidationError as PydanticValidationError
 
 from bananastand.accounts import Accounts
 from bananastand.addresses import ALLOW_HINT, AllowList, is_public_address, literal_host
+from bananastand.batch_lane import batch_provider
 from bananastand.billing import Billing, month_start_ms
 from bananastand.contract import (
     CANCELED_MSG,
@@ -28,7 +29,6 @@ from bananastand.contract import (
 from bananastand.cursors import decode_cursor, encode_cursor
 from bananastand.errors import (
     AuthenticationError,
-    FeatureDisabledError,
     InsufficientCreditsError,
     NotFoundError,
     RateLimitedError,
@@ -61,10 +61,6 @@ from bananastand.wakeups import Topic, Wakeups
 MAX_IDEMPOTENCY_KEY = 255
 MAX_PAGE = 100
 CANCELED = Failure(code=FAIL_INPUT, message=CANCELED_MSG)
-VERTEX_HAS_NO_BATCH_LANE = (
-    "lane: the batch lane needs a Gemini API upstream; Vertex AI batch jobs read and write "
-    "Cloud Storage or BigQuery, which this server does not use"
-)
 #: Why a task can no longer be canceled, in words (a state is no adjective: "is fail").
 _TOO_LATE = {TaskState.SUCCESS: "has already succeeded", TaskState.FAIL: "has already failed"}
 
@@ -174,8 +170,8 @@ class Tasks:
             month_start_ms=month_start_ms(self._store.now_ms()),
         )
         provider = self._provider_choice.provider_name_for(request.model, is_test=key.is_test)
-        if request.lane is Lane.BATCH and provider == "vertex":
-            raise FeatureDisabledError(VERTEX_HAS_NO_BATCH_LANE)
+        if request.lane is Lane.BATCH:
+            provider = batch_provider(self._provider_choice.plan, request.model, provider)
         idempotency = None
         if idempotency_key is not None:
             if not 0 < len(idempotency_key) <= MAX_IDEMPOTENCY_KEY:

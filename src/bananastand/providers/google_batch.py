@@ -54,11 +54,15 @@ class GoogleBatches:
         models: Mapping[str, ModelSpec],
         *,
         inline_limit_bytes: int,
+        upstream_model: str = "",
     ) -> None:
+        """``upstream_model``: the model id sent for every job (empty: the model's
+        ``upstream_id``), as the upstream's table says."""
         self.name = name
         self._client = client
         self._models = dict(models)
         self._inline_limit = inline_limit_bytes
+        self._upstream_model = upstream_model
 
     @classmethod
     def gemini(
@@ -70,16 +74,23 @@ class GoogleBatches:
         base_url: str = "",
         timeout_s: float = 300.0,
         inline_limit_bytes: int,
+        upstream_model: str = "",
     ) -> GoogleBatches:
         options = types.HttpOptions(base_url=base_url or None, timeout=int(timeout_s * 1000))
         client = genai.Client(api_key=api_key, http_options=options)
-        return cls(name, client, models, inline_limit_bytes=inline_limit_bytes)
+        return cls(
+            name,
+            client,
+            models,
+            inline_limit_bytes=inline_limit_bytes,
+            upstream_model=upstream_model,
+        )
 
     async def aclose(self) -> None:
         await self._client.aio.aclose()
 
     def upstream_model(self, model: str) -> str:
-        return self._models[model].upstream_id
+        return self._upstream_model or self._models[model].upstream_id
 
     async def submit(self, model: str, display_name: str, items: Sequence[BatchItem]) -> str:
         """Create the job; its name (``batches/...``). Raises the SDK's ``APIError``."""
