@@ -183,7 +183,11 @@ def test_an_expired_job_puts_its_tasks_on_the_now_lane_once(
 def test_one_request_failing_inside_a_job_fails_only_its_task(
     start_server: Callable[..., Server], fake: FakeGemini
 ) -> None:
-    server = start_server(**settings_for(fake))
+    # A named upstream of the config's [upstreams], routed for the model.
+    google = {"kind": "gemini", "api_keys": [fake.api_key], "base_url": fake.base_url}
+    server = start_server(
+        **settings_for(fake, upstreams={"google": google}, routes={"nano-banana-pro": ["google"]})
+    )
     _account_id, key = new_account(server, 30)
     create_batch(server, key, 3)
     job = the_job(fake)
@@ -200,6 +204,10 @@ def test_one_request_failing_inside_a_job_fails_only_its_task(
     assert [record["state"] for record in others] == ["success"] * 2
     assert balance(server, key) == 30 - 2 * BATCH_PRICE
     assert audit_ok(server)
+    with rows_of(server.data_dir) as db:
+        assert set(db.execute(select(tasks.c.provider, tasks.c.upstream)).all()) == {
+            ("google", "google")
+        }
 
 
 def test_a_restart_while_a_job_is_open_finds_it_again_and_sends_no_second_one(
@@ -285,3 +293,35 @@ def test_batch_lane_tasks_count_against_the_waiting_cap(
     refused = server.create(key, batch_body())
     assert refused["code"] == 429
     assert "too many waiting tasks" in refused["msg"]
+
+
+def test_the_batch_command_sends_every_line_on_the_batch_lane(
+    start_server: Callable[..., Server], tmp_path: Path
+) -> None:
+    from test_client_cli import client_env, run
+
+    server = start_server(sandbox_batch_delay_ms=0)
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text('{"prompt": "one"}\n{"prompt": "two", "lane": "now"}\n')
+    done = run(
+        client_env(server, server.key()),
+        "batch",
+        str(prompts),
+        "-o",
+        str(tmp_path / "out"),
+        "--lane",
+        "batch",
+    )
+    assert done.returncode == 0, done.stderr
+    with rows_of(server.data_dir) as db:
+        assert db.execute(select(tasks.c.lane)).scalars().all() == ["batch", "batch"]
+    refused = run(
+        client_env(server, server.key()),
+        "batch",
+        str(prompts),
+        "-o",
+        str(tmp_path / "x"),
+        "--lane",
+        "later",
+    )
+    assert refused.returncode == 2
