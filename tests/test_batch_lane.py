@@ -303,25 +303,14 @@ def test_the_batch_command_sends_every_line_on_the_batch_lane(
     server = start_server(sandbox_batch_delay_ms=0)
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text('{"prompt": "one"}\n{"prompt": "two", "lane": "now"}\n')
-    done = run(
-        client_env(server, server.key()),
-        "batch",
-        str(prompts),
-        "-o",
-        str(tmp_path / "out"),
-        "--lane",
-        "batch",
-    )
-    assert done.returncode == 0, done.stderr
+    env = client_env(server, server.key())
+
+    def batch(out: str, lane: str) -> int:
+        return run(env, "batch", str(prompts), "-o", str(tmp_path / out), "--lane", lane).returncode
+
+    assert run(env, "batch", str(prompts), "-o", str(tmp_path / "first")).returncode == 0
+    assert batch("out", "batch") == 0  # the same file, on another lane: a batch of its own
     with rows_of(server.data_dir) as db:
-        assert db.execute(select(tasks.c.lane)).scalars().all() == ["batch", "batch"]
-    refused = run(
-        client_env(server, server.key()),
-        "batch",
-        str(prompts),
-        "-o",
-        str(tmp_path / "x"),
-        "--lane",
-        "later",
-    )
-    assert refused.returncode == 2
+        lanes = db.execute(select(tasks.c.lane).order_by(tasks.c.seq)).scalars().all()
+    assert lanes == ["now", "now", "batch", "batch"]
+    assert batch("refused", "later") == 2  # not a lane: refused before anything is sent

@@ -117,7 +117,12 @@ class Batch:
             raise BatchFileError(f"{source}: {exc.strerror or exc}") from None
         except UnicodeDecodeError:
             raise BatchFileError(f"{source}: not UTF-8 text") from None
-        identity = hashlib.sha256(str(source.resolve()).encode() + b"\0" + content).hexdigest()[:24]
+        # The lane is part of what a line asks for: the same file on another lane is
+        # another batch (new Idempotency-Keys), not a replay the server would refuse.
+        lane_part = f"\0lane={lane}".encode() if lane else b""
+        identity = hashlib.sha256(
+            str(source.resolve()).encode() + b"\0" + content + lane_part
+        ).hexdigest()[:24]
         lines = {
             number: _spec(line, f"{source} line {number}")
             for number, line in enumerate(text.splitlines(), start=1)

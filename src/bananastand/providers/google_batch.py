@@ -30,7 +30,7 @@ from bananastand.contract import AspectRatio
 from bananastand.errors import InputError, TaskFailure, UpstreamError
 from bananastand.providers.base import GeneratedImage
 from bananastand.providers.batch_base import BatchItem, ItemResult, JobProgress, JobState
-from bananastand.providers.google import GEMINI_LIMITS, _enum_name, _pick_image
+from bananastand.providers.google import GEMINI_LIMITS, _enum_name, _pick_image, token_usage
 from bananastand.settings import ModelSpec
 
 __all__ = ["GoogleBatches"]
@@ -234,16 +234,7 @@ def _result(key: str, response: types.GenerateContentResponse | None, error: Any
         data, mime_type = _pick_image(response)
     except TaskFailure as failure:
         return ItemResult(key, failure=failure)
-    usage: dict[str, int | float | str] = {"lane": "batch"}
-    meta = response.usage_metadata
-    if meta is not None:
-        for name, value in (
-            ("prompt_tokens", meta.prompt_token_count),
-            ("output_tokens", meta.candidates_token_count),
-            ("total_tokens", meta.total_token_count),
-        ):
-            if value is not None:
-                usage[name] = value
+    usage: dict[str, int | float | str] = {"lane": "batch", **token_usage(response)}
     return ItemResult(key, image=GeneratedImage(data=data, mime_type=mime_type, usage=usage))
 
 

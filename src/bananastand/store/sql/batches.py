@@ -14,9 +14,9 @@ from typing import Any
 from sqlalchemy import Connection, and_, func, insert, select, tuple_, update
 
 from bananastand.contract import TaskState
-from bananastand.records import BatchJob, Claim, Task
+from bananastand.records import BatchJob, Claim
 from bananastand.store.ports import BatchGroup
-from bananastand.store.sql.leases import ACTIVE, BATCH_LANE, NOW_LANE, SANDBOX
+from bananastand.store.sql.leases import ACTIVE, BATCH_LANE, NOW_LANE, SANDBOX, claim_where
 from bananastand.store.tables import batch_jobs, tasks
 
 #: Tasks one statement changes by id: well below every database's bound-parameter cap.
@@ -70,34 +70,15 @@ def claim_batch_tasks(
             tasks.c.provider == group[0],
             tasks.c.model == group[1],
         )
-    oldest = (
-        select(tasks.c.seq)
-        .where(which)
-        .order_by(tasks.c.seq)
-        .limit(limit)
-        .with_for_update(skip_locked=True)
-        .cte("oldest")
+    return claim_where(
+        connection,
+        which,
+        holder=holder,
+        lease_token=lease_token,
+        limit=limit,
+        now_ms=now_ms,
+        lease_ms=lease_ms,
     )
-    rows = (
-        connection.execute(
-            update(tasks)
-            .where(tasks.c.seq.in_(select(oldest.c.seq)))
-            .values(
-                state=TaskState.QUEUING.value,
-                attempts=tasks.c.attempts + 1,
-                lease_token=lease_token,
-                lease_expires_at=now_ms + lease_ms,
-                worker_id=holder,
-                started_at=func.coalesce(tasks.c.started_at, now_ms),
-                updated_at=now_ms,
-            )
-            .returning(*tasks.c)
-        )
-        .mappings()
-        .all()
-    )
-    claims = [Claim(task=Task.from_row(row), lease_token=lease_token) for row in rows]
-    return sorted(claims, key=lambda claim: claim.task.seq)
 
 
 def open_batch_job(
@@ -107,22 +88,8 @@ def open_batch_job(
     transaction, before anything is sent; the ids of the tasks still held (a task
     canceled meanwhile is not)."""
     connection.execute(insert(batch_jobs).values(**_job_values(job)))
-    pairs = list(held)
-    joined: list[str] = []
-    for start in range(0, len(pairs), CHUNK):
-        chunk = pairs[start : start + CHUNK]
-        result = connection.execute(
-            update(tasks)
-            .where(
-                tasks.c.id.in_([task_id for task_id, _ in chunk]),
-                tuple_(tasks.c.id, tasks.c.lease_token).in_(chunk),
-                tasks.c.state.in_(ACTIVE),
-            )
-            .values(batch_job=job.id, upstream=job.upstream, updated_at=job.created_at)
-            .returning(tasks.c.id)
-        )
-        joined.extend(result.scalars())
-    return joined
+    values = {"batch_job": job.id, "upstream": job.upstream, "updated_at": job.created_at}
+    return _update_held(connection, held, values)
 
 
 def get_batch_jobs(connection: Connection, job_ids: Iterable[str]) -> list[BatchJob]:
@@ -154,8 +121,25 @@ def to_now_lane(connection: Connection, held: Iterable[tuple[str, str]], now_ms:
     """The ``held`` tasks (id, lease token) back to ``waiting`` on the now lane, out of
     their job, the batch's attempt not counted: a worker runs each as if it had just come.
     Their price stays the batch lane's. The ids of the tasks moved (fenced by the lease)."""
+    values = {
+        "state": TaskState.WAITING.value,
+        "lane": NOW_LANE,
+        "batch_job": None,
+        "attempts": tasks.c.attempts - 1,
+        "lease_token": None,
+        "lease_expires_at": None,
+        "worker_id": None,
+        "updated_at": now_ms,
+    }
+    return _update_held(connection, held, values)
+
+
+def _update_held(
+    connection: Connection, held: Iterable[tuple[str, str]], values: dict[str, Any]
+) -> list[str]:
+    """Set ``values`` on the tasks still held (id, lease token); the ids changed."""
     pairs = list(held)
-    moved: list[str] = []
+    changed: list[str] = []
     for start in range(0, len(pairs), CHUNK):
         chunk = pairs[start : start + CHUNK]
         result = connection.execute(
@@ -165,20 +149,11 @@ def to_now_lane(connection: Connection, held: Iterable[tuple[str, str]], now_ms:
                 tuple_(tasks.c.id, tasks.c.lease_token).in_(chunk),
                 tasks.c.state.in_(ACTIVE),
             )
-            .values(
-                state=TaskState.WAITING.value,
-                lane=NOW_LANE,
-                batch_job=None,
-                attempts=tasks.c.attempts - 1,
-                lease_token=None,
-                lease_expires_at=None,
-                worker_id=None,
-                updated_at=now_ms,
-            )
+            .values(values)
             .returning(tasks.c.id)
         )
-        moved.extend(result.scalars())
-    return moved
+        changed.extend(result.scalars())
+    return changed
 
 
 def _job_values(job: BatchJob) -> dict[str, Any]:

@@ -44,7 +44,30 @@ def claim_tasks(
     now_ms: int,
     lease_ms: int,
 ) -> list[Claim]:
-    """Take up to ``limit`` waiting tasks, oldest first.
+    """Take up to ``limit`` waiting tasks of the now lane (see `for_workers`), oldest first."""
+    return claim_where(
+        connection,
+        for_workers(),
+        holder=worker_id,
+        lease_token=lease_token,
+        limit=limit,
+        now_ms=now_ms,
+        lease_ms=lease_ms,
+    )
+
+
+def claim_where(
+    connection: Connection,
+    which: ColumnElement[bool],
+    *,
+    holder: str,
+    lease_token: str,
+    limit: int,
+    now_ms: int,
+    lease_ms: int,
+) -> list[Claim]:
+    """Take up to ``limit`` tasks that match ``which`` (waiting ones), oldest first: each
+    ``queuing``, one attempt more, under ``lease_token`` held by ``holder``.
 
     With several writers, rows another worker is claiming are skipped, never waited for
     or taken twice (``FOR UPDATE SKIP LOCKED``; SQLite, whose writer is serialised, needs
@@ -55,7 +78,7 @@ def claim_tasks(
     # once (it has a side effect, so PostgreSQL never inlines it).
     oldest = (
         select(tasks.c.seq)
-        .where(for_workers())
+        .where(which)
         .order_by(tasks.c.seq)
         .limit(limit)
         .with_for_update(skip_locked=True)
@@ -70,7 +93,7 @@ def claim_tasks(
                 attempts=tasks.c.attempts + 1,
                 lease_token=lease_token,
                 lease_expires_at=now_ms + lease_ms,
-                worker_id=worker_id,
+                worker_id=holder,
                 started_at=func.coalesce(tasks.c.started_at, now_ms),
                 updated_at=now_ms,
             )
