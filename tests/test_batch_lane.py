@@ -314,3 +314,21 @@ def test_the_batch_command_sends_every_line_on_the_batch_lane(
         lanes = db.execute(select(tasks.c.lane).order_by(tasks.c.seq)).scalars().all()
     assert lanes == ["now", "now", "batch", "batch"]
     assert batch("refused", "later") == 2  # not a lane: refused before anything is sent
+
+
+def test_a_job_past_the_batch_limit_is_cancelled_and_its_tasks_fail_504(
+    start_server: Callable[..., Server], fake: FakeGemini
+) -> None:
+    # The limit is over before the first poll: the task timeout (900 s) plays no part.
+    server = start_server(
+        **settings_for(fake, batch_timeout_seconds=0.001, batch_requeue_failed=False)
+    )
+    _, key = new_account(server, 30)
+    task_ids = create_batch(server, key, 3)
+    job = the_job(fake)  # left pending: still open at Google
+    records = [server.wait(key, task_id) for task_id in task_ids]
+    assert [record["failCode"] for record in records] == ["504"] * 3
+    assert all("in the batch lane" in record["failMsg"] for record in records)
+    assert fake.batches.job(job.name).state == "CANCELLED"
+    assert balance(server, key) == 30
+    assert audit_ok(server)

@@ -86,10 +86,9 @@ class BatchLane:
         self._outcomes = outcomes
         self._wakeups = wakeups
         self._holder = holder
-        poll = settings.batch_poll_seconds
-        # Both outlast a round that runs late (a big job's upload): tasks stay held.
-        self._lease_ms = int((3 * poll + settings.lease_seconds) * 1000)
-        self._leader_ms = int((3 * poll + settings.lease_seconds) * 1000)
+        # The tasks' leases and the lane's own, renewed each round: both outlast a round
+        # that runs late (a big job's upload) and lapse soon after this process stops.
+        self._lease_ms = int((3 * settings.batch_poll_seconds + settings.lease_seconds) * 1000)
         self._jobs: dict[str, OpenJob] = {}
         self._leading = False
         self._stopping = asyncio.Event()
@@ -115,7 +114,7 @@ class BatchLane:
                 await upstream.aclose()
 
     async def _lead(self) -> bool:
-        leading = await self._store.take_lease(BATCH_LEASE, self._holder, self._leader_ms)
+        leading = await self._store.take_lease(BATCH_LEASE, self._holder, self._lease_ms)
         if leading and not self._leading:
             log.info("took the batch-lane lease: this process runs the cluster's batch jobs")
         if not leading and self._leading:
