@@ -382,6 +382,20 @@ class _Calls:
     abandoned: int = 0
 
 
+def token_usage(response: types.GenerateContentResponse) -> dict[str, int]:
+    """The tokens an answer reports, as a task's usage keeps them."""
+    meta = response.usage_metadata
+    if meta is None:
+        return {}
+    counts = {
+        "prompt_tokens": meta.prompt_token_count,
+        "output_tokens": meta.candidates_token_count,
+        "thought_tokens": meta.thoughts_token_count,
+        "total_tokens": meta.total_token_count,
+    }
+    return {key: value for key, value in counts.items() if value is not None}
+
+
 def _http_options(base_url: str, retry: UpstreamRetryPolicy) -> types.HttpOptions:
     # The SDK's timeout is in milliseconds; ours also wraps each call (asyncio.timeout).
     return types.HttpOptions(
@@ -407,20 +421,6 @@ def _api_failure(exc: genai_errors.APIError) -> TaskFailure:
             f"Google refused this server's credentials ({what}): {message}", upstream_status=status
         )
     return UpstreamError(f"Google answered {what}: {message}", upstream_status=status)
-
-
-def token_usage(response: types.GenerateContentResponse) -> dict[str, int]:
-    """The tokens an answer reports, as a task's usage keeps them."""
-    meta = response.usage_metadata
-    if meta is None:
-        return {}
-    counts = {
-        "prompt_tokens": meta.prompt_token_count,
-        "output_tokens": meta.candidates_token_count,
-        "thought_tokens": meta.thoughts_token_count,
-        "total_tokens": meta.total_token_count,
-    }
-    return {key: value for key, value in counts.items() if value is not None}
 
 
 def _pick_image(response: types.GenerateContentResponse) -> tuple[bytes, str]:

@@ -30,7 +30,7 @@ from bananastand.contract import AspectRatio
 from bananastand.errors import InputError, TaskFailure, UpstreamError
 from bananastand.providers.base import GeneratedImage
 from bananastand.providers.batch_base import BatchItem, ItemResult, JobProgress, JobState
-from bananastand.providers.google import GEMINI_LIMITS, _enum_name, _pick_image, token_usage
+from bananastand.providers.google import GEMINI_LIMITS, _pick_image, token_usage
 from bananastand.settings import ModelSpec
 
 __all__ = ["GoogleBatches"]
@@ -136,7 +136,7 @@ class GoogleBatches:
 
     async def state(self, job_name: str) -> JobState:
         job = await self._client.aio.batches.get(name=job_name)
-        state = _enum_name(job.state) if job.state else "JOB_STATE_UNSPECIFIED"
+        state = job.state.value if job.state else "JOB_STATE_UNSPECIFIED"
         if state == "JOB_STATE_SUCCEEDED":
             return JobState(JobProgress.SUCCEEDED, state)
         if state in _OPEN or state == "JOB_STATE_UNSPECIFIED":
