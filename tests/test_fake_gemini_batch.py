@@ -1,5 +1,6 @@
-"""The fake Gemini server's Batch API and Files API, driven by the real google-genai SDK:
-what the batch lane relies on is the SDK's own reading of the fake's answers."""
+"""Integration: the fake Gemini server's Batch API and Files API, driven by the real
+google-genai SDK: what the batch lane relies on is the SDK's own reading of the fake's
+answers."""
 
 from __future__ import annotations
 
