@@ -172,3 +172,16 @@ def test_a_wrong_key_is_refused(fake: FakeGemini) -> None:
         assert fake.batches.jobs == []
 
     _with_client(fake, scenario, api_key="wrong")
+
+
+def test_a_demo_fake_completes_its_jobs_once_they_are_old_enough(fake: FakeGemini) -> None:
+    fake.batches.complete_after_s = 0.0  # at the first look
+
+    async def scenario(client: genai.Client) -> None:
+        job = await client.aio.batches.create(model=MODEL, src=[_inlined("a cat", "t1")])
+        assert job.name is not None
+        assert job.state == types.JobState.JOB_STATE_PENDING
+        done = await client.aio.batches.get(name=job.name)
+        assert done.state == types.JobState.JOB_STATE_SUCCEEDED
+
+    _with_client(fake, scenario)

@@ -16,7 +16,9 @@ What google-genai's ``client.aio.batches`` and ``client.aio.files`` send and rea
   ``X-Goog-Upload-Offset``, answered ``X-Goog-Upload-Status: active`` then ``final`` with
   ``{"file": {...}}``. ``GET /v1beta/files/NAME:download?alt=media`` gives a file's bytes.
 
-A job stays where the test puts it (`FakeBatches.set_state`, `complete`, `fail`, `expire`);
+A job stays where the test puts it (`FakeBatches.set_state`, `complete`, `fail`, `expire`),
+unless ``complete_after_s`` is set (a demo's fake): then a job asked for that long after its
+creation has completed;
 completing it answers every request as ``generateContent`` would (scripted replies of the
 fake included), so one scripted error fails just that request. A job's output is inline for
 inline requests (``output.inlinedResponses.inlinedResponses``: ``{"response"}`` or
@@ -31,6 +33,7 @@ import json
 import re
 import secrets
 import threading
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -79,6 +82,8 @@ class FakeBatch:
     updated: str = field(default_factory=lambda: _timestamp())
     output: dict[str, Any] | None = None
     error: str = ""
+    #: ``time.monotonic()`` at its creation.
+    born: float = field(default_factory=time.monotonic)
 
     @property
     def name(self) -> str:
@@ -119,6 +124,8 @@ class FakeBatches:
     files: dict[str, tuple[str, bytes]] = field(default_factory=dict)
     #: Requests to ``batchGenerateContent``, refused ones included.
     create_calls: int = 0
+    #: Seconds after which an open job completes when asked for (None: only when told).
+    complete_after_s: float | None = None
     page_size: int = 50
     _uploads: dict[str, dict[str, Any]] = field(default_factory=dict)
     _ids: itertools.count[int] = field(default_factory=itertools.count)
@@ -188,7 +195,7 @@ class FakeBatches:
         routes: list[tuple[str, re.Pattern[str], Callable[..., BatchAnswer]]] = [
             ("POST", _CREATE_RE, lambda model: self._create(model, headers, body)),
             ("POST", _CANCEL_RE, self._cancel),
-            ("GET", _JOB_RE, lambda job_id: _json(200, self.job(job_id).operation())),
+            ("GET", _JOB_RE, lambda job_id: _json(200, self._current(job_id).operation())),
             ("GET", _DOWNLOAD_RE, self._download),
             ("GET", _FILE_RE, self._file),
         ]
@@ -255,6 +262,14 @@ class FakeBatches:
             self.jobs.append(job)
             self._changed.notify_all()
         return _json(200, job.operation())
+
+    def _current(self, job_id: str) -> FakeBatch:
+        job = self.job(job_id)
+        due = self.complete_after_s
+        is_open = job.state in ("PENDING", "RUNNING")
+        if due is not None and is_open and time.monotonic() - job.born >= due:
+            self.complete(job.name)
+        return job
 
     def _cancel(self, job_id: str) -> BatchAnswer:
         job = self.job(job_id)
