@@ -175,6 +175,7 @@ class BatchLane:
         by_job: dict[str, list[Claim]] = {}
         for claim in claims:
             by_job.setdefault(claim.task.batch_job or "", []).append(claim)
+        self._wakeups.publish(Topic.TASKS, [claim.task.id for claim in claims])
         records = {job.id: job for job in await self._store.batch_jobs(by_job)}
         for job_id, job_claims in by_job.items():
             record = records.get(job_id)
