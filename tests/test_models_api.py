@@ -95,6 +95,12 @@ def test_a_live_key_sees_its_prices_and_no_sandbox(operated: Server) -> None:
         "nano-banana-2": {"1K": 8, "2K": 12, "4K": 18},
         "google/nano-banana": {"1K": 4},
     }
+    batch = {name: model["batchPrices"] for name, model in by_name(data).items()}
+    assert batch == {
+        "nano-banana-pro": {"1K": 9, "2K": 9, "4K": 12},
+        "nano-banana-2": {"1K": 4, "2K": 6, "4K": 9},
+        "google/nano-banana": {"1K": 2},
+    }
 
 
 def test_prices_are_the_configured_ones_and_nothing_with_billing_off(

@@ -13,6 +13,7 @@ interleaving. What only SQLite's runner does is in ``test_store_sqlite.py``.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
 import random
 from collections.abc import Callable, Iterator
@@ -23,6 +24,7 @@ import pytest
 from bananastand.contract import TaskState
 from bananastand.records import (
     ApiKey,
+    BatchJob,
     BreakerState,
     Callback,
     CallbackAttempt,
@@ -37,6 +39,7 @@ from bananastand.store.ports import (
     DAY_MS,
     Admission,
     BalanceOverflow,
+    BatchGroup,
     ClaimedCallback,
     Created,
     CreateRefusal,
@@ -1930,3 +1933,150 @@ async def test_fenced_writes_after_a_lost_lease_change_nothing(
     assert await store.balance(ACCOUNT) == 8  # charged once, never refunded
     assert (await callback_of(store, task_id)).next_attempt_at == clock.now
     assert await store.audit() == []
+
+
+# -- the batch lane --------------------------------------------------------------------------
+
+PRO = "nano-banana-pro"
+
+
+async def add_batch_tasks(store: Store, count: int, *, provider: str = "gemini") -> list[str]:
+    """``count`` waiting batch-lane tasks for ``provider``, charged 5 each."""
+    ids = []
+    for _ in range(count):
+        new = dataclasses.replace(new_task(credits=5), provider=provider, lane="batch")
+        assert await store.create_task(new, None, NO_LIMITS) == Created(new.id, created=True)
+        ids.append(new.id)
+    return ids
+
+
+def batch_job(job_id: str, tasks: int, at: int) -> BatchJob:
+    return BatchJob(
+        id=job_id,
+        upstream="gemini",
+        model=PRO,
+        display_name=f"bananastand-{job_id}",
+        state="open",
+        upstream_name=None,
+        tasks=tasks,
+        created_at=at,
+        updated_at=at,
+        deadline_at=at + 100_000,
+    )
+
+
+@scenario
+async def test_batch_lane_tasks_wait_for_the_batch_singleton_not_for_a_worker(
+    store: Store, clock: FakeClock
+) -> None:
+    await store.create_account(ACCOUNT, "a", 100)
+    batched = await add_batch_tasks(store, 2)
+    clock.advance(5)
+    later = await add_batch_tasks(store, 1)
+    on_sandbox = await add_batch_tasks(store, 1, provider="sandbox")
+    now = await add_tasks(store, 1)
+    assert (await get(store, batched[0])).lane == "batch"
+    assert (await get(store, now[0])).lane == "now"
+
+    claims = await store.claim_tasks(worker_id="w", lease_token="t", limit=10, lease_ms=LEASE_MS)
+    assert sorted(claim.task.id for claim in claims) == sorted(on_sandbox + now)
+    assert await store.pending_work() == NOTHING_PENDING  # batch-lane tasks wait, unclaimed
+    assert await store.batch_groups() == [
+        BatchGroup(upstream="gemini", model=PRO, waiting=3, oldest_ms=T0, in_job=False)
+    ]
+    assert later  # counted above: 3 waiting, the oldest from T0
+
+
+@scenario
+async def test_a_batch_job_holds_its_claimed_tasks_whose_ends_are_fenced(
+    store: Store, clock: FakeClock
+) -> None:
+    await store.create_account(ACCOUNT, "a", 100)
+    first, second, third = await add_batch_tasks(store, 3)
+    claims = await store.claim_batch_tasks(
+        lease_token="job-lease", holder="lane", group=("gemini", PRO), limit=2, lease_ms=LEASE_MS
+    )
+    assert [claim.task.id for claim in claims] == [first, second]  # oldest first, the limit
+    assert [claim.task.state for claim in claims] == [TaskState.QUEUING] * 2
+    assert (await store.cancel_task(second, ACCOUNT, CANCELED)) is not None  # before the job
+
+    job = batch_job("job1", 2, clock.now)
+    held = [(claim.task.id, "job-lease") for claim in claims]
+    assert await store.open_batch_job(job, held) == [first]
+    assert await store.batch_jobs(["job1", "unknown"]) == [job]
+    held_task = await get(store, first)
+    assert (held_task.batch_job, held_task.upstream) == ("job1", "gemini")
+    assert (await get(store, third)).batch_job is None
+
+    clock.advance(7)
+    await store.update_batch_job("job1", upstream_name="batches/42")
+    await store.update_batch_job("job1", state="done", outcome="succeeded")
+    (updated,) = await store.batch_jobs(["job1"])
+    assert (updated.upstream_name, updated.state, updated.outcome) == (
+        "batches/42",
+        "done",
+        "succeeded",
+    )
+    assert updated.updated_at == clock.now
+
+    assert await store.finish_task(
+        first, "job-lease", state=TaskState.SUCCESS, result_keys='["results/a.png"]'
+    )
+    assert not await store.finish_task(second, "job-lease", state=TaskState.SUCCESS)  # canceled
+    assert await store.balance(ACCOUNT) == 100 - 5 * 3 + 5  # the canceled one refunded
+    assert await store.audit() == []
+
+
+@scenario
+async def test_tasks_of_a_sent_job_come_back_to_it_after_a_rescue(
+    store: Store, clock: FakeClock
+) -> None:
+    await store.create_account(ACCOUNT, "a", 100)
+    task_ids = await add_batch_tasks(store, 2)
+    claims = await store.claim_batch_tasks(
+        lease_token="a", holder="lane-a", group=("gemini", PRO), limit=5, lease_ms=LEASE_MS
+    )
+    await store.open_batch_job(batch_job("job1", 2, clock.now), [(t, "a") for t in task_ids])
+    assert len(claims) == 2
+    clock.advance(LEASE_MS + 1)  # lane-a stopped renewing
+    assert await store.rescue_expired(3, GIVE_UP) == Rescue(task_ids, [])
+    assert await store.batch_groups() == [
+        BatchGroup(upstream="gemini", model=PRO, waiting=2, oldest_ms=T0, in_job=True)
+    ]
+    assert (
+        await store.claim_batch_tasks(
+            lease_token="b", holder="lane-b", group=("gemini", PRO), limit=5, lease_ms=LEASE_MS
+        )
+        == []
+    )  # not a new job's
+    back = await store.claim_batch_tasks(
+        lease_token="b", holder="lane-b", group=None, limit=5, lease_ms=LEASE_MS
+    )
+    assert [(claim.task.id, claim.task.batch_job) for claim in back] == [
+        (task_ids[0], "job1"),
+        (task_ids[1], "job1"),
+    ]
+    assert [claim.task.attempts for claim in back] == [2, 2]
+
+
+@scenario
+async def test_the_tasks_of_a_failed_job_go_back_to_the_now_lane(
+    store: Store, clock: FakeClock
+) -> None:
+    await store.create_account(ACCOUNT, "a", 100)
+    task_ids = await add_batch_tasks(store, 2)
+    await store.claim_batch_tasks(
+        lease_token="a", holder="lane", group=("gemini", PRO), limit=5, lease_ms=LEASE_MS
+    )
+    await store.open_batch_job(batch_job("job1", 2, clock.now), [(t, "a") for t in task_ids])
+    assert await store.to_now_lane([(task_ids[0], "stale"), (task_ids[1], "a")]) == [task_ids[1]]
+    moved = await get(store, task_ids[1])
+    assert (moved.state, moved.lane, moved.batch_job, moved.attempts) == (
+        TaskState.WAITING,
+        "now",
+        None,
+        0,
+    )
+    assert moved.credits_consumed == 5  # the batch price stays
+    claims = await store.claim_tasks(worker_id="w", lease_token="t", limit=10, lease_ms=LEASE_MS)
+    assert [claim.task.id for claim in claims] == [task_ids[1]]

@@ -21,6 +21,7 @@ from bananastand.api.deps import Services
 from bananastand.api.docs import install_docs
 from bananastand.api.envelope import install_error_handlers
 from bananastand.api.middleware import RequestContextMiddleware
+from bananastand.batch_lane import batch_upstreams
 from bananastand.billing import Billing
 from bananastand.catalog import Catalog
 from bananastand.events import TaskWatch
@@ -136,6 +137,7 @@ async def open_runtime(
             wakeups=wakeups,
             role=worker_role,
             metrics=metrics,
+            batch_upstreams=batch_upstreams(settings),
         )
         wakeups.subscribe(Topic.CALLBACKS, lambda _ids: sender.wake())
     accounts = Accounts(

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from bananastand.contract import Resolution
+from bananastand.contract import Lane, Resolution
 from bananastand.cursors import decode_cursor, encode_cursor
 from bananastand.errors import (
     ConfigurationError,
@@ -52,6 +52,7 @@ class Billing:
         self._store = store
         self.enabled = settings.billing
         self._prices = settings.prices
+        self._batch_prices = settings.batch_prices
         if self.enabled:
             missing = [
                 f"{model} {resolution.value}"
@@ -64,10 +65,19 @@ class Billing:
                     "prices: no price for " + ", ".join(missing) + " (or set BILLING=off)"
                 )
 
-    def price(self, key: ApiKey, model: str, resolution: Resolution) -> int:
+    def price(self, key: ApiKey, model: str, resolution: Resolution, lane: Lane = Lane.NOW) -> int:
         """What a task costs this key: test keys and billing off cost nothing."""
         if not self.enabled or key.is_test:
             return 0
+        return self.list_price(model, resolution, lane)
+
+    def list_price(self, model: str, resolution: Resolution, lane: Lane = Lane.NOW) -> int:
+        """A live key's price; the batch lane's is its own setting, else half, rounded up."""
+        if lane is Lane.BATCH:
+            configured = self._batch_prices.get(model, {}).get(resolution)
+            if configured is not None:
+                return configured
+            return -(-self._prices[model][resolution] // 2)
         return self._prices[model][resolution]
 
     async def balance(self, account_id: str) -> int:

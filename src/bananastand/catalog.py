@@ -15,6 +15,7 @@ from bananastand.contract import (
     MAX_IMAGE_INPUTS,
     MAX_PROMPT_CHARS,
     AspectRatio,
+    Lane,
     Resolution,
     TaskInput,
     normalise_choice,
@@ -54,6 +55,8 @@ class ModelOffer(BaseModel):
     outputSizes: dict[str, dict[str, PixelSize]]
     #: resolution -> credits a task costs this key.
     prices: dict[str, int]
+    #: resolution -> credits a task on the batch lane (``"lane": "batch"``) costs this key.
+    batchPrices: dict[str, int]
 
 
 class MagicPrompt(BaseModel):
@@ -127,6 +130,10 @@ class Catalog:
             outputSizes=sizes,
             prices={
                 resolution.value: self._billing.price(key, name, resolution)
+                for resolution in spec.resolutions
+            },
+            batchPrices={
+                resolution.value: self._billing.price(key, name, resolution, Lane.BATCH)
                 for resolution in spec.resolutions
             },
         )

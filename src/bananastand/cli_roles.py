@@ -284,11 +284,15 @@ def fake_gemini(
     port: Annotated[int, typer.Option(help="Port to listen on (loopback).")] = 8089,
     api_key: Annotated[str, typer.Option(help="The key clients must send.")] = "fake-key",
     delay_ms: Annotated[int, typer.Option(help="Latency of each success.")] = 0,
+    batch_seconds: Annotated[
+        float, typer.Option(min=0, help="A Batch API job completes this long after it was made.")
+    ] = 10.0,
 ) -> None:
     """Serve a fake Gemini API on loopback, for demos and tests without Google."""
     from bananastand.fake_gemini import FakeGemini
 
     fake = FakeGemini(api_key=api_key, port=port, delay_s=delay_ms / 1000).start()
+    fake.batches.complete_after_s = batch_seconds
     console.print(f"fake Gemini API on {fake.base_url}; start bananastand with:")
     print(f"  GEMINI_API_KEY={api_key} GOOGLE_GEMINI_BASE_URL={fake.base_url} bananastand serve")
     sys.stdout.flush()

@@ -209,6 +209,14 @@ def normalise_choice(field: str, value: str) -> str:
     return "jpg" if field == "output_format" and value == "jpeg" else value
 
 
+class Lane(StrEnum):
+    """When a task may run: ``now``, or ``batch`` (an extension field of ours: through
+    the upstream's Batch API, within a day, at the batch price)."""
+
+    NOW = "now"
+    BATCH = "batch"
+
+
 class CreateTaskRequest(BaseModel):
     """The createTask body. ``model`` is checked against the registry by the server."""
 
@@ -219,6 +227,7 @@ class CreateTaskRequest(BaseModel):
         default=None, alias="callBackUrl"
     )
     input: TaskInput
+    lane: Annotated[Lane, BeforeValidator(_drop_empty)] = Lane.NOW
 
 
 def describe_validation_error(error: PydanticValidationError) -> str:

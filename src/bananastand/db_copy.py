@@ -54,7 +54,14 @@ ALWAYS = (
     tables.webhook_secrets,
     tables.switches,
 )
-WITH_TASKS = (tables.tasks, tables.idempotency_keys, tables.callbacks, tables.callback_attempts)
+WITH_TASKS = (
+    tables.tasks,
+    tables.idempotency_keys,
+    tables.callbacks,
+    tables.callback_attempts,
+    # The batch lane's jobs: a task inside one names it, and its job is found again by it.
+    tables.batch_jobs,
+)
 
 _EXPECTED = "expected sqlite:///PATH or postgresql://USER:PASSWORD@HOST:PORT/NAME"
 

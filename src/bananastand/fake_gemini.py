@@ -14,6 +14,10 @@ the fake answers with success. Every request is kept in `FakeGemini.requests`, w
 time it came in. `FakeGemini.respond` is the whole of the API short of its transport, so a
 benchmark can serve the same answers over another server (thousands of requests at once).
 
+The Batch API and the Files API (`bananastand.fake_gemini_batch`) answer on the same
+port: `FakeGemini.batches` holds their jobs and files, and answers each request of a job
+with this fake's own generateContent.
+
 Run it alone with ``bananastand fake-gemini --port 8089`` and start bananastand with
 ``GEMINI_API_KEY=fake GOOGLE_GEMINI_BASE_URL=http://127.0.0.1:8089``.
 """
@@ -37,6 +41,7 @@ from typing import Any
 from PIL import Image
 
 from bananastand.contract import AspectRatio, Resolution, output_size
+from bananastand.fake_gemini_batch import BatchAnswer, FakeBatches
 from bananastand.imaging import nearest_aspect_ratio, shown_size
 
 __all__ = ["FakeGemini", "Reply", "SeenRequest"]
@@ -113,6 +118,17 @@ class FakeGemini:
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _httpd: ThreadingHTTPServer | None = None
     _thread: threading.Thread | None = None
+    #: The Batch API's jobs and the Files API's files.
+    batches: FakeBatches = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.batches = FakeBatches(self._generate, self.api_key, _STATUS_NAMES)
+
+    def _generate(self, model: str, api_key: str, body: dict[str, Any]) -> tuple[int, Any]:
+        """One request of a batch job, answered as ``generateContent`` would answer it."""
+        path = f"/v1beta/models/{model}:generateContent"
+        status, payload, _ = self.respond(path, api_key, json.dumps(body).encode())
+        return status, payload
 
     @property
     def base_url(self) -> str:
@@ -202,9 +218,15 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:
         pass
 
+    def do_GET(self) -> None:
+        if not self._batch_api("GET", b""):
+            self._send(BatchAnswer(404, b'{"error": {"code": 404, "message": "no such route"}}'))
+
     def do_POST(self) -> None:
         length = int(self.headers.get("Content-Length") or 0)
         raw = self.rfile.read(length)
+        if self._batch_api("POST", raw):
+            return
         status, payload, delay_s = self.fake.respond(
             self.path, self.headers.get("x-goog-api-key", ""), raw
         )
@@ -218,6 +240,26 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header("Content-Length", str(len(data)))
             self.end_headers()
             self.wfile.write(data)
+
+    def _batch_api(self, method: str, raw: bytes) -> bool:
+        """Whether the request was one of the Batch or Files API's (and is answered)."""
+        headers = {name.lower(): value for name, value in self.headers.items()}
+        host = self.headers.get("Host", f"{self.fake.host}:{self.fake.port}")
+        answer = self.fake.batches.handle(method, self.path, headers, raw, host)
+        if answer is None:
+            return False
+        self._send(answer)
+        return True
+
+    def _send(self, answer: BatchAnswer) -> None:
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            self.send_response(answer.status)
+            self.send_header("Content-Type", answer.content_type)
+            for name, value in answer.headers.items():
+                self.send_header(name, value)
+            self.send_header("Content-Length", str(len(answer.body)))
+            self.end_headers()
+            self.wfile.write(answer.body)
 
 
 def _error(code: int, message: str) -> tuple[int, dict[str, Any], float]:

@@ -42,6 +42,9 @@ class Task:
     #: knows it by (a relayed task's upstream taskId; None for Google's one-call tasks).
     upstream: str | None = None
     upstream_handle: str | None = None
+    #: ``now`` or ``batch`` (the Batch API's half price), and the batch job holding it.
+    lane: str = "now"
+    batch_job: str | None = None
 
     @classmethod
     def from_row(cls, row: Mapping[Any, Any]) -> Task:
@@ -69,6 +72,32 @@ class Claim:
 
     task: Task
     lease_token: str
+
+
+@dataclass(frozen=True, slots=True)
+class BatchJob:
+    """A job of the batch lane: some tasks of one model sent to one upstream's Batch API."""
+
+    id: str
+    upstream: str
+    model: str
+    #: Sent along at creation: how a job whose creation answer was lost is found again.
+    display_name: str
+    #: ``open`` or ``done``.
+    state: str
+    #: The upstream's name for the job (``batches/...``); None until it answered.
+    upstream_name: str | None
+    tasks: int
+    created_at: int
+    updated_at: int
+    #: When its tasks stop waiting for it (``batch_timeout_seconds`` after its creation).
+    deadline_at: int
+    #: How it ended, in words.
+    outcome: str = ""
+
+    @classmethod
+    def from_row(cls, row: Mapping[Any, Any]) -> BatchJob:
+        return cls(**{name: row[name] for name in cls.__slots__})
 
 
 @dataclass(frozen=True, slots=True)

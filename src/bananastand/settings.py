@@ -166,6 +166,21 @@ class Settings(BaseSettings):
     # Providers.
     live_provider: LiveProvider = LiveProvider.AUTO
     sandbox_delay_ms: int = 0
+    # Added to the sandbox's delay for batch-lane tasks of test keys.
+    sandbox_batch_delay_ms: int = Field(default=2000, ge=0)
+
+    # The batch lane (``"lane": "batch"``): Gemini API tasks grouped per model into jobs
+    # of the Batch API, sent when a group has this many tasks or its oldest waited this
+    # long; one process of the cluster sends and polls them.
+    batch_max_requests: int = Field(default=500, ge=1)
+    batch_max_wait_seconds: float = Field(default=300.0, ge=0)
+    batch_poll_seconds: float = Field(default=30.0, gt=0)
+    # Requests inline while the job's body stays under this; beyond, a JSONL file.
+    batch_inline_limit_bytes: int = Field(default=20_000_000, ge=1)
+    # How long a batch-lane task may wait for its job (the task timeout does not apply).
+    batch_timeout_seconds: float = Field(default=26 * 3600.0, gt=0)
+    # A job that fails or expires: its tasks run once more on the now lane (off: they fail).
+    batch_requeue_failed: bool = True
 
     # Google, read from the variables the google-genai SDK itself reads (no prefix).
     google_api_key: str = Field(
@@ -249,6 +264,9 @@ class Settings(BaseSettings):
     # Structured tables; override in the BANANASTAND_CONFIG TOML file.
     models: dict[str, ModelSpec] = Field(default_factory=_default_models)
     prices: dict[str, dict[Resolution, int]] = Field(default_factory=_default_prices)
+    # The batch lane's prices, per model and resolution; what is not here is half the
+    # price above, rounded up.
+    batch_prices: dict[str, dict[Resolution, int]] = Field(default_factory=dict)
     # The upstreams live keys may run on, and per model the order they are tried in
     # (``bananastand.upstreams``); without [upstreams], the Google settings above.
     upstreams: dict[str, UpstreamConfig] = Field(default_factory=dict)

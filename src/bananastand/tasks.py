@@ -16,11 +16,13 @@ from pydantic import ValidationError as PydanticValidationError
 
 from bananastand.accounts import Accounts
 from bananastand.addresses import ALLOW_HINT, AllowList, is_public_address, literal_host
+from bananastand.batch_lane import batch_provider
 from bananastand.billing import Billing, month_start_ms
 from bananastand.contract import (
     CANCELED_MSG,
     FAIL_INPUT,
     CreateTaskRequest,
+    Lane,
     TaskState,
     describe_validation_error,
 )
@@ -168,6 +170,8 @@ class Tasks:
             month_start_ms=month_start_ms(self._store.now_ms()),
         )
         provider = self._provider_choice.provider_name_for(request.model, is_test=key.is_test)
+        if request.lane is Lane.BATCH:
+            provider = batch_provider(self._provider_choice.plan, request.model, provider)
         idempotency = None
         if idempotency_key is not None:
             if not 0 < len(idempotency_key) <= MAX_IDEMPOTENCY_KEY:
@@ -188,7 +192,8 @@ class Tasks:
             param=raw_body.decode(),
             input=request.input.model_dump_json(),
             callback_url=request.callback_url,
-            credits=self._billing.price(key, request.model, request.input.resolution),
+            credits=self._billing.price(key, request.model, request.input.resolution, request.lane),
+            lane=request.lane.value,
         )
         created = await self._store.create_task(new, idempotency, admission)
         if not isinstance(created, Created):

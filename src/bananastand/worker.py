@@ -16,14 +16,13 @@ import logging
 import os
 import socket
 import time
+from collections.abc import Mapping
 from functools import partial
 from typing import Protocol
 
-import orjson
-
-from bananastand import imaging
+from bananastand.batch_lane import BatchLane
 from bananastand.breakers import Breakers
-from bananastand.contract import FAIL_INTERNAL, TaskInput, TaskState
+from bananastand.contract import FAIL_INTERNAL, Lane, TaskInput, TaskState
 from bananastand.errors import LeaseLost, TaskFailure, UpstreamTimeout
 from bananastand.failover import RouteRunner
 from bananastand.fetch import SafeFetcher
@@ -32,7 +31,9 @@ from bananastand.inputs import InputLoader
 from bananastand.logs import bind_task
 from bananastand.membership import Membership
 from bananastand.metrics import Metrics
+from bananastand.outcomes import Outcomes, save_result
 from bananastand.providers.base import GenerationRequest
+from bananastand.providers.batch_base import BatchUpstream
 from bananastand.providers.registry import ProviderRegistry
 from bananastand.records import Claim
 from bananastand.retention import retention_rules, sweep
@@ -40,6 +41,7 @@ from bananastand.settings import Settings
 from bananastand.storage.base import Storage
 from bananastand.storage.links import LinkSigner
 from bananastand.store.ports import (
+    BatchStore,
     BreakerStore,
     Failure,
     StoreUnavailable,
@@ -56,9 +58,10 @@ log = logging.getLogger(__name__)
 _PURGE_INTERVAL = 3600.0
 
 
-class WorkerStore(TaskStore, WorkerRegistry, BreakerStore, Protocol):
-    """What a worker needs of the store: the queue, the registry it heartbeats, and the
-    upstreams' breakers."""
+class WorkerStore(TaskStore, WorkerRegistry, BreakerStore, BatchStore, Protocol):
+    """What a worker needs of the store: the queue, the registry it heartbeats, the
+    upstreams' breakers, and the batch lane's tasks and jobs (for the worker that runs
+    the lane)."""
 
 
 class Worker:
@@ -74,8 +77,11 @@ class Worker:
         metrics: Metrics,
         wakeups: Wakeups | None = None,
         role: str = "worker",
+        batch_upstreams: Mapping[str, BatchUpstream] | None = None,
     ) -> None:
-        """``role``: what the registry lists this process as ("serve": the API runs it)."""
+        """``role``: what the registry lists this process as ("serve": the API runs it);
+        ``batch_upstreams``: the Batch APIs this process may run the batch lane on (it
+        does while it holds the cluster's batch-lane lease)."""
         self._store = store
         self._metrics = metrics
         # Where it tells every process what it committed (tasks changed, callbacks due,
@@ -83,6 +89,7 @@ class Worker:
         self._wakeups = wakeups or Wakeups()
         self._wakeups.subscribe(Topic.WORK, lambda _ids: self.wake())
         self._settings = settings
+        self._outcomes = Outcomes(store, self._wakeups, metrics)
         self._providers = providers
         breakers = Breakers(
             store, providers.breaker_policy, refresh_s=settings.upstream_breaker_refresh_seconds
@@ -113,6 +120,20 @@ class Worker:
             in_flight=lambda: self.running,
         )
         self._lease_ms = int(settings.lease_seconds * 1000)
+        self._batch_lane = (
+            BatchLane(
+                store,
+                settings,
+                batch_upstreams,
+                storage=storage,
+                inputs=self._inputs,
+                outcomes=self._outcomes,
+                wakeups=self._wakeups,
+                holder=self.worker_id,
+            )
+            if batch_upstreams
+            else None
+        )
         self._running: dict[str, tuple[asyncio.Task[None], Claim]] = {}
         self._wakeup = asyncio.Event()
         self._stopping = asyncio.Event()
@@ -146,6 +167,8 @@ class Worker:
         )
         heartbeat = asyncio.create_task(self._membership.run(), name="worker-heartbeat")
         upkeep = asyncio.create_task(self._upkeep(), name="worker-upkeep")
+        lane = self._batch_lane
+        batches = asyncio.create_task(lane.run(), name="batch-lane") if lane else None
         try:
             await self._rescue()
             woken = True
@@ -165,6 +188,9 @@ class Worker:
                 self._wakeup.clear()
             await self._drain()
         finally:
+            if lane is not None and batches is not None:
+                lane.stop()
+                await batches  # hands back the batch tasks it holds
             # The heartbeat goes on through the drain: a draining worker is still live.
             for loop in (upkeep, heartbeat):
                 loop.cancel()
@@ -361,14 +387,12 @@ class Worker:
             resolution=spec.resolution,
             output_format=spec.output_format,
             image_urls=tuple(spec.image_input),
+            lane=Lane(task.lane),
         )
         image, attempt = await self._route.run(claim, route, request, on_started=on_started)
         started = attempt.started_at or now_ms()
         usage = {**image.usage, "provider_ms": now_ms() - started}
-        data = await asyncio.to_thread(imaging.to_output_format, image.data, spec.output_format)
-        key = f"results/{task.id}/{random_token(24)}.{spec.output_format.value}"
-        await self._storage.put(key, data, spec.output_format.mime_type)
-        return orjson.dumps([key]).decode(), orjson.dumps(usage).decode()
+        return await save_result(self._storage, task.id, image, spec.output_format, usage)
 
     async def _finish(
         self,
@@ -378,25 +402,4 @@ class Worker:
         outcome: tuple[str, str] | None = None,
         fail: TaskFailure | None = None,
     ) -> None:
-        result_keys, usage = outcome or ("", "{}")
-        written = await self._store.finish_task(
-            claim.task.id,
-            claim.lease_token,
-            state=state,
-            result_keys=result_keys,
-            failure=Failure(fail.fail_code, fail.message) if fail else None,
-            usage=usage,
-        )
-        if written:
-            self._wakeups.publish(Topic.TASKS, (claim.task.id,))
-            self._metrics.tasks_finished.labels(
-                claim.task.model, state.value, fail.fail_code if fail else ""
-            ).inc()
-        if written and claim.task.callback_url:
-            self._wakeups.publish(Topic.CALLBACKS)
-        if not written:
-            log.warning("outcome dropped: the lease was lost (canceled or rescued meanwhile)")
-        elif fail is not None:
-            log.info("task failed", extra={"fail_code": fail.fail_code, "fail_msg": fail.message})
-        else:
-            log.info("task succeeded")
+        await self._outcomes.finish(claim, state, outcome=outcome, fail=fail)

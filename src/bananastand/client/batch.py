@@ -82,6 +82,8 @@ class Batch:
     retry_failed: bool
     timeout: float
     _lock: FolderLock | None = field(repr=False)
+    #: createTask's ``lane`` for every line (None: each line's own, if it has one).
+    lane: str | None = None
     #: The lines whose outcome the manifest already tells, counted before any request.
     report: BatchReport = field(init=False)
     #: The lines this run works on, in order.
@@ -95,7 +97,14 @@ class Batch:
 
     @classmethod
     def open(
-        cls, source: Path, out: Path, *, resubmit_unknown: bool, retry_failed: bool, timeout: float
+        cls,
+        source: Path,
+        out: Path,
+        *,
+        resubmit_unknown: bool,
+        retry_failed: bool,
+        timeout: float,
+        lane: str | None = None,
     ) -> Batch:
         """Read the batch file, take the output folder and fold its manifest;
         ``BatchFileError`` if any of them cannot be used. Every line is checked here,
@@ -108,7 +117,12 @@ class Batch:
             raise BatchFileError(f"{source}: {exc.strerror or exc}") from None
         except UnicodeDecodeError:
             raise BatchFileError(f"{source}: not UTF-8 text") from None
-        identity = hashlib.sha256(str(source.resolve()).encode() + b"\0" + content).hexdigest()[:24]
+        # The lane is part of what a line asks for: the same file on another lane is
+        # another batch (new Idempotency-Keys), not a replay the server would refuse.
+        lane_part = f"\0lane={lane}".encode() if lane else b""
+        identity = hashlib.sha256(
+            str(source.resolve()).encode() + b"\0" + content + lane_part
+        ).hexdigest()[:24]
         lines = {
             number: _spec(line, f"{source} line {number}")
             for number, line in enumerate(text.splitlines(), start=1)
@@ -126,7 +140,7 @@ class Batch:
         except OSError as exc:
             raise BatchFileError(f"{exc.filename or manifest}: {exc.strerror or exc}") from None
         return cls(
-            source, out, identity, lines, state, resubmit_unknown, retry_failed, timeout, lock
+            source, out, identity, lines, state, resubmit_unknown, retry_failed, timeout, lock, lane
         )
 
     def __enter__(self) -> Batch:
@@ -271,7 +285,7 @@ class Batch:
         """createTask's body for a line; local image paths (relative to the batch file)
         are uploaded and replaced by their links."""
         spec = self.lines[line]
-        fields = {k: v for k, v in spec.items() if k not in ("model", "callBackUrl")}
+        fields = {k: v for k, v in spec.items() if k not in ("model", "callBackUrl", "lane")}
         images = fields.get("image_input") or []
         urls = []
         for image in images:
@@ -285,7 +299,12 @@ class Batch:
                 urls.append(uploaded.downloadUrl)
         if urls:
             fields["image_input"] = urls
-        return create_body(fields, model=spec.get("model"), callback_url=spec.get("callBackUrl"))
+        return create_body(
+            fields,
+            model=spec.get("model"),
+            callback_url=spec.get("callBackUrl"),
+            lane=self.lane or spec.get("lane"),
+        )
 
 
 def _spec(text: str, where: str) -> dict[str, Any]:

@@ -68,6 +68,7 @@ from bananastand.client.models import Task
 from bananastand.client.pacing import RetryPolicy
 from bananastand.client.session import DEFAULT_BASE_URL
 from bananastand.client.waiting import DEFAULT_WAIT_TIMEOUT_S
+from bananastand.contract import Lane
 
 T = TypeVar("T")
 #: Connections for quick requests (creates, uploads, downloads) in `batch`.
@@ -313,6 +314,13 @@ def batch(
     timeout: Annotated[float, typer.Option(help="Seconds to wait per task.")] = (
         DEFAULT_WAIT_TIMEOUT_S
     ),
+    lane: Annotated[
+        Lane | None,
+        typer.Option(
+            help="bananastand's lane for every task: batch runs them through the upstream's "
+            "Batch API within a day, at the batch price (raise --timeout to match)."
+        ),
+    ] = None,
     base_url: BaseUrl = DEFAULT_BASE_URL,
     api_key: ApiKey = None,
 ) -> None:
@@ -351,6 +359,7 @@ def batch(
                 resubmit_unknown=resubmit_unknown,
                 retry_failed=retry_failed,
                 timeout=timeout,
+                lane=lane.value if lane else None,
             ) as job:
                 # One cheap call first: a wrong URL or key, or a server that is down, is
                 # then one line before any line of the batch is touched.

@@ -205,7 +205,8 @@ class Client(_Base):
         self, prompt: str, images: Sequence[ImageSource] = (), **options: Unpack[SubmitOptions]
     ) -> str:
         """Create a task (uploading local images first); returns its taskId. Options:
-        ``aspect_ratio, resolution, output_format, model, callback_url, idempotency_key``."""
+        ``aspect_ratio, resolution, output_format, model, callback_url, idempotency_key,
+        lane`` (``"batch"``: bananastand's batch lane, at the batch price)."""
         return self._run(self._core.submit(prompt, images, **options))
 
     def create(

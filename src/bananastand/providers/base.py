@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from bananastand.contract import AspectRatio, OutputFormat, Resolution
+from bananastand.contract import AspectRatio, Lane, OutputFormat, Resolution
 from bananastand.providers.limits import UpstreamLimiter
 
 
@@ -35,6 +35,9 @@ class GenerationRequest:
     resolution: Resolution = Resolution.R1K
     output_format: OutputFormat = OutputFormat.PNG
     image_urls: tuple[str, ...] = ()
+    #: The task's lane: a batch-lane task reaches a provider only on the sandbox (its
+    #: batch delay) or after its batch job failed (the now lane's run, once).
+    lane: Lane = Lane.NOW
 
 
 @dataclass(frozen=True, slots=True)

@@ -252,16 +252,7 @@ class GoogleProvider:
         }
         if calls.abandoned:
             usage["abandoned_calls"] = calls.abandoned
-        meta = response.usage_metadata
-        if meta is not None:
-            for key, value in (
-                ("prompt_tokens", meta.prompt_token_count),
-                ("output_tokens", meta.candidates_token_count),
-                ("thought_tokens", meta.thoughts_token_count),
-                ("total_tokens", meta.total_token_count),
-            ):
-                if value is not None:
-                    usage[key] = value
+        usage.update(token_usage(response))
         return GeneratedImage(data=data, mime_type=mime_type, usage=usage)
 
     async def _call(
@@ -367,6 +358,20 @@ class _Calls:
 
     attempts: int = 0
     abandoned: int = 0
+
+
+def token_usage(response: types.GenerateContentResponse) -> dict[str, int]:
+    """The tokens an answer reports, as a task's usage keeps them."""
+    meta = response.usage_metadata
+    if meta is None:
+        return {}
+    counts = {
+        "prompt_tokens": meta.prompt_token_count,
+        "output_tokens": meta.candidates_token_count,
+        "thought_tokens": meta.thoughts_token_count,
+        "total_tokens": meta.total_token_count,
+    }
+    return {key: value for key, value in counts.items() if value is not None}
 
 
 def _http_options(base_url: str, retry: UpstreamRetryPolicy) -> types.HttpOptions:

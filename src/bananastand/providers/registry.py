@@ -86,7 +86,9 @@ class ProviderRegistry:
         """``live_workers``: how many worker processes share the upstream budgets (the
         live-worker registry's count); it splits them where Redis does not share them.
         ``links`` tell a relay our own links; ``wakeups`` carry upstreams' callbacks."""
-        sandbox = SandboxProvider(delay_ms=settings.sandbox_delay_ms)
+        sandbox = SandboxProvider(
+            delay_ms=settings.sandbox_delay_ms, batch_delay_ms=settings.sandbox_batch_delay_ms
+        )
         providers: dict[str, Provider] = {sandbox.name: sandbox}
         plan = route_plan(settings)
         for name in plan.routed:

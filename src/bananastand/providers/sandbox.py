@@ -29,7 +29,8 @@ Delays come first, then failures, so ``[sandbox:delay=30000][sandbox:fail=timeou
 behaves like a real upstream that hangs and then gives up. An unknown ``fail=`` mode is an
 ``InputError`` rather than silently succeeding, so a typo in a test shows up at once.
 The constructor's ``delay_ms`` is added to every task, to make a whole deployment feel
-as slow as the real service.
+as slow as the real service, and its ``batch_delay_ms`` to every batch-lane task (test
+keys' batch-lane tasks run here, a little later than the rest, as batch jobs do).
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ import functools
 import re
 from collections import OrderedDict
 
+from bananastand.contract import Lane
 from bananastand.errors import (
     ConfigurationError,
     InputError,
@@ -97,12 +99,13 @@ class SandboxProvider:
 
     name = "sandbox"
 
-    def __init__(self, *, delay_ms: int = 0, cache_size: int = 64) -> None:
-        if delay_ms < 0:
-            raise ConfigurationError("sandbox delay_ms must be >= 0")
+    def __init__(self, *, delay_ms: int = 0, batch_delay_ms: int = 0, cache_size: int = 64) -> None:
+        if delay_ms < 0 or batch_delay_ms < 0:
+            raise ConfigurationError("sandbox delay_ms and batch_delay_ms must be >= 0")
         if cache_size < 0:
             raise ConfigurationError("sandbox cache_size must be >= 0")
         self.delay_ms = delay_ms
+        self.batch_delay_ms = batch_delay_ms
         self.cache_size = cache_size
         #: No upstream to protect: never waits.
         self.limiter: UpstreamLimiter = LocalLimiter()
@@ -114,6 +117,8 @@ class SandboxProvider:
     async def generate(self, request: GenerationRequest, attempt: Attempt) -> GeneratedImage:
         await attempt.started()
         delay_ms = self.delay_ms + _magic_delay_ms(request.prompt)
+        if request.lane is Lane.BATCH:
+            delay_ms += self.batch_delay_ms
         if delay_ms > 0:
             await asyncio.sleep(delay_ms / 1000)
         failure = _magic_failure(request.prompt)

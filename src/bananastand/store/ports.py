@@ -18,6 +18,7 @@ from bananastand.contract import TaskState
 from bananastand.records import (
     Account,
     ApiKey,
+    BatchJob,
     Breaker,
     Callback,
     CallbackAttempt,
@@ -58,6 +59,8 @@ class NewTask:
     callback_url: str | None
     #: What the task costs, charged in the transaction that creates it (0: free).
     credits: int = 0
+    #: ``now``, or ``batch``: the batch singleton runs it (unless it is on the sandbox).
+    lane: str = "now"
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,6 +193,19 @@ class DayUsage:
     day_ms: int
     tasks: int
     credits: int
+
+
+@dataclass(frozen=True, slots=True)
+class BatchGroup:
+    """Batch-lane tasks of one upstream and model that wait for a job."""
+
+    upstream: str
+    model: str
+    waiting: int
+    #: ``created_at`` of the oldest of them.
+    oldest_ms: int
+    #: Tasks of jobs already sent, back to ``waiting`` (their holder stopped): resumed.
+    in_job: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -442,6 +458,45 @@ class WorkerRegistry(Clock, Protocol):
         ...
 
 
+class BatchStore(Protocol):
+    """The batch lane's side of the task table, and its jobs. Its tasks end through
+    ``TaskStore.finish_task`` like a worker's: refunded once, called back alike."""
+
+    async def batch_groups(self) -> list[BatchGroup]: ...
+
+    async def claim_batch_tasks(
+        self,
+        *,
+        lease_token: str,
+        holder: str,
+        group: tuple[str, str] | None,
+        limit: int,
+        lease_ms: int,
+    ) -> list[Claim]:
+        """Waiting batch-lane tasks of the (upstream, model) ``group`` not in a job yet,
+        or (None) those back from a job that was sent, oldest first."""
+        ...
+
+    async def open_batch_job(self, job: BatchJob, held: Iterable[tuple[str, str]]) -> list[str]:
+        """Record the job with the held tasks (id, lease token) in it; the ids still held."""
+        ...
+
+    async def batch_jobs(self, job_ids: Iterable[str]) -> list[BatchJob]: ...
+
+    async def update_batch_job(
+        self,
+        job_id: str,
+        *,
+        state: str | None = None,
+        upstream_name: str | None = None,
+        outcome: str | None = None,
+    ) -> None: ...
+
+    async def to_now_lane(self, held: Iterable[tuple[str, str]]) -> list[str]:
+        """The held tasks back to ``waiting`` on the now lane; the ids moved."""
+        ...
+
+
 class BreakerStore(Clock, Protocol):
     """The cluster's circuit breakers, one row per upstream that has failed: every
     process reads them (briefly cached) and writes only on failure or a change of state."""
@@ -465,7 +520,15 @@ class BreakerStore(Clock, Protocol):
 
 
 class Store(
-    TaskStore, Outbox, AccountStore, Ledger, SwitchStore, WorkerRegistry, BreakerStore, Protocol
+    TaskStore,
+    Outbox,
+    AccountStore,
+    Ledger,
+    SwitchStore,
+    WorkerRegistry,
+    BreakerStore,
+    BatchStore,
+    Protocol,
 ):
     """Everything at once: what an adapter is, and what a process opens."""
 

@@ -26,6 +26,7 @@ from bananastand.records import (
     Task,
     WebhookSecret,
 )
+from bananastand.store.batchstore import BatchQueries
 from bananastand.store.ports import (
     Admission,
     BalanceOverflow,
@@ -62,7 +63,7 @@ from bananastand.store.sql import (
 TASK_OF_ACCOUNT = KeyedLookup(one=lookups.task_of_account, many=lookups.tasks_of_accounts)
 
 
-class SqlStore:
+class SqlStore(BatchQueries):
     def __init__(self, runner: Runner, clock: Callable[[], int]) -> None:
         self.runner = runner
         self._clock = clock

@@ -94,6 +94,9 @@ tasks = Table(
     # task's upstream taskId): a restarted worker follows that one, never a second.
     Column("upstream", String(64), nullable=True),
     Column("upstream_handle", Text, nullable=True),
+    # ``now`` or ``batch``; a batch-lane task inside a job names the job (``batch_jobs.id``).
+    Column("lane", String(8), nullable=False, server_default="now"),
+    Column("batch_job", String(40), nullable=True),
     Index("ix_tasks_state_seq", "state", "seq"),
     Index("ix_tasks_account_id_seq", "account_id", "seq"),
     Index("ix_tasks_lease_expires_at", "lease_expires_at"),
@@ -102,6 +105,9 @@ tasks = Table(
     Index("ix_tasks_account_id_model_seq", "account_id", "model", "seq"),
     # An upstream's callback names its own taskId: this finds ours.
     Index("ix_tasks_upstream_handle", "upstream", "upstream_handle"),
+    # The batch singleton's look at the tasks waiting for a job, and at a job's tasks.
+    Index("ix_tasks_lane_state_seq", "lane", "state", "seq"),
+    Index("ix_tasks_batch_job", "batch_job"),
 )
 
 idempotency_keys = Table(
@@ -222,4 +228,24 @@ upstream_breakers = Table(
     Column("failures", Integer, nullable=False, server_default="0"),
     Column("opened_at", BigInteger, nullable=True),
     Column("updated_at", BigInteger, nullable=False),
+)
+
+# The batch lane's jobs: one row per job sent (or about to be sent) to an upstream's Batch
+# API. ``display_name`` is unique and sent along, so a job whose creation answer was lost
+# is found again at the upstream; ``upstream_name`` is the upstream's id for it (None
+# until known). ``state``: open | done; ``deadline_at``: when its tasks stop waiting.
+batch_jobs = Table(
+    "batch_jobs",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("upstream", String(64), nullable=False),
+    Column("model", String(64), nullable=False),
+    Column("display_name", String(128), nullable=False, unique=True),
+    Column("state", String(16), nullable=False),
+    Column("upstream_name", Text, nullable=True),
+    Column("tasks", Integer, nullable=False),
+    Column("created_at", BigInteger, nullable=False),
+    Column("updated_at", BigInteger, nullable=False),
+    Column("deadline_at", BigInteger, nullable=False),
+    Column("outcome", Text, nullable=False, server_default=""),
 )

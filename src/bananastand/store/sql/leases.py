@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from sqlalchemy import ColumnElement, Connection, and_, func, select, tuple_, update
+from sqlalchemy import ColumnElement, Connection, and_, func, or_, select, tuple_, update
 
 from bananastand.contract import TaskState
 from bananastand.records import Claim, Task
@@ -20,6 +20,19 @@ from bananastand.store.sql.tasks import end_tasks
 from bananastand.store.tables import tasks
 
 ACTIVE = (TaskState.QUEUING.value, TaskState.GENERATING.value)
+#: The lanes' names: a worker runs ``now`` tasks; the batch singleton ``batch`` ones.
+NOW_LANE, BATCH_LANE = "now", "batch"
+#: Test keys' tasks run on the sandbox whatever their lane.
+SANDBOX = "sandbox"
+
+
+def for_workers() -> ColumnElement[bool]:
+    """The waiting tasks a worker may claim: all but the batch lane's, which the batch
+    singleton sends upstream in jobs (the sandbox's run here, with its batch delay)."""
+    return and_(
+        tasks.c.state == TaskState.WAITING.value,
+        or_(tasks.c.lane == NOW_LANE, tasks.c.provider == SANDBOX),
+    )
 
 
 def claim_tasks(
@@ -31,7 +44,30 @@ def claim_tasks(
     now_ms: int,
     lease_ms: int,
 ) -> list[Claim]:
-    """Take up to ``limit`` waiting tasks, oldest first.
+    """Take up to ``limit`` waiting tasks of the now lane (see `for_workers`), oldest first."""
+    return claim_where(
+        connection,
+        for_workers(),
+        holder=worker_id,
+        lease_token=lease_token,
+        limit=limit,
+        now_ms=now_ms,
+        lease_ms=lease_ms,
+    )
+
+
+def claim_where(
+    connection: Connection,
+    which: ColumnElement[bool],
+    *,
+    holder: str,
+    lease_token: str,
+    limit: int,
+    now_ms: int,
+    lease_ms: int,
+) -> list[Claim]:
+    """Take up to ``limit`` tasks that match ``which`` (waiting ones), oldest first: each
+    ``queuing``, one attempt more, under ``lease_token`` held by ``holder``.
 
     With several writers, rows another worker is claiming are skipped, never waited for
     or taken twice (``FOR UPDATE SKIP LOCKED``; SQLite, whose writer is serialised, needs
@@ -42,7 +78,7 @@ def claim_tasks(
     # once (it has a side effect, so PostgreSQL never inlines it).
     oldest = (
         select(tasks.c.seq)
-        .where(tasks.c.state == TaskState.WAITING.value)
+        .where(which)
         .order_by(tasks.c.seq)
         .limit(limit)
         .with_for_update(skip_locked=True)
@@ -57,7 +93,7 @@ def claim_tasks(
                 attempts=tasks.c.attempts + 1,
                 lease_token=lease_token,
                 lease_expires_at=now_ms + lease_ms,
-                worker_id=worker_id,
+                worker_id=holder,
                 started_at=func.coalesce(tasks.c.started_at, now_ms),
                 updated_at=now_ms,
             )

@@ -14,12 +14,12 @@ from sqlalchemy import Connection, exists, func, select
 from bananastand.contract import TaskState
 from bananastand.store.ports import PendingWork, QueueDepth
 from bananastand.store.sql.callbacks import due
-from bananastand.store.sql.leases import lease_expired
+from bananastand.store.sql.leases import for_workers, lease_expired
 from bananastand.store.tables import tasks
 
 
 def pending_work(connection: Connection, now_ms: int) -> PendingWork:
-    waiting = exists().where(tasks.c.state == TaskState.WAITING.value)
+    waiting = exists().where(for_workers())
     expired = exists().where(lease_expired(now_ms))
     row = connection.execute(select(waiting, expired, exists().where(due(now_ms)))).one()
     return PendingWork(waiting=bool(row[0]), expired=bool(row[1]), callbacks_due=bool(row[2]))

@@ -110,6 +110,7 @@ _INSERT_TASK = PreparedInsert(
         "credits_consumed",
         "created_at",
         "updated_at",
+        "lane",
     ),
 )
 
@@ -170,6 +171,7 @@ def create_task(
             "credits_consumed": new.credits,
             "created_at": now_ms,
             "updated_at": now_ms,
+            "lane": new.lane,
         },
     )
     return Created(task_id=new.id, created=True)
