@@ -188,9 +188,13 @@ def _check_providers(settings: Settings) -> None:
     else one line now, rather than a traceback when the workers start."""
     from bananastand.errors import ConfigurationError
     from bananastand.providers.registry import ProviderRegistry
+    from bananastand.storage.links import LinkSigner
 
+    # The clients are made and closed at once: a relay's links are never used here, so
+    # they need not be signed with the server's own secret.
+    unused_links = LinkSigner(b"only-checking-the-clients", settings.effective_public_url)
     try:
-        registry = ProviderRegistry.from_settings(settings)
+        registry = ProviderRegistry.from_settings(settings, links=unused_links)
     except ConfigurationError as exc:
         fail(f"{exc}: fix the config file or the settings", NOT_STARTED)
     asyncio.run(registry.aclose())
