@@ -80,6 +80,14 @@ class PostgresServer:
                 self._create(name, template)
         return self.url(name)
 
+    def close(self) -> None:
+        """Close the kept connection (before the server stops: else it is left to the
+        garbage collector, which warns of it as an unclosed connection)."""
+        with self._admin_lock:
+            if self._admin is not None:
+                self._admin.close()
+                self._admin = None
+
     def _create(self, name: str, template: str) -> None:
         if self._admin is None or self._admin.closed:
             self._admin = psycopg.connect(self.url().replace("+psycopg", ""), autocommit=True)
@@ -157,7 +165,11 @@ def running_postgres(port: int) -> Iterator[PostgresServer]:
                 said = log.read_text(errors="replace") if log.exists() else started.stderr
                 error = PortInUse if "could not bind" in said else RuntimeError
                 raise error(f"PostgreSQL did not start on port {port}:\n{said[-2000:]}")
-            yield PostgresServer(port, itertools.count(1), pg_ctl)
+            server = PostgresServer(port, itertools.count(1), pg_ctl)
+            try:
+                yield server
+            finally:
+                server.close()
         finally:
             subprocess.run(
                 _as_postgres([str(binaries / "pg_ctl"), "-D", str(data), "-m", "immediate",
