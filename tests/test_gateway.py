@@ -115,6 +115,18 @@ def test_a_400_is_final_and_goes_to_no_other_upstream(
     assert upstream_of(server, record["taskId"]) == "primary"
 
 
+def test_a_key_google_refuses_fails_over_and_opens_the_breaker_at_once(
+    routed: Callable[..., Server], primary: FakeGemini, secondary: FakeGemini
+) -> None:
+    """Google answers a wrong key 400 INVALID_ARGUMENT: not the caller's error, ours."""
+    server = routed({"api_keys": ["not-primarys-key"]})
+    record = run(server, server.key(test=False))
+    assert record["state"] == "success", record
+    assert len(primary.requests) == 1
+    assert upstream_of(server, record["taskId"]) == "secondary"
+    assert breaker_state(server, "primary") == "open"  # at the first failure, not the 5th
+
+
 def test_a_safety_block_is_final_too(
     routed: Callable[..., Server], primary: FakeGemini, secondary: FakeGemini
 ) -> None:
