@@ -17,7 +17,7 @@ upstream                                        raises              failCode
                                                 (opens the breaker)
 ``promptFeedback.blockReason``, a safety
 ``finishReason`` (IMAGE_SAFETY, NO_IMAGE, ...)  ``SafetyBlocked``   403
-other 4xx/5xx (bad key, unknown model, ...)     ``UpstreamError``   500
+other 4xx/5xx (unknown model, ...)              ``UpstreamError``   500
 ==============================================  ==================  ========
 
 The SDK retries nothing by default and is left that way: retries happen here, with
