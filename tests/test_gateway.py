@@ -72,28 +72,34 @@ def run(server: Server, key: str) -> dict[str, Any]:
     return server.wait(key, answer["data"]["taskId"])
 
 
-def upstream_of(server: Server, task_id: str) -> str | None:
+def live_task(server: Server, fake: FakeGemini, *replies: Reply) -> dict[str, Any]:
+    """One live key's task, run while ``fake`` answers ``replies`` first."""
+    fake.script(*replies)
+    return run(server, server.key(test=False))
+
+
+def column_of(server: Server, column: Any, key: Any, value: str) -> str | None:
+    """One row's column of the server's database (None: no such row)."""
     with rows_of(server.data_dir) as connection:
         found: str | None = connection.execute(
-            select(tasks.c.upstream).where(tasks.c.id == task_id)
-        ).scalar_one()
+            select(column).where(key == value)
+        ).scalar_one_or_none()
     return found
+
+
+def upstream_of(server: Server, task_id: str) -> str | None:
+    return column_of(server, tasks.c.upstream, tasks.c.id, task_id)
 
 
 def breaker_state(server: Server, name: str) -> str | None:
-    with rows_of(server.data_dir) as connection:
-        found: str | None = connection.execute(
-            select(upstream_breakers.c.state).where(upstream_breakers.c.name == name)
-        ).scalar_one_or_none()
-    return found
+    return column_of(server, upstream_breakers.c.state, upstream_breakers.c.name, name)
 
 
 def test_a_task_fails_over_from_a_google_answering_503_to_the_next_upstream(
     routed: Callable[..., Server], primary: FakeGemini, secondary: FakeGemini
 ) -> None:
     server = routed()
-    primary.script(Reply(status=503, message="The model is overloaded."))
-    record = run(server, server.key(test=False))
+    record = live_task(server, primary, Reply(status=503, message="The model is overloaded."))
     assert record["state"] == "success", record
     assert len(primary.requests) == 1
     assert len(secondary.requests) == 1
@@ -106,8 +112,9 @@ def test_a_400_is_final_and_goes_to_no_other_upstream(
     routed: Callable[..., Server], primary: FakeGemini, secondary: FakeGemini
 ) -> None:
     server = routed()
-    primary.script(Reply(status=400, message="Request contains an invalid argument."))
-    record = run(server, server.key(test=False))
+    record = live_task(
+        server, primary, Reply(status=400, message="Request contains an invalid argument.")
+    )
     assert record["failCode"] == "400", record
     assert "invalid argument" in record["failMsg"]
     assert len(primary.requests) == 1
@@ -131,8 +138,7 @@ def test_a_safety_block_is_final_too(
     routed: Callable[..., Server], primary: FakeGemini, secondary: FakeGemini
 ) -> None:
     server = routed()
-    primary.script(Reply(block_reason="PROHIBITED_CONTENT"))
-    record = run(server, server.key(test=False))
+    record = live_task(server, primary, Reply(block_reason="PROHIBITED_CONTENT"))
     assert record["failCode"] == "403", record
     assert secondary.requests == []
 
