@@ -15,7 +15,7 @@ from sqlalchemy import select, update
 
 from bananastand.fake_gemini import FakeGemini, Reply
 from bananastand.store.tables import tasks, upstream_breakers
-from conftest import Server, cli, prompt_body, rows_of
+from conftest import Server, cli, prompt_body, rows_of, running_server
 from test_gateway_config import as_toml, config_file
 from test_metrics import scrape, value
 from waiting import wait_for
@@ -46,22 +46,26 @@ def gemini(fake: FakeGemini, **fields: Any) -> dict[str, Any]:
     }
 
 
+def routing(
+    primary: FakeGemini, secondary: FakeGemini, primary_fields: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """The settings of a server routing nano-banana-pro over primary, then secondary."""
+    return {
+        "billing": False,
+        "upstreams": {
+            "primary": gemini(primary, **(primary_fields or {})),
+            "secondary": gemini(secondary),
+        },
+        "routes": {"nano-banana-pro": ["primary", "secondary"]},
+    }
+
+
 @pytest.fixture
 def routed(
     start_server: Callable[..., Server], primary: FakeGemini, secondary: FakeGemini
 ) -> Callable[..., Server]:
-    """A server routing nano-banana-pro over primary, then secondary."""
-
     def start(primary_fields: dict[str, Any] | None = None, **overrides: Any) -> Server:
-        return start_server(
-            billing=False,
-            upstreams={
-                "primary": gemini(primary, **(primary_fields or {})),
-                "secondary": gemini(secondary),
-            },
-            routes={"nano-banana-pro": ["primary", "secondary"]},
-            **overrides,
-        )
+        return start_server(**routing(primary, secondary, primary_fields), **overrides)
 
     return start
 
@@ -226,6 +230,21 @@ def test_a_breaker_opens_after_its_failures_and_half_opens_after_its_cool_down(
     # The breaker opened after the second call was answered: no call came sooner.
     assert trial.received_at - opened_by.received_at >= cooldown_s - 0.05
     assert breaker_state(server, "primary") == "closed"
+
+
+def test_the_cluster_shares_a_breaker_through_the_database(
+    routed: Callable[..., Server], primary: FakeGemini, secondary: FakeGemini, tmp_path: Path
+) -> None:
+    shared, opened = tmp_path / "shared", {"breaker_failures": 1, "breaker_cooldown_seconds": 3600}
+    with running_server(shared, **routing(primary, secondary, opened)) as first:  # then stops
+        assert live_task(first, primary, Reply(status=503))["state"] == "success"
+        assert breaker_state(first, "primary") == "open"
+    # Another process (a server of its own, on the same database) has seen no failure.
+    other = routed(opened, data_dir=shared)
+    record = run(other, other.key(test=False))
+    assert record["state"] == "success", record
+    assert upstream_of(other, record["taskId"]) == "secondary"
+    assert len(primary.requests) == 1  # skipped: its breaker is the cluster's
 
 
 def test_a_failed_trial_opens_the_breaker_again(
