@@ -15,7 +15,7 @@ from sqlalchemy import select, update
 
 from bananastand.fake_gemini import FakeGemini, Reply
 from bananastand.store.tables import tasks, upstream_breakers
-from conftest import Server, cli, prompt_body, rows_of
+from conftest import Server, cli, prompt_body, rows_of, running_server
 from test_gateway_config import as_toml, config_file
 from test_metrics import scrape, value
 from waiting import wait_for
@@ -46,22 +46,26 @@ def gemini(fake: FakeGemini, **fields: Any) -> dict[str, Any]:
     }
 
 
+def routing(
+    primary: FakeGemini, secondary: FakeGemini, primary_fields: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """The settings of a server routing nano-banana-pro over primary, then secondary."""
+    return {
+        "billing": False,
+        "upstreams": {
+            "primary": gemini(primary, **(primary_fields or {})),
+            "secondary": gemini(secondary),
+        },
+        "routes": {"nano-banana-pro": ["primary", "secondary"]},
+    }
+
+
 @pytest.fixture
 def routed(
     start_server: Callable[..., Server], primary: FakeGemini, secondary: FakeGemini
 ) -> Callable[..., Server]:
-    """A server routing nano-banana-pro over primary, then secondary."""
-
     def start(primary_fields: dict[str, Any] | None = None, **overrides: Any) -> Server:
-        return start_server(
-            billing=False,
-            upstreams={
-                "primary": gemini(primary, **(primary_fields or {})),
-                "secondary": gemini(secondary),
-            },
-            routes={"nano-banana-pro": ["primary", "secondary"]},
-            **overrides,
-        )
+        return start_server(**routing(primary, secondary, primary_fields), **overrides)
 
     return start
 
@@ -72,28 +76,34 @@ def run(server: Server, key: str) -> dict[str, Any]:
     return server.wait(key, answer["data"]["taskId"])
 
 
-def upstream_of(server: Server, task_id: str) -> str | None:
+def live_task(server: Server, fake: FakeGemini, *replies: Reply) -> dict[str, Any]:
+    """One live key's task, run while ``fake`` answers ``replies`` first."""
+    fake.script(*replies)
+    return run(server, server.key(test=False))
+
+
+def column_of(server: Server, column: Any, key: Any, value: str) -> str | None:
+    """One row's column of the server's database (None: no such row)."""
     with rows_of(server.data_dir) as connection:
         found: str | None = connection.execute(
-            select(tasks.c.upstream).where(tasks.c.id == task_id)
-        ).scalar_one()
+            select(column).where(key == value)
+        ).scalar_one_or_none()
     return found
+
+
+def upstream_of(server: Server, task_id: str) -> str | None:
+    return column_of(server, tasks.c.upstream, tasks.c.id, task_id)
 
 
 def breaker_state(server: Server, name: str) -> str | None:
-    with rows_of(server.data_dir) as connection:
-        found: str | None = connection.execute(
-            select(upstream_breakers.c.state).where(upstream_breakers.c.name == name)
-        ).scalar_one_or_none()
-    return found
+    return column_of(server, upstream_breakers.c.state, upstream_breakers.c.name, name)
 
 
 def test_a_task_fails_over_from_a_google_answering_503_to_the_next_upstream(
     routed: Callable[..., Server], primary: FakeGemini, secondary: FakeGemini
 ) -> None:
     server = routed()
-    primary.script(Reply(status=503, message="The model is overloaded."))
-    record = run(server, server.key(test=False))
+    record = live_task(server, primary, Reply(status=503, message="The model is overloaded."))
     assert record["state"] == "success", record
     assert len(primary.requests) == 1
     assert len(secondary.requests) == 1
@@ -106,8 +116,9 @@ def test_a_400_is_final_and_goes_to_no_other_upstream(
     routed: Callable[..., Server], primary: FakeGemini, secondary: FakeGemini
 ) -> None:
     server = routed()
-    primary.script(Reply(status=400, message="Request contains an invalid argument."))
-    record = run(server, server.key(test=False))
+    record = live_task(
+        server, primary, Reply(status=400, message="Request contains an invalid argument.")
+    )
     assert record["failCode"] == "400", record
     assert "invalid argument" in record["failMsg"]
     assert len(primary.requests) == 1
@@ -115,12 +126,23 @@ def test_a_400_is_final_and_goes_to_no_other_upstream(
     assert upstream_of(server, record["taskId"]) == "primary"
 
 
+def test_a_key_google_refuses_fails_over_and_opens_the_breaker_at_once(
+    routed: Callable[..., Server], primary: FakeGemini, secondary: FakeGemini
+) -> None:
+    """Google answers a wrong key 400 INVALID_ARGUMENT: not the caller's error, ours."""
+    server = routed({"api_keys": ["not-primarys-key"]})
+    record = run(server, server.key(test=False))
+    assert record["state"] == "success", record
+    assert len(primary.requests) == 1
+    assert upstream_of(server, record["taskId"]) == "secondary"
+    assert breaker_state(server, "primary") == "open"  # at the first failure, not the 5th
+
+
 def test_a_safety_block_is_final_too(
     routed: Callable[..., Server], primary: FakeGemini, secondary: FakeGemini
 ) -> None:
     server = routed()
-    primary.script(Reply(block_reason="PROHIBITED_CONTENT"))
-    record = run(server, server.key(test=False))
+    record = live_task(server, primary, Reply(block_reason="PROHIBITED_CONTENT"))
     assert record["failCode"] == "403", record
     assert secondary.requests == []
 
@@ -208,6 +230,21 @@ def test_a_breaker_opens_after_its_failures_and_half_opens_after_its_cool_down(
     # The breaker opened after the second call was answered: no call came sooner.
     assert trial.received_at - opened_by.received_at >= cooldown_s - 0.05
     assert breaker_state(server, "primary") == "closed"
+
+
+def test_the_cluster_shares_a_breaker_through_the_database(
+    routed: Callable[..., Server], primary: FakeGemini, secondary: FakeGemini, tmp_path: Path
+) -> None:
+    shared, opened = tmp_path / "shared", {"breaker_failures": 1, "breaker_cooldown_seconds": 3600}
+    with running_server(shared, **routing(primary, secondary, opened)) as first:  # then stops
+        assert live_task(first, primary, Reply(status=503))["state"] == "success"
+        assert breaker_state(first, "primary") == "open"
+    # Another process (a server of its own, on the same database) has seen no failure.
+    other = routed(opened, data_dir=shared)
+    record = run(other, other.key(test=False))
+    assert record["state"] == "success", record
+    assert upstream_of(other, record["taskId"]) == "secondary"
+    assert len(primary.requests) == 1  # skipped: its breaker is the cluster's
 
 
 def test_a_failed_trial_opens_the_breaker_again(

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from bananastand.fake_gemini import FakeGemini
+from bananastand.settings import Settings
 from conftest import ServerProcess, cli
 from test_cli_errors import NOT_STARTED, one_line
 
@@ -104,3 +105,20 @@ def test_serve_prints_the_routes_it_will_use(
     assert "  nano-banana-pro -> google (gemini)\n" in log
     assert "  nano-banana-2: no route (createTask answers 505)" in log
     assert "secret-of-the-pool" not in log  # secrets are never printed
+
+
+def test_an_upstream_inherits_the_upstream_settings_it_leaves_out(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("BANANASTAND_UPSTREAM_MAX_ATTEMPTS", "2")
+    monkeypatch.setenv("BANANASTAND_UPSTREAM_CONCURRENCY", "3")
+    monkeypatch.setenv("TEST_GEMINI_KEY", "k1")
+    monkeypatch.setenv("TEST_GEMINI_KEY_2", "k2")
+    text = GOOD.format(base_url="").replace('location = "europe-west4"', "max_attempts = 7")
+    monkeypatch.setenv("BANANASTAND_CONFIG", config_file(tmp_path, text))
+    settings = Settings()
+    google, backup = settings.upstreams["google"], settings.upstreams["backup"]
+    assert (google.max_attempts, google.concurrency) == (2, 3)
+    assert (backup.max_attempts, backup.concurrency) == (7, 3)  # its own wins
+    assert google.keys == ("k1", "k2")  # resolved from the environment
+    assert settings.routes == {"nano-banana-pro": ["google", "backup"]}

@@ -52,8 +52,9 @@ class Breakers:
         if (since or 0) + cooldown_ms > self._store.now_ms():
             return False
         if not await self._store.breaker_trial(name, cooldown_ms):
-            self._read_at = float("-inf")  # another process took the trial: reread
-            return False
+            # Another process took the trial, or closed the breaker meanwhile: look again.
+            self._read_at = float("-inf")
+            return (await self._current(name)).state is BreakerState.CLOSED
         log.info("circuit breaker half-open: one trial task", extra={"upstream": name})
         self._known[name] = Breaker(
             name, BreakerState.HALF_OPEN, breaker.failures, breaker.opened_at, self._store.now_ms()

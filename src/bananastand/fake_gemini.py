@@ -190,7 +190,7 @@ class FakeGemini:
         seen = SeenRequest(model=match.group(1), api_key=api_key, body=body)
         self._record(seen)
         if api_key != self.api_key and api_key not in self.api_keys:
-            return _error(400, "API key not valid. Please pass a valid API key.")
+            return _refused_key(_error(400, "API key not valid. Please pass a valid API key."))
         reply = self._keyed_reply(api_key) or self._next_reply()
         if reply.status != 200:
             status, error, _ = _error(reply.status, reply.message or f"scripted {reply.status}")
@@ -265,6 +265,18 @@ class _Handler(BaseHTTPRequestHandler):
 def _error(code: int, message: str) -> tuple[int, dict[str, Any], float]:
     status = _STATUS_NAMES.get(code, "UNKNOWN")
     return code, {"error": {"code": code, "message": message, "status": status}}, 0.0
+
+
+def _refused_key(answer: tuple[int, dict[str, Any], float]) -> tuple[int, dict[str, Any], float]:
+    """As Google tells a wrong API key: an ``ErrorInfo`` detail naming the reason."""
+    answer[1]["error"]["details"] = [
+        {
+            "@type": "type.googleapis.com/google.rpc.ErrorInfo",
+            "reason": "API_KEY_INVALID",
+            "domain": "googleapis.com",
+        }
+    ]
+    return answer
 
 
 def _with_retry_info(error: dict[str, Any], retry_delay: str) -> dict[str, Any]:

@@ -13,9 +13,11 @@ upstream                                        raises              failCode
                                                 ``UpstreamError``
                                                 or ``UpstreamTimeout``
 400 (INVALID_ARGUMENT, ...)                     ``InputError``      400
+400 API_KEY_INVALID, 401, 403 (our key)         ``UpstreamError``   500
+                                                (opens the breaker)
 ``promptFeedback.blockReason``, a safety
 ``finishReason`` (IMAGE_SAFETY, NO_IMAGE, ...)  ``SafetyBlocked``   403
-other 4xx/5xx (bad key, unknown model, ...)     ``UpstreamError``   500
+other 4xx/5xx (unknown model, ...)              ``UpstreamError``   500
 ==============================================  ==================  ========
 
 The SDK retries nothing by default and is left that way: retries happen here, with

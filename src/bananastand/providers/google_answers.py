@@ -26,9 +26,17 @@ _BLOCKING_FINISH = frozenset(
 
 
 def api_failure(exc: genai_errors.APIError) -> TaskFailure:
+    """A key Google refuses is no fault of the caller's: the task goes to the next upstream
+    and this one's breaker opens at once (every task would fail the same way)."""
     what = f"{exc.code} {exc.status or ''}".strip()
     message = exc.message or "no message"
     status = str(exc.code)
+    if exc.code == 400 and _refused_key(exc):
+        return UpstreamError(
+            f"Google refused this server's API key ({what}): {message}",
+            upstream_status=status,
+            trip=True,
+        )
     if exc.code == 400:
         return InputError(
             f"Google rejected the request ({what}): {message}", upstream_status=status
@@ -39,9 +47,22 @@ def api_failure(exc: genai_errors.APIError) -> TaskFailure:
         )
     if exc.code in (401, 403):
         return UpstreamError(
-            f"Google refused this server's credentials ({what}): {message}", upstream_status=status
+            f"Google refused this server's credentials ({what}): {message}",
+            upstream_status=status,
+            trip=True,
         )
     return UpstreamError(f"Google answered {what}: {message}", upstream_status=status)
+
+
+def _refused_key(exc: genai_errors.APIError) -> bool:
+    """Google answers a wrong API key 400 INVALID_ARGUMENT, with an ``ErrorInfo`` detail
+    whose reason is ``API_KEY_INVALID``."""
+    error = exc.details.get("error") if isinstance(exc.details, dict) else None
+    details = error.get("details") if isinstance(error, dict) else None
+    listed = details if isinstance(details, list) else []
+    return any(
+        isinstance(detail, dict) and detail.get("reason") == "API_KEY_INVALID" for detail in listed
+    )
 
 
 def pick_image(response: types.GenerateContentResponse) -> tuple[bytes, str]:
