@@ -174,6 +174,30 @@ def test_a_refused_key_opens_the_upstreams_breaker_at_once(
     assert balance(server, key) == 100
 
 
+def test_our_key_refused_while_following_ends_the_task_and_opens_the_breaker(
+    relaying: Callable[..., Server], hosted: HostedFake
+) -> None:
+    """The upstream task exists, so the task is not handed on (a second upstream would
+    make the same image again); but our key no longer works there, so the breaker opens
+    and the next task goes nowhere near it."""
+    hosted.hang = True
+    server = relaying(
+        kie=jobs_api(hosted, breaker_failures=5, breaker_cooldown_seconds=3600),
+    )
+    _, key = new_account(server, 100)
+    answer = server.create(key, prompt_body())
+    assert answer["code"] == 200, answer
+    wait_for(lambda: len(hosted.tasks) == 1, what="the upstream task made")
+    hosted.key = "rotated-by-them"  # every later call with our key: 401
+    first = server.wait(key, answer["data"]["taskId"])
+    assert (first["state"], first["failCode"]) == ("fail", "500"), first
+    second = run_task(server, key)
+    assert second["state"] == "fail"
+    assert "circuit breaker is open" in second["failMsg"]
+    assert hosted.create_calls == 1
+    assert balance(server, key) == 100
+
+
 @pytest.mark.parametrize("idempotency_keys", [False, True])
 def test_a_lost_create_answer(
     relaying: Callable[..., Server], hosted: HostedFake, idempotency_keys: bool

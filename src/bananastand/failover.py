@@ -68,7 +68,13 @@ class RouteRunner:
                     image = await self._call(provider, request, attempt)
             except TaskFailure as failure:
                 if failure.final:
-                    await self._breakers.succeeded(provider.name)  # it answered, and well
+                    # The caller's error: the upstream answered, and well. A final one
+                    # that trips (our key refused while following a relayed task) says
+                    # the upstream is unusable for everyone else.
+                    if failure.trip:
+                        await self._breakers.failed(provider.name, trip=True)
+                    else:
+                        await self._breakers.succeeded(provider.name)
                     raise
                 await self._breakers.failed(provider.name, trip=failure.trip)
                 failures.append((provider.name, failure))
