@@ -1,5 +1,6 @@
 """A webhook receiver for tests: a small threaded HTTP server on loopback that records
-every request and answers from a script (status, headers, and a delay before answering)."""
+every request and answers from a script (status, headers, and a delay before answering,
+or a hold until the test lets the answer go)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,9 @@ class Answer:
     status: int = 200
     headers: dict[str, str] = field(default_factory=dict)
     sleep_s: float = 0.0
+    #: Answer only once this is set (by the test): a receiver that hangs for as long as a
+    #: test needs, however slow the machine, where a sleep would race the test's steps.
+    hold: threading.Event | None = None
 
 
 @dataclass(frozen=True)
@@ -62,6 +66,8 @@ class Receiver:
                     )
                 if answer.sleep_s:
                     time.sleep(answer.sleep_s)
+                if answer.hold is not None:
+                    answer.hold.wait(DEADLINE_S)
                 self.send_response(answer.status)
                 for name, value in answer.headers.items():
                     self.send_header(name, value)

@@ -9,6 +9,7 @@ import base64
 import hashlib
 import hmac
 import json
+import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -233,13 +234,24 @@ def test_retry_after_is_honoured(
 def test_slow_receiver_does_not_block_other_deliveries(
     start_server: Callable[..., Server], receivers: Callable[..., Receiver]
 ) -> None:
-    """One receiver answers only after the timeout (times scaled down: 10 s vs 8 s);
-    100 others on other ports answer at once. The slow one fills its per-host slots,
-    the others are all delivered while its requests are still hanging."""
+    """One receiver holds every request until the test lets go (within the sender's
+    timeout, however slow the machine); 100 others on other ports answer at once. The
+    slow one fills its per-host slots, the others are all delivered while its requests
+    are still hanging, and its own are delivered once it answers."""
     server = start_server(
-        **{**FAST, "webhook_timeout_seconds": 8.0, "webhook_per_host_concurrency": 4}
+        **{**FAST, "webhook_timeout_seconds": 300.0, "webhook_per_host_concurrency": 4}
     )
-    slow = receivers(default=Answer(200, sleep_s=10.0))
+    release = threading.Event()
+    try:
+        _slow_and_fast(server, receivers, release)
+    finally:
+        release.set()  # a failed check must not leave the server's requests hanging
+
+
+def _slow_and_fast(
+    server: Server, receivers: Callable[..., Receiver], release: threading.Event
+) -> None:
+    slow = receivers(default=Answer(200, hold=release))
     fast = [receivers() for _ in range(100)]
     key = server.key()
     slow_tasks = [create_with_callback(server, key, slow.url) for _ in range(6)]
@@ -256,6 +268,10 @@ def test_slow_receiver_does_not_block_other_deliveries(
         assert len(info["attempts"]) == 1
     for task_id in slow_tasks:
         assert server.wait(key, task_id)["state"] == "success"  # tasks were never held up
+    release.set()
+    for task_id in slow_tasks:
+        assert len(wait_info(server, key, task_id, delivered)["attempts"]) == 1
+    assert len(slow.requests) == 6
 
 
 def test_rotation_window_signs_with_both_secrets(
