@@ -10,7 +10,7 @@ to head (``migrate.upgrade``: a cheap check unless it is behind, so a fresh data
 still works), and each domain object built on first use.
 
 A refusal or a database that cannot be used is one line on stderr and an exit status
-(the table in ``bananastand.client.cli``): 2 for a bad argument (an unknown account or
+(the table in ``bananastand.client.exits``): 2 for a bad argument (an unknown account or
 key, a refused value) or bad settings, 4 for the database.
 """
 
@@ -27,7 +27,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from bananastand.accounts import Accounts
 from bananastand.billing import Billing
-from bananastand.client.cli import NOT_STARTED, SERVER, USAGE, fail
+from bananastand.client.exits import NOT_STARTED, SERVER, USAGE, fail
 from bananastand.errors import ApiError, ConfigurationError
 from bananastand.ops import Switches
 from bananastand.settings import Settings
@@ -127,7 +127,7 @@ def run_admin(
 
     ``starting``: this is the start of ``serve``, ``worker`` or ``migrate``, which exit
     with status 1 whatever stops them (as service managers expect of a process that
-    could not start); admin commands use the table of ``bananastand.client.cli``.
+    could not start); admin commands use the table of ``bananastand.client.exits``.
 
     ``migrate`` (None: the default of admin commands) brings the schema to the newest
     version first. By default only the embedded SQLite file is migrated, so that a new

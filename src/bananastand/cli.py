@@ -12,7 +12,7 @@ point, and importing the server for them cost ~1.1 s of start-up and CPU per run
 and what they use of it (``admin_runtime``).
 
 Errors are one line on stderr, never a traceback; exit statuses (the full table in
-``bananastand.client.cli``): 0 ok, 1 a task failed (``credits audit``: the ledger
+``bananastand.client.exits``): 0 ok, 1 a task failed (``credits audit``: the ledger
 disagrees), 2 usage (bad arguments, unknown ids, missing files, bad settings), 3 auth or
 credits (401, 402), 4 server, network or database.
 """
@@ -29,9 +29,9 @@ import typer
 
 from bananastand.cli_common import console, env_settings, with_accounts, with_services
 from bananastand.cli_roles import register as register_role_commands
-from bananastand.client.cli import TASK_FAILED, fail
 from bananastand.client.cli import register as register_client_commands
-from bananastand.client.cli import run as run_app
+from bananastand.client.exits import TASK_FAILED, fail
+from bananastand.client.exits import run as run_app
 from bananastand.ids import now_ms
 
 if TYPE_CHECKING:

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from bananastand.cli_common import console, env_settings, with_accounts, with_services
-from bananastand.client.cli import NOT_STARTED, fail
+from bananastand.client.exits import NOT_STARTED, fail
 
 if TYPE_CHECKING:
     from bananastand.accounts import Accounts, NewKey

@@ -37,7 +37,7 @@ from sqlalchemy import Connection, Table, func, insert, inspect, select
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, OperationalError, SQLAlchemyError
 
-from bananastand.client.cli import SERVER, USAGE, fail
+from bananastand.client.exits import SERVER, USAGE, fail
 from bananastand.store import migrate, open_runner, tables
 from bananastand.store.postgres.database import psycopg_url
 from bananastand.store.runner import GroupCommitRunner as Database

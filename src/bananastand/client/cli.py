@@ -2,26 +2,10 @@
 
 They talk to a server over HTTP only, so this module imports nothing of the server;
 ``bananastand.cli`` registers them onto its typer app with ``register``, and runs the
-whole command line through ``run`` here.
+whole command line through ``client.exits.run`` (their exit statuses are listed there).
 
-Every error is one line on stderr (``error: what happened: what to do``), never a
-traceback, and the exit status says what kind it was; scripts rely on these:
-
-    0  ok
-    1  a task failed: the generation failed, or a batch had failed or unknown lines
-       (``credits audit``: a balance disagrees with the ledger)
-    2  usage: bad arguments or options, a missing or unreadable file (``-i``, the batch
-       file, its manifest), an output folder another ``batch`` is using, an unknown
-       task/account/key (404), a refused input (422)
-    3  auth or credits: the key is missing, wrong, revoked or expired (401), not enough
-       credits (402)
-    4  server or network: cannot connect, timed out, still rate limited after retries
-       (429), maintenance (455), a server error (5xx, 505 included), a database that
-       cannot be used (admin commands)
-
-``serve``, ``worker`` and ``migrate`` exit 1 when they cannot start (a setting that does
-not parse, a database that is refused, wrong or at another schema), as service managers
-expect.
+The SDK is imported inside the commands that use it: registering them, for ``--help`` or
+for an admin command that shares the entry point, then costs none of its start-up.
 """
 
 from __future__ import annotations
@@ -29,67 +13,42 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, NoReturn, Protocol, TypeVar, cast
+from typing import TYPE_CHECKING, Annotated, Any
 
-import httpx
 import typer
-from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    SpinnerColumn,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
 
-from bananastand.client.batch import Batch, BatchReport
-from bananastand.client.client import DEFAULT_HTTP_TIMEOUT, AsyncClient, Client
-from bananastand.client.errors import (
-    ApiError,
-    AuthenticationError,
-    BananastandError,
-    FeatureDisabledError,
-    GenerationFailedError,
-    InsufficientCreditsError,
-    MaintenanceError,
-    NotFoundError,
-    RateLimitError,
-    TimeoutError,
-    TransportError,
-    ValidationError,
-)
-from bananastand.client.manifest import MANIFEST, BatchFileError
-from bananastand.client.models import Task
-from bananastand.client.pacing import RetryPolicy
-from bananastand.client.session import DEFAULT_BASE_URL
-from bananastand.client.waiting import DEFAULT_WAIT_TIMEOUT_S
+from bananastand.client.defaults import DEFAULT_BASE_URL, DEFAULT_WAIT_TIMEOUT_S
+from bananastand.client.exits import TASK_FAILED, client_errors, run, stderr
 from bananastand.contract import Lane
 
-T = TypeVar("T")
+if TYPE_CHECKING:
+    from bananastand.client.batch import BatchReport
+    from bananastand.client.client import Client
+    from bananastand.client.pacing import RetryPolicy
+
 #: Connections for quick requests (creates, uploads, downloads) in `batch`.
 QUICK_POOL = 8
 
-#: Exit statuses (the table in the module docstring).
-OK, TASK_FAILED, USAGE, AUTH, SERVER = 0, 1, 2, 3, 4
-#: ``serve``, ``worker`` and ``migrate`` that could not start, whatever the reason.
-NOT_STARTED = 1
 
-#: The SDK's policy, but for a person at a prompt: a server that cannot be reached is
-#: said so within a second (the SDK's default retries it for ~10 s), and a Retry-After
-#: longer than half a minute is reported ("try again in N s") rather than waited out.
-RETRY = RetryPolicy(budget_s=30.0, unreachable_budget_s=1.0)
+def retry_policy() -> RetryPolicy:
+    """The SDK's policy, but for a person at a prompt: a server that cannot be reached is
+    said so within a second (the SDK's default retries it for ~10 s), and a Retry-After
+    longer than half a minute is reported ("try again in N s") rather than waited out."""
+    from bananastand.client.pacing import RetryPolicy
 
-stderr = Console(stderr=True, highlight=False, soft_wrap=True)
+    return RetryPolicy(budget_s=30.0, unreachable_budget_s=1.0)
 
 
 def _http_url(value: str) -> str:
     """``--base-url`` must be an http(s) URL with a host: anything else would only fail
-    later, at every retry, with httpx's words for it."""
+    later, at every retry, with httpx's words for it. The default needs no check, and
+    ``credits add`` (an admin command under the client's ``credits``) then loads no httpx."""
+    if value == DEFAULT_BASE_URL:
+        return value
+    import httpx
+
     try:
         url = httpx.URL(value)
     except httpx.InvalidURL:
@@ -114,100 +73,10 @@ ApiKey = Annotated[
 ]
 
 
-def say(message: str) -> None:
-    """``error: message`` as one line on stderr (whatever newlines ``message`` holds)."""
-    stderr.print("error: " + " ".join(message.split()), markup=False)
-
-
-def fail(message: str, status: int) -> NoReturn:
-    say(message)
-    raise typer.Exit(status)
-
-
-#: (kind, exit status, what to do), the first that matches wins.
-_KINDS: tuple[tuple[type[BananastandError], int, str], ...] = (
-    (GenerationFailedError, TASK_FAILED, ""),
-    (BatchFileError, USAGE, ""),
-    (AuthenticationError, AUTH, "check --api-key or BANANASTAND_API_KEY"),
-    (
-        InsufficientCreditsError,
-        AUTH,
-        "the account needs credits (its operator: bananastand credits add), or use a test key",
-    ),
-    (NotFoundError, USAGE, "check the id"),
-    (ValidationError, USAGE, "fix that and run again"),
-    (RateLimitError, SERVER, "still rate limited after retries: try again later"),
-    (MaintenanceError, SERVER, "the server is under maintenance: try again later"),
-    (FeatureDisabledError, SERVER, "switched off on this server: ask its operator"),
-    (ApiError, SERVER, "the server failed: try again later, or look at its log"),
-    (TimeoutError, SERVER, "it may still finish: see bananastand status"),
-    (TransportError, SERVER, "no answer from the server: try again later, or check --base-url"),
-)
-
-
-def explain(exc: BananastandError) -> tuple[str, int]:
-    """What a person reads for a client error (what happened, what to do) and the exit
-    status of its kind."""
-    if isinstance(exc, TransportError) and exc.unreachable is not None:
-        return (
-            f"cannot reach {exc.url} ({exc.unreachable}): is the server running? "
-            "set --base-url or BANANASTAND_BASE_URL",
-            SERVER,
-        )
-    if isinstance(exc, RateLimitError) and exc.retry_after is not None:
-        wait = f"try again in {exc.retry_after:.0f} s"
-        return f"{exc}: still rate limited after retries: {wait}", SERVER
-    for kind, status, hint in _KINDS:
-        if isinstance(exc, kind):
-            return (f"{exc}: {hint}" if hint else str(exc)), status
-    return str(exc), SERVER
-
-
-@contextmanager
-def _errors() -> Iterator[None]:
-    """A refused or failed call is one line on stderr and the exit status of its kind."""
-    try:
-        yield
-    except BananastandError as exc:
-        fail(*explain(exc))
-    except OSError as exc:  # a local file: an image to upload, the folder to save in
-        fail(f"{exc.filename or ''}: {exc.strerror or exc}".lstrip(": "), USAGE)
-
-
-class _ClickError(Protocol):
-    exit_code: int
-
-    def format_message(self) -> str: ...
-
-
-def _click_error(name: str) -> type[Exception]:
-    """A class of click's errors, from whichever click typer runs on (recent typers
-    bundle their own copy of click, older ones use the ``click`` package)."""
-    return next(kind for kind in typer.BadParameter.__mro__ if kind.__name__ == name)
-
-
-def run(app: typer.Typer) -> NoReturn:
-    """Run ``app`` as ``bananastand``: click's usage errors become one line too
-    (``error: <what>: see '<command> --help'``), with click's exit status 2."""
-    command = typer.main.get_command(app)
-    try:
-        status = command.main(standalone_mode=False)
-    except typer.Abort:
-        sys.exit(130)
-    except _click_error("ClickException") as exc:
-        error = cast(_ClickError, exc)
-        if type(exc).__name__ != "NoArgsIsHelpError":  # else typer has printed the help
-            message = error.format_message().rstrip(".")
-            ctx = getattr(exc, "ctx", None)
-            if isinstance(exc, _click_error("UsageError")) and ctx is not None:
-                message += f": see '{ctx.command_path} --help'"
-            say(message)
-        sys.exit(error.exit_code)
-    sys.exit(status if isinstance(status, int) else OK)
-
-
 def _client(base_url: str, api_key: str | None) -> Client:
-    return Client(base_url, api_key, retry=RETRY)
+    from bananastand.client.client import Client
+
+    return Client(base_url, api_key, retry=retry_policy())
 
 
 def _print_json(value: Any) -> None:
@@ -233,7 +102,11 @@ def generate(
     api_key: ApiKey = None,
 ) -> None:
     """Make one image: upload the references, create the task, wait, save the files."""
-    with _errors(), _client(base_url, api_key) as client:
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    from bananastand.client.models import Task
+
+    with client_errors(), _client(base_url, api_key) as client:
         # The elapsed time ticks by itself: over an event stream, updates come only when
         # the state changes.
         with Progress(
@@ -273,7 +146,7 @@ def status(
     api_key: ApiKey = None,
 ) -> None:
     """Print a task's record (JSON)."""
-    with _errors(), _client(base_url, api_key) as client:
+    with client_errors(), _client(base_url, api_key) as client:
         _print_json(client.get(task_id).model_dump(mode="json"))
 
 
@@ -285,7 +158,7 @@ def credits_balance(
     """Without a subcommand: print your key's credit balance (GET /api/v1/chat/credit)."""
     if ctx.invoked_subcommand is not None:
         return
-    with _errors(), _client(base_url, api_key) as client:
+    with client_errors(), _client(base_url, api_key) as client:
         balance = client.credits()
     print(int(balance) if balance == int(balance) else balance)
 
@@ -326,6 +199,19 @@ def batch(
 ) -> None:
     """Run every line of a JSONL file as a task; resumable (see manifest.jsonl in -o), one
     run per -o at a time."""
+    import httpx
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    from bananastand.client.batch import Batch
+    from bananastand.client.client import DEFAULT_HTTP_TIMEOUT, AsyncClient
+    from bananastand.client.manifest import MANIFEST
 
     async def run() -> BatchReport:
         # Two pools. Quick requests (creates, uploads, downloads) share a small one:
@@ -346,7 +232,7 @@ def batch(
         client = AsyncClient(
             base_url,
             api_key,
-            retry=RETRY,
+            retry=retry_policy(),
             http=pool,
             stream_http=streams,
             max_streams=concurrency,
@@ -389,7 +275,7 @@ def batch(
 
                     return await job.run(client, concurrency, on_change=show)
 
-    with _errors():
+    with client_errors():
         report = _run_async(run)
     for line, reason in report.problems:
         stderr.print(f"line {line}: {reason}", markup=False)

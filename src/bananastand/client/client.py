@@ -30,6 +30,7 @@ from bananastand.client.actions import (
     T,
     opening,
 )
+from bananastand.client.defaults import DEFAULT_WAIT_TIMEOUT_S
 from bananastand.client.errors import TransportError
 from bananastand.client.flows import (
     DEFAULT_UPLOAD_PATH,
@@ -40,7 +41,7 @@ from bananastand.client.flows import (
 )
 from bananastand.client.models import Image, Result, Task, UploadedFile
 from bananastand.client.pacing import PollSchedule, RetryHook, RetryPolicy
-from bananastand.client.waiting import DEFAULT_WAIT_TIMEOUT_S, UpdateHook, wait
+from bananastand.client.waiting import UpdateHook, wait
 
 #: Per-request limits; waiting for a task is paced by ``wait``, not by one long request.
 DEFAULT_HTTP_TIMEOUT = httpx.Timeout(60.0, connect=10.0)

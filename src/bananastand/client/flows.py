@@ -16,11 +16,12 @@ import httpx
 
 from bananastand.client.actions import Flow
 from bananastand.client.answers import media_type, read_image, task_record
+from bananastand.client.defaults import DEFAULT_WAIT_TIMEOUT_S
 from bananastand.client.errors import TransportError
 from bananastand.client.models import Image, Result, Task, UploadedFile
 from bananastand.client.pacing import Replay
 from bananastand.client.session import USER_AGENT, Session
-from bananastand.client.waiting import DEFAULT_WAIT_TIMEOUT_S, UpdateHook, wait
+from bananastand.client.waiting import UpdateHook, wait
 from bananastand.image_types import EXTENSIONS
 
 DEFAULT_MODEL = "nano-banana-pro"

@@ -16,10 +16,10 @@ import httpx
 from bananastand import __version__
 from bananastand.client.actions import Flow, Send, Sleep, T
 from bananastand.client.answers import Reply, read_envelope
+from bananastand.client.defaults import DEFAULT_BASE_URL
 from bananastand.client.errors import ApiError, TransportError
 from bananastand.client.pacing import PollSchedule, Replay, RetryHook, RetryPolicy
 
-DEFAULT_BASE_URL = "http://127.0.0.1:8000"
 USER_AGENT = f"bananastand-client/{__version__}"
 RECORD_INFO = "/api/v1/jobs/recordInfo"
 #: Waits that may hold an event stream at once; the others poll. Each stream holds one

@@ -11,6 +11,7 @@ import httpx
 
 from bananastand.client.actions import Close, Flow, Open, Read, ReadChunk, Sleep
 from bananastand.client.answers import Reply, event_task, read_envelope, task_record
+from bananastand.client.defaults import DEFAULT_WAIT_TIMEOUT_S
 from bananastand.client.errors import ApiError, GenerationFailedError, TimeoutError, TransportError
 from bananastand.client.events import EVENT_STREAM, EventDecoder, is_event_stream
 from bananastand.client.models import Task
@@ -18,8 +19,6 @@ from bananastand.client.pacing import Replay
 from bananastand.client.session import RECORD_INFO, Session
 from bananastand.contract import TaskState
 
-#: A 4K render can take minutes upstream, and a task may queue behind others first.
-DEFAULT_WAIT_TIMEOUT_S = 15 * 60
 #: Longest silence on an open stream before it counts as lost: bananastand sends a
 #: keep-alive every 15 s.
 STREAM_READ_TIMEOUT_S = 60.0
