@@ -31,15 +31,18 @@ run: $(RUNTIME)
 # The suite runs once per database: BANANASTAND_TEST_DATABASES=sqlite (or postgresql, or
 # sqlite,postgresql); unset, both where PostgreSQL is installed (and under CI), else SQLite
 # (tests/databases.py). Every run goes ahead; the target fails if any of them failed.
-# BANANASTAND_TEST_DATABASES=sqlite is the quick path.
+# BANANASTAND_TEST_DATABASES=sqlite is the quick path. The tests that touch no database
+# run on the first pass only (BANANASTAND_TEST_ONLY_DATABASE=1 on the others).
 
 test: $(DEV)
 	$(BIN)/ruff check src tests bench
 	$(BIN)/mypy
-	@databases="$$($(BIN)/python tests/databases.py)" || exit 2; failed=""; \
+	@databases="$$($(BIN)/python tests/databases.py)" || exit 2; failed=""; only=""; \
 	for database in $$databases; do \
-	  echo "pytest on $$database (BANANASTAND_TEST_DATABASE=$$database)"; \
-	  BANANASTAND_TEST_DATABASE=$$database $(BIN)/pytest || failed="$$failed $$database"; \
+	  echo "pytest on $$database (BANANASTAND_TEST_DATABASE=$$database$${only:+, BANANASTAND_TEST_ONLY_DATABASE=1})"; \
+	  BANANASTAND_TEST_DATABASE=$$database BANANASTAND_TEST_ONLY_DATABASE=$$only $(BIN)/pytest \
+	    || failed="$$failed $$database"; \
+	  only=1; \
 	done; \
 	if [ -n "$$failed" ]; then echo "the suite failed on:$$failed"; exit 1; fi
 

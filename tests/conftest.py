@@ -106,12 +106,38 @@ def pytest_configure(config: pytest.Config) -> None:
 ONLY_ON = {"sqlite_only": "sqlite", "postgresql_only": "postgresql"}
 
 
+#: Set by ``make test`` on its passes after the first: the tests that touch no database
+#: (``Unit:`` files and those marked ``no_database``) already ran, and are left out.
+ONLY_DATABASE_TESTS = os.environ.get("BANANASTAND_TEST_ONLY_DATABASE", "") == "1"
+
+
 def pytest_report_header() -> str:
-    return f"database: {DATABASE} (BANANASTAND_TEST_DATABASE)"
+    header = f"database: {DATABASE} (BANANASTAND_TEST_DATABASE)"
+    if ONLY_DATABASE_TESTS:
+        header += "; tests that touch no database are left out (BANANASTAND_TEST_ONLY_DATABASE)"
+    return header
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Tests of one database's own mechanics are skipped, with their reason, on the other."""
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
+    """Two test workers per core (``-n auto``; ``--maxprocesses`` caps it): most tests wait
+    on child processes, sockets and servers more than they compute."""
+    return 2 * (os.cpu_count() or 1)
+
+
+def touches_no_database(item: pytest.Item) -> bool:
+    """A ``Unit:`` file's test (see the layers above), or one marked ``no_database``."""
+    module = getattr(item, "module", None)
+    unit = (getattr(module, "__doc__", None) or "").startswith("Unit:")
+    return unit or item.get_closest_marker("no_database") is not None
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests of one database's own mechanics are skipped, with their reason, on the other;
+    tests that touch no database are left out of the passes after the first."""
+    if ONLY_DATABASE_TESTS:
+        left_out = [item for item in items if touches_no_database(item)]
+        config.hook.pytest_deselected(items=left_out)
+        items[:] = [item for item in items if not touches_no_database(item)]
     for item in items:
         for name, database in ONLY_ON.items():
             marker = item.get_closest_marker(name)
@@ -133,11 +159,36 @@ _postgres_failed: list[str] = []
 _databases: dict[Path, str] = {}
 
 
+#: The running test's node id while it is one that touches no database.
+_without_database: list[str] = []
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> Any:
+    if touches_no_database(item):
+        _without_database.append(item.nodeid)
+    try:
+        return (yield)
+    finally:
+        _without_database.clear()
+
+
+def opening_the_run_database() -> None:
+    """Called wherever a test gets the run's database: a test said to touch none runs on
+    one pass only, so one that does is marked wrongly, and fails here."""
+    if _without_database:
+        raise RuntimeError(
+            f"{_without_database[0]} touches the run's database: it is not a Unit: test,"
+            " nor one to mark no_database"
+        )
+
+
 def postgres_server() -> postgres.PostgresServer:
     """This worker's PostgreSQL server, started on first use and stopped when the session
     ends. Without PostgreSQL the test is skipped, or fails under CI (``CI`` set), which
     must never skip silently."""
     global _postgres
+    opening_the_run_database()
     with _postgres_lock:
         if _postgres is None:
             if postgres.find_binaries() is None:
@@ -190,6 +241,7 @@ def database_settings(data_dir: Path) -> dict[str, str]:
     """The settings that put ``data_dir``'s server on this run's database: none on SQLite
     (the folder's own file), else a PostgreSQL database of the folder's own, made on the
     folder's first use and shared by every server and command on it."""
+    opening_the_run_database()
     if DATABASE == "sqlite":
         return {}
     folder = data_dir.resolve()

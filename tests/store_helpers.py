@@ -26,7 +26,7 @@ from bananastand.store.ports import Admission, Created, NewTask, Store
 from bananastand.store.runner import GroupCommitRunner
 from bananastand.store.sqlite.database import Database
 from bananastand.store.sqlstore import SqlStore
-from conftest import postgres_server
+from conftest import opening_the_run_database, postgres_server
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -79,6 +79,7 @@ class SqliteAdapter:
         self._template = template
 
     def new_database(self, tmp_path: Path) -> str:
+        opening_the_run_database()
         path = tmp_path / "store.db"
         for suffix in ("", "-wal"):
             source = self._template.with_name(self._template.name + suffix)
@@ -111,6 +112,7 @@ class PostgresqlAdapter:
         self._template = template.rsplit("/", 1)[1]
 
     def new_database(self, tmp_path: Path) -> str:
+        opening_the_run_database()
         return self._server.new_database(template=self._template)
 
     def open(self, url: str, clock: Callable[[], int]) -> Store:

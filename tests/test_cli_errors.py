@@ -99,6 +99,7 @@ def answering() -> Iterator[Answer]:
 # -- usage: bad arguments, files, URLs ------------------------------------------------------
 
 
+@pytest.mark.no_database
 def test_a_missing_image_file(tmp_path: Path, closed_url: str) -> None:
     done = client(
         "generate", "a banana", "-i", str(tmp_path / "nope.png"), "--base-url", closed_url
@@ -106,6 +107,7 @@ def test_a_missing_image_file(tmp_path: Path, closed_url: str) -> None:
     assert "nope.png" in one_line(done, USAGE)
 
 
+@pytest.mark.no_database
 @pytest.mark.parametrize("url", ["notaurl", "ftp://x", "http://"])
 def test_a_base_url_that_is_not_http(url: str) -> None:
     assert "not an http(s) URL" in one_line(client("status", "task_x", "--base-url", url), USAGE)
@@ -120,6 +122,7 @@ def test_click_usage_errors_are_one_line_too(tmp_path: Path) -> None:
     assert "--expires" in one_line(expiry, USAGE)
 
 
+@pytest.mark.no_database
 def test_batch_files_that_cannot_be_used(tmp_path: Path, closed_url: str) -> None:
     out = tmp_path / "out"
 
@@ -148,6 +151,7 @@ def test_batch_files_that_cannot_be_used(tmp_path: Path, closed_url: str) -> Non
 # -- network: nothing listening -------------------------------------------------------------
 
 
+@pytest.mark.no_database
 def test_connection_refused(tmp_path: Path, closed_url: str) -> None:
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text('{"prompt": "a banana"}\n')
@@ -220,6 +224,7 @@ def test_a_failed_generation_is_status_1(server: Server, tmp_path: Path) -> None
     assert "(403)" in one_line(done, TASK_FAILED)
 
 
+@pytest.mark.no_database
 @pytest.mark.parametrize(
     ("status", "body", "shows"),
     [
@@ -236,6 +241,7 @@ def test_server_failures(answering: Answer, status: int, body: object, shows: st
         assert shows in line, line
 
 
+@pytest.mark.no_database
 def test_not_a_bananastand_server(answering: Answer) -> None:
     url = answering(200, {"hello": "world"})
     line = one_line(client("status", "task_x", "--base-url", url), SERVER)

@@ -14,6 +14,8 @@ from bananastand.client import Client, NotFoundError, RetryPolicy, TransportErro
 from conftest import BIN
 from hosted_fake import PNG, HostedFake
 
+pytestmark = pytest.mark.no_database
+
 QUICK = RetryPolicy(base_s=0.01)
 
 

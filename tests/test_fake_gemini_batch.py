@@ -15,6 +15,8 @@ from google.genai import errors, types
 
 from bananastand.fake_gemini import FakeGemini, Reply
 
+pytestmark = pytest.mark.no_database
+
 MODEL = "gemini-3-pro-image"
 
 

@@ -33,6 +33,8 @@ from bananastand.fetch import (
     UnsupportedMediaError,
 )
 
+pytestmark = pytest.mark.no_database
+
 T = TypeVar("T")
 
 LOOPBACK = ("127.0.0.0/8",)

@@ -32,6 +32,8 @@ from bananastand.providers.local_limiter import LocalLimiter
 from bananastand.providers.sandbox import SandboxProvider
 from bananastand.settings import Settings
 
+pytestmark = pytest.mark.no_database
+
 
 @pytest.fixture
 def fake() -> Iterator[FakeGemini]:

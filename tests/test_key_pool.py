@@ -20,6 +20,8 @@ from bananastand.providers.registry import ProviderRegistry
 from bananastand.settings import Settings
 from waiting import DEADLINE_S
 
+pytestmark = pytest.mark.no_database
+
 REQUEST = GenerationRequest(model="nano-banana-pro", prompt="a banana")
 EXHAUSTED = "Resource has been exhausted (e.g. check quota)."
 

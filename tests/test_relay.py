@@ -21,6 +21,8 @@ from bananastand.wakeups import Topic, Wakeups
 from hosted_fake import PNG, HostedFake
 from waiting import wait_for
 
+pytestmark = pytest.mark.no_database
+
 T = TypeVar("T")
 LINKS = LinkSigner(b"relay-test-secret-0123456789", "http://ours.example")
 FOREIGN = "https://example.com/ref.png"

@@ -19,6 +19,8 @@ from bananastand.storage.base import Storage
 from bananastand.storage.s3 import PART_BYTES
 from conftest import S3Server
 
+pytestmark = pytest.mark.no_database
+
 StorageRun = Callable[[Callable[[Storage], Coroutine[Any, Any, Any]]], Any]
 
 

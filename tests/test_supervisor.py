@@ -15,6 +15,8 @@ import pytest
 from bananastand.supervisor import Backoff, Supervisor
 from waiting import wait_for_async
 
+pytestmark = pytest.mark.no_database
+
 
 def records_of(caplog: pytest.LogCaptureFixture, message: str) -> list[logging.LogRecord]:
     return [record for record in caplog.records if record.getMessage() == message]

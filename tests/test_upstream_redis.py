@@ -19,6 +19,8 @@ from coredis.tokens import PureToken
 from bananastand.providers.redis_limiter import RedisLimiter
 from conftest import free_port
 
+pytestmark = pytest.mark.no_database
+
 SCOPE = "gemini"
 HOLDERS = f"bananastand:upstream:{SCOPE}:holders"
 
