@@ -126,14 +126,6 @@ def serve(
     no_migrate: NoMigrate = False,
 ) -> None:
     """Serve the API (and, by default, a worker) on the configured database."""
-    import uvicorn
-
-    from bananastand.app import create_app
-    from bananastand.metrics import shared_between_processes
-    from bananastand.providers.registry import describe_routes
-    from bananastand.server import DrainingServer
-    from bananastand.supervisor import worker_supervisor
-
     if not worker and worker_processes:
         raise typer.BadParameter("--no-worker runs no worker: leave out --worker-processes")
     settings = env_settings(
@@ -158,6 +150,16 @@ def serve(
         _check_providers(settings)
     # Migrated here, once, before any worker process starts (they start with --no-migrate).
     first_key = with_accounts(settings, first_start, migrate=settings.auto_migrate, starting=True)
+    # The web stack is imported once the settings and the database are known to be good:
+    # a start that cannot work says so without first loading it (~0.5 s).
+    import uvicorn
+
+    from bananastand.app import create_app
+    from bananastand.metrics import shared_between_processes
+    from bananastand.providers.registry import describe_routes
+    from bananastand.server import DrainingServer
+    from bananastand.supervisor import worker_supervisor
+
     _banner(
         settings,
         first_key,
