@@ -12,7 +12,8 @@ from typing import TYPE_CHECKING, Any
 from bananastand.client.webhooks import CallbackVerificationError, verify_callback
 
 if TYPE_CHECKING:
-    from bananastand.client.client import AsyncClient, Client
+    from bananastand.client.async_client import AsyncClient
+    from bananastand.client.client import Client
     from bananastand.client.errors import (
         ApiError,
         AuthenticationError,
@@ -38,7 +39,7 @@ if TYPE_CHECKING:
 _LAZY = {
     "PollSchedule": "pacing",
     "RetryPolicy": "pacing",
-    "AsyncClient": "client",
+    "AsyncClient": "async_client",
     "Client": "client",
     "Image": "models",
     "Result": "models",

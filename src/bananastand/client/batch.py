@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-from bananastand.client.client import AsyncClient
+from bananastand.client.async_client import AsyncClient
 from bananastand.client.errors import BananastandError, ServerError, TransportError
 from bananastand.client.flows import create_body, is_url
 from bananastand.client.manifest import (

@@ -209,8 +209,9 @@ def batch(
         TimeRemainingColumn,
     )
 
+    from bananastand.client.async_client import AsyncClient
     from bananastand.client.batch import Batch
-    from bananastand.client.client import DEFAULT_HTTP_TIMEOUT, AsyncClient
+    from bananastand.client.client import DEFAULT_HTTP_TIMEOUT
     from bananastand.client.manifest import MANIFEST
 
     async def run() -> BatchReport:
