@@ -18,9 +18,11 @@ from pathlib import Path
 
 from _postgres import LocalPostgres
 from api import BenchError, query
-from e2e import Hooks, Ours, Run, drive, fake_upstream, process_tree, started
+from e2e import Hooks, Ours, Run, drive, fake_upstream, process_tree, sampled, started
 
 CALLBACK_POOL = "64"
+#: The most frequent statements ``--statements`` prints for each count.
+STATEMENTS_SHOWN = 12
 SLOW_FAKE = Path(__file__).with_name("_slow_gemini.py")
 
 
@@ -48,6 +50,25 @@ async def measured(
     return Spent(run, server.cpu_seconds() - postgres_0)
 
 
+def reset_statements(server: LocalPostgres, database: str) -> None:
+    query(server.url(database), "SELECT pg_stat_statements_reset()")
+
+
+def print_statements(server: LocalPostgres, database: str, tasks: int) -> None:
+    """The statements of the measured span per task (all processes), the most frequent
+    first: what each worker process added shows here, where CPU per task cannot say why."""
+    rows = query(
+        server.url(database),
+        "SELECT calls, query FROM pg_stat_statements"
+        " WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database())"
+        " AND query NOT LIKE '%pg_stat_statements%' ORDER BY calls DESC",
+    )
+    total = sum(int(str(calls)) for calls, _ in rows)
+    print(f"          statements per task: {total / tasks:.1f}")
+    for calls, text in rows[:STATEMENTS_SHOWN]:
+        print(f"          {int(str(calls)) / tasks:6.2f}  {' '.join(str(text).split())[:96]}")
+
+
 async def workers_part(
     server: LocalPostgres,
     workdir: Path,
@@ -55,9 +76,14 @@ async def workers_part(
     tasks: int,
     warmup: int,
     outstanding: int,
+    *,
+    statements: bool = False,
+    profile: Path | None = None,
 ) -> None:
     """Sandbox tasks/s and CPU per task for each count of worker processes, and whether the
-    server's CPU per task grew by under 15 % from the first count to the last; raises
+    server's CPU per task grew by under 15 % from the first count to the last
+    (``statements``: also what the database ran per task, ``server`` counting them;
+    ``profile``: py-spy's samples of the measured span, a file per count there); raises
     BenchError when a task failed."""
     print(
         f"\nworkers (PostgreSQL, sandbox, K={outstanding}, {tasks} tasks after {warmup}):\n"
@@ -66,18 +92,23 @@ async def workers_part(
     )
     per_task: list[float] = []
     for count in counts:
+        database = f"workers_{count}"
         side = Ours(
             f"{count} workers",
             worker_processes=count,
             test_key=True,
             extra={
-                "BANANASTAND_DATABASE_URL": fresh_database(server, f"workers_{count}"),
+                "BANANASTAND_DATABASE_URL": fresh_database(server, database),
                 "BANANASTAND_WEBHOOK_PER_HOST_CONCURRENCY": CALLBACK_POOL,
             },
         )
         async with started(side, workdir, "") as hooks:
             await drive(side, hooks, outstanding, warmup, None, side.name)
-            spent = await measured(side, hooks, server, outstanding, tasks, None)
+            if statements:
+                query(server.url(database), "CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+                reset_statements(server, database)
+            with sampled(side, profile, f"workers-{count}"):
+                spent = await measured(side, hooks, server, outstanding, tasks, None)
         run = spent.run
         per_task.append(spent.per_task_ms(run.server_cpu_s))
         print(
@@ -86,6 +117,8 @@ async def workers_part(
             f"{spent.per_task_ms(run.client_cpu_s):>8.2f} {run.failed:>5}",
             flush=True,
         )
+        if statements:
+            print_statements(server, database, tasks)
         if run.failed:
             raise BenchError(f"{run.failed} of {run.tasks} sandbox tasks failed")
     growth = per_task[-1] / per_task[0] - 1
