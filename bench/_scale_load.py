@@ -18,7 +18,7 @@ from pathlib import Path
 
 from _postgres import LocalPostgres
 from api import BenchError, query
-from e2e import Hooks, Ours, Run, drive, fake_upstream, process_tree, sampled, started
+from e2e import TICKS, Hooks, Ours, Run, drive, fake_upstream, process_tree, sampled, started
 
 CALLBACK_POOL = "64"
 #: The most frequent statements ``--statements`` prints for each count.
@@ -28,10 +28,12 @@ SLOW_FAKE = Path(__file__).with_name("_slow_gemini.py")
 
 @dataclass(frozen=True, slots=True)
 class Spent:
-    """A measured run and PostgreSQL's CPU seconds over the same span."""
+    """A measured run, and PostgreSQL's and the API process's own CPU seconds (part of
+    the server's) over the same span."""
 
     run: Run
     postgres_cpu_s: float
+    api_cpu_s: float
 
     def per_task_ms(self, cpu_s: float) -> float:
         return cpu_s * 1000 / self.run.tasks
@@ -42,12 +44,19 @@ def fresh_database(server: LocalPostgres, name: str) -> str:
     return server.url(name)
 
 
+def own_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of one process (all its threads, not its children)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICKS
+
+
 async def measured(
     side: Ours, hooks: Hooks, server: LocalPostgres, outstanding: int, tasks: int, pid: int | None
 ) -> Spent:
-    postgres_0 = server.cpu_seconds()
+    assert side.process is not None
+    postgres_0, api_0 = server.cpu_seconds(), own_cpu_s(side.process.pid)
     run = await drive(side, hooks, outstanding, tasks, pid, side.name)
-    return Spent(run, server.cpu_seconds() - postgres_0)
+    return Spent(run, server.cpu_seconds() - postgres_0, own_cpu_s(side.process.pid) - api_0)
 
 
 def reset_statements(server: LocalPostgres, database: str) -> None:
@@ -88,7 +97,7 @@ async def workers_part(
     print(
         f"\nworkers (PostgreSQL, sandbox, K={outstanding}, {tasks} tasks after {warmup}):\n"
         f"  {'workers':>7} {'tasks/s':>8} {'p50 ms':>7} {'p99 ms':>7} {'srv ms/t':>8} "
-        f"{'pg ms/t':>8} {'cli ms/t':>8} {'fail':>5}"
+        f"{'(api)':>6} {'pg ms/t':>8} {'cli ms/t':>8} {'fail':>5}"
     )
     per_task: list[float] = []
     for count in counts:
@@ -113,7 +122,8 @@ async def workers_part(
         per_task.append(spent.per_task_ms(run.server_cpu_s))
         print(
             f"  {count:>7} {run.tasks / run.seconds:>8.1f} {run.at(0.5):>7.1f} {run.p99_ms:>7.1f} "
-            f"{per_task[-1]:>8.2f} {spent.per_task_ms(spent.postgres_cpu_s):>8.2f} "
+            f"{per_task[-1]:>8.2f} {spent.per_task_ms(spent.api_cpu_s):>6.2f} "
+            f"{spent.per_task_ms(spent.postgres_cpu_s):>8.2f} "
             f"{spent.per_task_ms(run.client_cpu_s):>8.2f} {run.failed:>5}",
             flush=True,
         )

@@ -94,17 +94,41 @@ async def test_what_is_published_during_a_send_goes_out_as_one_message() -> None
     await asyncio.sleep(0.05)
     for task_id in ("t1", "t2", "t3"):
         hub.publish(Topic.TASKS, [task_id])
-    hub.publish(Topic.CALLBACKS)
+    hub.publish(Topic.CONFIG)
     bus.gate.set()
     await until(lambda: len(bus.sent) == 2)
     await hub.aclose()
     first, second = bus.sent
     assert first.topics == {Topic.WORK}
-    assert second.topics == {Topic.TASKS, Topic.CALLBACKS}
+    assert second.topics == {Topic.TASKS, Topic.CONFIG}
     assert second.task_ids == {"t1", "t2", "t3"}
     assert len(bus.sent) == 2
     # This process's subscribers heard every change at once, one by one.
-    assert [topic for topic, _ in heard] == [Topic.WORK, *[Topic.TASKS] * 3, Topic.CALLBACKS]
+    assert [topic for topic, _ in heard] == [Topic.WORK, *[Topic.TASKS] * 3, Topic.CONFIG]
+
+
+@scenario
+async def test_due_callbacks_stay_with_a_process_that_sends_callbacks() -> None:
+    """A process with a callback sender sends the callbacks of the tasks it ended: the
+    other processes' senders are not woken to claim what it takes; a process without one
+    (an API process, an admin command) tells the others."""
+    bus = RecordingBus()
+    sender_here = Wakeups(bus)
+    heard = listening(sender_here)
+    await sender_here.start()
+    sender_here.publish(Topic.CALLBACKS)
+    sender_here.publish(Topic.TASKS, ["t1"])
+    await until(lambda: len(bus.sent) == 1)
+    await sender_here.aclose()
+    assert [topic for topic, _ in heard] == [Topic.CALLBACKS, Topic.TASKS]
+    assert [message.topics for message in bus.sent] == [{Topic.TASKS}]
+
+    bus = RecordingBus()
+    no_sender = Wakeups(bus)
+    await no_sender.start()
+    no_sender.publish(Topic.CALLBACKS)
+    await no_sender.aclose()
+    assert [message.topics for message in bus.sent] == [{Topic.CALLBACKS}]
 
 
 @scenario

@@ -135,13 +135,21 @@ class Worker:
             else None
         )
         self._running: dict[str, tuple[asyncio.Task[None], Claim]] = {}
+        #: Whether tasks may be waiting that this worker has not tried to claim: set by a
+        #: wake-up, a poll that saw some, or a claim that took all it asked for; cleared
+        #: as a claim begins. A slot that frees up claims only while it is set: a claim
+        #: that took fewer than it asked for saw the queue empty, and every task made
+        #: claimable since comes with a wake-up.
+        self._maybe_waiting = True
         self._wakeup = asyncio.Event()
         self._stopping = asyncio.Event()
         #: When ``_look_around`` last ran (monotonic): the upkeep looks only if no poll did.
         self._looked_at = 0.0
 
     def wake(self) -> None:
-        """Tasks became claimable: look for work now rather than at the next poll."""
+        """Tasks became claimable: look for work now rather than at the next poll (or,
+        with no free slot, as soon as one frees up)."""
+        self._maybe_waiting = True
         self._wakeup.set()
 
     def stop(self) -> None:
@@ -171,20 +179,16 @@ class Worker:
         batches = asyncio.create_task(lane.run(), name="batch-lane") if lane else None
         try:
             await self._rescue()
-            woken = True
             while not self._stopping.is_set():
-                if (
-                    self._free_slots() > 0
-                    and (woken or await self._look_around())
-                    and await self._claim()
-                ):
-                    continue  # there may be more waiting
-                woken = False
-                with contextlib.suppress(TimeoutError):
+                if self._maybe_waiting and self._free_slots() > 0:
+                    await self._claim()
+                    continue
+                try:
                     await asyncio.wait_for(
                         self._wakeup.wait(), self._settings.poll_interval_seconds
                     )
-                    woken = True
+                except TimeoutError:
+                    self._maybe_waiting = await self._look_around() or self._maybe_waiting
                 self._wakeup.clear()
             await self._drain()
         finally:
@@ -218,10 +222,10 @@ class Worker:
     def _free_slots(self) -> int:
         return self._settings.worker_concurrency - len(self._running)
 
-    async def _claim(self) -> int:
+    async def _claim(self) -> None:
         free = self._free_slots()
-        if free <= 0:
-            return 0
+        # Cleared first: a wake-up that comes while the claim runs sets it again.
+        self._maybe_waiting = False
         claims = await self._store.claim_tasks(
             worker_id=self.worker_id,
             lease_token=random_token(24),
@@ -234,11 +238,13 @@ class Worker:
             runner = asyncio.create_task(self._run(claim), name=f"task-{claim.task.id}")
             self._running[claim.task.id] = (runner, claim)
             runner.add_done_callback(partial(self._finished, claim.task.id))
-        return len(claims)
+        if len(claims) >= free:
+            self._maybe_waiting = True  # it took all it could: more may be waiting
 
     def _finished(self, task_id: str, _runner: asyncio.Task[None]) -> None:
         self._running.pop(task_id, None)
-        self._wakeup.set()
+        if self._maybe_waiting:
+            self._wakeup.set()  # a free slot, and tasks may be waiting for one
 
     async def _drain(self) -> None:
         if self._running:
@@ -271,8 +277,9 @@ class Worker:
             await asyncio.sleep(interval)
             try:
                 await self._renew()
-                if time.monotonic() - self._looked_at >= interval:
-                    await self._look_around()  # no poll since the last round: a busy worker
+                # No poll since the last round: a busy worker (or one woken often).
+                if time.monotonic() - self._looked_at >= interval and await self._look_around():
+                    self.wake()
                 now = time.monotonic()
                 purge_due, sweep_due = now >= next_purge, now >= next_sweep
                 if (purge_due or sweep_due) and await self._membership.lead():

@@ -4,7 +4,8 @@ The database is the truth and every role still polls it, slowly, as a fallback; 
 wake-up only says *look now*. Four things are worth telling (``Topic``): tasks became
 claimable (workers look), tasks changed state (event streams reread them), callbacks
 became due (senders look), and keys, limits or switches changed (caches drop what they
-hold).
+hold). Due callbacks are the one exception: a process that sends callbacks sends those of
+the tasks it ended, and tells no one (``TAKEN_HERE``).
 
 ``Wakeups`` is the process's hub. A change made here reaches this process's subscribers
 at once, by a plain call, as before. It also goes to the other processes through a
@@ -51,6 +52,12 @@ MAX_NAMED_TASKS = 150
 #: second) it bounds what wake-ups cost the bus (each NOTIFY is a small transaction) while
 #: adding at most this much to a wake-up's latency.
 MIN_GAP_S = 0.002
+
+#: Topics whose work one process takes whole: one that has a subscriber of its own takes
+#: what it publishes, and the others are not told. A task's callback is sent by the
+#: sender of the process that ended it; telling every sender made each run a claim that
+#: found nothing (the others' polls still find a callback that this one could not send).
+TAKEN_HERE = frozenset({Topic.CALLBACKS})
 
 #: Subscribers get the task ids a message named, or None for "any of them".
 Subscriber = Callable[[frozenset[str] | None], None]
@@ -121,10 +128,13 @@ class Wakeups:
         """Something of ``topic`` was committed (``task_ids``: which tasks, for ``TASKS``).
 
         Costs nothing but a set update when no bus runs; never blocks and never raises:
-        the fallback poll covers a message that could not be sent."""
+        the fallback poll covers a message that could not be sent. A topic of
+        ``TAKEN_HERE`` goes to the others only when this process has no subscriber of it."""
         ids = None if task_ids is None else frozenset(task_ids)
         self._deliver(topic, ids)
         if self._bus is None or self._closing:
+            return
+        if topic in TAKEN_HERE and self._subscribers[topic]:
             return
         pending = self._pending
         pending.topics.add(topic)
