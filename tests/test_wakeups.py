@@ -167,6 +167,31 @@ async def test_messages_from_others_reach_subscribers_and_our_own_are_dropped() 
 
 
 @scenario
+async def test_workers_taking_turns_hear_only_the_work_whose_turn_is_theirs() -> None:
+    """A message announcing work names a turn; a hub taking turns delivers it only when
+    the turn is its own and tells its worker that another one had it. The rest of the
+    message, and work announced without a turn (an older sender), reach everyone."""
+    bus = RecordingBus()
+    hub = Wakeups(bus)
+    heard = listening(hub)
+    passed: list[None] = []
+    hub.take_turns(lambda turn: turn % 2 == 0, lambda: passed.append(None))
+    await hub.start()
+    bus.receive(Message("other", {Topic.WORK, Topic.TASKS}, {"t1"}, turn=3).encode())
+    assert (heard, len(passed)) == ([(Topic.TASKS, frozenset({"t1"}))], 1)
+    bus.receive(Message("other", {Topic.WORK}, turn=4).encode())
+    bus.receive(Message("old", {Topic.WORK}).encode())
+    assert heard[1:] == [(Topic.WORK, None), (Topic.WORK, None)]
+    assert len(passed) == 1
+    # What this hub announces names a turn; its own worker heard it at once.
+    hub.publish(Topic.WORK)
+    await until(lambda: len(bus.sent) == 1)
+    await hub.aclose()
+    assert bus.sent[0].turn is not None
+    assert heard[-1] == (Topic.WORK, None)
+
+
+@scenario
 async def test_a_hub_never_started_sends_what_it_has_when_it_closes() -> None:
     """An admin command publishes and ends: it never listens, but its change goes out."""
     bus = RecordingBus()

@@ -40,10 +40,26 @@ class Membership:
         self._in_flight = in_flight
         self._interval = settings.worker_heartbeat_seconds
         self._live_for_ms = int(LIVE_HEARTBEATS * self._interval * 1000)
-        #: Live workers of the cluster, this one included, as of the last heartbeat
-        #: (1 until the first one answers): what a per-process budget is split by.
-        self.live_workers = 1
+        #: The ids of the cluster's live workers, in order, as of the last heartbeat (none
+        #: until the first one answers).
+        self._live: list[str] = []
         self._leading = False
+
+    @property
+    def live_workers(self) -> int:
+        """Live workers of the cluster, this one included, as of the last heartbeat (1
+        until the first one answers): what a per-process budget is split by."""
+        return max(1, len(self._live))
+
+    def my_turn(self, turn: int) -> bool:
+        """Whether ``turn`` (a number drawn by whoever asks, the same in every process)
+        falls to this worker among the live ones, as of the last heartbeat: every worker
+        that saw the same heartbeats agrees on which one it falls to. A worker that does
+        not see itself live yet takes every turn."""
+        live = self._live
+        if self._process.id not in live:
+            return True
+        return live[turn % len(live)] == self._process.id
 
     async def run(self) -> None:
         """Heartbeat until cancelled; a heartbeat that fails is retried at the next one."""
@@ -57,11 +73,10 @@ class Membership:
     async def _beat(self) -> None:
         beat = self._registry.heartbeat(self._process, self._in_flight(), self._live_for_ms)
         if not self._leading:
-            self.live_workers = max(1, await beat)
+            self._live = await beat
             return
         # Sent together, so that the writer may commit both in one transaction.
-        live, self._leading = await asyncio.gather(beat, self._take_lease())
-        self.live_workers = max(1, live)
+        self._live, self._leading = await asyncio.gather(beat, self._take_lease())
         if not self._leading:
             log.warning("lost the periodic-jobs lease to another worker")
 

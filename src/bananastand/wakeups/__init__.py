@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -71,10 +72,16 @@ class Message:
     topics: set[Topic] = field(default_factory=set)
     #: The changed tasks; None: too many to name, or not known.
     task_ids: set[str] | None = field(default_factory=set)
+    #: For ``WORK``: a number drawn by the sender, which says whose turn it is to claim
+    #: among the processes that take turns (``Wakeups.take_turns``); None: everyone's.
+    turn: int | None = None
 
     def encode(self) -> bytes:
         ids = None if self.task_ids is None else sorted(self.task_ids)
-        return orjson.dumps({"from": self.sender, "topics": sorted(self.topics), "tasks": ids})
+        data: dict[str, object] = {"from": self.sender, "topics": sorted(self.topics), "tasks": ids}
+        if self.turn is not None:
+            data["turn"] = self.turn
+        return orjson.dumps(data)
 
     @classmethod
     def decode(cls, payload: bytes | str) -> Message | None:
@@ -83,7 +90,13 @@ class Message:
             data = orjson.loads(payload)
             topics = {Topic(name) for name in data["topics"]}
             ids = data["tasks"]
-            return cls(str(data["from"]), topics, None if ids is None else set(map(str, ids)))
+            turn = data.get("turn")
+            return cls(
+                str(data["from"]),
+                topics,
+                None if ids is None else set(map(str, ids)),
+                None if turn is None else int(turn),
+            )
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
             return None
 
@@ -111,6 +124,7 @@ class Wakeups:
         self._bus = bus
         self._me = random_token(8)
         self._subscribers: dict[Topic, list[Subscriber]] = {topic: [] for topic in Topic}
+        self._turns: tuple[Callable[[int], bool], Callable[[], None]] | None = None
         self._pending = Message(self._me)
         self._has_pending = asyncio.Event()
         self._sender: asyncio.Task[None] | None = None
@@ -123,6 +137,14 @@ class Wakeups:
 
     def subscribe(self, topic: Topic, callback: Subscriber) -> None:
         self._subscribers[topic].append(callback)
+
+    def take_turns(self, mine: Callable[[int], bool], passed: Callable[[], None]) -> None:
+        """Take turns with the other processes at the ``WORK`` they announce: one that
+        names a turn reaches this process's subscribers only if ``mine(turn)``, else
+        ``passed()`` is called (another process claims it; this one may look later, in
+        case that one could not). Without it, every process claims every task created
+        anywhere and all but one find nothing."""
+        self._turns = (mine, passed)
 
     def publish(self, topic: Topic, task_ids: Iterable[str] | None = None) -> None:
         """Something of ``topic`` was committed (``task_ids``: which tasks, for ``TASKS``).
@@ -180,6 +202,8 @@ class Wakeups:
 
     def _take_pending(self) -> Message:
         message, self._pending = self._pending, Message(self._me)
+        if Topic.WORK in message.topics:
+            message.turn = random.getrandbits(31)
         return message
 
     async def _send(self, message: Message) -> None:
@@ -202,6 +226,11 @@ class Wakeups:
             return
         named = None if message.task_ids is None else frozenset(message.task_ids)
         for topic in message.topics:
+            if topic is Topic.WORK and self._turns is not None and message.turn is not None:
+                mine, passed = self._turns
+                if not mine(message.turn):
+                    passed()
+                    continue
             self._deliver(topic, named if topic is Topic.TASKS else None)
 
     def _wake_all(self) -> None:
