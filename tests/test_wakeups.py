@@ -251,10 +251,10 @@ async def test_notify_carries_wakeups_and_a_lost_listener_comes_back() -> None:
     heard_first, heard_second = listening(first), listening(second)
     await first.start()
     await second.start()
-    first.publish(Topic.CALLBACKS)
-    await until(lambda: (Topic.CALLBACKS, None) in heard_second)
-    assert (Topic.CALLBACKS, None) in heard_first  # its own, locally, once
-    assert heard_first.count((Topic.CALLBACKS, None)) == 1
+    first.publish(Topic.CONFIG)
+    await until(lambda: (Topic.CONFIG, None) in heard_second)
+    assert (Topic.CONFIG, None) in heard_first  # its own, locally, once
+    assert heard_first.count((Topic.CONFIG, None)) == 1
 
     # Every connection cut: the listener reconnects, and tells its subscribers to look
     # (what was sent meanwhile is lost).
