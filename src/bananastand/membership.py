@@ -17,6 +17,7 @@ from collections.abc import Callable
 
 from bananastand.settings import Settings
 from bananastand.store.ports import WorkerProcess, WorkerRegistry
+from bananastand.wakeups import Topic, Wakeups
 
 log = logging.getLogger(__name__)
 
@@ -34,8 +35,16 @@ class Membership:
         process: WorkerProcess,
         settings: Settings,
         in_flight: Callable[[], int],
+        wakeups: Wakeups,
     ) -> None:
+        """``wakeups``: where it says that it joined or left, and hears of the others'
+        (each worker rereads the live ones then, so that all soon agree on whose turn
+        a task is, not only at their next heartbeats)."""
         self._registry = registry
+        self._wakeups = wakeups
+        wakeups.subscribe(Topic.WORKERS, lambda _ids: self._reread_soon())
+        self._rereading: asyncio.Task[None] | None = None
+        self._announced = False
         self._process = process
         self._in_flight = in_flight
         self._interval = settings.worker_heartbeat_seconds
@@ -70,15 +79,30 @@ class Membership:
                 log.exception("worker heartbeat failed; retrying")
             await asyncio.sleep(self._interval)
 
+    def _reread_soon(self) -> None:
+        if self._rereading is None or self._rereading.done():
+            self._rereading = asyncio.create_task(self._reread(), name="worker-registry")
+
+    async def _reread(self) -> None:
+        try:
+            live = await self._registry.live_workers()
+        except Exception:
+            log.exception("could not read the live workers; the next heartbeat tells")
+            return
+        self._live = sorted(worker.id for worker in live)
+
     async def _beat(self) -> None:
         beat = self._registry.heartbeat(self._process, self._in_flight(), self._live_for_ms)
         if not self._leading:
             self._live = await beat
-            return
-        # Sent together, so that the writer may commit both in one transaction.
-        self._live, self._leading = await asyncio.gather(beat, self._take_lease())
-        if not self._leading:
-            log.warning("lost the periodic-jobs lease to another worker")
+        else:
+            # Sent together, so that the writer may commit both in one transaction.
+            self._live, self._leading = await asyncio.gather(beat, self._take_lease())
+            if not self._leading:
+                log.warning("lost the periodic-jobs lease to another worker")
+        if not self._announced:  # its first heartbeat answered: it is live now
+            self._announced = True
+            self._wakeups.publish(Topic.WORKERS)
 
     async def lead(self) -> bool:
         """Whether this process runs the cluster's periodic jobs now: takes the lease, or
@@ -95,8 +119,11 @@ class Membership:
     async def leave(self) -> None:
         """Leave the registry at a clean stop: the row goes at once, and the lease too, so
         another worker can take over the jobs without waiting out the lease."""
+        if self._rereading is not None:
+            self._rereading.cancel()
         try:
             await self._registry.remove_worker(self._process.id)
+            self._wakeups.publish(Topic.WORKERS)
             if self._leading:
                 await self._registry.release_lease(JOBS_LEASE, self._process.id)
         except Exception:

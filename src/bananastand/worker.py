@@ -121,6 +121,7 @@ class Worker:
             ),
             settings,
             in_flight=lambda: self.running,
+            wakeups=self._wakeups,
         )
         # Tasks created in another process are claimed by one live worker, in turn.
         self._wakeups.take_turns(self._membership.my_turn, self._claiming.turn_passed)

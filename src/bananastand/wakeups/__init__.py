@@ -43,6 +43,9 @@ class Topic(StrEnum):
     CALLBACKS = "callbacks"
     #: Keys, account limits or switches changed: caches drop what they hold.
     CONFIG = "config"
+    #: A worker joined or left the registry: workers reread who is live (whose turn a
+    #: task made elsewhere is depends on it).
+    WORKERS = "workers"
 
 
 #: Task ids one message names at most; past this it says "some tasks" and streams reread
