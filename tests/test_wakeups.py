@@ -132,6 +132,27 @@ async def test_due_callbacks_stay_with_a_process_that_sends_callbacks() -> None:
 
 
 @scenario
+async def test_tasks_changed_waits_to_gather_more_and_goes_with_anything_else() -> None:
+    """A message that only says tasks changed (for the API's event streams) waits a
+    moment for more, since it wakes every process; work published meanwhile sends it."""
+    bus = RecordingBus()
+    hub = Wakeups(bus)
+    await hub.start()
+    hub.publish(Topic.TASKS, ["t1"])
+    for _ in range(5):
+        await asyncio.sleep(0)  # the send loop runs, and waits for more
+    hub.publish(Topic.TASKS, ["t2"])
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert bus.sent == []
+    hub.publish(Topic.WORK)
+    await until(lambda: len(bus.sent) == 1)
+    await hub.aclose()
+    [message] = bus.sent
+    assert (message.topics, message.task_ids) == ({Topic.TASKS, Topic.WORK}, {"t1", "t2"})
+
+
+@scenario
 async def test_too_many_tasks_are_sent_as_any_task() -> None:
     bus = RecordingBus()
     hub = Wakeups(bus)

@@ -1,10 +1,11 @@
 """Wake-ups: telling every process of a deployment that something changed, at once.
 
 The database is the truth and every role still polls it, slowly, as a fallback; a
-wake-up only says *look now*. Four things are worth telling (``Topic``): tasks became
-claimable (workers look), tasks changed state (event streams reread them), callbacks
-became due (senders look), and keys, limits or switches changed (caches drop what they
-hold). Due callbacks are the one exception: a process that sends callbacks sends those of
+wake-up only says *look now*. Five things are worth telling (``Topic``): tasks became
+claimable (workers look, one of them in turn: ``take_turns``), tasks changed state (event
+streams reread them), callbacks became due (senders look), keys, limits or switches
+changed (caches drop what they hold), and a worker joined or left (workers reread who is
+live). Due callbacks are the one exception: a process that sends callbacks sends those of
 the tasks it ended, and tells no one (``TAKEN_HERE``).
 
 ``Wakeups`` is the process's hub. A change made here reaches this process's subscribers
@@ -12,7 +13,9 @@ at once, by a plain call, as before. It also goes to the other processes through
 ``Bus`` (PostgreSQL's LISTEN/NOTIFY, or datagram sockets between processes on one SQLite
 file): what is published while one message is being sent is merged into the next one,
 so a burst of commits costs one message per round trip (and at most one per
-``MIN_GAP_S``), not one per change. A lost message costs one fallback poll; a bus that
+``MIN_GAP_S``; one that only says tasks changed waits ``TASKS_GAP_S`` for more), not one
+per change. Every message wakes every process, which costs each some CPU, however little
+it does with it. A lost message costs one fallback poll; a bus that
 reconnects wakes every local subscriber once, since it may have missed some.
 """
 
@@ -56,6 +59,13 @@ MAX_NAMED_TASKS = 150
 #: second) it bounds what wake-ups cost the bus (each NOTIFY is a small transaction) while
 #: adding at most this much to a wake-up's latency.
 MIN_GAP_S = 0.002
+
+#: How long a message that only says tasks changed (for event streams) waits to gather
+#: more: every message wakes every process of the cluster, and a worker's tasks each
+#: changed three times within milliseconds (claimed, generating, ended), each a message
+#: that woke all the others for nothing but the API's streams. Anything else published
+#: meanwhile sends it at once.
+TASKS_GAP_S = 0.02
 
 #: Topics whose work one process takes whole: one that has a subscriber of its own takes
 #: what it publishes, and the others are not told. A task's callback is sent by the
@@ -130,6 +140,8 @@ class Wakeups:
         self._turns: tuple[Callable[[int], bool], Callable[[], None]] | None = None
         self._pending = Message(self._me)
         self._has_pending = asyncio.Event()
+        #: Set when what is pending is more than tasks changed: it goes without waiting.
+        self._urgent = asyncio.Event()
         self._sender: asyncio.Task[None] | None = None
         self._closing = False
 
@@ -163,7 +175,9 @@ class Wakeups:
             return
         pending = self._pending
         pending.topics.add(topic)
-        if topic is Topic.TASKS and pending.task_ids is not None:
+        if topic is not Topic.TASKS:
+            self._urgent.set()
+        elif pending.task_ids is not None:
             if ids is None:
                 pending.task_ids = None
             else:
@@ -195,6 +209,7 @@ class Wakeups:
         A hub never started (an admin command) sends it here."""
         self._closing = True
         if self._sender is not None:
+            self._urgent.set()
             self._has_pending.set()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._sender
@@ -243,6 +258,10 @@ class Wakeups:
     async def _send_loop(self) -> None:
         while True:
             await self._has_pending.wait()
+            if not self._urgent.is_set():  # tasks changed, and nothing else: gather more
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._urgent.wait(), TASKS_GAP_S)
+            self._urgent.clear()
             self._has_pending.clear()
             message = self._take_pending()
             if message.topics:
