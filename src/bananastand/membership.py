@@ -45,6 +45,7 @@ class Membership:
         wakeups.subscribe(Topic.WORKERS, lambda _ids: self._reread_soon())
         self._rereading: asyncio.Task[None] | None = None
         self._announced = False
+        self._leaving = False
         self._process = process
         self._in_flight = in_flight
         self._interval = settings.worker_heartbeat_seconds
@@ -80,6 +81,8 @@ class Membership:
             await asyncio.sleep(self._interval)
 
     def _reread_soon(self) -> None:
+        if self._leaving:
+            return
         if self._rereading is None or self._rereading.done():
             self._rereading = asyncio.create_task(self._reread(), name="worker-registry")
 
@@ -119,6 +122,7 @@ class Membership:
     async def leave(self) -> None:
         """Leave the registry at a clean stop: the row goes at once, and the lease too, so
         another worker can take over the jobs without waiting out the lease."""
+        self._leaving = True
         if self._rereading is not None:
             self._rereading.cancel()
         try:

@@ -58,9 +58,10 @@ class WebhookSender:
         self._per_host: dict[str, int] = {}
         self._holding_host: set[str] = set()  # claims whose POST has not ended yet
         #: Whether due callbacks may be waiting that this sender has not tried to claim:
-        #: set by a wake-up (its own retry timers' too) and by a claim that took all it
-        #: could, or left out a receiver at its limit; cleared as a claim begins. A freed
-        #: slot claims only while it is set (as the worker's free slots do).
+        #: set by a wake-up (its own retry timers' too), by a claim that took all it
+        #: could, and by a receiver at its limit freeing a slot (a claim leaves its
+        #: callbacks out); cleared as a claim begins. A freed slot claims only while it
+        #: is set (as the worker's free slots do).
         self._maybe_due = True
         self._wakeup = asyncio.Event()
         self._stopping = asyncio.Event()
@@ -113,11 +114,10 @@ class WebhookSender:
         free = self._free_slots()
         # Cleared first: a wake-up that comes while the claim runs sets it again.
         self._maybe_due = False
-        per_host = self._settings.webhook_per_host_concurrency
         claims = await self._store.claim_due(
             lease_token=random_token(24),
             limit=free,
-            per_host=per_host,
+            per_host=self._settings.webhook_per_host_concurrency,
             in_flight=dict(self._per_host),
             lease_ms=self._lease_ms,
             new_secret=new_secret,
@@ -128,10 +128,8 @@ class WebhookSender:
             runner = asyncio.create_task(self._deliver(claim), name=f"callback-{claim.id}")
             self._running[claim.id] = (runner, claim)
             runner.add_done_callback(partial(self._finished, claim))
-        if len(claims) >= free or any(n >= per_host for n in self._per_host.values()):
-            # All it could take, or a receiver at its limit had some left out: the next
-            # freed slot looks again.
-            self._maybe_due = True
+        if len(claims) >= free:
+            self._maybe_due = True  # all it could take: the next freed slot looks again
 
     def _finished(self, claim: ClaimedCallback, _runner: asyncio.Task[None]) -> None:
         self._running.pop(claim.id, None)
@@ -145,7 +143,10 @@ class WebhookSender:
         if claim.id not in self._holding_host:
             return
         self._holding_host.discard(claim.id)
-        left = self._per_host.get(claim.host_key, 1) - 1
+        held = self._per_host.get(claim.host_key, 1)
+        if held >= self._settings.webhook_per_host_concurrency:
+            self._maybe_due = True  # its receiver was at its limit: some may have waited
+        left = held - 1
         if left > 0:
             self._per_host[claim.host_key] = left
         else:
