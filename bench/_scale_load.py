@@ -18,18 +18,22 @@ from pathlib import Path
 
 from _postgres import LocalPostgres
 from api import BenchError, query
-from e2e import Hooks, Ours, Run, drive, fake_upstream, process_tree, started
+from e2e import TICKS, Hooks, Ours, Run, drive, fake_upstream, process_tree, sampled, started
 
 CALLBACK_POOL = "64"
+#: The most frequent statements ``--statements`` prints for each count.
+STATEMENTS_SHOWN = 12
 SLOW_FAKE = Path(__file__).with_name("_slow_gemini.py")
 
 
 @dataclass(frozen=True, slots=True)
 class Spent:
-    """A measured run and PostgreSQL's CPU seconds over the same span."""
+    """A measured run, and PostgreSQL's and the API process's own CPU seconds (part of
+    the server's) over the same span."""
 
     run: Run
     postgres_cpu_s: float
+    api_cpu_s: float
 
     def per_task_ms(self, cpu_s: float) -> float:
         return cpu_s * 1000 / self.run.tasks
@@ -40,12 +44,38 @@ def fresh_database(server: LocalPostgres, name: str) -> str:
     return server.url(name)
 
 
+def own_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of one process (all its threads, not its children)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICKS
+
+
 async def measured(
     side: Ours, hooks: Hooks, server: LocalPostgres, outstanding: int, tasks: int, pid: int | None
 ) -> Spent:
-    postgres_0 = server.cpu_seconds()
+    assert side.process is not None
+    postgres_0, api_0 = server.cpu_seconds(), own_cpu_s(side.process.pid)
     run = await drive(side, hooks, outstanding, tasks, pid, side.name)
-    return Spent(run, server.cpu_seconds() - postgres_0)
+    return Spent(run, server.cpu_seconds() - postgres_0, own_cpu_s(side.process.pid) - api_0)
+
+
+def reset_statements(server: LocalPostgres, database: str) -> None:
+    query(server.url(database), "SELECT pg_stat_statements_reset()")
+
+
+def print_statements(server: LocalPostgres, database: str, tasks: int) -> None:
+    """The statements of the measured span per task (all processes), the most frequent
+    first: what each worker process added shows here, where CPU per task cannot say why."""
+    rows = query(
+        server.url(database),
+        "SELECT calls, query FROM pg_stat_statements"
+        " WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database())"
+        " AND query NOT LIKE '%pg_stat_statements%' ORDER BY calls DESC",
+    )
+    total = sum(int(str(calls)) for calls, _ in rows)
+    print(f"          statements per task: {total / tasks:.1f}")
+    for calls, text in rows[:STATEMENTS_SHOWN]:
+        print(f"          {int(str(calls)) / tasks:6.2f}  {' '.join(str(text).split())[:96]}")
 
 
 async def workers_part(
@@ -55,37 +85,50 @@ async def workers_part(
     tasks: int,
     warmup: int,
     outstanding: int,
+    *,
+    statements: bool = False,
+    profile: Path | None = None,
 ) -> None:
     """Sandbox tasks/s and CPU per task for each count of worker processes, and whether the
-    server's CPU per task grew by under 15 % from the first count to the last; raises
+    server's CPU per task grew by under 15 % from the first count to the last
+    (``statements``: also what the database ran per task, ``server`` counting them;
+    ``profile``: py-spy's samples of the measured span, a file per count there); raises
     BenchError when a task failed."""
     print(
         f"\nworkers (PostgreSQL, sandbox, K={outstanding}, {tasks} tasks after {warmup}):\n"
         f"  {'workers':>7} {'tasks/s':>8} {'p50 ms':>7} {'p99 ms':>7} {'srv ms/t':>8} "
-        f"{'pg ms/t':>8} {'cli ms/t':>8} {'fail':>5}"
+        f"{'(api)':>6} {'pg ms/t':>8} {'cli ms/t':>8} {'fail':>5}"
     )
     per_task: list[float] = []
     for count in counts:
+        database = f"workers_{count}"
         side = Ours(
             f"{count} workers",
             worker_processes=count,
             test_key=True,
             extra={
-                "BANANASTAND_DATABASE_URL": fresh_database(server, f"workers_{count}"),
+                "BANANASTAND_DATABASE_URL": fresh_database(server, database),
                 "BANANASTAND_WEBHOOK_PER_HOST_CONCURRENCY": CALLBACK_POOL,
             },
         )
         async with started(side, workdir, "") as hooks:
             await drive(side, hooks, outstanding, warmup, None, side.name)
-            spent = await measured(side, hooks, server, outstanding, tasks, None)
+            if statements:
+                query(server.url(database), "CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+                reset_statements(server, database)
+            with sampled(side, profile, f"workers-{count}"):
+                spent = await measured(side, hooks, server, outstanding, tasks, None)
         run = spent.run
         per_task.append(spent.per_task_ms(run.server_cpu_s))
         print(
             f"  {count:>7} {run.tasks / run.seconds:>8.1f} {run.at(0.5):>7.1f} {run.p99_ms:>7.1f} "
-            f"{per_task[-1]:>8.2f} {spent.per_task_ms(spent.postgres_cpu_s):>8.2f} "
+            f"{per_task[-1]:>8.2f} {spent.per_task_ms(spent.api_cpu_s):>6.2f} "
+            f"{spent.per_task_ms(spent.postgres_cpu_s):>8.2f} "
             f"{spent.per_task_ms(run.client_cpu_s):>8.2f} {run.failed:>5}",
             flush=True,
         )
+        if statements:
+            print_statements(server, database, tasks)
         if run.failed:
             raise BenchError(f"{run.failed} of {run.tasks} sandbox tasks failed")
     growth = per_task[-1] / per_task[0] - 1

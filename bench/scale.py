@@ -4,7 +4,8 @@ thousands of tasks in flight in one worker cost.
 
     .venv/bin/python bench/scale.py [--parts wakeup,idle,workers,flight] [--postgres]
         [--tasks 40] [--idle-workers 10] [--worker-counts 1,2,4] [--load-tasks 2000]
-        [--load-warmup 200] [--outstanding 64] [--in-flight 5000] [--upstream-delay 10]
+        [--load-warmup 200] [--outstanding 64] [--statements] [--profile DIR]
+        [--in-flight 5000] [--upstream-delay 10]
 
 For each database (a fresh SQLite file; with ``--postgres`` also a throwaway local
 PostgreSQL with durable settings, see ``_postgres``), in a temporary data folder:
@@ -274,6 +275,16 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--load-tasks", type=int, default=2000, help="measured tasks per run")
     parser.add_argument("--load-warmup", type=int, default=200, help="unmeasured tasks first")
     parser.add_argument("--outstanding", type=int, default=64, help="tasks kept in flight")
+    parser.add_argument(
+        "--statements",
+        action="store_true",
+        help="workers: count the database's statements per task (pg_stat_statements)",
+    )
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        help="workers: py-spy's samples of each measured span, into this folder",
+    )
     parser.add_argument("--in-flight", type=int, default=5000, help="tasks at once, one worker")
     parser.add_argument("--upstream-delay", type=float, default=10.0, help="the fake's seconds")
     args = parser.parse_args(argv)
@@ -301,15 +312,23 @@ def processes_apart(root: Path, args: argparse.Namespace) -> None:
 
 
 def under_load(root: Path, args: argparse.Namespace) -> None:
-    """The workers and flight parts, on a PostgreSQL of their own (no statement counting)."""
+    """The workers and flight parts, on a PostgreSQL of their own (counting statements
+    only with ``--statements``: it costs a little on every one)."""
     folder = root / "load"
     folder.mkdir()
-    with running_postgres(free_port()) as server:
+    with running_postgres(free_port(), statements=args.statements) as server:
         if "workers" in args.parts:
             counts = [int(count) for count in args.worker_counts.split(",")]
             asyncio.run(
                 workers_part(
-                    server, folder, counts, args.load_tasks, args.load_warmup, args.outstanding
+                    server,
+                    folder,
+                    counts,
+                    args.load_tasks,
+                    args.load_warmup,
+                    args.outstanding,
+                    statements=args.statements,
+                    profile=args.profile,
                 )
             )
         if "flight" in args.parts:

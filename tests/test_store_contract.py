@@ -1600,9 +1600,9 @@ async def test_heartbeats_list_the_live_workers_and_a_silent_one_drops_out(
 ) -> None:
     other = connect()  # a second process
     first, second = worker_process(1), worker_process(2, role="serve")
-    assert await store.heartbeat(first, 0, LIVE_MS) == 1
+    assert await store.heartbeat(first, 0, LIVE_MS) == [first.id]
     clock.advance(10_000)
-    assert await other.heartbeat(second, 3, LIVE_MS) == 2
+    assert await other.heartbeat(second, 3, LIVE_MS) == [first.id, second.id]
     [one, two] = await store.live_workers()
     assert (one.id, one.host, one.pid, one.role, one.concurrency, one.in_flight) == (
         first.id,
@@ -1621,10 +1621,10 @@ async def test_heartbeats_list_the_live_workers_and_a_silent_one_drops_out(
     )
     # The first one fell silent: once its time ran out, only the second is live.
     clock.advance(LIVE_MS - 10_000 + 1)
-    assert await other.heartbeat(second, 1, LIVE_MS) == 1
+    assert await other.heartbeat(second, 1, LIVE_MS) == [second.id]
     assert [w.id for w in await store.live_workers()] == [second.id]
     # Its next heartbeat brings it back, the same row updated, at a pace of its own.
-    assert await store.heartbeat(first, 2, 3 * LIVE_MS) == 2
+    assert await store.heartbeat(first, 2, 3 * LIVE_MS) == [first.id, second.id]
     assert [(w.id, w.in_flight) for w in await other.live_workers()] == [
         (first.id, 2),
         (second.id, 1),

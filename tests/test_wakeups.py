@@ -94,17 +94,62 @@ async def test_what_is_published_during_a_send_goes_out_as_one_message() -> None
     await asyncio.sleep(0.05)
     for task_id in ("t1", "t2", "t3"):
         hub.publish(Topic.TASKS, [task_id])
-    hub.publish(Topic.CALLBACKS)
+    hub.publish(Topic.CONFIG)
     bus.gate.set()
     await until(lambda: len(bus.sent) == 2)
     await hub.aclose()
     first, second = bus.sent
     assert first.topics == {Topic.WORK}
-    assert second.topics == {Topic.TASKS, Topic.CALLBACKS}
+    assert second.topics == {Topic.TASKS, Topic.CONFIG}
     assert second.task_ids == {"t1", "t2", "t3"}
     assert len(bus.sent) == 2
     # This process's subscribers heard every change at once, one by one.
-    assert [topic for topic, _ in heard] == [Topic.WORK, *[Topic.TASKS] * 3, Topic.CALLBACKS]
+    assert [topic for topic, _ in heard] == [Topic.WORK, *[Topic.TASKS] * 3, Topic.CONFIG]
+
+
+@scenario
+async def test_due_callbacks_stay_with_a_process_that_sends_callbacks() -> None:
+    """A process with a callback sender sends the callbacks of the tasks it ended: the
+    other processes' senders are not woken to claim what it takes; a process without one
+    (an API process, an admin command) tells the others."""
+    bus = RecordingBus()
+    sender_here = Wakeups(bus)
+    heard = listening(sender_here)
+    await sender_here.start()
+    sender_here.publish(Topic.CALLBACKS)
+    sender_here.publish(Topic.TASKS, ["t1"])
+    await until(lambda: len(bus.sent) == 1)
+    await sender_here.aclose()
+    assert [topic for topic, _ in heard] == [Topic.CALLBACKS, Topic.TASKS]
+    assert [message.topics for message in bus.sent] == [{Topic.TASKS}]
+
+    bus = RecordingBus()
+    no_sender = Wakeups(bus)
+    await no_sender.start()
+    no_sender.publish(Topic.CALLBACKS)
+    await no_sender.aclose()
+    assert [message.topics for message in bus.sent] == [{Topic.CALLBACKS}]
+
+
+@scenario
+async def test_tasks_changed_waits_to_gather_more_and_goes_with_anything_else() -> None:
+    """A message that only says tasks changed (for the API's event streams) waits a
+    moment for more, since it wakes every process; work published meanwhile sends it."""
+    bus = RecordingBus()
+    hub = Wakeups(bus)
+    await hub.start()
+    hub.publish(Topic.TASKS, ["t1"])
+    for _ in range(5):
+        await asyncio.sleep(0)  # the send loop runs, and waits for more
+    hub.publish(Topic.TASKS, ["t2"])
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert bus.sent == []
+    hub.publish(Topic.WORK)
+    await until(lambda: len(bus.sent) == 1)
+    await hub.aclose()
+    [message] = bus.sent
+    assert (message.topics, message.task_ids) == ({Topic.TASKS, Topic.WORK}, {"t1", "t2"})
 
 
 @scenario
@@ -140,6 +185,31 @@ async def test_messages_from_others_reach_subscribers_and_our_own_are_dropped() 
         (Topic.TASKS, frozenset({"t9"})),
         (Topic.WORK, None),
     ]
+
+
+@scenario
+async def test_workers_taking_turns_hear_only_the_work_whose_turn_is_theirs() -> None:
+    """A message announcing work names a turn; a hub taking turns delivers it only when
+    the turn is its own and tells its worker that another one had it. The rest of the
+    message, and work announced without a turn (an older sender), reach everyone."""
+    bus = RecordingBus()
+    hub = Wakeups(bus)
+    heard = listening(hub)
+    passed: list[None] = []
+    hub.take_turns(lambda turn: turn % 2 == 0, lambda: passed.append(None))
+    await hub.start()
+    bus.receive(Message("other", {Topic.WORK, Topic.TASKS}, {"t1"}, turn=3).encode())
+    assert (heard, len(passed)) == ([(Topic.TASKS, frozenset({"t1"}))], 1)
+    bus.receive(Message("other", {Topic.WORK}, turn=4).encode())
+    bus.receive(Message("old", {Topic.WORK}).encode())
+    assert heard[1:] == [(Topic.WORK, None), (Topic.WORK, None)]
+    assert len(passed) == 1
+    # What this hub announces names a turn; its own worker heard it at once.
+    hub.publish(Topic.WORK)
+    await until(lambda: len(bus.sent) == 1)
+    await hub.aclose()
+    assert bus.sent[0].turn is not None
+    assert heard[-1] == (Topic.WORK, None)
 
 
 @scenario
@@ -202,10 +272,10 @@ async def test_notify_carries_wakeups_and_a_lost_listener_comes_back() -> None:
     heard_first, heard_second = listening(first), listening(second)
     await first.start()
     await second.start()
-    first.publish(Topic.CALLBACKS)
-    await until(lambda: (Topic.CALLBACKS, None) in heard_second)
-    assert (Topic.CALLBACKS, None) in heard_first  # its own, locally, once
-    assert heard_first.count((Topic.CALLBACKS, None)) == 1
+    first.publish(Topic.CONFIG)
+    await until(lambda: (Topic.CONFIG, None) in heard_second)
+    assert (Topic.CONFIG, None) in heard_first  # its own, locally, once
+    assert heard_first.count((Topic.CONFIG, None)) == 1
 
     # Every connection cut: the listener reconnects, and tells its subscribers to look
     # (what was sent meanwhile is lost).

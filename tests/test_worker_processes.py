@@ -14,9 +14,12 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
+from sqlalchemy import select
 
-from conftest import ServerProcess, make_key
+from bananastand.store.tables import workers
+from conftest import ServerProcess, make_key, rows_of
 from processes import Spawn, create, db_row, generating, wait_row
+from test_metrics import scrape, value
 from waiting import wait_for
 
 T = TypeVar("T")
@@ -151,3 +154,57 @@ def test_sigterm_drains_every_child_and_exits_0_with_nothing_lost(
     assert handed_back["attempts"] == 0  # released, not counted as an attempt
     assert handed_back["worker_id"] is None
     assert handed_back["lease_token"] is None
+
+
+def heartbeats(data_dir: Path) -> list[int]:
+    """The registry's last heartbeat of each worker (the store's clock, ms)."""
+    with rows_of(data_dir) as connection:
+        return list(connection.execute(select(workers.c.heartbeat_at)).scalars())
+
+
+def test_a_task_made_in_the_api_is_claimed_by_one_of_four_workers_not_by_all(
+    spawn: Spawn, data_dir: Path
+) -> None:
+    """The wake-up of a created task reaches all four workers, and one of them claims it:
+    the turn falls to one live worker, the others only look a moment later whether it
+    still waits (one read, no claim). Before, all four ran a claim transaction for every
+    task and three found nothing. Claims are counted by ``bananastand_worker_claims_total``
+    (summed over the children by the API's scrape)."""
+    serve = spawn(
+        "serve",
+        "--worker-processes",
+        "4",
+        env={
+            # No poll within the test (each would be a look, maybe a claim); heartbeats
+            # often, so that every worker soon lists all four, and not so often that a
+            # busy host makes one miss three in a row and drop out of the others' lists.
+            "BANANASTAND_POLL_INTERVAL_SECONDS": "60",
+            "BANANASTAND_WORKER_HEARTBEAT_SECONDS": "2",
+        },
+    )
+    wait_working(serve, 4)
+    four = wait_for(
+        lambda: heartbeats(data_dir), lambda beats: len(beats) == 4, what="4 workers live"
+    )
+    # Every worker's view is its last heartbeat's: one after all four had joined.
+    wait_for(
+        lambda: heartbeats(data_dir),
+        lambda beats: min(beats) > max(four),
+        what="a heartbeat of each worker that saw all four",
+    )
+    key = make_key(data_dir)
+    before = scrape(serve.base_url)
+    for n in range(6):  # one at a time: each its own wake-up, and its own claim
+        runners = succeeded(data_dir, [create(serve, key, f"banana {n}")])
+        assert serve.process.pid not in runners
+    after = scrape(serve.base_url)
+
+    def claims(found: str) -> float:
+        name = "bananastand_worker_claims_total"
+        return value(after, name, found=found) - value(before, name, found=found)
+
+    assert claims("true") == 6  # each task claimed once
+    # Every worker claimed every task before: 18 that found nothing. A look half a second
+    # after another worker's turn claims only if the task still waits then: it takes a
+    # host too busy to claim within half a second (none did in runs on a quiet one).
+    assert claims("false") < 6

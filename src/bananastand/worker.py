@@ -5,7 +5,8 @@ One worker runs many tasks at once on one event loop (``worker_concurrency``). W
 holds tasks it renews their leases; a worker that dies stops renewing, and any worker's
 rescue pass puts its tasks back to ``waiting`` (or fails them after ``max_attempts``).
 On shutdown it stops claiming, lets running tasks finish within the grace period, and
-hands the rest back untouched.
+hands the rest back untouched. When it claims (only while tasks may be waiting for it,
+taking turns with the other workers at tasks made elsewhere) is ``claiming``'s to say.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from typing import Protocol
 
 from bananastand.batch_lane import BatchLane
 from bananastand.breakers import Breakers
+from bananastand.claiming import Claiming
 from bananastand.contract import FAIL_INTERNAL, Lane, TaskInput, TaskState
 from bananastand.errors import LeaseLost, TaskFailure, UpstreamTimeout
 from bananastand.failover import RouteRunner
@@ -87,6 +89,7 @@ class Worker:
         # Where it tells every process what it committed (tasks changed, callbacks due,
         # tasks handed back) and hears that tasks were created anywhere.
         self._wakeups = wakeups or Wakeups()
+        self._claiming = Claiming()
         self._wakeups.subscribe(Topic.WORK, lambda _ids: self.wake())
         self._settings = settings
         self._outcomes = Outcomes(store, self._wakeups, metrics)
@@ -118,7 +121,10 @@ class Worker:
             ),
             settings,
             in_flight=lambda: self.running,
+            wakeups=self._wakeups,
         )
+        # Tasks created in another process are claimed by one live worker, in turn.
+        self._wakeups.take_turns(self._membership.my_turn, self._claiming.turn_passed)
         self._lease_ms = int(settings.lease_seconds * 1000)
         self._batch_lane = (
             BatchLane(
@@ -135,18 +141,18 @@ class Worker:
             else None
         )
         self._running: dict[str, tuple[asyncio.Task[None], Claim]] = {}
-        self._wakeup = asyncio.Event()
         self._stopping = asyncio.Event()
         #: When ``_look_around`` last ran (monotonic): the upkeep looks only if no poll did.
         self._looked_at = 0.0
 
     def wake(self) -> None:
-        """Tasks became claimable: look for work now rather than at the next poll."""
-        self._wakeup.set()
+        """Tasks became claimable: look for work now rather than at the next poll (or,
+        with no free slot, as soon as one frees up)."""
+        self._claiming.announced()
 
     def stop(self) -> None:
         self._stopping.set()
-        self._wakeup.set()
+        self._claiming.interrupt()
 
     @property
     def running(self) -> int:
@@ -171,23 +177,18 @@ class Worker:
         batches = asyncio.create_task(lane.run(), name="batch-lane") if lane else None
         try:
             await self._rescue()
-            woken = True
+            claiming = self._claiming
             while not self._stopping.is_set():
-                if (
-                    self._free_slots() > 0
-                    and (woken or await self._look_around())
-                    and await self._claim()
-                ):
-                    continue  # there may be more waiting
-                woken = False
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(
-                        self._wakeup.wait(), self._settings.poll_interval_seconds
-                    )
-                    woken = True
-                self._wakeup.clear()
+                if self._free_slots() > 0:
+                    if claiming.look_due:
+                        claiming.looked(await self._look_around())
+                    if claiming.maybe_waiting:
+                        await self._claim()
+                        continue
+                await claiming.wait(self._settings.poll_interval_seconds)
             await self._drain()
         finally:
+            self._claiming.close()
             if lane is not None and batches is not None:
                 lane.stop()
                 await batches  # hands back the batch tasks it holds
@@ -218,27 +219,27 @@ class Worker:
     def _free_slots(self) -> int:
         return self._settings.worker_concurrency - len(self._running)
 
-    async def _claim(self) -> int:
+    async def _claim(self) -> None:
         free = self._free_slots()
-        if free <= 0:
-            return 0
+        self._claiming.claiming()
         claims = await self._store.claim_tasks(
             worker_id=self.worker_id,
             lease_token=random_token(24),
             limit=free,
             lease_ms=self._lease_ms,
         )
+        self._metrics.worker_claims.labels("true" if claims else "false").inc()
         if claims:
             self._wakeups.publish(Topic.TASKS, [claim.task.id for claim in claims])
         for claim in claims:
             runner = asyncio.create_task(self._run(claim), name=f"task-{claim.task.id}")
             self._running[claim.task.id] = (runner, claim)
             runner.add_done_callback(partial(self._finished, claim.task.id))
-        return len(claims)
+        self._claiming.claimed(len(claims), free)
 
     def _finished(self, task_id: str, _runner: asyncio.Task[None]) -> None:
         self._running.pop(task_id, None)
-        self._wakeup.set()
+        self._claiming.slot_freed()
 
     async def _drain(self) -> None:
         if self._running:
@@ -271,8 +272,9 @@ class Worker:
             await asyncio.sleep(interval)
             try:
                 await self._renew()
-                if time.monotonic() - self._looked_at >= interval:
-                    await self._look_around()  # no poll since the last round: a busy worker
+                # No poll since the last round: a busy worker (or one woken often).
+                if time.monotonic() - self._looked_at >= interval and await self._look_around():
+                    self.wake()
                 now = time.monotonic()
                 purge_due, sweep_due = now >= next_purge, now >= next_sweep
                 if (purge_due or sweep_due) and await self._membership.lead():

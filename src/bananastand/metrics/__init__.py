@@ -59,6 +59,12 @@ class Metrics:
             ["model", "state", "fail_code"],
             registry=r,
         )
+        self.worker_claims = Counter(
+            f"{PREFIX}_worker_claims",
+            "Claim transactions of the workers, by whether they took a task.",
+            ["found"],
+            registry=r,
+        )
         self.claim_to_start = Histogram(
             f"{PREFIX}_task_claim_to_start_seconds",
             "From a worker's claim to the start of the upstream call (inputs, upstream slot).",

@@ -21,7 +21,9 @@ class ClusterQueries:
 
     # -- the worker registry and leases ---------------------------------------------------
 
-    async def heartbeat(self, process: WorkerProcess, in_flight: int, live_for_ms: int) -> int:
+    async def heartbeat(
+        self, process: WorkerProcess, in_flight: int, live_for_ms: int
+    ) -> list[str]:
         now = self._clock()
         beat = partial(workers.heartbeat, process=process, in_flight=in_flight, now_ms=now)
         return await self.runner.write(partial(beat, live_for_ms=live_for_ms))

@@ -286,10 +286,12 @@ class WorkerRegistry(Clock, Protocol):
     """The live worker processes of the cluster, and named leases that let one of them
     run a periodic job for all. Times are the store's clock, so machines agree on them."""
 
-    async def heartbeat(self, process: WorkerProcess, in_flight: int, live_for_ms: int) -> int:
+    async def heartbeat(
+        self, process: WorkerProcess, in_flight: int, live_for_ms: int
+    ) -> list[str]:
         """Write this process's row: its heartbeat now, live for ``live_for_ms`` unless it
-        beats again; answer how many workers are live, this one included. One
-        transaction: a heartbeat is the registry's whole idle cost."""
+        beats again; answer the ids of the live workers, this one included, in order.
+        One transaction: a heartbeat is the registry's whole idle cost."""
         ...
 
     async def remove_worker(self, worker_id: str) -> bool: ...

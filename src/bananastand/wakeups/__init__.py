@@ -1,17 +1,21 @@
 """Wake-ups: telling every process of a deployment that something changed, at once.
 
 The database is the truth and every role still polls it, slowly, as a fallback; a
-wake-up only says *look now*. Four things are worth telling (``Topic``): tasks became
-claimable (workers look), tasks changed state (event streams reread them), callbacks
-became due (senders look), and keys, limits or switches changed (caches drop what they
-hold).
+wake-up only says *look now*. Five things are worth telling (``Topic``): tasks became
+claimable (workers look, one of them in turn: ``take_turns``), tasks changed state (event
+streams reread them), callbacks became due (senders look), keys, limits or switches
+changed (caches drop what they hold), and a worker joined or left (workers reread who is
+live). Due callbacks are the one exception: a process that sends callbacks sends those of
+the tasks it ended, and tells no one (``TAKEN_HERE``).
 
 ``Wakeups`` is the process's hub. A change made here reaches this process's subscribers
 at once, by a plain call, as before. It also goes to the other processes through a
 ``Bus`` (PostgreSQL's LISTEN/NOTIFY, or datagram sockets between processes on one SQLite
 file): what is published while one message is being sent is merged into the next one,
 so a burst of commits costs one message per round trip (and at most one per
-``MIN_GAP_S``), not one per change. A lost message costs one fallback poll; a bus that
+``MIN_GAP_S``; one that only says tasks changed waits ``TASKS_GAP_S`` for more), not one
+per change. Every message wakes every process, which costs each some CPU, however little
+it does with it. A lost message costs one fallback poll; a bus that
 reconnects wakes every local subscriber once, since it may have missed some.
 """
 
@@ -20,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -41,6 +46,9 @@ class Topic(StrEnum):
     CALLBACKS = "callbacks"
     #: Keys, account limits or switches changed: caches drop what they hold.
     CONFIG = "config"
+    #: A worker joined or left the registry: workers reread who is live (whose turn a
+    #: task made elsewhere is depends on it).
+    WORKERS = "workers"
 
 
 #: Task ids one message names at most; past this it says "some tasks" and streams reread
@@ -51,6 +59,19 @@ MAX_NAMED_TASKS = 150
 #: second) it bounds what wake-ups cost the bus (each NOTIFY is a small transaction) while
 #: adding at most this much to a wake-up's latency.
 MIN_GAP_S = 0.002
+
+#: How long a message that only says tasks changed (for event streams) waits to gather
+#: more: every message wakes every process of the cluster, and a worker's tasks each
+#: changed three times within milliseconds (claimed, generating, ended), each a message
+#: that woke all the others for nothing but the API's streams. Anything else published
+#: meanwhile sends it at once.
+TASKS_GAP_S = 0.02
+
+#: Topics whose work one process takes whole: one that has a subscriber of its own takes
+#: what it publishes, and the others are not told. A task's callback is sent by the
+#: sender of the process that ended it; telling every sender made each run a claim that
+#: found nothing (the others' polls still find a callback that this one could not send).
+TAKEN_HERE = frozenset({Topic.CALLBACKS})
 
 #: Subscribers get the task ids a message named, or None for "any of them".
 Subscriber = Callable[[frozenset[str] | None], None]
@@ -64,10 +85,16 @@ class Message:
     topics: set[Topic] = field(default_factory=set)
     #: The changed tasks; None: too many to name, or not known.
     task_ids: set[str] | None = field(default_factory=set)
+    #: For ``WORK``: a number drawn by the sender, which says whose turn it is to claim
+    #: among the processes that take turns (``Wakeups.take_turns``); None: everyone's.
+    turn: int | None = None
 
     def encode(self) -> bytes:
         ids = None if self.task_ids is None else sorted(self.task_ids)
-        return orjson.dumps({"from": self.sender, "topics": sorted(self.topics), "tasks": ids})
+        data: dict[str, object] = {"from": self.sender, "topics": sorted(self.topics), "tasks": ids}
+        if self.turn is not None:
+            data["turn"] = self.turn
+        return orjson.dumps(data)
 
     @classmethod
     def decode(cls, payload: bytes | str) -> Message | None:
@@ -76,7 +103,13 @@ class Message:
             data = orjson.loads(payload)
             topics = {Topic(name) for name in data["topics"]}
             ids = data["tasks"]
-            return cls(str(data["from"]), topics, None if ids is None else set(map(str, ids)))
+            turn = data.get("turn")
+            return cls(
+                str(data["from"]),
+                topics,
+                None if ids is None else set(map(str, ids)),
+                None if turn is None else int(turn),
+            )
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
             return None
 
@@ -104,8 +137,11 @@ class Wakeups:
         self._bus = bus
         self._me = random_token(8)
         self._subscribers: dict[Topic, list[Subscriber]] = {topic: [] for topic in Topic}
+        self._turns: tuple[Callable[[int], bool], Callable[[], None]] | None = None
         self._pending = Message(self._me)
         self._has_pending = asyncio.Event()
+        #: Set when what is pending is more than tasks changed: it goes without waiting.
+        self._urgent = asyncio.Event()
         self._sender: asyncio.Task[None] | None = None
         self._closing = False
 
@@ -117,18 +153,31 @@ class Wakeups:
     def subscribe(self, topic: Topic, callback: Subscriber) -> None:
         self._subscribers[topic].append(callback)
 
+    def take_turns(self, mine: Callable[[int], bool], passed: Callable[[], None]) -> None:
+        """Take turns with the other processes at the ``WORK`` they announce: one that
+        names a turn reaches this process's subscribers only if ``mine(turn)``, else
+        ``passed()`` is called (another process claims it; this one may look later, in
+        case that one could not). Without it, every process claims every task created
+        anywhere and all but one find nothing."""
+        self._turns = (mine, passed)
+
     def publish(self, topic: Topic, task_ids: Iterable[str] | None = None) -> None:
         """Something of ``topic`` was committed (``task_ids``: which tasks, for ``TASKS``).
 
         Costs nothing but a set update when no bus runs; never blocks and never raises:
-        the fallback poll covers a message that could not be sent."""
+        the fallback poll covers a message that could not be sent. A topic of
+        ``TAKEN_HERE`` goes to the others only when this process has no subscriber of it."""
         ids = None if task_ids is None else frozenset(task_ids)
         self._deliver(topic, ids)
         if self._bus is None or self._closing:
             return
+        if topic in TAKEN_HERE and self._subscribers[topic]:
+            return
         pending = self._pending
         pending.topics.add(topic)
-        if topic is Topic.TASKS and pending.task_ids is not None:
+        if topic is not Topic.TASKS:
+            self._urgent.set()
+        elif pending.task_ids is not None:
             if ids is None:
                 pending.task_ids = None
             else:
@@ -160,6 +209,7 @@ class Wakeups:
         A hub never started (an admin command) sends it here."""
         self._closing = True
         if self._sender is not None:
+            self._urgent.set()
             self._has_pending.set()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._sender
@@ -170,6 +220,8 @@ class Wakeups:
 
     def _take_pending(self) -> Message:
         message, self._pending = self._pending, Message(self._me)
+        if Topic.WORK in message.topics:
+            message.turn = random.getrandbits(31)
         return message
 
     async def _send(self, message: Message) -> None:
@@ -192,6 +244,11 @@ class Wakeups:
             return
         named = None if message.task_ids is None else frozenset(message.task_ids)
         for topic in message.topics:
+            if topic is Topic.WORK and self._turns is not None and message.turn is not None:
+                mine, passed = self._turns
+                if not mine(message.turn):
+                    passed()
+                    continue
             self._deliver(topic, named if topic is Topic.TASKS else None)
 
     def _wake_all(self) -> None:
@@ -201,6 +258,10 @@ class Wakeups:
     async def _send_loop(self) -> None:
         while True:
             await self._has_pending.wait()
+            if not self._urgent.is_set():  # tasks changed, and nothing else: gather more
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._urgent.wait(), TASKS_GAP_S)
+            self._urgent.clear()
             self._has_pending.clear()
             message = self._take_pending()
             if message.topics:

@@ -57,12 +57,20 @@ class WebhookSender:
         self._running: dict[str, tuple[asyncio.Task[None], ClaimedCallback]] = {}
         self._per_host: dict[str, int] = {}
         self._holding_host: set[str] = set()  # claims whose POST has not ended yet
+        #: Whether due callbacks may be waiting that this sender has not tried to claim:
+        #: set by a wake-up (its own retry timers' too), by a claim that took all it
+        #: could, and by a receiver at its limit freeing a slot (a claim leaves its
+        #: callbacks out); cleared as a claim begins. A freed slot claims only while it
+        #: is set (as the worker's free slots do).
+        self._maybe_due = True
         self._wakeup = asyncio.Event()
         self._stopping = asyncio.Event()
         self._timers: set[asyncio.TimerHandle] = set()
 
     def wake(self) -> None:
-        """A task with a callback ended, or a callback was re-sent: look now."""
+        """A task with a callback ended, or a callback was re-sent: look now (or, with no
+        free slot, as soon as one frees up)."""
+        self._maybe_due = True
         self._wakeup.set()
 
     def stop(self) -> None:
@@ -77,28 +85,35 @@ class WebhookSender:
         log.info("webhook sender started")
         try:
             while not self._stopping.is_set():
+                if self._maybe_due and self._free_slots() > 0:
+                    try:
+                        await self._claim()
+                        continue
+                    except Exception:
+                        self._maybe_due = True  # at its next wake-up or poll
+                        log.exception("claiming callbacks failed; retrying")
+                # Woken by wake-ups (a task with a callback ended, a resend), by its own
+                # retry timers, and by the polls of the worker beside it, which look for
+                # due callbacks too; its own poll is only a last resort.
                 try:
-                    if await self._claim():
-                        continue  # there may be more due
-                except Exception:
-                    log.exception("claiming callbacks failed; retrying")
-                # Woken by wake-ups (a task with a callback ended anywhere, a resend), by
-                # its own retry timers, and by the polls of the worker beside it, which
-                # look for due callbacks too; its own poll is only a last resort.
-                with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(
                         self._wakeup.wait(),
                         self._settings.poll_interval_seconds * _OWN_POLL_FACTOR,
                     )
+                except TimeoutError:
+                    self._maybe_due = True
                 self._wakeup.clear()
         finally:
             await self._halt()
             log.info("webhook sender stopped")
 
-    async def _claim(self) -> int:
-        free = self._settings.webhook_concurrency - len(self._running)
-        if free <= 0:
-            return 0
+    def _free_slots(self) -> int:
+        return self._settings.webhook_concurrency - len(self._running)
+
+    async def _claim(self) -> None:
+        free = self._free_slots()
+        # Cleared first: a wake-up that comes while the claim runs sets it again.
+        self._maybe_due = False
         claims = await self._store.claim_due(
             lease_token=random_token(24),
             limit=free,
@@ -113,12 +128,14 @@ class WebhookSender:
             runner = asyncio.create_task(self._deliver(claim), name=f"callback-{claim.id}")
             self._running[claim.id] = (runner, claim)
             runner.add_done_callback(partial(self._finished, claim))
-        return len(claims)
+        if len(claims) >= free:
+            self._maybe_due = True  # all it could take: the next freed slot looks again
 
     def _finished(self, claim: ClaimedCallback, _runner: asyncio.Task[None]) -> None:
         self._running.pop(claim.id, None)
         self._host_done(claim)
-        self._wakeup.set()  # a slot is free
+        if self._maybe_due:
+            self._wakeup.set()  # a slot is free, and callbacks may be due
 
     def _host_done(self, claim: ClaimedCallback) -> None:
         """Free the receiver's slot as soon as it has answered: recording the attempt is
@@ -126,12 +143,16 @@ class WebhookSender:
         if claim.id not in self._holding_host:
             return
         self._holding_host.discard(claim.id)
-        left = self._per_host.get(claim.host_key, 1) - 1
+        held = self._per_host.get(claim.host_key, 1)
+        if held >= self._settings.webhook_per_host_concurrency:
+            self._maybe_due = True  # its receiver was at its limit: some may have waited
+        left = held - 1
         if left > 0:
             self._per_host[claim.host_key] = left
         else:
             self._per_host.pop(claim.host_key, None)
-        self._wakeup.set()
+        if self._maybe_due:
+            self._wakeup.set()
 
     async def _halt(self) -> None:
         for timer in self._timers:

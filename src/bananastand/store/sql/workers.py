@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sqlalchemy import Connection, delete, func, insert, or_, select, update
+from sqlalchemy import Connection, delete, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
 from bananastand.records import LiveWorker
@@ -17,7 +17,7 @@ def heartbeat(
     in_flight: int,
     now_ms: int,
     live_for_ms: int,
-) -> int:
+) -> list[str]:
     upsert(
         connection,
         workers,
@@ -33,8 +33,8 @@ def heartbeat(
             "in_flight": in_flight,
         },
     )
-    live = select(func.count()).where(workers.c.live_until >= now_ms)
-    return int(connection.execute(live).scalar_one())
+    live = select(workers.c.id).where(workers.c.live_until >= now_ms).order_by(workers.c.id)
+    return list(connection.execute(live).scalars())
 
 
 def remove_worker(connection: Connection, worker_id: str) -> bool:
