@@ -18,15 +18,16 @@ from __future__ import annotations
 
 import asyncio
 
-#: How long after another worker's turn this one looks whether tasks still wait: one
-#: look however many turns pass meanwhile.
-LOOK_AFTER_TURN_S = 0.5
-
 
 class Claiming:
-    """A worker's reasons to claim or look, and the event its loop waits on."""
+    """A worker's reasons to claim or look, and the event its loop waits on.
 
-    def __init__(self) -> None:
+    ``look_after_turn_s``: how long after another worker's turn this one looks whether
+    tasks still wait (``BANANASTAND_WORKER_TURN_LOOK_SECONDS``); one look however many
+    turns pass meanwhile."""
+
+    def __init__(self, look_after_turn_s: float) -> None:
+        self._look_after_turn_s = look_after_turn_s
         #: Whether tasks may be waiting that this worker has not tried to claim (set at
         #: start: it has not looked yet).
         self.maybe_waiting = True
@@ -43,7 +44,7 @@ class Claiming:
     def turn_passed(self) -> None:
         """Another worker's turn at tasks made elsewhere: look a moment later."""
         if self._timer is None:
-            self._timer = asyncio.get_running_loop().call_later(LOOK_AFTER_TURN_S, self._look)
+            self._timer = asyncio.get_running_loop().call_later(self._look_after_turn_s, self._look)
 
     def _look(self) -> None:
         self._timer = None

@@ -162,6 +162,9 @@ class Settings(BaseSettings):
     #: Each worker process's row in the registry is written this often; one silent for
     #: three intervals is not live (``bananastand workers``, the periodic-jobs lease).
     worker_heartbeat_seconds: float = Field(default=15.0, gt=0)
+    # A task made in another process is claimed by one live worker in turn; the others
+    # look this long after whether it still waits (that worker may be full, or gone).
+    worker_turn_look_seconds: float = Field(default=0.5, gt=0)
 
     # Providers.
     live_provider: LiveProvider = LiveProvider.AUTO

@@ -89,7 +89,7 @@ class Worker:
         # Where it tells every process what it committed (tasks changed, callbacks due,
         # tasks handed back) and hears that tasks were created anywhere.
         self._wakeups = wakeups or Wakeups()
-        self._claiming = Claiming()
+        self._claiming = Claiming(settings.worker_turn_look_seconds)
         self._wakeups.subscribe(Topic.WORK, lambda _ids: self.wake())
         self._settings = settings
         self._outcomes = Outcomes(store, self._wakeups, metrics)
