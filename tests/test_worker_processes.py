@@ -181,7 +181,7 @@ def test_a_task_made_in_the_api_is_claimed_by_one_of_four_workers_not_by_all(
             # busy host never makes one miss three in a row and drop out of the lists.
             "BANANASTAND_POLL_INTERVAL_SECONDS": "120",
             "BANANASTAND_WORKER_TURN_LOOK_SECONDS": "120",
-            "BANANASTAND_WORKER_HEARTBEAT_SECONDS": "5",
+            "BANANASTAND_WORKER_HEARTBEAT_SECONDS": "3",
         },
     )
     wait_working(serve, 4)
