@@ -17,6 +17,8 @@ from receiver import Receiver
 from test_webhooks import create_with_callback, gave_up, wait_info
 from test_webhooks import receivers as receivers  # the fixture
 
+pytestmark = pytest.mark.fresh_data  # make run on a new machine: serve migrates its new file
+
 Spawn = Callable[..., ServerProcess]
 KEY = re.compile(r"bs_test_[A-Za-z0-9]{32}")
 SETTING = "BANANASTAND_ALLOW_PRIVATE_NETWORKS"
