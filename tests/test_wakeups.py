@@ -32,7 +32,7 @@ from conftest import (
 from processes import Spawn, create, wait_record
 from store_helpers import scenario
 from test_events import in_lifecycle_order, items, records, stream
-from waiting import wait_for, wait_for_async
+from waiting import DEADLINE_S, wait_for, wait_for_async
 
 Heard = list[tuple[Topic, frozenset[str] | None]]
 
@@ -134,9 +134,11 @@ async def test_due_callbacks_stay_with_a_process_that_sends_callbacks() -> None:
 @scenario
 async def test_tasks_changed_waits_to_gather_more_and_goes_with_anything_else() -> None:
     """A message that only says tasks changed (for the API's event streams) waits a
-    moment for more, since it wakes every process; work published meanwhile sends it."""
+    moment for more, since it wakes every process; work published meanwhile sends it.
+    The moment is made longer than the test, so that a busy host, however slow between
+    two of its steps, cannot end it first."""
     bus = RecordingBus()
-    hub = Wakeups(bus)
+    hub = Wakeups(bus, tasks_gap_s=DEADLINE_S)
     await hub.start()
     hub.publish(Topic.TASKS, ["t1"])
     for _ in range(5):

@@ -133,8 +133,11 @@ class Bus(Protocol):
 class Wakeups:
     """The process's hub: ``publish`` here, ``subscribe`` there, across processes."""
 
-    def __init__(self, bus: Bus | None = None) -> None:
+    def __init__(self, bus: Bus | None = None, *, tasks_gap_s: float = TASKS_GAP_S) -> None:
+        """``tasks_gap_s``: how long a message that only says tasks changed waits for more
+        (``TASKS_GAP_S``)."""
         self._bus = bus
+        self._tasks_gap_s = tasks_gap_s
         self._me = random_token(8)
         self._subscribers: dict[Topic, list[Subscriber]] = {topic: [] for topic in Topic}
         self._turns: tuple[Callable[[int], bool], Callable[[], None]] | None = None
@@ -260,7 +263,7 @@ class Wakeups:
             await self._has_pending.wait()
             if not self._urgent.is_set():  # tasks changed, and nothing else: gather more
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._urgent.wait(), TASKS_GAP_S)
+                    await asyncio.wait_for(self._urgent.wait(), self._tasks_gap_s)
             self._urgent.clear()
             self._has_pending.clear()
             message = self._take_pending()
