@@ -226,6 +226,18 @@ _template: str | None = None
 _template_lock = threading.Lock()
 
 
+def migrated(url: str) -> str:
+    """``url``'s new database brought to head and closed, ready to be copied: a template
+    is copied only with no connection open, and a closed SQLite file holds its whole
+    database (its WAL checkpointed)."""
+    db = open_runner(url)
+    try:
+        migrate.upgrade(db)
+    finally:
+        asyncio.run(db.close())
+    return url
+
+
 def _migrated_template() -> str:
     """A database migrated once per session that every data folder's database copies: on
     a database server, a deploy runs ``bananastand migrate`` before anything else (admin
@@ -234,13 +246,7 @@ def _migrated_template() -> str:
     server = postgres_server()
     with _template_lock:
         if _template is None:
-            url = server.new_database()
-            db = open_runner(url)
-            try:
-                migrate.upgrade(db)
-            finally:
-                asyncio.run(db.close())  # a template is copied only with no connection open
-            _template = url.rsplit("/", 1)[1]
+            _template = migrated(server.new_database()).rsplit("/", 1)[1]
         return _template
 
 
@@ -268,11 +274,7 @@ def _migrated_sqlite_copy(folder: Path) -> None:
         if _sqlite_template is None:
             made = Path(tempfile.mkdtemp(prefix="bananastand-template-")) / "migrated.db"
             atexit.register(shutil.rmtree, made.parent, ignore_errors=True)
-            db = open_runner(f"sqlite:///{made}")
-            try:
-                migrate.upgrade(db)
-            finally:
-                asyncio.run(db.close())  # checkpointed: the whole database is in the file
+            migrated(f"sqlite:///{made}")
             _sqlite_template = made
         folder.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(_sqlite_template, target)

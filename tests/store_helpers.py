@@ -21,12 +21,12 @@ from pathlib import Path
 from typing import Any, ParamSpec, Protocol, TypeVar
 
 from bananastand.ids import new_task_id
-from bananastand.store import migrate, open_runner
+from bananastand.store import open_runner
 from bananastand.store.ports import Admission, Created, NewTask, Store
 from bananastand.store.runner import GroupCommitRunner
 from bananastand.store.sqlite.database import Database
 from bananastand.store.sqlstore import SqlStore
-from conftest import opening_the_run_database, postgres_server
+from conftest import migrated, opening_the_run_database, postgres_server
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -71,11 +71,7 @@ class SqliteAdapter:
 
     def __init__(self, workdir: Path) -> None:
         template = workdir / "migrated.db"
-        db = Database(f"sqlite:///{template}")
-        try:
-            migrate.upgrade(db)
-        finally:
-            asyncio.run(db.close())
+        migrated(f"sqlite:///{template}")
         self._template = template
 
     def new_database(self, tmp_path: Path) -> str:
@@ -103,13 +99,7 @@ class PostgresqlAdapter:
 
     def __init__(self, workdir: Path) -> None:
         self._server = postgres_server()
-        template = self._server.new_database()
-        db = open_runner(template)
-        try:
-            migrate.upgrade(db)
-        finally:
-            asyncio.run(db.close())  # a template is copied only with no connection open
-        self._template = template.rsplit("/", 1)[1]
+        self._template = migrated(self._server.new_database()).rsplit("/", 1)[1]
 
     def new_database(self, tmp_path: Path) -> str:
         opening_the_run_database()
